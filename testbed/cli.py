@@ -1,0 +1,235 @@
+"""``testbed``: the command line. The only module that prints or exits.
+
+Exit codes: 0 ok; 1 other testbed error; 2 config or bundle; 3 agent start;
+4 agent lost; 5 protocol; 6 results; 7 build; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agents.protocol import TIERS
+from testbed import __version__, policies
+from testbed.bundle import Bundle
+from testbed.config import Experiment, Inventory, check_experiment, load_experiment, load_inventory, resolve
+from testbed.errors import ConfigError, TestbedError
+
+# Logs and CI are not terminals: give tables room instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _load_all(exp_path: Path, inv_path: Path) -> tuple[Experiment, Inventory]:
+    """Experiment + inventory + semantic checks; every problem of both files in one error."""
+    problems: list[ConfigError] = []
+    exp = inv = None
+    try:
+        exp = load_experiment(exp_path)
+    except ConfigError as e:
+        problems.append(e)
+    try:
+        inv = load_inventory(inv_path)
+    except ConfigError as e:
+        problems.append(e)
+    if exp is not None and inv is not None:
+        semantic = check_experiment(exp, inv, policies.check, Path.cwd())
+        if semantic:
+            problems.append(ConfigError(str(exp_path), semantic))
+    if problems:
+        if len(problems) == 1:
+            raise problems[0]
+        raise ConfigError(" and ".join(e.file for e in problems), [p for e in problems for p in e.problems])
+    assert exp is not None and inv is not None
+    return exp, inv
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """`testbed validate`: structural and semantic checks, every problem at once."""
+    exp, inv = _load_all(args.experiment, args.inventory)
+    out.print(f"[green]ok[/green] {args.experiment}: experiment {exp.name!r}, {len(exp.policies)} policies, "
+              f"devices {', '.join(f'{t}={d}' for t, d in exp.devices.items())} ({args.inventory})")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """`testbed plan`: what would run where; starts nothing."""
+    exp, inv = _load_all(args.experiment, args.inventory)
+    bundle = Bundle.load(resolve(Path.cwd(), exp.bundle))
+    missing = bundle.missing_files()
+    table = Table(title=f"plan for {exp.name} (nothing is started)")
+    for col in ("tier", "device", "host", "launcher", "partition", "layers", "sha256", "offload to"):
+        table.add_column(col)
+    for i, tier in enumerate(TIERS):
+        dev = inv.device(exp.devices[tier])
+        spec = bundle.tier(tier)
+        table.add_row(tier, dev.id, dev.host, dev.launcher, str(bundle.root / spec.file),
+                      f"{spec.layers[0]}-{spec.layers[-1]}", spec.sha256[:12],
+                      exp.devices[TIERS[i + 1]] if i + 1 < len(TIERS) else "- (returns to controller)")
+    out.print(table)
+    n = len(bundle.samples(exp.samples.split))
+    count = min(exp.samples.count or n, n)
+    out.print(f"samples: split {exp.samples.split!r}, {count} measured + {exp.samples.warmup} warmup per policy, "
+              f"concurrency {exp.run.concurrency}")
+    for spec in exp.policies:
+        rule = policies.make(spec).thresholds(0, np.random.default_rng(exp.seed))
+        out.print(f"policy {spec.key}: exit thresholds {rule} (exit when confidence >= threshold)")
+    out.print("shaping: none (loopback); energy: none")
+    out.print(f"results: {args.results}/{exp.name}/<run_id>/")
+    if missing:
+        out.print(f"[red]missing bundle files: {', '.join(missing)}[/red]")
+        return 2
+    return 0
+
+
+def _render_report(run_dir: Path) -> None:
+    from testbed import report, results
+
+    df, complete = results.load_samples(run_dir)
+    manifest = results.load_manifest(run_dir)
+    rep = report.build(df, manifest, complete)
+    table = Table(title=f"{rep.title}: per policy and exit tier (measured samples)")
+    cols = [("policy", "policy"), ("tier", "exit tier"), ("samples", "n"), ("share", "share"),
+            ("accuracy", "accuracy"), ("accuracy_delta_pt", "Δacc vs cloud (pt)"), ("latency_ms_p50", "p50 ms"),
+            ("latency_ms_p95", "p95 ms"), ("latency_ms_p99", "p99 ms"), ("latency_ratio", "lat vs cloud"),
+            ("offload_bytes_per_sample", "offload B/sample")]
+    for _, title in cols:
+        table.add_column(title, justify="left" if title in ("policy", "exit tier") else "right")
+    for _, r in rep.summary.iterrows():
+        cells = []
+        for key, _ in cols:
+            v = r[key]
+            if isinstance(v, float):
+                v = "-" if math.isnan(v) else (f"{v:.1%}" if key == "share" else
+                                                f"{v:.3f}" if key in ("accuracy", "latency_ratio") else f"{v:.2f}")
+            cells.append(str(v))
+        table.add_row(*cells, style=None if r["tier"] == "all" else "dim")
+    out.print(table)
+    hops = Table(title="medians per hop (ms)")
+    for c in rep.hops.columns:
+        hops.add_column(c.replace("_p50", "").replace("compute_ms_", "compute ").replace("net_ms_", "net "))
+    for _, r in rep.hops.iterrows():
+        hops.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
+    out.print(hops)
+    for note in rep.notes:
+        out.print(f"note: {note}")
+    for a in rep.advice:
+        out.print(f"[yellow]advice:[/yellow] {a}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`testbed run`: the whole run, with a progress bar and the report at the end."""
+    from testbed.controller import Controller
+
+    exp, inv = _load_all(args.experiment, args.inventory)
+    bundle = Bundle.load(resolve(Path.cwd(), exp.bundle))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, disable=args.quiet) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(pr: object) -> None:
+            key = pr.policy  # type: ignore[attr-defined]
+            if key not in tasks:
+                tasks[key] = bar.add_task(f"{key:<12}", total=pr.total)  # type: ignore[attr-defined]
+            bar.update(tasks[key], completed=pr.done)  # type: ignore[attr-defined]
+
+        ctrl = Controller(exp, args.experiment, inv, args.inventory, bundle, args.results, on_progress=on_progress)
+        err.print(f"run {ctrl.run_id}: results in {ctrl.run_dir}")
+        try:
+            outcome = ctrl.run()
+        except (TestbedError, KeyboardInterrupt):
+            err.print(f"rows measured before the stop are in {ctrl.run_dir}")
+            raise
+    _render_report(outcome.run_dir)
+    out.print(f"results: {outcome.run_dir} ({outcome.rows} rows)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`testbed report`: tables of one run (or the latest under an experiment directory)."""
+    from testbed import results
+
+    run_dir: Path = args.run_dir
+    if not (run_dir / results.MANIFEST).is_file():
+        runs = sorted((p.parent for p in run_dir.glob(f"*/{results.MANIFEST}")), key=lambda p: p.name)
+        if not runs:
+            raise TestbedError(f"{run_dir}: not a run directory and holds no runs; give results/<experiment>/<run_id>")
+        run_dir = runs[-1]
+        out.print(f"latest run in {args.run_dir}: {run_dir.name}")
+    _render_report(run_dir)
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    """`testbed partition`: build a bundle from a spec file."""
+    from testbed.partition import build_bundle, load_spec
+
+    spec = load_spec(args.config)
+    dest = args.out or Path(spec.out)
+    if args.if_missing and (dest / "bundle.yaml").is_file():
+        try:
+            Bundle.load(dest).verify()
+            out.print(f"bundle {dest} exists and verifies; not rebuilding")
+            return 0
+        except TestbedError as e:
+            err.print(f"bundle {dest} does not verify ({e}); rebuilding")
+    if spec.model.startswith("builtin:"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    build_bundle(spec, dest, progress=lambda m: err.print(f"[dim]partition[/dim] {m}"))
+    out.print(f"bundle written to {dest}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    ap = argparse.ArgumentParser(prog="testbed", description="three-tier distributed inference testbed")
+    ap.add_argument("--version", action="version", version=f"testbed {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_experiment(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("experiment", type=Path, help="experiments/<name>.yaml")
+        sp.add_argument("--inventory", type=Path, default=Path("inventory.yaml"), help="default: inventory.yaml")
+        sp.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
+        return sp
+
+    with_experiment("validate", "check an experiment and the inventory; report every problem at once"
+                    ).set_defaults(func=cmd_validate)
+    with_experiment("plan", "print what would run where; starts nothing").set_defaults(func=cmd_plan)
+    run = with_experiment("run", "run an experiment: start agents, issue samples, write results, report")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="tables of a run: per policy and tier, against all-cloud")
+    rep.add_argument("run_dir", type=Path, help="results/<experiment>/<run_id> (or results/<experiment>: latest)")
+    rep.set_defaults(func=cmd_report)
+    part = sub.add_parser("partition", help="build a partition bundle from a spec file")
+    part.add_argument("--config", type=Path, required=True, help="partitions/specs/<name>.yaml")
+    part.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's out)")
+    part.add_argument("--if-missing", action="store_true", help="do nothing when the bundle exists and verifies")
+    part.set_defaults(func=cmd_partition)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``testbed``; returns the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TestbedError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, style="red")
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted; agents stopped, measured rows saved", style="yellow")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

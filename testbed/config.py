@@ -1,0 +1,287 @@
+"""Experiment and inventory files: typed models, one validation pass, every error at once.
+
+Each problem names its YAML path (``policies[1].thresholds.mobile``), its line, the
+bad value and what to do; an unknown key gets a "did you mean". The structural pass
+is pydantic's; the semantic pass (:func:`check_experiment`) checks what only the
+pair experiment + inventory can tell (devices exist, tiers match, policy names).
+This module reads files but keeps no state and starts nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.protocol import TIERS
+from testbed.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicySpec(Strict):
+    """One policy to run. ``thresholds`` is for ``early-exit``: tier -> min confidence to exit."""
+
+    name: str
+    thresholds: dict[str, float] | None = None
+    label: str | None = Field(None, description="name in results; defaults to name")
+
+    @property
+    def key(self) -> str:
+        """The value of the ``policy`` column."""
+        return self.label or self.name
+
+
+class SampleSpec(Strict):
+    """Which samples the run draws from the bundle."""
+
+    split: str = "test"
+    count: int | None = Field(None, ge=1, description="first N of the split; all when absent")
+    warmup: int = Field(8, ge=0, description="warmup samples per policy, recorded with phase=warmup")
+
+
+class RunSpec(Strict):
+    """How samples are issued and rows written."""
+
+    concurrency: int = Field(1, ge=1, le=64, description="samples in flight at once")
+    flush_rows: int = Field(64, ge=1, description="rows per parquet part written during the run")
+
+
+class TimeoutSpec(Strict):
+    """Timeouts, in seconds, and the heartbeat liveness count."""
+
+    hello_s: float = Field(60.0, gt=0)
+    configure_s: float = Field(60.0, gt=0)
+    heartbeat_s: float = Field(0.5, gt=0)
+    liveness: int = Field(6, ge=2)
+    sample_s: float = Field(30.0, gt=0)
+    stop_s: float = Field(5.0, gt=0)
+
+
+class Experiment(Strict):
+    """``experiments/<name>.yaml``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    bundle: str
+    devices: dict[str, str] = Field(description="tier -> device id in the inventory")
+    samples: SampleSpec = SampleSpec()
+    policies: list[PolicySpec] = Field(min_length=1)
+    seed: int = 0
+    run: RunSpec = RunSpec()
+    timeouts: TimeoutSpec = TimeoutSpec()
+
+
+class DeviceSpec(Strict):
+    """One device of ``inventory.yaml``."""
+
+    id: str
+    tier: str
+    host: str = "127.0.0.1"
+    launcher: str = "local"
+    workdir: str | None = None
+    python: str | None = None
+    threads: int = Field(1, ge=1, le=256)
+    interface: str | None = None
+    meter: str | None = None
+    facts: dict[str, Any] = {}
+
+
+class Inventory(Strict):
+    """``inventory.yaml``: the devices a run may use."""
+
+    devices: list[DeviceSpec] = Field(min_length=1)
+
+    def device(self, device_id: str) -> DeviceSpec:
+        """The device with this id (KeyError when absent)."""
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+
+# --------------------------------------------------------------------------- YAML + errors
+
+Path_ = tuple[str | int, ...]
+
+
+def _line_map(text: str) -> dict[Path_, int]:
+    """1-based line of every key and item, by YAML path, from the composed node tree."""
+    lines: dict[Path_, int] = {}
+
+    def walk(node: yaml.Node, path: Path_) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def format_path(loc: Path_) -> str:
+    """``("policies", 1, "thresholds")`` -> ``policies[1].thresholds``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _model_at(root: type[BaseModel], loc: Path_) -> type[BaseModel] | None:
+    """The model class that holds the last key of ``loc``, to suggest its field names."""
+    current: Any = root
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            if typing.get_origin(current) in (list, dict):
+                current = typing.get_args(current)[-1]
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = field.annotation
+        while typing.get_origin(current) in (typing.Union, types.UnionType):
+            current = next(a for a in typing.get_args(current) if a is not type(None))
+        if typing.get_origin(current) in (list, dict):
+            current = typing.get_args(current)[-1]
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """`` did you mean 'x'?`` or the list of valid choices."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; valid: {', '.join(sorted(choices))}" if choices else ""
+
+
+def validation_problems(model: type[BaseModel], e: ValidationError, lines: dict[Path_, int]) -> list[str]:
+    """One line per pydantic error: YAML path, line, value, what is expected."""
+    problems = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        line = lines.get(loc) or lines.get(loc[:-1])
+        where = format_path(loc) + (f" (line {line})" if line else "")
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            names = list(parent.model_fields) if parent else []
+            problems.append(f"{where}: unknown key {loc[-1]!r}{suggest(str(loc[-1]), names)}")
+        elif err["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        else:
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+            problems.append(f"{where}: {err['msg'].lower()}, got {shown}")
+    return problems
+
+
+def read_yaml(path: Path) -> tuple[Any, str]:
+    """Parse a YAML file; returns (data, text). Raises ConfigError with the line on a syntax error."""
+    if not path.is_file():
+        raise ConfigError(str(path), ["file does not exist; check the path (commands take --inventory FILE)"])
+    text = path.read_text()
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from e
+
+
+def load_yaml_model(path: Path, model: type[M]) -> M:
+    """Load ``path`` into ``model``, raising one ConfigError that lists every problem."""
+    data, text = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"expected a mapping at the top level, got {type(data).__name__}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(str(path), validation_problems(model, e, _line_map(text))) from e
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Load and check ``inventory.yaml`` (ids unique, tiers known)."""
+    inv = load_yaml_model(path, Inventory)
+    problems = []
+    seen: set[str] = set()
+    for i, d in enumerate(inv.devices):
+        if d.id in seen:
+            problems.append(f"devices[{i}].id: {d.id!r} appears twice; device ids must be unique")
+        seen.add(d.id)
+        if d.tier not in TIERS:
+            problems.append(f"devices[{i}].tier: {d.tier!r} is not a tier{suggest(d.tier, list(TIERS))}")
+        if d.launcher != "local":
+            problems.append(f"devices[{i}].launcher: {d.launcher!r} is not supported yet; use 'local'")
+    if problems:
+        raise ConfigError(str(path), problems)
+    return inv
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Load ``experiments/<name>.yaml`` (structure only; see :func:`check_experiment`)."""
+    return load_yaml_model(path, Experiment)
+
+
+def resolve(base: Path, value: str) -> Path:
+    """A path from a YAML file: absolute, or relative to the current directory."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def check_experiment(exp: Experiment, inv: Inventory, policy_problems: Any, base: Path) -> list[str]:
+    """Semantic checks that need the inventory and the policy registry; returns problems.
+
+    ``policy_problems(spec) -> list[str]`` is the policy registry's own check.
+    """
+    problems: list[str] = []
+    if sorted(exp.devices) != sorted(TIERS):
+        problems.append(f"devices: tiers {sorted(exp.devices)} given; name one device for each of {list(TIERS)}")
+    ids = [d.id for d in inv.devices]
+    for tier, dev_id in exp.devices.items():
+        if tier not in TIERS:
+            problems.append(f"devices.{tier}: unknown tier{suggest(tier, list(TIERS))}")
+            continue
+        try:
+            dev = inv.device(dev_id)
+        except KeyError:
+            problems.append(f"devices.{tier}: device {dev_id!r} is not in the inventory{suggest(dev_id, ids)}")
+            continue
+        if dev.tier != tier:
+            problems.append(f"devices.{tier}: device {dev_id!r} is a {dev.tier} device in the inventory, "
+                            f"not {tier}; pick a {tier} device or fix its tier")
+    if len(set(exp.devices.values())) != len(exp.devices):
+        problems.append("devices: one device serves two tiers; each tier needs its own agent")
+    bundle_yaml = resolve(base, exp.bundle) / "bundle.yaml"
+    if not bundle_yaml.is_file():
+        problems.append(f"bundle: {exp.bundle!r} has no bundle.yaml ({bundle_yaml}); build it with "
+                        "`testbed partition --config partitions/specs/<name>.yaml` (or `make bundle`)")
+    keys: set[str] = set()
+    for i, pol in enumerate(exp.policies):
+        problems += [f"policies[{i}]{p}" for p in policy_problems(pol)]
+        if pol.key in keys:
+            problems.append(f"policies[{i}]: policy {pol.key!r} appears twice; give one a different label")
+        keys.add(pol.key)
+    return problems

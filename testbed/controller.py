@@ -1,0 +1,411 @@
+"""The run: start agents, Hello, configure, align clocks, issue samples, collect, stop.
+
+The controller issues every sample to the first (mobile) tier only; offloads go
+device to device; the finishing tier sends the Result back. It composes the
+launcher, the transport, the writer and the policies, and owns no I/O of its own
+beyond calling them. Whatever happens (an error, a lost agent, Ctrl-C), the
+``finally`` path stops every agent it started, reaps the processes, joins the
+rows already measured into ``samples.parquet`` and records the outcome in the
+manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from agents import protocol as p
+from testbed import __version__, policies
+from testbed.bundle import Bundle, Samples
+from testbed.clock import Clock, SystemClock
+from testbed.config import Experiment, Inventory, TimeoutSpec
+from testbed.errors import AgentLostError, AgentStartError, RunProtocolError, TestbedError
+from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
+from testbed.results import RunWriter
+from testbed.rows import Issued, build_row, clock_offset_ns
+from testbed.transport import ZmqTransport
+
+NS = 1_000_000_000
+PINGS = 8
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported to the caller after every finished sample."""
+
+    policy: str
+    phase: str
+    done: int
+    total: int
+
+
+@dataclass
+class RunOutcome:
+    """What a finished (or failed) run left behind."""
+
+    run_dir: Path
+    rows: int
+    status: str
+    error: str | None = None
+
+
+@dataclass
+class _Agent:
+    device_id: str
+    tier: str
+    handle: AgentHandle
+    hello: p.Hello | None = None
+    ready: p.Ready | None = None
+    last_heard_ns: int = 0
+    offset_ns: int = 0
+    rtt_ns: int = 0
+    pings: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def _git_state(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        return {"sha": sha or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "testbed": __version__, "protocol": str(p.PROTOCOL_VERSION)}
+    for dist in ("numpy", "onnxruntime", "pyzmq", "msgpack", "pandas", "pyarrow", "pydantic", "psutil"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    import zmq
+
+    out["libzmq"] = zmq.zmq_version()
+    return out
+
+
+class Controller:
+    """Runs one experiment against the devices of an inventory."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        experiment_path: Path,
+        inventory: Inventory,
+        inventory_path: Path,
+        bundle: Bundle,
+        results_root: Path,
+        clock: Clock | None = None,
+        on_progress: Callable[[Progress], None] = lambda _: None,
+        run_id: str | None = None,
+    ):
+        self.exp = experiment
+        self.exp_path = experiment_path
+        self.inv = inventory
+        self.inv_path = inventory_path
+        self.bundle = bundle
+        self.clock = clock or SystemClock()
+        self.on_progress = on_progress
+        from testbed.results import new_run_id
+
+        self.run_id = run_id or new_run_id()
+        self.run_dir = results_root / experiment.name / self.run_id
+        self.timeouts: TimeoutSpec = experiment.timeouts
+        self._agents: dict[str, _Agent] = {}
+        self._transport: ZmqTransport | None = None
+        self._writer: RunWriter | None = None
+        self._manifest: dict[str, Any] = {}
+        self._last_hb_sent_ns = 0
+
+    # ------------------------------------------------------------------ public
+
+    def run(self) -> RunOutcome:
+        """Run the experiment; returns where the results are. Raises after cleanup on any failure."""
+        hashes = self.bundle.verify()
+        self._writer = RunWriter(self.run_dir, self.exp.run.flush_rows)
+        self._manifest = self._initial_manifest(hashes)
+        self._writer.write_manifest(self._manifest)
+        status, error = "failed", None
+        try:
+            self._transport = ZmqTransport("127.0.0.1")
+            self._start_agents()
+            self._await_hellos()
+            self._configure()
+            self._align_clocks()
+            self._manifest["agents"] = self._agent_records()
+            self._writer.write_manifest(self._manifest)
+            for i, spec in enumerate(self.exp.policies):
+                self._run_policy(policies.make(spec), np.random.default_rng(self.exp.seed + i))
+            status = "complete"
+        except KeyboardInterrupt:
+            status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+            raise
+        except TestbedError as e:
+            error = str(e)
+            raise
+        except Exception as e:  # record any crash in the manifest, then let it propagate
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            self._teardown(status, error)
+        return RunOutcome(self.run_dir, self._writer.rows_written, status, error)
+
+    # ------------------------------------------------------------------ phases
+
+    def _start_agents(self) -> None:
+        assert self._transport is not None and self._writer is not None
+        launcher = LocalLauncher(self.run_dir / "logs")
+        args = AgentArgs(self._transport.endpoint, self.timeouts.heartbeat_s, self.timeouts.liveness)
+        for tier in reversed(p.TIERS):
+            device = self.inv.device(self.exp.devices[tier])
+            handle = launcher.start(device, args)
+            self._agents[device.id] = _Agent(device.id, tier, handle, last_heard_ns=self.clock.monotonic_ns())
+        self._manifest["owned"] = {"processes": [{"device": a.device_id, "host": "127.0.0.1", "pid": a.handle.pid,
+                                                  "log": str(a.handle.log_path)} for a in self._agents.values()]}
+
+    def _await(self, what: str, timeout_s: float, done: Callable[[], bool], on_msg: Callable[[str, Any], None]) -> None:
+        """Pump control messages until ``done()`` or the timeout; dead agents fail fast."""
+        assert self._transport is not None
+        deadline = self.clock.monotonic_ns() + int(timeout_s * NS)
+        while not done():
+            for a in self._agents.values():
+                code = a.handle.returncode()
+                if code is not None:
+                    raise AgentStartError(f"agent {a.device_id} ({a.tier}) exited with status {code} while "
+                                          f"waiting for {what}; last lines of {a.handle.log_path}:\n"
+                                          f"{a.handle.log_tail()}")
+            if self.clock.monotonic_ns() > deadline:
+                missing = [a.device_id for a in self._agents.values() if not self._phase_done(what, a)]
+                tails = "\n".join(f"--- {d}:\n{self._agents[d].handle.log_tail(8)}" for d in missing)
+                raise AgentStartError(f"no {what} from {', '.join(missing)} within {timeout_s:.0f} s "
+                                      f"(timeouts.{'hello_s' if what == 'Hello' else 'configure_s'} in "
+                                      f"{self.exp_path}); their logs:\n{tails}")
+            got = self._transport.recv(0.05)
+            if got is not None:
+                self._note_heard(got[0])
+                on_msg(*got)
+
+    @staticmethod
+    def _phase_done(what: str, a: _Agent) -> bool:
+        return {"Hello": a.hello is not None, "Ready": a.ready is not None,
+                "Pong": len(a.pings) >= PINGS}[what]
+
+    def _note_heard(self, agent_id: str) -> None:
+        if agent_id in self._agents:
+            self._agents[agent_id].last_heard_ns = self.clock.monotonic_ns()
+
+    def _await_hellos(self) -> None:
+        def on_msg(agent_id: str, msg: Any) -> None:
+            if isinstance(msg, p.Hello):
+                a = self._agents.get(agent_id)
+                if a is None:
+                    raise RunProtocolError(f"Hello from {agent_id!r}, which this run did not start")
+                if msg.protocol_version != p.PROTOCOL_VERSION:
+                    raise RunProtocolError(f"agent {agent_id} speaks protocol {msg.protocol_version}, the controller "
+                                           f"{p.PROTOCOL_VERSION}; deploy the same agents/ version to every device")
+                if msg.tier != a.tier:
+                    raise RunProtocolError(f"agent {agent_id} says it is {msg.tier}, the inventory says {a.tier}")
+                a.hello = msg
+
+        self._await("Hello", self.timeouts.hello_s, lambda: all(a.hello for a in self._agents.values()), on_msg)
+
+    def _configure(self) -> None:
+        assert self._transport is not None
+        by_tier = {a.tier: a for a in self._agents.values()}
+        for i, tier in enumerate(p.TIERS):
+            spec = self.bundle.tier(tier)
+            a = by_tier[tier]
+            nxt = by_tier[p.TIERS[i + 1]].hello.data_endpoint if i + 1 < len(p.TIERS) else ""  # type: ignore[union-attr]
+            device = self.inv.device(a.device_id)
+            self._transport.send(a.device_id, p.Configure(
+                seq=1, partition_path=str((self.bundle.root / spec.file).resolve()), sha256=spec.sha256,
+                exit_layer=spec.exit.layer, logits_name=spec.logits, offload=dict(spec.offload),
+                next_endpoint=nxt, threads=device.threads))
+
+        def on_msg(agent_id: str, msg: Any) -> None:
+            if isinstance(msg, p.Ready):
+                self._agents[agent_id].ready = msg
+            elif isinstance(msg, p.Failure):
+                raise AgentStartError(f"agent {agent_id} could not load its partition: {msg.what}")
+
+        self._await("Ready", self.timeouts.configure_s, lambda: all(a.ready for a in self._agents.values()), on_msg)
+
+    def _align_clocks(self) -> None:
+        assert self._transport is not None
+        sent: dict[tuple[str, int], int] = {}
+
+        def on_msg(agent_id: str, msg: Any) -> None:
+            if isinstance(msg, p.Pong):
+                t0 = sent.pop((agent_id, msg.seq), None)
+                if t0 is not None:
+                    self._agents[agent_id].pings.append((t0, msg.t_ns, self.clock.time_ns()))
+
+        for k in range(PINGS):
+            for a in self._agents.values():
+                sent[(a.device_id, k)] = self.clock.time_ns()
+                self._transport.send(a.device_id, p.Ping(k))
+            self._await("Pong", self.timeouts.hello_s,
+                        lambda k=k: all(len(a.pings) > k for a in self._agents.values()), on_msg)
+        for a in self._agents.values():
+            a.offset_ns, a.rtt_ns = clock_offset_ns(a.pings)
+
+    # ------------------------------------------------------------------ samples
+
+    def _run_policy(self, policy: policies.Policy, rng: np.random.Generator) -> None:
+        samples = self.bundle.samples(self.exp.samples.split)
+        count = min(self.exp.samples.count or len(samples), len(samples))
+        warm = self.exp.samples.warmup
+        plan = [("warmup", i % count) for i in range(warm)] + [("measure", i) for i in range(count)]
+        self._issue_all(policy, rng, samples, plan)
+
+    def _issue_all(self, policy: policies.Policy, rng: np.random.Generator, samples: Samples,
+                   plan: list[tuple[str, int]]) -> None:
+        assert self._transport is not None and self._writer is not None
+        first = next(a for a in self._agents.values() if a.tier == p.TIERS[0])
+        assert first.hello is not None
+        exit_layers = {t.tier: t.exit.layer for t in self.bundle.spec.tiers}
+        offsets = {a.device_id: a.offset_ns for a in self._agents.values()}
+        ctx = {"run_id": self.run_id, "experiment": self.exp.name, "split": self.exp.samples.split,
+               "energy_source": "none"}
+        in_flight: dict[int, Issued] = {}
+        nxt, done = 0, 0
+        seq0 = self._writer.rows_written + len(self._writer._buffer)
+        while done < len(plan):
+            while nxt < len(plan) and len(in_flight) < self.exp.run.concurrency:
+                phase, idx = plan[nxt]
+                tensors = samples.tensors(idx)
+                work = p.Work(seq0 + nxt, int(samples.sample_id[idx]), tensors,
+                              policy.thresholds(int(samples.sample_id[idx]), rng))
+                issued = Issued(seq0 + nxt, int(samples.sample_id[idx]), int(samples.label[idx]), phase, policy.name,
+                                self.clock.monotonic_ns(), self.clock.time_ns(),
+                                sum(int(t.nbytes) for t in tensors.values()))
+                in_flight[work.run_seq] = issued
+                self._transport.issue(first.hello.data_endpoint, work)
+                nxt += 1
+            got = self._transport.recv(min(0.05, self.timeouts.heartbeat_s / 2))
+            self._keepalive(in_flight)
+            if got is None:
+                continue
+            agent_id, msg = got
+            self._note_heard(agent_id)
+            if isinstance(msg, p.Result):
+                issued = in_flight.pop(msg.run_seq, None)
+                if issued is None:
+                    continue  # a late answer to a sample this run already gave up on
+                row = build_row(msg, issued, self.clock.monotonic_ns(), self.clock.time_ns(), offsets, exit_layers, ctx)
+                self._writer.append(row)
+                policy.observe(issued.sample_id, {s.tier: s.confidence for s in msg.stages})
+                done += 1
+                self.on_progress(Progress(policy.name, issued.phase, done, len(plan)))
+            elif isinstance(msg, p.Failure):
+                raise AgentLostError(agent_id, f"failed during the run ({msg.stage}): {msg.what}",
+                                     self._agents[agent_id].handle.log_tail())
+
+    def _keepalive(self, in_flight: dict[int, Issued]) -> None:
+        """Send heartbeats; fail on a dead or silent agent, or a sample stuck too long."""
+        assert self._transport is not None
+        now = self.clock.monotonic_ns()
+        hb_ns = int(self.timeouts.heartbeat_s * NS)
+        for a in self._agents.values():
+            code = a.handle.returncode()
+            if code is not None:
+                raise AgentLostError(a.device_id, f"process exited with status {code} during the run",
+                                     a.handle.log_tail())
+            silent = now - a.last_heard_ns
+            if silent > hb_ns * self.timeouts.liveness:
+                raise AgentLostError(a.device_id, f"no heartbeat for {silent / NS:.1f} s "
+                                     f"({self.timeouts.liveness} x heartbeat_s={self.timeouts.heartbeat_s})",
+                                     a.handle.log_tail())
+        if now - self._last_hb_sent_ns >= hb_ns:
+            for a in self._agents.values():
+                self._transport.send(a.device_id, p.Heartbeat("controller", self.clock.time_ns()))
+            self._last_hb_sent_ns = now
+        if in_flight:
+            oldest = min(in_flight.values(), key=lambda i: i.issue_mono_ns)
+            waited = (now - oldest.issue_mono_ns) / NS
+            if waited > self.timeouts.sample_s:
+                raise AgentLostError("?", f"sample {oldest.sample_id} (seq {oldest.seq}) has not come back after "
+                                     f"{waited:.1f} s (timeouts.sample_s={self.timeouts.sample_s}); "
+                                     "check the agents' logs in the run directory")
+
+    # ------------------------------------------------------------------ teardown
+
+    def _teardown(self, status: str, error: str | None) -> None:
+        """Stop agents, reap them, save rows and the manifest; never raises over the original error."""
+        stopped: dict[str, Any] = {}
+        if self._transport is not None:
+            for a in self._agents.values():
+                try:
+                    self._transport.send(a.device_id, p.Stop(status))
+                except TestbedError:
+                    pass
+            deadline = self.clock.monotonic_ns() + int(self.timeouts.stop_s * NS)
+            while self.clock.monotonic_ns() < deadline and any(a.handle.returncode() is None
+                                                               for a in self._agents.values()):
+                try:
+                    got = self._transport.recv(0.05)
+                except TestbedError:
+                    continue
+                if got and isinstance(got[1], p.Bye):
+                    stopped[got[0]] = got[1].served
+        for a in self._agents.values():
+            code = a.handle.stop(self.timeouts.stop_s)
+            stopped.setdefault(a.device_id, None)
+            self._manifest.setdefault("agent_exit", {})[a.device_id] = {"exit_status": code,
+                                                                         "served": stopped[a.device_id]}
+        if self._transport is not None:
+            self._transport.close()
+        assert self._writer is not None
+        self._writer.close()
+        self._manifest.update({"status": status, "error": error, "ended_at": datetime.now(UTC).isoformat(),
+                               "rows": self._writer.rows_written})
+        self._writer.write_manifest(self._manifest)
+
+    # ------------------------------------------------------------------ manifest
+
+    def _initial_manifest(self, hashes: dict[str, str]) -> dict[str, Any]:
+        exp_text = self.exp_path.read_text()
+        from testbed.schema import SCHEMA_VERSION
+
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "status": "running",
+            "started_at": datetime.now(UTC).isoformat(),
+            "command": sys.argv,
+            "experiment": {"path": str(self.exp_path), "yaml": exp_text,
+                           "sha256": hashlib.sha256(exp_text.encode()).hexdigest(),
+                           "resolved": self.exp.model_dump()},
+            "inventory": {"path": str(self.inv_path), "yaml": self.inv_path.read_text(),
+                          "resolved": self.inv.model_dump()},
+            "bundle": {"path": str(self.bundle.root), "name": self.bundle.spec.name, "sha256": hashes,
+                       "exits": {t.tier: t.exit.model_dump() for t in self.bundle.spec.tiers},
+                       "model": self.bundle.spec.model, "build": yaml.safe_dump(self.bundle.spec.build)},
+            "git": _git_state(Path(__file__).resolve().parent.parent),
+            "controller": {"host": platform.node(), "platform": platform.platform(), "versions": _versions()},
+            "shaping": {"backend": "none", "note": "loopback run: links are not shaped"},
+            "energy": {"source": "none", "note": "no meter configured; energy columns are null"},
+        }
+
+    def _agent_records(self) -> dict[str, Any]:
+        out = {}
+        for a in self._agents.values():
+            assert a.hello is not None and a.ready is not None
+            out[a.device_id] = {"tier": a.tier, "pid": a.handle.pid, "agent_version": a.hello.agent_version,
+                                "protocol_version": a.hello.protocol_version, "data_endpoint": a.hello.data_endpoint,
+                                "facts": a.hello.facts, "load_ms": a.ready.load_ms, "providers": a.ready.providers,
+                                "clock_offset_ns": a.offset_ns, "clock_rtt_ns": a.rtt_ns}
+        return out

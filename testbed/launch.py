@@ -1,0 +1,118 @@
+"""Start and stop agent processes. ``LocalLauncher`` runs them on this machine.
+
+Agents run in their own session (process group), so a Ctrl-C in the terminal
+reaches the controller, which stops them in order; stop escalates from Stop
+message (done by the controller) to SIGTERM, then SIGKILL, and always reaps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from testbed.config import DeviceSpec
+
+AGENTS_PARENT = Path(__file__).resolve().parent.parent  # the directory that holds agents/
+
+
+@dataclass(frozen=True)
+class AgentArgs:
+    """What every agent is started with."""
+
+    controller: str
+    heartbeat_s: float
+    liveness: int
+
+
+class AgentHandle(Protocol):
+    """A started agent."""
+
+    device_id: str
+    log_path: Path
+
+    def returncode(self) -> int | None:
+        """None while running, else the exit status."""
+        ...
+
+    def stop(self, timeout_s: float) -> int | None:
+        """Make sure it is gone: SIGTERM, wait, SIGKILL, reap. Returns the exit status."""
+        ...
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of its log."""
+        ...
+
+    @property
+    def pid(self) -> int:
+        """Process id on its host."""
+        ...
+
+
+class LocalAgent:
+    """An agent process on this machine."""
+
+    def __init__(self, device_id: str, proc: subprocess.Popen, log_path: Path):
+        self.device_id = device_id
+        self.proc = proc
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        """Process id."""
+        return self.proc.pid
+
+    def returncode(self) -> int | None:
+        """None while running."""
+        return self.proc.poll()
+
+    def stop(self, timeout_s: float) -> int | None:
+        """SIGTERM, wait, SIGKILL the process group, reap."""
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.proc.wait(timeout_s)
+        return self.proc.returncode
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 20) -> str:
+        """Last lines of the log file."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalLauncher:
+    """Starts ``python -m agents`` as a local process per device."""
+
+    def __init__(self, log_dir: Path, python: str | None = None):
+        self.log_dir = log_dir
+        self.python = python or sys.executable
+
+    def start(self, device: DeviceSpec, args: AgentArgs) -> LocalAgent:
+        """Start one agent; its stdout and stderr go to ``<log_dir>/<id>.log``."""
+        log_path = self.log_dir / f"{device.id}.log"
+        argv = [device.python or self.python, "-m", "agents", "--controller", args.controller, "--id", device.id,
+                "--tier", device.tier, "--bind", device.host, "--heartbeat-s", str(args.heartbeat_s),
+                "--liveness", str(args.liveness), "--workdir", device.workdir or "."]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AGENTS_PARENT), env.get("PYTHONPATH")]))
+        env["OMP_NUM_THREADS"] = str(device.threads)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        return LocalAgent(device.id, proc, log_path)
