@@ -169,12 +169,15 @@ class Controller:
         assert self._transport is not None and self._writer is not None
         launcher = LocalLauncher(self.run_dir / "logs")
         args = AgentArgs(self._transport.endpoint, self.timeouts.heartbeat_s, self.timeouts.liveness)
+        owned: list[dict[str, Any]] = []
+        self._manifest["owned"] = {"processes": owned}
         for tier in reversed(p.TIERS):
             device = self.inv.device(self.exp.devices[tier])
             handle = launcher.start(device, args)
             self._agents[device.id] = _Agent(device.id, tier, handle, last_heard_ns=self.clock.monotonic_ns())
-        self._manifest["owned"] = {"processes": [{"device": a.device_id, "host": "127.0.0.1", "pid": a.handle.pid,
-                                                  "log": str(a.handle.log_path)} for a in self._agents.values()]}
+            # recorded the moment it exists, so cleanup knows it even if the next start fails
+            owned.append({"device": device.id, "host": device.host, "pid": handle.pid, "log": str(handle.log_path)})
+            self._writer.write_manifest(self._manifest)
 
     def _await(self, what: str, timeout_s: float, done: Callable[[], bool], on_msg: Callable[[str, Any], None]) -> None:
         """Pump control messages until ``done()`` or the timeout; dead agents fail fast."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from testbed.config import DeviceSpec
+from testbed.errors import AgentStartError
 
 AGENTS_PARENT = Path(__file__).resolve().parent.parent  # the directory that holds agents/
 
@@ -112,7 +113,11 @@ class LocalLauncher:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AGENTS_PARENT), env.get("PYTHONPATH")]))
         env["OMP_NUM_THREADS"] = str(device.threads)
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
+        try:
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=env, start_new_session=True)
+        except OSError as e:
+            raise AgentStartError(f"cannot start the agent of {device.id} ({device.tier}) with {argv[0]!r}: "
+                                  f"{e.strerror or e}; check devices[id={device.id}].python in the inventory") from e
         return LocalAgent(device.id, proc, log_path)

@@ -218,7 +218,7 @@ def _parity(parts: dict[str, Any], root: Path, files: dict[str, str], ids: list[
     return worst
 
 
-def _exit_table(root: Path, files: dict[str, str], split: str, ids: list[list[int]], labels: np.ndarray,
+def exit_table(root: Path, files: dict[str, str], split: str, ids: list[list[int]], labels: np.ndarray,
                 threads: int) -> pd.DataFrame:
     """Each exit's prediction and confidence per sample, one unpadded sample at a time as a live run does."""
     sessions = {t: Partition.load(root / files[t], sha256_file(root / files[t]), threads=threads) for t in TIERS}
@@ -302,7 +302,7 @@ def build_bundle(spec: PartitionSpec, out: Path, progress: Progress = lambda _: 
     rows = [{"split": k, "sample_id": i, "label": int(y[k][i]), "text": data.text[src], "input_ids": ids[k][i]}
             for k, idx in splits.items() for i, src in enumerate(idx)]
     pd.DataFrame(rows).to_parquet(out / "samples.parquet", index=False)
-    table = pd.concat([_exit_table(out, files, k, ids[k], y[k], spec.threads) for k in ("val", "test")])
+    table = pd.concat([exit_table(out, files, k, ids[k], y[k], spec.threads) for k in ("val", "test")])
     table.to_parquet(out / "exits.parquet", index=False)
     for tier in TIERS:  # accuracy of the exported graphs on the exact inputs a live run sends
         for k in ("val", "test"):

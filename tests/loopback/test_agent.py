@@ -1,0 +1,89 @@
+"""One real agent process driven over real sockets by the test, as the controller would."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zmq
+
+from agents import protocol as p
+
+from conftest import ROOT
+from loopback.helpers import env
+
+pytestmark = pytest.mark.loopback
+
+
+@pytest.fixture
+def agent(tmp_path):
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    log = open(tmp_path / "agent.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "agents", "--controller", f"tcp://127.0.0.1:{port}",
+                             "--id", "cloud-9", "--tier", "cloud", "--heartbeat-s", "0.1", "--liveness", "10"],
+                            cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
+
+    def recv(kind, timeout_ms=20_000):
+        while router.poll(timeout_ms):
+            ident, raw = router.recv_multipart()
+            msg = p.decode(raw)
+            if msg.KIND == kind:
+                return ident, msg
+        raise AssertionError(f"no {kind} from the agent; log:\n{(tmp_path / 'agent.log').read_text()}")
+
+    yield router, proc, recv
+    proc.kill()
+    proc.wait()
+    router.close(0)
+    ctx.term()
+
+
+def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
+    router, proc, recv = agent
+    ident, hello = recv("hello")
+    assert ident == b"cloud-9" and hello.tier == "cloud" and hello.protocol_version == p.PROTOCOL_VERSION
+    assert hello.facts["onnxruntime"] and hello.data_endpoint.startswith("tcp://127.0.0.1:")
+    recv("heartbeat")
+    send = lambda m: router.send_multipart([ident, p.encode(m)])  # noqa: E731
+    spec = tiny_bundle.tier("cloud")
+    path = str(tiny_bundle.root / spec.file)
+
+    send(p.Configure(1, path, "0" * 64, 3, "logits", {}, "", 1))
+    _, fail = recv("failure")
+    assert fail.stage == "configure" and "stale or corrupt" in fail.what
+
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(hello.data_endpoint)
+    hidden = np.ones((1, 4, 8), np.float32)
+    work = p.Work(7, 3, {"hidden": hidden, "attention_mask": np.ones((1, 4), np.int64)}, {})
+    push.send(p.encode(work))
+    _, early = recv("failure")
+    assert "before Configure" in early.what
+
+    send(p.Configure(2, path, spec.sha256, 3, "logits", {}, "", 1))
+    _, ready = recv("ready")
+    assert ready.inputs == ["hidden", "attention_mask"] and "logits" in ready.outputs
+    push.send(p.encode(work))
+    _, result = recv("result")
+    assert result.sample_id == 3 and result.logits.shape == (1, 3)
+    assert [s.tier for s in result.stages] == ["cloud"] and result.stages[0].exited
+    assert result.stages[0].bytes_out == 12
+
+    push.send(b"not a message")
+    _, bad = recv("failure")
+    assert bad.stage == "decode"
+    send(p.Stop("test over"))
+    _, bye = recv("bye")
+    assert bye.served == 1
+    assert proc.wait(10) == 0
+    push.close(0)
+
+
+def test_agent_exits_when_the_controller_goes_silent(agent):
+    router, proc, recv = agent
+    recv("hello")
+    # never answer: after liveness x heartbeat_s (1 s) the agent gives up on its own
+    assert proc.wait(20) == 3

@@ -1,0 +1,123 @@
+"""Agents that die, go silent, or never start; Ctrl-C. Rows measured before stay on disk."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from testbed.bundle import Bundle
+from testbed.cli import main
+from testbed.config import load_experiment, load_inventory
+from testbed.controller import Controller
+from testbed.errors import AgentLostError, AgentStartError
+from testbed.results import load_samples
+
+from conftest import ROOT, write_experiment, write_inventory
+from loopback.helpers import agent_pids, assert_gone, env, only_run
+
+pytestmark = pytest.mark.loopback
+CLOUD = [{"name": "all-cloud"}]
+
+
+def _controller(tmp_path, bundle, on_progress, count=200, **inv_overrides):
+    exp_path = write_experiment(tmp_path / "exp.yaml", bundle.root, CLOUD, count=count, warmup=0)
+    inv_path = write_inventory(tmp_path / "inv.yaml", **inv_overrides)
+    return Controller(load_experiment(exp_path), exp_path, load_inventory(inv_path), inv_path, bundle,
+                      tmp_path / "results", on_progress=on_progress)
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_lost_agent_stops_the_run_and_keeps_measured_rows(tiny_bundle, tmp_path, how):
+    """kill: the process dies. stop: it is alive but silent (SIGSTOP), noticed by missing heartbeats."""
+    state = {}
+
+    def on_progress(pr):
+        if pr.done == 25 and "pid" not in state:
+            state["pid"] = ctrl._agents["edge-1"].handle.pid
+            os.kill(state["pid"], signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+
+    ctrl = _controller(tmp_path, tiny_bundle, on_progress, count=60 if how == "kill" else 10_000)
+    with pytest.raises(AgentLostError) as e:
+        ctrl.run()
+    assert e.value.device == "edge-1"
+    assert ("exited with status" if how == "kill" else "no heartbeat") in str(e.value)
+    assert "agent edge-1" in e.value.log_tail or "loaded" in e.value.log_tail  # the tail of its own log
+    df, complete = load_samples(ctrl.run_dir)
+    assert complete and len(df) >= 25 and df["seq"].is_unique
+    m = json.loads((ctrl.run_dir / "manifest.json").read_text())
+    assert m["status"] == "failed" and "edge-1" in m["error"] and m["rows"] == len(df)
+    assert_gone(agent_pids(ctrl.run_dir))
+
+
+def test_agent_that_cannot_be_started_is_named(tiny_bundle, tmp_path):
+    ctrl = _controller(tmp_path, tiny_bundle, lambda _: None,
+                       **{"edge-1": {"python": str(tmp_path / "no-such-python")}})
+    with pytest.raises(AgentStartError, match="edge-1.*no-such-python.*inventory"):
+        ctrl.run()
+    pids = agent_pids(ctrl.run_dir)
+    assert len(pids) == 1  # the cloud agent started before the edge failed, and was recorded and stopped
+    assert_gone(pids)
+
+
+def test_agent_that_exits_at_start_shows_its_log(tiny_bundle, tmp_path):
+    script = tmp_path / "badpython"
+    script.write_text("#!/bin/sh\necho 'ImportError: no module named onnxruntime' >&2\nexit 9\n")
+    script.chmod(0o755)
+    ctrl = _controller(tmp_path, tiny_bundle, lambda _: None, **{"cloud-1": {"python": str(script)}})
+    with pytest.raises(AgentStartError) as e:
+        ctrl.run()
+    text = str(e.value)
+    assert "cloud-1" in text and "status 9" in text and "no module named onnxruntime" in text
+    assert_gone(agent_pids(ctrl.run_dir))
+    assert json.loads((ctrl.run_dir / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_cli_maps_errors_to_exit_codes(tiny_bundle, tmp_path, capsys):
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "al-cloud"}])
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "r")]) == 2
+    assert "did you mean 'all-cloud'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing started, nothing written
+    bad_inv = write_inventory(tmp_path / "inv2.yaml", **{"mobile-1": {"python": "/nonexistent/python"}})
+    exp = write_experiment(tmp_path / "exp2.yaml", tiny_bundle.root, CLOUD)
+    assert main(["run", str(exp), "--inventory", str(bad_inv), "--results", str(tmp_path / "r"), "-q"]) == 3
+
+
+def test_ctrl_c_stops_agents_and_saves_rows(tiny_bundle, tmp_path):
+    many = [{"name": "all-cloud", "label": f"c{i}"} for i in range(200)]  # far longer than the test waits
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, many, count=60, warmup=0)
+    inv = write_inventory(tmp_path / "inv.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(inv),
+                             "--results", str(tmp_path / "results"), "-q"], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((tmp_path / "results").glob("*/*/samples.parts/part-*")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    run_dir = only_run(tmp_path / "results")
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    assert len(df) >= 16
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    assert_gone(agent_pids(run_dir))
+
+
+def test_bundle_tampered_after_build_is_refused_before_any_agent_starts(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.root, copy)
+    with open(copy / "cloud.onnx", "ab") as f:
+        f.write(b"x")
+    exp = write_experiment(tmp_path / "exp.yaml", copy, CLOUD)
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "r"), "-q"]) == 2
+    assert not list((tmp_path / "r").glob("*/*"))
+    Bundle.load(copy)  # still parses: the error is the hash, not the format

@@ -1,0 +1,136 @@
+"""The real CLI, in process, against three real agent processes on 127.0.0.1 (tiny bundle)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from testbed import policies
+from testbed.cli import main
+
+from conftest import ROOT, write_experiment, write_inventory
+from loopback.helpers import agent_pids, assert_gone, only_run
+from tinybundle import HIDDEN
+
+pytestmark = pytest.mark.loopback
+
+POLICIES = [{"name": "all-mobile"}, {"name": "all-edge"}, {"name": "all-cloud"},
+            {"name": "early-exit", "thresholds": {"mobile": 0.85, "edge": 0.8}}]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_bundle, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    exp = write_experiment(tmp / "exp.yaml", tiny_bundle.root, POLICIES, count=60, warmup=2, name="tiny")
+    inv = write_inventory(tmp / "inv.yaml")
+    code = main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp / "results"), "-q"])
+    assert code == 0
+    run_dir = only_run(tmp / "results")
+    return run_dir, pd.read_parquet(run_dir / "samples.parquet"), exp, inv
+
+
+def test_rows_cover_every_policy_with_warmups_marked(tiny_run):
+    _, df, _, _ = tiny_run
+    assert len(df) == 4 * 62
+    counts = df.groupby(["policy", "phase"]).size()
+    for p in POLICIES:
+        assert counts[(p["name"], "warmup")] == 2 and counts[(p["name"], "measure")] == 60
+    assert df["seq"].is_unique
+
+
+def test_three_tiers_appear_and_baselines_stay_put(tiny_run):
+    _, df, _, _ = tiny_run
+    ee = df[df.policy == "early-exit"]
+    assert set(ee["exit_tier"]) == {"mobile", "edge", "cloud"}
+    for name, tier in (("all-mobile", "mobile"), ("all-edge", "edge"), ("all-cloud", "cloud")):
+        assert set(df[df.policy == name]["exit_tier"]) == {tier}
+    assert set(df[df.policy == "all-cloud"]["tier_path"]) == {"mobile>edge>cloud"}
+
+
+def test_all_mobile_sends_zero_offload_bytes(tiny_run):
+    _, df, _, _ = tiny_run
+    mob = df[df.policy == "all-mobile"]
+    assert (mob["bytes_mobile_edge"] == 0).all() and (mob["bytes_edge_cloud"] == 0).all()
+    assert mob["net_ms_mobile_edge"].isna().all() and mob["compute_ms_edge"].isna().all()
+
+
+def test_bytes_per_hop_equal_the_tensor_sizes(tiny_bundle, tiny_run):
+    _, df, _, _ = tiny_run
+    samples = tiny_bundle.samples("test")
+    seq_len = np.array([len(samples.input_ids[i]) for i in df["sample_id"]])
+    assert (df["bytes_controller_mobile"] == seq_len * 8 * 2).all()  # input_ids + attention_mask, int64
+    offload = seq_len * (HIDDEN * 4 + 8)  # hidden float32 + attention_mask int64
+    cloud = df["exit_tier"] == "cloud"
+    left_mobile = df["exit_tier"] != "mobile"
+    assert (df.loc[left_mobile, "bytes_mobile_edge"] == offload[left_mobile.to_numpy()]).all()
+    assert (df.loc[cloud, "bytes_edge_cloud"] == offload[cloud.to_numpy()]).all()
+    assert (df["bytes_return"] == 3 * 4).all()  # one float32 logit per class
+
+
+def test_live_decisions_equal_offline_replay_of_the_exit_table(tiny_bundle, tiny_run):
+    _, df, _, _ = tiny_run
+    table = tiny_bundle.exits("test").set_index("sample_id")
+    ee = df[(df.policy == "early-exit") & (df.phase == "measure")].set_index("sample_id").sort_index()
+    conf = table.loc[ee.index, ["confidence_mobile", "confidence_edge", "confidence_cloud"]].to_numpy()
+    expected = policies.decide({"mobile": 0.85, "edge": 0.8}, conf)
+    assert list(ee["exit_tier"]) == [("mobile", "edge", "cloud")[t] for t in expected]
+    cloud = df[(df.policy == "all-cloud") & (df.phase == "measure")].set_index("sample_id").sort_index()
+    assert (cloud["prediction"] == table.loc[cloud.index, "prediction_cloud"]).all()
+    assert np.allclose(cloud["confidence"], table.loc[cloud.index, "confidence_cloud"], atol=1e-6)
+
+
+def test_timings_are_positive_and_add_up(tiny_run):
+    _, df, _, _ = tiny_run
+    cloud = df[df.policy == "all-cloud"]
+    for col in ("latency_ms", "compute_ms_mobile", "compute_ms_edge", "compute_ms_cloud"):
+        assert (cloud[col] > 0).all(), col
+    parts = cloud[["compute_ms_mobile", "compute_ms_edge", "compute_ms_cloud", "queue_ms"]].sum(axis=1)
+    assert (parts < cloud["latency_ms"]).all()
+    # one machine, one clock: hop times can only be slightly negative from the offset estimate's error
+    for hop in ("controller_mobile", "mobile_edge", "edge_cloud", "return"):
+        assert (cloud[f"net_ms_{hop}"] > -0.5).all(), hop
+
+
+def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
+    run_dir, df, exp, inv = tiny_run
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["rows"] == len(df) and m["schema_version"] == 1
+    assert m["experiment"]["yaml"] == exp.read_text() and m["inventory"]["yaml"] == inv.read_text()
+    assert m["bundle"]["sha256"]["mobile.onnx"] == tiny_bundle.tier("mobile").sha256
+    assert set(m["agents"]) == {"mobile-1", "edge-1", "cloud-1"}
+    facts = m["agents"]["edge-1"]["facts"]
+    assert facts["onnxruntime"] and facts["cpu_cores_logical"] >= 1 and facts["memory_total_bytes"] > 0
+    assert "CPUExecutionProvider" in facts["onnxruntime_providers"]
+    assert m["git"]["sha"] is None or len(m["git"]["sha"]) == 40
+    assert m["started_at"] < m["ended_at"] and m["controller"]["versions"]["onnxruntime"]
+    assert {a["served"] for a in m["agent_exit"].values()} != {None}
+    assert all(a["exit_status"] == 0 for a in m["agent_exit"].values())
+
+
+def test_no_agent_process_is_left_behind(tiny_run):
+    run_dir, _, _, _ = tiny_run
+    assert_gone(agent_pids(run_dir))
+    logs = {p.name for p in (run_dir / "logs").iterdir()}
+    assert logs == {"mobile-1.log", "edge-1.log", "cloud-1.log"}
+
+
+def test_report_reads_the_run(tiny_run, capsys):
+    run_dir, _, _, _ = tiny_run
+    assert main(["report", str(run_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "early-exit" in text and "all-cloud" in text and "p99 ms" in text
+
+
+def test_validate_and_plan_touch_nothing(tiny_run, capsys):
+    run_dir, _, exp, inv = tiny_run
+    before = sorted(p.name for p in run_dir.parent.iterdir())
+    assert main(["validate", str(exp), "--inventory", str(inv)]) == 0
+    assert main(["plan", str(exp), "--inventory", str(inv)]) == 0
+    assert "early-exit" in capsys.readouterr().out
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == before
+
+
+def test_shipped_loopback_experiment_validates(real_bundle, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["validate", "experiments/loopback.yaml"]) == 0

@@ -1,0 +1,96 @@
+"""A tiny three-tier bundle made with onnx.helper: real ONNX files, real hashes, no torch.
+
+mobile: input_ids -> embedding (Gather) -> hidden_out; logits = mean over tokens @ W_m
+edge:   hidden -> hidden_out = hidden * 1.5; logits = mean @ W_e
+cloud:  hidden -> logits = mean @ W_c
+Weights are seeded, so confidences vary across samples and every tier gets exits
+under a middling threshold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from agents.protocol import TIERS
+from agents.runtime import sha256_file
+from testbed.bundle import BUNDLE_FORMAT, Bundle
+from testbed.partition import exit_table
+
+VOCAB, HIDDEN, CLASSES = 64, 8, 3
+
+
+def _pool_and_head(name: str, w: np.ndarray, nodes: list, inits: list) -> None:
+    inits.append(numpy_helper.from_array(w.astype(np.float32), f"W_{name}"))
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    nodes.append(helper.make_node("ReduceMean", ["h", "axis1"], ["pooled"], keepdims=0))
+    nodes.append(helper.make_node("MatMul", ["pooled", f"W_{name}"], ["logits"]))
+
+
+def _model(tier: str, rng: np.random.Generator) -> onnx.ModelProto:
+    nodes: list = []
+    inits: list = []
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
+    if tier == "mobile":
+        inits.append(numpy_helper.from_array(rng.normal(size=(VOCAB, HIDDEN)).astype(np.float32), "emb"))
+        nodes.append(helper.make_node("Gather", ["emb", "input_ids"], ["h"], axis=0))
+        first = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    else:
+        inits.append(numpy_helper.from_array(np.array(1.5, np.float32), "scale"))
+        nodes.append(helper.make_node("Mul", ["hidden", "scale"], ["h"]))
+        first = helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", HIDDEN])
+    # the mask is an input of every tier, as in the real bundles; keep it alive in the graph
+    nodes.append(helper.make_node("Shape", ["attention_mask"], ["mask_shape"]))
+    _pool_and_head(tier, rng.normal(size=(HIDDEN, CLASSES)) * 2.0, nodes, inits)
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES]),
+               helper.make_tensor_value_info("mask_shape", TensorProto.INT64, [2])]
+    if tier != "cloud":
+        nodes.append(helper.make_node("Identity", ["h"], ["hidden_out"]))
+        outputs.insert(0, helper.make_tensor_value_info("hidden_out", TensorProto.FLOAT, ["batch", "seq", HIDDEN]))
+    graph = helper.make_graph(nodes, f"tiny_{tier}", [first, mask], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
+    """Write a complete tiny bundle into ``root`` and return it, verified."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = {t: f"{t}.onnx" for t in TIERS}
+    for t in TIERS:
+        onnx.save(_model(t, rng), str(root / files[t]))
+    splits = {"val": 20, "test": n_test}
+    ids = {k: [rng.integers(1, VOCAB, size=int(rng.integers(3, 12))).tolist() for _ in range(n)]
+           for k, n in splits.items()}
+    labels = {k: rng.integers(0, CLASSES, size=n) for k, n in splits.items()}
+    rows = [{"split": k, "sample_id": i, "label": int(labels[k][i]), "text": f"s{i}", "input_ids": ids[k][i]}
+            for k in splits for i in range(splits[k])]
+    pd.DataFrame(rows).to_parquet(root / "samples.parquet", index=False)
+    table = pd.concat([exit_table(root, files, k, ids[k], labels[k], 1) for k in splits])
+    table.to_parquet(root / "exits.parquet", index=False)
+    tiers = []
+    for i, t in enumerate(TIERS):
+        test = table[table.split == "test"]
+        acc = float((test[f"prediction_{t}"] == test["label"]).mean())
+        inputs = [{"name": "input_ids" if i == 0 else "hidden", "dtype": "int64" if i == 0 else "float32",
+                   "shape": ["batch", "seq"]}, {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"]}]
+        outputs = [{"name": "logits", "dtype": "float32", "shape": ["batch", CLASSES]}]
+        tiers.append({"tier": t, "layers": [i + 1], "file": files[t], "sha256": sha256_file(root / files[t]),
+                      "size_bytes": (root / files[t]).stat().st_size, "inputs": inputs, "outputs": outputs,
+                      "logits": "logits", "exit": {"layer": i + 1, "val_accuracy": acc, "test_accuracy": acc},
+                      "offload": {} if t == "cloud" else {"hidden_out": "hidden", "attention_mask": "attention_mask"}})
+    doc = {"format_version": BUNDLE_FORMAT, "name": "tiny", "model": {"source": "tests/tinybundle.py"},
+           "task": {"labels": ["a", "b", "c"]}, "offload_mode": "hidden", "tiers": tiers,
+           "files": {f: sha256_file(root / f) for f in ("samples.parquet", "exits.parquet")},
+           "data": {"splits": splits, "seed": seed}, "parity": {}, "build": {"tiny": True}}
+    (root / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    bundle = Bundle.load(root)
+    bundle.verify()
+    return bundle

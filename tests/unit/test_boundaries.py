@@ -1,0 +1,50 @@
+"""The rooms of DESIGN.md, checked on the source: who may import what, who may print."""
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+AGENT_ALLOWED = {"numpy", "onnxruntime", "zmq", "msgpack", "psutil", "agents"}
+PURE = ["config", "schema", "rows", "stats", "report", "clock", "policies/__init__"]
+IO_MODULES = {"testbed.controller", "testbed.transport", "testbed.launch", "testbed.results", "zmq", "subprocess"}
+
+
+def imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_agents_import_only_their_light_dependencies():
+    import sys
+
+    std = sys.stdlib_module_names
+    for path in (ROOT / "agents").glob("*.py"):
+        for mod in imports(path):
+            top = mod.split(".")[0]
+            assert top in std or top in AGENT_ALLOWED, f"{path.name} imports {mod}"
+            assert top != "testbed", f"{path.name} imports testbed"
+
+
+def test_pure_modules_import_no_io_module():
+    for name in PURE:
+        path = ROOT / "testbed" / f"{name}.py"
+        bad = imports(path) & IO_MODULES
+        assert not bad, f"testbed/{name}.py imports {bad}"
+
+
+def test_only_the_cli_prints_or_exits():
+    for path in (ROOT / "testbed").rglob("*.py"):
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else (f.attr if isinstance(f, ast.Attribute) else "")
+                full = ast.unparse(f)
+                assert name != "print" and full not in ("sys.exit", "exit", "os._exit"), f"{path}: {full}()"

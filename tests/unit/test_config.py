@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+
+from testbed import policies
+from testbed.cli import _load_all
+from testbed.config import check_experiment, load_experiment, load_inventory
+from testbed.errors import ConfigError
+
+from conftest import ROOT, write_inventory
+
+
+def test_shipped_experiment_and_inventory_are_valid():
+    exp = load_experiment(ROOT / "experiments/loopback.yaml")
+    inv = load_inventory(ROOT / "inventory.yaml")
+    problems = check_experiment(exp, inv, policies.check, ROOT)
+    assert [p for p in problems if not p.startswith("bundle")] == []
+
+
+BAD = """\
+name: bad
+bundle: /nonexistent/bundle
+devices: {mobile: mobile-1, edge: edge-1, cloud: cloud-1}
+samples:
+  split: test
+  cuont: 10
+  warmup: -1
+policies:
+  - name: early-exit
+    treshold: {mobile: 0.9}
+run:
+  concurrency: "many"
+"""
+
+
+def test_structural_errors_all_at_once_with_paths_lines_and_suggestions(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    with pytest.raises(ConfigError) as e:
+        load_experiment(path)
+    text = str(e.value)
+    assert str(path) in text
+    assert "samples.cuont (line 6): unknown key 'cuont'; did you mean 'count'?" in text
+    assert "samples.warmup (line 7)" in text and "-1" in text
+    assert "policies[0].treshold (line 10): unknown key 'treshold'; did you mean 'thresholds'?" in text
+    assert "run.concurrency (line 12)" in text and "'many'" in text
+    assert len(e.value.problems) == 4
+
+
+def test_semantic_errors_name_value_and_fix(tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", **{"edge-1": {"tier": "cloud", "id": "edge-1"}})
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(BAD.replace("  cuont: 10\n  warmup: -1\n", "").replace("treshold", "thresholds")
+                   .replace('run:\n  concurrency: "many"\n', "")
+                   .replace("{mobile: 0.9}", "{mobile: 1.7, edge: 0.5}")
+                   .replace("mobile: mobile-1,", "mobile: mobil-1,"))
+    with pytest.raises(ConfigError) as e:
+        _load_all(exp, inv)
+    text = str(e.value)
+    assert "devices.mobile: device 'mobil-1' is not in the inventory; did you mean 'mobile-1'?" in text
+    assert "devices.edge: device 'edge-1' is a cloud device" in text
+    assert "bundle: '/nonexistent/bundle' has no bundle.yaml" in text and "testbed partition" in text
+    assert "policies[0].thresholds.mobile: 1.7 is outside [0, 1]" in text
+
+
+def test_inventory_and_experiment_errors_reported_together(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("devices:\n  - id: m\n    tier: mobil\n    threads: 0\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: x\nbundle: b\ndevices: {}\npolicies: []\nbogus: 1\n")
+    with pytest.raises(ConfigError) as e:
+        _load_all(exp, inv)
+    text = str(e.value)
+    assert "threads" in text and "bogus" in text and "policies" in text
+
+
+def test_unknown_tier_in_inventory_suggests(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("devices:\n  - id: m\n    tier: mobil\n  - id: m\n    tier: edge\n")
+    with pytest.raises(ConfigError) as e:
+        load_inventory(inv)
+    assert "devices[0].tier: 'mobil' is not a tier; did you mean 'mobile'?" in str(e.value)
+    assert "devices[1].id: 'm' appears twice" in str(e.value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\npolicies: [\n  - a\n")
+    with pytest.raises(ConfigError) as e:
+        load_experiment(path)
+    assert "line" in str(e.value) and "not valid YAML" in str(e.value)
+
+
+def test_missing_file_is_a_config_error():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_experiment(Path("/nonexistent/x.yaml"))

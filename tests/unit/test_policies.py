@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from testbed import policies
+from testbed.config import PolicySpec
+
+CONF = np.array([
+    [0.95, 0.50, 0.6],  # confident on mobile
+    [0.60, 0.85, 0.6],  # confident on edge
+    [0.60, 0.70, 0.9],  # neither: cloud
+    [0.90, 0.99, 0.9],  # exactly at the mobile threshold: exits (>=)
+])
+
+
+def test_early_exit_decides_per_confidence():
+    pol = policies.make(PolicySpec(name="early-exit", thresholds={"mobile": 0.9, "edge": 0.8}))
+    rule = pol.thresholds(0, np.random.default_rng(0))
+    assert list(policies.decide(rule, CONF)) == [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("name,tier", [("all-mobile", 0), ("all-edge", 1), ("all-cloud", 2)])
+def test_baselines_send_everything_to_one_tier(name, tier):
+    rule = policies.make(PolicySpec(name=name)).thresholds(0, np.random.default_rng(0))
+    assert set(policies.decide(rule, CONF)) == {tier}
+
+
+def test_policy_label_is_its_key():
+    pol = policies.make(PolicySpec(name="early-exit", thresholds={"mobile": 0.5, "edge": 0.5}, label="ee-0.5"))
+    assert pol.name == "ee-0.5"
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    (PolicySpec(name="ealy-exit"), "did you mean 'early-exit'"),
+    (PolicySpec(name="early-exit"), "needs a threshold"),
+    (PolicySpec(name="early-exit", thresholds={"mobile": 1.5, "edge": 0.5}), "1.5 is outside [0, 1]"),
+    (PolicySpec(name="early-exit", thresholds={"mobile": 0.5}), "no threshold for edge"),
+    (PolicySpec(name="early-exit", thresholds={"mobile": 0.5, "edge": 0.5, "cloud": 0.1}), "always finishes"),
+    (PolicySpec(name="all-cloud", thresholds={"mobile": 0.5}), "take no thresholds"),
+])
+def test_check_explains_bad_policies(spec, fragment):
+    problems = policies.check(spec)
+    assert any(fragment in p for p in problems), problems
+
+
+def test_check_accepts_good_policies():
+    assert policies.check(PolicySpec(name="early-exit", thresholds={"mobile": 0.0, "edge": 1.0})) == []
+    assert policies.check(PolicySpec(name="all-edge")) == []

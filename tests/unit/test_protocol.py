@@ -1,0 +1,91 @@
+import msgpack
+import numpy as np
+import pytest
+
+from agents import protocol as p
+
+
+def _stage(tier="mobile"):
+    return p.Stage(tier, f"{tier}-1", 10, 20, 30, 40, 0.75, 2, False, 1234)
+
+
+MESSAGES = [
+    p.Hello("mobile-1", "mobile", p.AGENT_VERSION, p.PROTOCOL_VERSION, "tcp://127.0.0.1:5000", {"cores": 4}),
+    p.Heartbeat("controller", 123),
+    p.Configure(1, "/x/mobile.onnx", "ab" * 32, 2, "logits", {"hidden_out": "hidden"}, "tcp://127.0.0.1:1", 1),
+    p.Ready("edge-1", 1, 12.5, ["hidden"], ["logits"], ["CPUExecutionProvider"]),
+    p.Failure("edge-1", "configure", "no such file"),
+    p.Ping(3),
+    p.Pong("cloud-1", 3, 99),
+    p.Stop("done"),
+    p.Bye("cloud-1", 7),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: m.KIND)
+def test_round_trip(msg):
+    assert p.decode(p.encode(msg)) == msg
+
+
+def test_work_round_trip_keeps_arrays_bit_exact():
+    hidden = np.random.default_rng(0).normal(size=(1, 7, 384)).astype(np.float32)
+    mask = np.ones((1, 7), np.int64)
+    work = p.Work(5, 42, {"hidden": hidden, "attention_mask": mask}, {"mobile": 0.9, "edge": float("inf")},
+                  [_stage()])
+    back = p.decode(p.encode(work))
+    assert back.tensors["hidden"].dtype == np.float32 and back.tensors["hidden"].shape == (1, 7, 384)
+    assert np.array_equal(back.tensors["hidden"], hidden)
+    assert np.array_equal(back.tensors["attention_mask"], mask)
+    assert back.thresholds["edge"] == float("inf")
+    assert back.stages == [_stage()]
+
+
+def test_result_round_trip():
+    r = p.Result("cloud-1", 1, 2, np.array([[0.1, 2.0, -1.0]], np.float32), [_stage("mobile"), _stage("edge")])
+    back = p.decode(p.encode(r))
+    assert np.array_equal(back.logits, r.logits) and back.stages == r.stages
+
+
+def _frame(kind, body, v=p.PROTOCOL_VERSION):
+    return msgpack.packb({"v": v, "kind": kind, "body": body}, use_bin_type=True)
+
+
+def test_decode_names_kind_and_every_missing_field():
+    with pytest.raises(p.ProtocolError) as e:
+        p.decode(_frame("hello", {"agent_id": "m", "tier": "mobile"}))
+    assert e.value.kind == "hello"
+    missing = {x.split(":")[0] for x in e.value.problems}
+    assert missing == {"agent_version", "protocol_version", "data_endpoint", "facts"}
+
+
+def test_decode_names_bad_types():
+    with pytest.raises(p.ProtocolError) as e:
+        p.decode(_frame("ping", {"seq": "three"}))
+    assert e.value.kind == "ping" and "seq: expected int, got str" in str(e.value)
+
+
+def test_decode_rejects_array_with_wrong_byte_count():
+    bad = {"dtype": "<f4", "shape": [2, 2], "data": b"\x00" * 12}
+    with pytest.raises(p.ProtocolError) as e:
+        p.decode(_frame("result", {"agent_id": "c", "run_seq": 1, "sample_id": 1, "logits": bad, "stages": []}))
+    assert "logits" in str(e.value) and "12 bytes" in str(e.value)
+
+
+def test_decode_rejects_other_version_and_unknown_kind_and_garbage():
+    with pytest.raises(p.ProtocolError, match="protocol version 99"):
+        p.decode(_frame("ping", {"seq": 1}, v=99))
+    with pytest.raises(p.ProtocolError, match="unknown kind"):
+        p.decode(_frame("teleport", {}))
+    with pytest.raises(p.ProtocolError, match="not msgpack|lacks"):
+        p.decode(b"\xc1garbage")
+
+
+def test_encode_refuses_non_messages():
+    with pytest.raises(p.ProtocolError):
+        p.encode({"kind": "ping"})
+
+
+@pytest.mark.parametrize("threshold,conf,expected", [(0.0, 0.1, True), (0.9, 0.9, True), (0.9, 0.89, False),
+                                                     (float("inf"), 1.0, False)])
+def test_should_exit(threshold, conf, expected):
+    assert p.should_exit(threshold, conf) is expected

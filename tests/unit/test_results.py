@@ -1,0 +1,91 @@
+import json
+
+import pandas as pd
+import pytest
+
+from testbed.errors import ResultsError
+from testbed.results import PARTS, RunWriter, load_manifest, load_samples, new_run_id
+from testbed.schema import ARROW_SCHEMA, COLUMN_NAMES, SCHEMA_VERSION, check_row, docs_table
+
+
+def row(i, phase="measure"):
+    r = {c: None for c in COLUMN_NAMES}
+    r.update({"run_id": "r", "experiment": "e", "policy": "all-cloud", "seq": i, "sample_id": i, "split": "test",
+              "phase": phase, "exit_tier": "cloud", "exit_layer": 6, "tier_path": "mobile>edge>cloud", "label": 1,
+              "prediction": 1, "correct": True, "confidence": 0.9, "latency_ms": 10.0 + i, "queue_ms": 0.1,
+              "t_issue_unix_ns": i, "energy_source": "none"})
+    for h in ("controller_mobile", "mobile_edge", "edge_cloud", "return"):
+        r[f"bytes_{h}"] = 8
+    return r
+
+
+def test_every_column_has_a_unit_suffix_or_is_dimensionless():
+    for field in ARROW_SCHEMA:
+        unit = field.metadata[b"unit"].decode()
+        if unit in ("ms", "bytes", "J", "ns"):
+            assert {"ms": "_ms", "bytes": "bytes_", "J": "_j", "ns": "_ns"}[unit] in field.name, field.name
+    assert "latency_ms" in docs_table()
+
+
+def test_check_row_catches_missing_unknown_and_nulls():
+    r = row(0)
+    del r["latency_ms"]
+    r["latency_s"] = 1.0
+    r["policy"] = None
+    r["phase"] = "warm"
+    problems = check_row(r)
+    assert "missing column latency_ms" in problems and "unknown column latency_s" in problems
+    assert "policy is null" in problems and any("phase" in p for p in problems)
+
+
+def test_rows_flush_in_parts_and_join_on_close(tmp_path):
+    w = RunWriter(tmp_path / "run", flush_rows=4)
+    for i in range(10):
+        w.append(row(i, "warmup" if i < 2 else "measure"))
+    assert len(list((tmp_path / "run" / PARTS).glob("*.parquet"))) == 2  # 8 rows flushed, 2 buffered
+    w.write_manifest({"run_id": "r", "status": "complete"})
+    path = w.close()
+    df = pd.read_parquet(path)
+    assert list(df["seq"]) == list(range(10)) and (df["phase"] == "warmup").sum() == 2
+    assert not (tmp_path / "run" / PARTS).exists()
+    loaded, complete = load_samples(tmp_path / "run")
+    assert complete and len(loaded) == 10
+    assert load_manifest(tmp_path / "run")["status"] == "complete"
+    import pyarrow.parquet as pq
+    assert pq.read_schema(path).metadata[b"testbed.schema_version"] == str(SCHEMA_VERSION).encode()
+
+
+def test_a_crash_keeps_every_flushed_part(tmp_path):
+    w = RunWriter(tmp_path / "run", flush_rows=3)
+    for i in range(7):
+        w.append(row(i))
+    # no close(): the process died here
+    df, complete = load_samples(tmp_path / "run")
+    assert not complete and list(df["seq"]) == list(range(6))
+
+
+def test_run_directory_is_never_overwritten(tmp_path):
+    RunWriter(tmp_path / "run")
+    with pytest.raises(ResultsError, match="never overwritten"):
+        RunWriter(tmp_path / "run")
+
+
+def test_bad_row_is_refused_with_the_problem(tmp_path):
+    w = RunWriter(tmp_path / "run")
+    bad = row(0)
+    bad["exit_tier"] = None
+    with pytest.raises(ResultsError, match="exit_tier is null"):
+        w.append(bad)
+
+
+def test_not_a_run_dir(tmp_path):
+    with pytest.raises(ResultsError, match="not a run directory"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({}))
+    with pytest.raises(ResultsError, match="no row was measured"):
+        load_samples(tmp_path)
+
+
+def test_run_ids_sort_by_time_and_differ():
+    a, b = new_run_id(), new_run_id()
+    assert a != b and a[:16] == b[:16] and a.endswith(a[-4:])

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from agents.protocol import Result, Stage
+from testbed.rows import Issued, build_row, clock_offset_ns
+from testbed.schema import check_row
+
+MS = 1_000_000
+CTX = {"run_id": "r", "experiment": "e", "split": "test", "energy_source": "none"}
+
+
+def test_row_times_and_bytes_with_clock_offsets():
+    # the edge agent's clock runs 5 s ahead of the controller's; the mobile's 1 ms behind
+    off = {"mobile-1": -1 * MS, "edge-1": 5_000 * MS}
+    t0 = 1_000_000 * MS
+    mob = Stage("mobile", "mobile-1", t0 + 1 * MS - MS, t0 + 2 * MS - MS, t0 + 6 * MS - MS, t0 + 7 * MS - MS,
+                0.5, 1, False, 4000)
+    edge = Stage("edge", "edge-1", t0 + 9 * MS + 5_000 * MS, t0 + 10 * MS + 5_000 * MS, t0 + 14 * MS + 5_000 * MS,
+                 t0 + 15 * MS + 5_000 * MS, 0.9, 2, True, 12)
+    res = Result("edge-1", 3, 7, np.array([[0.0, 0.1, 3.0]], np.float32), [mob, edge])
+    issued = Issued(3, 7, 2, "measure", "early-exit", 500 * MS, t0, 64)
+    row = build_row(res, issued, 500 * MS + 17 * MS, t0 + 17 * MS, off, {"mobile": 2, "edge": 4, "cloud": 6}, CTX)
+    assert check_row(row) == []
+    assert row["latency_ms"] == pytest.approx(17.0)
+    assert row["net_ms_controller_mobile"] == pytest.approx(1.0)
+    assert row["net_ms_mobile_edge"] == pytest.approx(2.0)
+    assert row["net_ms_return"] == pytest.approx(2.0)
+    assert row["net_ms_edge_cloud"] is None and row["compute_ms_cloud"] is None
+    assert row["compute_ms_mobile"] == pytest.approx(4.0) and row["compute_ms_edge"] == pytest.approx(4.0)
+    assert row["queue_ms"] == pytest.approx(2.0)
+    assert (row["bytes_controller_mobile"], row["bytes_mobile_edge"], row["bytes_edge_cloud"],
+            row["bytes_return"]) == (64, 4000, 0, 12)
+    assert row["exit_tier"] == "edge" and row["exit_layer"] == 4 and row["tier_path"] == "mobile>edge"
+    assert row["prediction"] == 2 and row["correct"] is True
+
+
+def test_clock_offset_uses_min_rtt_sample():
+    samples = [(0, 1_000_500, 2_000), (10_000, 1_010_100, 10_200), (20_000, 1_020_900, 23_000)]
+    offset, rtt = clock_offset_ns(samples)
+    assert (offset, rtt) == (1_000_000, 200)
+    with pytest.raises(ValueError):
+        clock_offset_ns([])
