@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from agents import protocol as p
 from agents.facts import host_facts
-from agents.runtime import Partition, PartitionError, softmax
+from agents.runtime import Partition, PartitionError, top1
 
 log = logging.getLogger("agents")
 
@@ -124,10 +123,10 @@ class Agent:
             events = dict(poller.poll(timeout=max(1, int((next_hb - now) * 1000))))
             if self._ctrl in events:
                 last_heard = time.monotonic()
-                if self._on_control(self._ctrl.recv()):
+                if self._on_control(self._ctrl.recv_multipart(copy=False)):
                     return 0
             if self._data_in in events:
-                self._on_work(self._data_in.recv(copy=False))
+                self._on_work(self._data_in.recv_multipart(copy=False))
         log.info("stopped by signal after %d samples", self.served)
         return 0
 
@@ -138,7 +137,7 @@ class Agent:
         self._ctx.term()
 
     def _send(self, msg: Any) -> None:
-        self._ctrl.send(p.encode(msg))
+        self._ctrl.send_multipart(p.encode(msg), copy=False)
 
     def _fail(self, stage: str, what: str) -> None:
         log.error("%s: %s", stage, what)
@@ -146,7 +145,7 @@ class Agent:
 
     # ------------------------------------------------------------------ control
 
-    def _on_control(self, raw: bytes) -> bool:
+    def _on_control(self, raw: list[zmq.Frame]) -> bool:
         """Handle one control message; True means exit now."""
         try:
             msg = p.decode(raw)
@@ -190,10 +189,10 @@ class Agent:
 
     # ------------------------------------------------------------------ data
 
-    def _on_work(self, frame: zmq.Frame) -> None:
+    def _on_work(self, frames: list[zmq.Frame]) -> None:
         recv_ns = time.time_ns()
         try:
-            work = p.decode(frame.bytes)
+            work = p.decode(frames)
         except p.ProtocolError as e:
             self._fail("decode", str(e))
             return
@@ -212,8 +211,7 @@ class Agent:
             return
         end_ns = time.time_ns()
         logits = outputs[cfg.msg.logits_name]
-        probs = softmax(logits.astype(np.float64))[0]
-        confidence, prediction = float(probs.max()), int(probs.argmax())
+        confidence, prediction = top1(logits[0])
         threshold = work.thresholds.get(self.tier, float("inf"))
         exited = cfg.tier_final or p.should_exit(threshold, confidence)
         self.served += 1
@@ -227,8 +225,8 @@ class Agent:
         stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
                         confidence, prediction, False, nbytes)
         assert self._data_out is not None
-        self._data_out.send(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
-                                            [*work.stages, stage])), copy=False)
+        self._data_out.send_multipart(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
+                                                      [*work.stages, stage])), copy=False)
 
 
 def main(argv: list[str] | None = None) -> int:

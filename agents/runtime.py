@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def top1(logits: np.ndarray) -> tuple[float, int]:
+    """(max softmax probability, argmax) of one row of logits.
+
+    Plain floats, not numpy: a handful of classes, on the per-sample path, right after
+    onnxruntime has left the caches cold.
+    """
+    row = logits.tolist()
+    top = max(row)
+    total = sum(math.exp(v - top) for v in row)
+    return 1.0 / total, row.index(top)
 
 
 @dataclass

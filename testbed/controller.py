@@ -34,7 +34,7 @@ from testbed.errors import AgentLostError, AgentStartError, RunProtocolError, Te
 from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
 from testbed.results import RunWriter
 from testbed.rows import Issued, build_row, clock_offset_ns
-from testbed.transport import ZmqTransport
+from testbed.transport import Received, ZmqTransport
 
 NS = 1_000_000_000
 PINGS = 8
@@ -140,7 +140,7 @@ class Controller:
         self._writer.write_manifest(self._manifest)
         status, error = "failed", None
         try:
-            self._transport = ZmqTransport("127.0.0.1")
+            self._transport = ZmqTransport("127.0.0.1", self.clock)
             self._start_agents()
             self._await_hellos()
             self._configure()
@@ -179,7 +179,7 @@ class Controller:
             owned.append({"device": device.id, "host": device.host, "pid": handle.pid, "log": str(handle.log_path)})
             self._writer.write_manifest(self._manifest)
 
-    def _await(self, what: str, timeout_s: float, done: Callable[[], bool], on_msg: Callable[[str, Any], None]) -> None:
+    def _await(self, what: str, timeout_s: float, done: Callable[[], bool], on_msg: Callable[[Received], None]) -> None:
         """Pump control messages until ``done()`` or the timeout; dead agents fail fast."""
         assert self._transport is not None
         deadline = self.clock.monotonic_ns() + int(timeout_s * NS)
@@ -198,8 +198,8 @@ class Controller:
                                       f"{self.exp_path}); their logs:\n{tails}")
             got = self._transport.recv(0.05)
             if got is not None:
-                self._note_heard(got[0])
-                on_msg(*got)
+                self._note_heard(got.agent_id)
+                on_msg(got)
 
     @staticmethod
     def _phase_done(what: str, a: _Agent) -> bool:
@@ -211,7 +211,8 @@ class Controller:
             self._agents[agent_id].last_heard_ns = self.clock.monotonic_ns()
 
     def _await_hellos(self) -> None:
-        def on_msg(agent_id: str, msg: Any) -> None:
+        def on_msg(got: Received) -> None:
+            agent_id, msg = got.agent_id, got.msg
             if isinstance(msg, p.Hello):
                 a = self._agents.get(agent_id)
                 if a is None:
@@ -238,7 +239,8 @@ class Controller:
                 exit_layer=spec.exit.layer, logits_name=spec.logits, offload=dict(spec.offload),
                 next_endpoint=nxt, threads=device.threads))
 
-        def on_msg(agent_id: str, msg: Any) -> None:
+        def on_msg(got: Received) -> None:
+            agent_id, msg = got.agent_id, got.msg
             if isinstance(msg, p.Ready):
                 self._agents[agent_id].ready = msg
             elif isinstance(msg, p.Failure):
@@ -250,11 +252,12 @@ class Controller:
         assert self._transport is not None
         sent: dict[tuple[str, int], int] = {}
 
-        def on_msg(agent_id: str, msg: Any) -> None:
+        def on_msg(got: Received) -> None:
+            msg = got.msg
             if isinstance(msg, p.Pong):
-                t0 = sent.pop((agent_id, msg.seq), None)
+                t0 = sent.pop((got.agent_id, msg.seq), None)
                 if t0 is not None:
-                    self._agents[agent_id].pings.append((t0, msg.t_ns, self.clock.time_ns()))
+                    self._agents[got.agent_id].pings.append((t0, msg.t_ns, got.wall_ns))
 
         for k in range(PINGS):
             for a in self._agents.values():
@@ -302,13 +305,13 @@ class Controller:
             self._keepalive(in_flight)
             if got is None:
                 continue
-            agent_id, msg = got
+            agent_id, msg = got.agent_id, got.msg
             self._note_heard(agent_id)
             if isinstance(msg, p.Result):
                 issued = in_flight.pop(msg.run_seq, None)
                 if issued is None:
                     continue  # a late answer to a sample this run already gave up on
-                row = build_row(msg, issued, self.clock.monotonic_ns(), self.clock.time_ns(), offsets, exit_layers, ctx)
+                row = build_row(msg, issued, got.mono_ns, got.wall_ns, offsets, exit_layers, ctx)
                 self._writer.append(row)
                 policy.observe(issued.sample_id, {s.tier: s.confidence for s in msg.stages})
                 done += 1
@@ -362,8 +365,8 @@ class Controller:
                     got = self._transport.recv(0.05)
                 except TestbedError:
                     continue
-                if got and isinstance(got[1], p.Bye):
-                    stopped[got[0]] = got[1].served
+                if got and isinstance(got.msg, p.Bye):
+                    stopped[got.agent_id] = got.msg.served
         for a in self._agents.values():
             code = a.handle.stop(self.timeouts.stop_s)
             stopped.setdefault(a.device_id, None)

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.protocol import TIERS
-from agents.runtime import Partition, sha256_file, softmax
+from agents.runtime import Partition, sha256_file, top1
 from testbed.bundle import BUNDLE_FORMAT, Bundle
 from testbed.config import load_yaml_model
 from testbed.datasets import load_text_dataset, split_indices
@@ -229,9 +229,9 @@ def exit_table(root: Path, files: dict[str, str], split: str, ids: list[list[int
         row: dict[str, Any] = {"split": split, "sample_id": sid, "label": int(labels[sid])}
         for tier in TIERS:
             out = sessions[tier].run(feed)
-            probs = softmax(out["logits"].astype(np.float64))[0]
-            row[f"prediction_{tier}"] = int(probs.argmax())
-            row[f"confidence_{tier}"] = float(probs.max())
+            confidence, prediction = top1(out["logits"][0])  # exactly what the agents compute
+            row[f"prediction_{tier}"] = prediction
+            row[f"confidence_{tier}"] = confidence
             if "hidden_out" in out:
                 feed = {"hidden": out["hidden_out"], "attention_mask": feed["attention_mask"]}
         rows.append(row)

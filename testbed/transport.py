@@ -6,12 +6,22 @@ results). issue: one PUSH per first-tier agent, connected to its data socket.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
 from agents import protocol as p
+from testbed.clock import Clock, SystemClock
 from testbed.errors import RunProtocolError, TestbedError
+
+
+class Received(NamedTuple):
+    """A control message and the controller's clocks when it arrived."""
+
+    agent_id: str
+    msg: Any
+    mono_ns: int
+    wall_ns: int
 
 
 class TransportError(TestbedError):
@@ -21,7 +31,8 @@ class TransportError(TestbedError):
 class ZmqTransport:
     """ROUTER for control, PUSH sockets for issuing samples."""
 
-    def __init__(self, bind_host: str = "127.0.0.1"):
+    def __init__(self, bind_host: str = "127.0.0.1", clock: Clock | None = None):
+        self._clock = clock or SystemClock()
         self._ctx = zmq.Context()
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
@@ -35,20 +46,22 @@ class ZmqTransport:
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
 
-    def recv(self, timeout_s: float) -> tuple[str, Any] | None:
-        """Next control message as (agent_id, message), or None after ``timeout_s``."""
+    def recv(self, timeout_s: float) -> Received | None:
+        """Next control message, stamped on arrival (before decoding), or None after ``timeout_s``."""
         if not self._poller.poll(max(0, int(timeout_s * 1000))):
             return None
-        ident, raw = self._router.recv_multipart()
+        ident, *frames = self._router.recv_multipart(copy=False)
+        mono_ns, wall_ns = self._clock.monotonic_ns(), self._clock.time_ns()
+        agent_id = ident.bytes.decode()
         try:
-            return ident.decode(), p.decode(raw)
+            return Received(agent_id, p.decode(frames), mono_ns, wall_ns)
         except p.ProtocolError as e:
-            raise RunProtocolError(f"agent {ident.decode()!r} sent a bad message: {e}") from e
+            raise RunProtocolError(f"agent {agent_id!r} sent a bad message: {e}") from e
 
     def send(self, agent_id: str, msg: Any) -> None:
         """Send a control message to one agent."""
         try:
-            self._router.send_multipart([agent_id.encode(), p.encode(msg)])
+            self._router.send_multipart([agent_id.encode(), *p.encode(msg)])
         except zmq.ZMQError as e:
             raise TransportError(f"cannot send {msg.KIND} to agent {agent_id}: {e}") from e
 
@@ -60,12 +73,12 @@ class ZmqTransport:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)
             self._push[endpoint] = sock
-        data = p.encode(work)
+        frames = p.encode(work)
         try:
-            sock.send(data, copy=False)
+            sock.send_multipart(frames, copy=False)
         except zmq.ZMQError as e:
             raise TransportError(f"cannot issue sample {work.sample_id} to {endpoint}: {e}") from e
-        return len(data)
+        return p.wire_size(frames)
 
     def close(self) -> None:
         """Close every socket; idempotent."""

@@ -27,8 +27,8 @@ def agent(tmp_path):
 
     def recv(kind, timeout_ms=20_000):
         while router.poll(timeout_ms):
-            ident, raw = router.recv_multipart()
-            msg = p.decode(raw)
+            ident, *frames = router.recv_multipart()
+            msg = p.decode(frames)
             if msg.KIND == kind:
                 return ident, msg
         raise AssertionError(f"no {kind} from the agent; log:\n{(tmp_path / 'agent.log').read_text()}")
@@ -46,7 +46,7 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
     assert ident == b"cloud-9" and hello.tier == "cloud" and hello.protocol_version == p.PROTOCOL_VERSION
     assert hello.facts["onnxruntime"] and hello.data_endpoint.startswith("tcp://127.0.0.1:")
     recv("heartbeat")
-    send = lambda m: router.send_multipart([ident, p.encode(m)])  # noqa: E731
+    send = lambda m: router.send_multipart([ident, *p.encode(m)])  # noqa: E731
     spec = tiny_bundle.tier("cloud")
     path = str(tiny_bundle.root / spec.file)
 
@@ -59,14 +59,14 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
     push.connect(hello.data_endpoint)
     hidden = np.ones((1, 4, 8), np.float32)
     work = p.Work(7, 3, {"hidden": hidden, "attention_mask": np.ones((1, 4), np.int64)}, {})
-    push.send(p.encode(work))
+    push.send_multipart(p.encode(work))
     _, early = recv("failure")
     assert "before Configure" in early.what
 
     send(p.Configure(2, path, spec.sha256, 3, "logits", {}, "", 1))
     _, ready = recv("ready")
     assert ready.inputs == ["hidden", "attention_mask"] and "logits" in ready.outputs
-    push.send(p.encode(work))
+    push.send_multipart(p.encode(work))
     _, result = recv("result")
     assert result.sample_id == 3 and result.logits.shape == (1, 3)
     assert [s.tier for s in result.stages] == ["cloud"] and result.stages[0].exited

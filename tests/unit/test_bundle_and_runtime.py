@@ -41,6 +41,17 @@ def test_partition_refuses_wrong_hash(tiny_bundle):
         Partition.load(tiny_bundle.root / "nope.onnx", "0" * 64)
 
 
+def test_top1_equals_numpy_softmax():
+    from agents.runtime import top1
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        logits = rng.normal(size=(1, 5)).astype(np.float32) * 10
+        probs = softmax(logits.astype(np.float64))[0]
+        conf, pred = top1(logits[0])
+        assert pred == probs.argmax() and conf == pytest.approx(probs.max(), abs=1e-12)
+
+
 def test_chained_partitions_match_the_exit_table(tiny_bundle):
     """Running the tiers in one process reproduces the stored per-sample exit table."""
     parts = {t.tier: Partition.load(tiny_bundle.root / t.file, t.sha256) for t in tiny_bundle.spec.tiers}

@@ -50,6 +50,16 @@ def _frame(kind, body, v=p.PROTOCOL_VERSION):
     return msgpack.packb({"v": v, "kind": kind, "body": body}, use_bin_type=True)
 
 
+def test_tensors_travel_out_of_band_and_decode_without_copy():
+    hidden = np.arange(24, dtype=np.float32).reshape(1, 4, 6)
+    frames = p.encode(p.Work(1, 1, {"hidden": hidden}, {}))
+    assert len(frames) == 2 and bytes(frames[1]) == hidden.tobytes()
+    assert len(frames[0]) < 200  # the header stays small whatever the tensor size
+    back = p.decode([bytes(f) for f in frames])
+    assert not back.tensors["hidden"].flags.owndata  # a view on the received frame
+    assert p.wire_size(frames) == len(frames[0]) + hidden.nbytes
+
+
 def test_decode_names_kind_and_every_missing_field():
     with pytest.raises(p.ProtocolError) as e:
         p.decode(_frame("hello", {"agent_id": "m", "tier": "mobile"}))
@@ -65,9 +75,10 @@ def test_decode_names_bad_types():
 
 
 def test_decode_rejects_array_with_wrong_byte_count():
-    bad = {"dtype": "<f4", "shape": [2, 2], "data": b"\x00" * 12}
+    bad = {"dtype": "<f4", "shape": [2, 2], "frame": 1}
     with pytest.raises(p.ProtocolError) as e:
-        p.decode(_frame("result", {"agent_id": "c", "run_seq": 1, "sample_id": 1, "logits": bad, "stages": []}))
+        p.decode([_frame("result", {"agent_id": "c", "run_seq": 1, "sample_id": 1, "logits": bad, "stages": []}),
+                  b"\x00" * 12])
     assert "logits" in str(e.value) and "12 bytes" in str(e.value)
 
 
@@ -78,6 +89,11 @@ def test_decode_rejects_other_version_and_unknown_kind_and_garbage():
         p.decode(_frame("teleport", {}))
     with pytest.raises(p.ProtocolError, match="not msgpack|lacks"):
         p.decode(b"\xc1garbage")
+    with pytest.raises(p.ProtocolError, match="frame"):
+        p.decode([_frame("result", {"agent_id": "c", "run_seq": 1, "sample_id": 1, "stages": [],
+                                    "logits": {"dtype": "<f4", "shape": [1], "frame": 5}})])
+    with pytest.raises(p.ProtocolError, match="stages"):
+        p.decode(_frame("work", {"run_seq": 1, "sample_id": 1, "tensors": {}, "thresholds": {}, "stages": [[1, 2]]}))
 
 
 def test_encode_refuses_non_messages():
