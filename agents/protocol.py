@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -221,18 +222,44 @@ _STAGE_FIELDS = [f.name for f in dataclasses.fields(Stage)]
 def _pack_array(a: np.ndarray, frames: Frames) -> dict[str, Any]:
     a = np.ascontiguousarray(a)
     frames.append(memoryview(a).cast("B"))
-    return {"dtype": a.dtype.str, "shape": list(a.shape), "frame": len(frames) - 1}
+    return {"dtype": a.dtype.str, "shape": a.shape, "frame": len(frames) - 1}
+
+
+_stage_values = operator.attrgetter(*_STAGE_FIELDS)
 
 
 def _to_wire(value: Any, frames: Frames) -> Any:
+    """Generic encoder for nested maps and lists (Hello facts and the like)."""
     if isinstance(value, np.ndarray):
         return _pack_array(value, frames)
     if isinstance(value, dict):
         return {k: _to_wire(v, frames) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [[getattr(v, f) for f in _STAGE_FIELDS] if isinstance(v, Stage) else _to_wire(v, frames)
-                for v in value]
+        return [_to_wire(v, frames) for v in value]
     return value
+
+
+def _enc_arrays(value: dict[str, np.ndarray], frames: Frames) -> dict[str, Any]:
+    return {k: _pack_array(v, frames) for k, v in value.items()}
+
+
+def _enc_stages(value: list[Stage], frames: Frames) -> list[tuple]:
+    return [_stage_values(s) for s in value]
+
+
+def _enc_plain(value: Any, frames: Frames) -> Any:
+    return value
+
+
+def _encoder(type_name: str) -> Callable[[Any, Frames], Any]:
+    return {"np.ndarray": _pack_array, "dict[str, np.ndarray]": _enc_arrays, "list[Stage]": _enc_stages,
+            "str": _enc_plain, "int": _enc_plain, "float": _enc_plain, "bool": _enc_plain}.get(type_name, _to_wire)
+
+
+# Per kind: (field name, encoder); compiled once.
+_ENCODERS: dict[str, list[tuple[str, Callable[[Any, Frames], Any]]]] = {
+    kind: [(f.name, _encoder(str(f.type))) for f in dataclasses.fields(cls)] for kind, cls in MESSAGES.items()
+}
 
 
 def encode(msg: Any) -> Frames:
@@ -241,7 +268,7 @@ def encode(msg: Any) -> Frames:
     if kind not in MESSAGES or not isinstance(msg, MESSAGES[kind]):
         raise ProtocolError(str(kind or type(msg).__name__), ["not a protocol message"])
     frames: Frames = [b""]
-    body = {name: _to_wire(getattr(msg, name), frames) for name in _FIELDS[kind]}
+    body = {name: enc(getattr(msg, name), frames) for name, enc in _ENCODERS[kind]}
     frames[0] = msgpack.packb({"v": PROTOCOL_VERSION, "kind": kind, "body": body}, use_bin_type=True)
     return frames
 
@@ -256,15 +283,18 @@ def wire_size(frames: Frames) -> int:
 Converter = Callable[[Any, Frames], Any]
 
 
+_DTYPES: dict[str, np.dtype] = {}
+
+
 def _unpack_array(obj: Any, frames: Frames) -> np.ndarray:
-    if not isinstance(obj, dict) or not {"dtype", "shape", "frame"} <= obj.keys():
-        raise ValueError("expected an array header with dtype, shape and frame")
     try:
-        dtype = np.dtype(obj["dtype"])
-        shape = tuple(int(s) for s in obj["shape"])
-        frame = frames[int(obj["frame"])]
-    except (TypeError, ValueError, IndexError) as e:
-        raise ValueError(f"bad array header {obj!r} ({e})") from e
+        dtype = _DTYPES.get(obj["dtype"]) or _DTYPES.setdefault(obj["dtype"], np.dtype(obj["dtype"]))
+        shape = tuple(obj["shape"])
+        frame = frames[obj["frame"]]
+        if not all(type(n) is int and n >= 0 for n in shape):
+            raise ValueError(f"shape {shape} is not a list of sizes")
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        raise ValueError(f"bad array header {obj!r}: expected dtype, shape and frame ({e})") from e
     buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
     expected = dtype.itemsize * math.prod(shape)
     if buf.nbytes != expected:

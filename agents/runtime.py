@@ -52,6 +52,11 @@ class Partition:
     session: ort.InferenceSession
     load_ms: float
 
+    def __post_init__(self) -> None:
+        # asked once: the session's own getters build new lists on every call
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
     @classmethod
     def load(cls, path: Path, sha256: str, threads: int = 1) -> Partition:
         """Verify ``path`` against ``sha256`` and open it with onnxruntime on the CPU.
@@ -77,17 +82,7 @@ class Partition:
             raise PartitionError(f"onnxruntime cannot load {path}: {e}") from e
         return cls(path, session, (time.perf_counter() - t0) * 1e3)
 
-    @property
-    def inputs(self) -> list[str]:
-        """Input tensor names of the graph."""
-        return [i.name for i in self.session.get_inputs()]
-
-    @property
-    def outputs(self) -> list[str]:
-        """Output tensor names of the graph."""
-        return [o.name for o in self.session.get_outputs()]
-
     def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on the tensors it takes; returns every output by name."""
         feed = {name: tensors[name] for name in self.inputs}
-        return dict(zip(self.outputs, self.session.run(None, feed), strict=True))
+        return dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))

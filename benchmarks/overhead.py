@@ -54,8 +54,8 @@ while True:
 def raw_compute_ms(bundle: Bundle, ids: list[int]) -> np.ndarray:
     parts = {t.tier: Partition.load(bundle.root / t.file, t.sha256, threads=1) for t in bundle.spec.tiers}
     samples = bundle.samples("test")
-    out = []
-    for rep in range(2):  # the first pass warms the sessions up
+    out: list[float] = []
+    for _ in range(2):  # the first pass warms the sessions up
         times = []
         for i in ids:
             feed = samples.tensors(i)
@@ -111,38 +111,62 @@ def bare_zmq_rtt_ms(payload: int, n: int) -> np.ndarray:
     return np.array(times)
 
 
+def one_round(bundle: Bundle, n: int) -> dict[str, float]:
+    """raw compute, then the harness, then raw compute again, then a bare round trip; medians."""
+    ids = list(range(n))
+    before = raw_compute_ms(bundle, ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = harness_rows(bundle, n, Path(tmp)).sort_values("sample_id")
+    after = raw_compute_ms(bundle, ids)
+    raw = np.minimum(before, after)[rows["sample_id"].to_numpy()]  # min: the least disturbed compute time
+    payload = int(rows["bytes_mobile_edge"].median())
+    rtt = bare_zmq_rtt_ms(payload, n)
+    lat = rows["latency_ms"].to_numpy()
+    own = rows[["compute_ms_mobile", "compute_ms_edge", "compute_ms_cloud"]].sum(axis=1).to_numpy()
+    out = {"payload_bytes": payload, "raw_ms": float(np.median(raw)), "latency_ms": float(np.median(lat)),
+           "latency_p95_ms": float(np.percentile(lat, 95)), "agent_compute_ms": float(np.median(own)),
+           "rtt_ms": float(np.median(rtt)), "rtt_p99_ms": float(np.percentile(rtt, 99)),
+           "hop_ms": float(np.median((lat - raw) / 4)), "hop_own_ms": float(np.median((lat - own) / 4))}
+    for hop in ("controller_mobile", "mobile_edge", "edge_cloud", "return"):
+        out[f"net_{hop}_ms"] = float(rows[f"net_ms_{hop}"].median())
+    out["ratio"] = out["hop_ms"] / out["rtt_ms"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "partitions/minilm-sentiment")
-    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3, help="independent rounds; the ratio is their median")
     args = ap.parse_args()
     bundle = Bundle.load(args.bundle)
     bundle.verify()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = harness_rows(bundle, args.samples, Path(tmp))
-    ids = rows["sample_id"].tolist()
-    raw = raw_compute_ms(bundle, ids)
-    payload = int(rows["bytes_mobile_edge"].median())
-    rtt = bare_zmq_rtt_ms(payload, args.samples)
-
-    lat = rows["latency_ms"].to_numpy()
-    measured_compute = rows[["compute_ms_mobile", "compute_ms_edge", "compute_ms_cloud"]].sum(axis=1).to_numpy()
-    hop_cost = (lat - raw) / 4
-    hop_cost_own = (lat - measured_compute) / 4
-    med = float(np.median(hop_cost))
-    print(f"samples: {len(ids)} (all-cloud, 4 hops each); bundle {bundle.root.name}; payload median {payload} B")
-    print(f"raw onnxruntime, 3 partitions in one process: median {np.median(raw):.3f} ms/sample")
-    print(f"harness end to end:                           median {np.median(lat):.3f} ms/sample "
-          f"(p95 {np.percentile(lat, 95):.3f})")
-    print(f"harness compute as the agents measured it:    median {np.median(measured_compute):.3f} ms/sample")
-    print(f"bare pyzmq PUSH/PULL round trip ({payload} B):   median {np.median(rtt):.3f} ms "
-          f"(p99 {np.percentile(rtt, 99):.3f})")
+    n = min(args.samples, len(bundle.samples("test")))
+    print(f"bundle {bundle.root.name}: {n} samples x {args.rounds} rounds; all-cloud, 4 hops per sample; "
+          f"{os.cpu_count()} CPUs")
+    rounds = []
+    for r in range(args.rounds):
+        res = one_round(bundle, n)
+        rounds.append(res)
+        print(f"round {r + 1}: raw {res['raw_ms']:.3f} ms | harness {res['latency_ms']:.3f} ms "
+              f"(p95 {res['latency_p95_ms']:.3f}) | agents' compute {res['agent_compute_ms']:.3f} ms | "
+              f"bare rtt {res['rtt_ms']:.3f} ms ({res['payload_bytes']} B) | hop {res['hop_ms']:.3f} ms | "
+              f"ratio {res['ratio']:.3f}")
+    med = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
+    ratios = [r["ratio"] for r in rounds]
+    print(f"raw onnxruntime, 3 partitions in one process: median {med['raw_ms']:.3f} ms/sample")
+    print(f"full three-tier run, end to end:              median {med['latency_ms']:.3f} ms/sample")
+    print(f"  of which onnxruntime inside the agents:     median {med['agent_compute_ms']:.3f} ms/sample")
+    print(f"bare pyzmq PUSH/PULL round trip:              median {med['rtt_ms']:.3f} ms "
+          f"({med['payload_bytes']:.0f} B payload)")
     for hop in ("controller_mobile", "mobile_edge", "edge_cloud", "return"):
-        print(f"  net_ms_{hop:<18} median {rows[f'net_ms_{hop}'].median():.3f} ms (stage stamps)")
-    print(f"harness hop cost = (latency - raw compute) / 4:       median {med:.3f} ms")
-    print(f"harness hop cost = (latency - agents' compute) / 4:   median {np.median(hop_cost_own):.3f} ms")
-    print(f"added per hop over a bare one-way zmq hop:            median {med - np.median(rtt) / 2:.3f} ms")
-    print(f"harness_vs_zmq_ratio={med / float(np.median(rtt)):.3f}")
+        print(f"  net_ms_{hop:<18} median {med[f'net_{hop}_ms']:.3f} ms (send stamp to receive stamp)")
+    print(f"harness hop cost, (latency - raw compute) / 4:       {med['hop_ms']:.3f} ms")
+    print(f"harness hop cost, (latency - agents' compute) / 4:   {med['hop_own_ms']:.3f} ms "
+          "(leaves out compute slowdown of separate processes)")
+    print(f"added per hop (harness - raw compute - bare zmq one-way hop): {med['hop_ms'] - med['rtt_ms'] / 2:.3f} ms")
+    print(f"ratio per round: {', '.join(f'{x:.3f}' for x in ratios)} (target <= 1.5)")
+    print(f"harness_vs_zmq_ratio={float(np.median(ratios)):.3f}")
 
 
 if __name__ == "__main__":
