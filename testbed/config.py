@@ -274,14 +274,38 @@ def check_experiment(exp: Experiment, inv: Inventory, policy_problems: Any, base
                             f"not {tier}; pick a {tier} device or fix its tier")
     if len(set(exp.devices.values())) != len(exp.devices):
         problems.append("devices: one device serves two tiers; each tier needs its own agent")
-    bundle_yaml = resolve(base, exp.bundle) / "bundle.yaml"
-    if not bundle_yaml.is_file():
-        problems.append(f"bundle: {exp.bundle!r} has no bundle.yaml ({bundle_yaml}); build it with "
-                        "`testbed partition --config partitions/specs/<name>.yaml` (or `make bundle`)")
+    problems += _bundle_problems(exp, base)
     keys: set[str] = set()
     for i, pol in enumerate(exp.policies):
         problems += [f"policies[{i}]{p}" for p in policy_problems(pol)]
         if pol.key in keys:
             problems.append(f"policies[{i}]: policy {pol.key!r} appears twice; give one a different label")
         keys.add(pol.key)
+    return problems
+
+
+def _bundle_problems(exp: Experiment, base: Path) -> list[str]:
+    """The bundle exists, has every file it names, and the split holds the samples asked for."""
+    from testbed.bundle import Bundle
+    from testbed.errors import BundleError
+
+    root = resolve(base, exp.bundle)
+    if not (root / "bundle.yaml").is_file():
+        return [f"bundle: {exp.bundle!r} has no bundle.yaml ({root / 'bundle.yaml'}); build it with "
+                "`testbed partition --config partitions/specs/<name>.yaml` (or `make bundle`)"]
+    try:
+        bundle = Bundle.load(root)
+    except BundleError as e:
+        return [f"bundle: {e}"]
+    problems = []
+    missing = bundle.missing_files()
+    if missing:
+        problems.append(f"bundle: {exp.bundle!r} lacks {', '.join(missing)}; rebuild it with `testbed partition`")
+    splits = bundle.spec.data.get("splits", {})
+    if exp.samples.split not in splits:
+        problems.append(f"samples.split: {exp.samples.split!r} is not a split of the bundle"
+                        f"{suggest(exp.samples.split, list(splits))}")
+    elif exp.samples.count is not None and exp.samples.count > splits[exp.samples.split]:
+        problems.append(f"samples.count: {exp.samples.count} but split {exp.samples.split!r} has "
+                        f"{splits[exp.samples.split]} samples; lower it or omit it to use them all")
     return problems

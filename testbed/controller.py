@@ -32,8 +32,9 @@ from testbed.clock import Clock, SystemClock
 from testbed.config import Experiment, Inventory, TimeoutSpec
 from testbed.errors import AgentLostError, AgentStartError, RunProtocolError, TestbedError
 from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
-from testbed.results import RunWriter
+from testbed.results import RunWriter, new_run_id
 from testbed.rows import Issued, build_row, clock_offset_ns
+from testbed.schema import SCHEMA_VERSION
 from testbed.transport import Received, ZmqTransport
 
 NS = 1_000_000_000
@@ -119,8 +120,6 @@ class Controller:
         self.bundle = bundle
         self.clock = clock or SystemClock()
         self.on_progress = on_progress
-        from testbed.results import new_run_id
-
         self.run_id = run_id or new_run_id()
         self.run_dir = results_root / experiment.name / self.run_id
         self.timeouts: TimeoutSpec = experiment.timeouts
@@ -129,6 +128,7 @@ class Controller:
         self._writer: RunWriter | None = None
         self._manifest: dict[str, Any] = {}
         self._last_hb_sent_ns = 0
+        self._seq = 0  # issue order over the whole run: the seq column
 
     # ------------------------------------------------------------------ public
 
@@ -272,7 +272,7 @@ class Controller:
 
     def _run_policy(self, policy: policies.Policy, rng: np.random.Generator) -> None:
         samples = self.bundle.samples(self.exp.samples.split)
-        count = min(self.exp.samples.count or len(samples), len(samples))
+        count = self.exp.samples.count or len(samples)  # validated against the split size
         warm = self.exp.samples.warmup
         plan = [("warmup", i % count) for i in range(warm)] + [("measure", i) for i in range(count)]
         self._issue_all(policy, rng, samples, plan)
@@ -288,16 +288,16 @@ class Controller:
                "energy_source": "none"}
         in_flight: dict[int, Issued] = {}
         nxt, done = 0, 0
-        seq0 = self._writer.rows_written + len(self._writer._buffer)
         while done < len(plan):
             while nxt < len(plan) and len(in_flight) < self.exp.run.concurrency:
                 phase, idx = plan[nxt]
                 tensors = samples.tensors(idx)
-                work = p.Work(seq0 + nxt, int(samples.sample_id[idx]), tensors,
-                              policy.thresholds(int(samples.sample_id[idx]), rng))
-                issued = Issued(seq0 + nxt, int(samples.sample_id[idx]), int(samples.label[idx]), phase, policy.name,
+                sample_id = int(samples.sample_id[idx])
+                work = p.Work(self._seq, sample_id, tensors, policy.thresholds(sample_id, rng))
+                issued = Issued(self._seq, sample_id, int(samples.label[idx]), phase, policy.name,
                                 self.clock.monotonic_ns(), self.clock.time_ns(),
                                 sum(int(t.nbytes) for t in tensors.values()))
+                self._seq += 1
                 in_flight[work.run_seq] = issued
                 self._transport.issue(first.hello.data_endpoint, work)
                 nxt += 1
@@ -384,8 +384,6 @@ class Controller:
 
     def _initial_manifest(self, hashes: dict[str, str]) -> dict[str, Any]:
         exp_text = self.exp_path.read_text()
-        from testbed.schema import SCHEMA_VERSION
-
         return {
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_id,

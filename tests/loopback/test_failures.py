@@ -24,8 +24,8 @@ pytestmark = pytest.mark.loopback
 CLOUD = [{"name": "all-cloud"}]
 
 
-def _controller(tmp_path, bundle, on_progress, count=200, **inv_overrides):
-    exp_path = write_experiment(tmp_path / "exp.yaml", bundle.root, CLOUD, count=count, warmup=0)
+def _controller(tmp_path, bundle, on_progress, policies=CLOUD, **inv_overrides):
+    exp_path = write_experiment(tmp_path / "exp.yaml", bundle.root, policies, count=60, warmup=0)
     inv_path = write_inventory(tmp_path / "inv.yaml", **inv_overrides)
     return Controller(load_experiment(exp_path), exp_path, load_inventory(inv_path), inv_path, bundle,
                       tmp_path / "results", on_progress=on_progress)
@@ -41,7 +41,8 @@ def test_lost_agent_stops_the_run_and_keeps_measured_rows(tiny_bundle, tmp_path,
             state["pid"] = ctrl._agents["edge-1"].handle.pid
             os.kill(state["pid"], signal.SIGKILL if how == "kill" else signal.SIGSTOP)
 
-    ctrl = _controller(tmp_path, tiny_bundle, on_progress, count=60 if how == "kill" else 10_000)
+    many = [{"name": "all-cloud", "label": f"c{i}"} for i in range(100)]  # outlasts the liveness timeout
+    ctrl = _controller(tmp_path, tiny_bundle, on_progress, CLOUD if how == "kill" else many)
     with pytest.raises(AgentLostError) as e:
         ctrl.run()
     assert e.value.device == "edge-1"

@@ -94,3 +94,23 @@ def test_yaml_syntax_error_names_line(tmp_path):
 def test_missing_file_is_a_config_error():
     with pytest.raises(ConfigError, match="does not exist"):
         load_experiment(Path("/nonexistent/x.yaml"))
+
+
+def test_bundle_files_and_split_size_are_checked(tiny_bundle, tmp_path):
+    import shutil
+
+    from conftest import write_experiment
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle.root, copy)
+    (copy / "edge.onnx").unlink()
+    inv = write_inventory(tmp_path / "inv.yaml")
+    exp = write_experiment(tmp_path / "exp.yaml", copy, [{"name": "all-cloud"}], count=10_000)
+    with pytest.raises(ConfigError) as e:
+        _load_all(exp, inv)
+    text = str(e.value)
+    assert "lacks edge.onnx" in text and "samples.count: 10000 but split 'test' has 60 samples" in text
+    exp = write_experiment(tmp_path / "exp2.yaml", tiny_bundle.root, [{"name": "all-cloud"}], count=5,
+                           samples={"split": "tset"})
+    with pytest.raises(ConfigError, match="did you mean 'test'"):
+        _load_all(exp, inv)

@@ -1,5 +1,6 @@
-from conftest import ROOT
 from testbed.schema import docs_table
+
+from conftest import ROOT
 
 
 def test_readme_opens_with_the_two_commands():
