@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -241,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--heartbeat-s", type=float, default=AgentTimeouts.heartbeat_s)
     ap.add_argument("--liveness", type=int, default=AgentTimeouts.liveness)
+    ap.add_argument("--cpus", default="", help="comma-separated CPU ids this agent may run on (default: any)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.cpus:
+        cpus = {int(c) for c in args.cpus.split(",")}
+        os.sched_setaffinity(0, cpus)
+        log.info("pinned to CPUs %s", sorted(cpus))
     agent = Agent(args.agent_id, args.tier, args.controller, Path(args.workdir), args.bind, args.advertise,
                   args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness))
     signal.signal(signal.SIGTERM, agent.request_stop)

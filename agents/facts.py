@@ -39,4 +39,5 @@ def host_facts() -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "onnxruntime_providers": ort.get_available_providers(),
         "pid": os.getpid(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }

@@ -10,6 +10,7 @@ This module reads files but keeps no state and starts nothing.
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -96,6 +97,7 @@ class DeviceSpec(Strict):
     workdir: str | None = None
     python: str | None = None
     threads: int = Field(1, ge=1, le=256)
+    cpus: list[int] | None = Field(None, description="CPU ids the agent is pinned to (local emulation)")
     interface: str | None = None
     meter: str | None = None
     facts: dict[str, Any] = {}
@@ -233,6 +235,11 @@ def load_inventory(path: Path) -> Inventory:
         seen.add(d.id)
         if d.tier not in TIERS:
             problems.append(f"devices[{i}].tier: {d.tier!r} is not a tier{suggest(d.tier, list(TIERS))}")
+        ncpu = os.cpu_count() or 1
+        bad = [c for c in d.cpus or [] if not 0 <= c < ncpu]
+        if bad or d.cpus == []:
+            problems.append(f"devices[{i}].cpus: {d.cpus} is not a non-empty list of CPU ids of this machine "
+                            f"(0..{ncpu - 1})")
         if d.launcher != "local":
             problems.append(f"devices[{i}].launcher: {d.launcher!r} is not supported yet; use 'local'")
     if problems:

@@ -110,6 +110,8 @@ class LocalLauncher:
         argv = [device.python or self.python, "-m", "agents", "--controller", args.controller, "--id", device.id,
                 "--tier", device.tier, "--bind", device.host, "--heartbeat-s", str(args.heartbeat_s),
                 "--liveness", str(args.liveness), "--workdir", device.workdir or "."]
+        if device.cpus:
+            argv += ["--cpus", ",".join(str(c) for c in device.cpus)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AGENTS_PARENT), env.get("PYTHONPATH")]))
         env["OMP_NUM_THREADS"] = str(device.threads)

@@ -23,7 +23,7 @@ POLICIES = [{"name": "all-mobile"}, {"name": "all-edge"}, {"name": "all-cloud"},
 def tiny_run(tiny_bundle, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     exp = write_experiment(tmp / "exp.yaml", tiny_bundle.root, POLICIES, count=60, warmup=2, name="tiny")
-    inv = write_inventory(tmp / "inv.yaml")
+    inv = write_inventory(tmp / "inv.yaml", **{"edge-1": {"cpus": [0]}})
     code = main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp / "results"), "-q"])
     assert code == 0
     run_dir = only_run(tmp / "results")
@@ -102,6 +102,7 @@ def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
     facts = m["agents"]["edge-1"]["facts"]
     assert facts["onnxruntime"] and facts["cpu_cores_logical"] >= 1 and facts["memory_total_bytes"] > 0
     assert "CPUExecutionProvider" in facts["onnxruntime_providers"]
+    assert facts["cpu_affinity"] == [0]  # pinned as the inventory asked
     assert m["git"]["sha"] is None or len(m["git"]["sha"]) == 40
     assert m["started_at"] < m["ended_at"] and m["controller"]["versions"]["onnxruntime"]
     assert {a["served"] for a in m["agent_exit"].values()} != {None}
