@@ -117,7 +117,7 @@ def _render_report(run_dir: Path) -> None:
     for c in rep.hops.columns:
         hops.add_column(c.replace("_p50", "").replace("compute_ms_", "compute ").replace("net_ms_", "net "))
     for _, r in rep.hops.iterrows():
-        hops.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
+        hops.add_row(*[("-" if math.isnan(v) else f"{v:.3f}") if isinstance(v, float) else str(v) for v in r])
     out.print(hops)
     for note in rep.notes:
         out.print(f"note: {note}")
