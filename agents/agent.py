@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import time
@@ -29,6 +30,7 @@ import zmq
 
 from agents import protocol as p
 from agents.facts import host_facts
+from agents.meters import EnergyMeter, MeterError, NullMeter, open_meter
 from agents.runtime import Partition, PartitionError, top1
 
 log = logging.getLogger("agents")
@@ -62,6 +64,7 @@ class Agent:
         advertise_host: str | None = None,
         data_port: int = 0,
         timeouts: AgentTimeouts = AgentTimeouts(),
+        meter: EnergyMeter | None = None,
     ):
         if tier not in p.TIERS:
             raise ValueError(f"tier {tier!r} is not one of {', '.join(p.TIERS)}")
@@ -73,6 +76,7 @@ class Agent:
         self.advertise_host = advertise_host or bind_host
         self.data_port = data_port
         self.timeouts = timeouts
+        self.meter: EnergyMeter = meter or NullMeter()
         self.served = 0
         self._config: _Config | None = None
         self._stopping = False
@@ -95,7 +99,8 @@ class Agent:
             port = self._data_in.bind_to_random_port(f"tcp://{self.bind_host}")
         endpoint = f"tcp://{self.advertise_host}:{port}"
         self._ctrl.connect(self.controller)
-        self._send(p.Hello(self.agent_id, self.tier, p.AGENT_VERSION, p.PROTOCOL_VERSION, endpoint, host_facts()))
+        facts = host_facts() | {"meter": self.meter.describe()}
+        self._send(p.Hello(self.agent_id, self.tier, p.AGENT_VERSION, p.PROTOCOL_VERSION, endpoint, facts))
         log.info("agent %s (%s) data socket %s, controller %s", self.agent_id, self.tier, endpoint, self.controller)
         try:
             return self._loop()
@@ -204,13 +209,18 @@ class Agent:
         if cfg is None:
             self._fail("work", f"sample {work.sample_id} arrived before Configure")
             return
+        key = f"sample-{work.run_seq}"
+        self.meter.begin(key)
         start_ns = time.time_ns()
         try:
             outputs = cfg.partition.run(work.tensors)
         except Exception as e:  # onnxruntime raises untyped errors; report and keep serving
+            self.meter.end(key)
             self._fail("compute", f"sample {work.sample_id}: {e}")
             return
         end_ns = time.time_ns()
+        energy = self.meter.end(key)
+        energy_j = math.nan if energy.energy_j is None else energy.energy_j
         logits = outputs[cfg.msg.logits_name]
         confidence, prediction = top1(logits[0])
         threshold = work.thresholds.get(self.tier, float("inf"))
@@ -218,13 +228,13 @@ class Agent:
         self.served += 1
         if exited:
             stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                            confidence, prediction, True, int(logits.nbytes))
+                            confidence, prediction, True, int(logits.nbytes), energy_j, energy.approx)
             self._send(p.Result(self.agent_id, work.run_seq, work.sample_id, logits, [*work.stages, stage]))
             return
         tensors = {dst: outputs[src] if src in outputs else work.tensors[src] for src, dst in cfg.msg.offload.items()}
         nbytes = sum(int(t.nbytes) for t in tensors.values())
         stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                        confidence, prediction, False, nbytes)
+                        confidence, prediction, False, nbytes, energy_j, energy.approx)
         assert self._data_out is not None
         self._data_out.send_multipart(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
                                                       [*work.stages, stage])), copy=False)
@@ -243,14 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat-s", type=float, default=AgentTimeouts.heartbeat_s)
     ap.add_argument("--liveness", type=int, default=AgentTimeouts.liveness)
     ap.add_argument("--cpus", default="", help="comma-separated CPU ids this agent may run on (default: any)")
+    ap.add_argument("--meter", default="auto",
+                    help="auto, rapl, ina, model or none (auto: the first present, in that order)")
+    ap.add_argument("--idle-w", type=float, default=None, help="model meter: idle watts")
+    ap.add_argument("--busy-w", type=float, default=None, help="model meter: watts with this process busy")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.cpus:
         cpus = {int(c) for c in args.cpus.split(",")}
         os.sched_setaffinity(0, cpus)
         log.info("pinned to CPUs %s", sorted(cpus))
+    try:
+        meter = open_meter(args.meter, idle_w=args.idle_w, busy_w=args.busy_w)
+    except MeterError as e:
+        log.error("meter: %s", e)
+        return 2
+    log.info("energy meter: %s", meter.describe())
     agent = Agent(args.agent_id, args.tier, args.controller, Path(args.workdir), args.bind, args.advertise,
-                  args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness))
+                  args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness), meter)
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)
     return agent.serve()

@@ -66,7 +66,10 @@ def should_exit(threshold: float, confidence: float) -> bool:
 
 @dataclass(frozen=True)
 class Stage:
-    """What one tier did to one sample; all times are ``time.time_ns`` on that agent."""
+    """What one tier did to one sample; all times are ``time.time_ns`` on that agent.
+
+    ``energy_j`` covers the compute window (start_ns to end_ns) on that device's meter.
+    """
 
     tier: str
     device: str
@@ -78,6 +81,8 @@ class Stage:
     prediction: int
     exited: bool
     bytes_out: int
+    energy_j: float  # NaN when the device has no meter
+    energy_approx: bool
 
 
 @dataclass(frozen=True)

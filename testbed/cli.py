@@ -100,7 +100,7 @@ def _render_report(run_dir: Path) -> None:
     cols = [("policy", "policy"), ("tier", "exit tier"), ("samples", "n"), ("share", "share"),
             ("accuracy", "accuracy"), ("accuracy_delta_pt", "Δacc vs cloud (pt)"), ("latency_ms_p50", "p50 ms"),
             ("latency_ms_p95", "p95 ms"), ("latency_ms_p99", "p99 ms"), ("latency_ratio", "lat vs cloud"),
-            ("offload_bytes_per_sample", "offload B/sample")]
+            ("offload_bytes_per_sample", "offload B/sample"), ("energy_j_per_sample", "energy mJ/sample")]
     for _, title in cols:
         table.add_column(title, justify="left" if title in ("policy", "exit tier") else "right")
     for _, r in rep.summary.iterrows():
@@ -108,8 +108,9 @@ def _render_report(run_dir: Path) -> None:
         for key, _ in cols:
             v = r[key]
             if isinstance(v, float):
-                v = "-" if math.isnan(v) else (f"{v:.1%}" if key == "share" else
-                                                f"{v:.3f}" if key in ("accuracy", "latency_ratio") else f"{v:.2f}")
+                v = ("-" if math.isnan(v) else f"{v:.1%}" if key == "share" else f"{v * 1e3:.2f}"
+                     if key == "energy_j_per_sample" else f"{v:.3f}" if key in ("accuracy", "latency_ratio")
+                     else f"{v:.2f}")
             cells.append(str(v))
         table.add_row(*cells, style=None if r["tier"] == "all" else "dim")
     out.print(table)

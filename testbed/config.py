@@ -87,6 +87,14 @@ class Experiment(Strict):
     timeouts: TimeoutSpec = TimeoutSpec()
 
 
+class MeterSpec(Strict):
+    """Which energy meter the agent opens; ``model`` needs calibrated idle and busy watts."""
+
+    kind: str = Field("auto", pattern=r"^(auto|rapl|ina|model|none)$")
+    idle_w: float | None = Field(None, ge=0)
+    busy_w: float | None = Field(None, ge=0)
+
+
 class DeviceSpec(Strict):
     """One device of ``inventory.yaml``."""
 
@@ -99,7 +107,7 @@ class DeviceSpec(Strict):
     threads: int = Field(1, ge=1, le=256)
     cpus: list[int] | None = Field(None, description="CPU ids the agent is pinned to (local emulation)")
     interface: str | None = None
-    meter: str | None = None
+    meter: MeterSpec = MeterSpec()
     facts: dict[str, Any] = {}
 
 
@@ -240,6 +248,12 @@ def load_inventory(path: Path) -> Inventory:
         if bad or d.cpus == []:
             problems.append(f"devices[{i}].cpus: {d.cpus} is not a non-empty list of CPU ids of this machine "
                             f"(0..{ncpu - 1})")
+        m = d.meter
+        if m.kind == "model" and (m.idle_w is None or m.busy_w is None):
+            problems.append(f"devices[{i}].meter: kind 'model' needs idle_w and busy_w (watts), calibrated "
+                            "for this device with an external meter")
+        elif m.idle_w is not None and m.busy_w is not None and m.idle_w > m.busy_w:
+            problems.append(f"devices[{i}].meter: idle_w={m.idle_w} is above busy_w={m.busy_w}")
         if d.launcher != "local":
             problems.append(f"devices[{i}].launcher: {d.launcher!r} is not supported yet; use 'local'")
     if problems:

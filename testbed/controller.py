@@ -146,6 +146,11 @@ class Controller:
             self._configure()
             self._align_clocks()
             self._manifest["agents"] = self._agent_records()
+            self._manifest["energy"] = {
+                "meters": {a.device_id: a.hello.facts.get("meter", {"source": "none"})  # type: ignore[union-attr]
+                           for a in self._agents.values()},
+                "window": "each tier's compute window per sample (onnxruntime run); idle time between samples "
+                          "is not attributed"}
             self._writer.write_manifest(self._manifest)
             for i, spec in enumerate(self.exp.policies):
                 self._run_policy(policies.make(spec), np.random.default_rng(self.exp.seed + i))
@@ -285,7 +290,8 @@ class Controller:
         exit_layers = {t.tier: t.exit.layer for t in self.bundle.spec.tiers}
         offsets = {a.device_id: a.offset_ns for a in self._agents.values()}
         ctx = {"run_id": self.run_id, "experiment": self.exp.name, "split": self.exp.samples.split,
-               "energy_source": "none"}
+               "energy_sources": {a.device_id: a.hello.facts.get("meter", {}).get("source", "none")  # type: ignore[union-attr]
+                                  for a in self._agents.values()}}
         in_flight: dict[int, Issued] = {}
         nxt, done = 0, 0
         while done < len(plan):
@@ -401,7 +407,7 @@ class Controller:
             "git": _git_state(Path(__file__).resolve().parent.parent),
             "controller": {"host": platform.node(), "platform": platform.platform(), "versions": _versions()},
             "shaping": {"backend": "none", "note": "loopback run: links are not shaped"},
-            "energy": {"source": "none", "note": "no meter configured; energy columns are null"},
+            "energy": {"meters": "filled in when the agents have said Hello"},
         }
 
     def _agent_records(self) -> dict[str, Any]:

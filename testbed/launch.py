@@ -112,6 +112,9 @@ class LocalLauncher:
                 "--liveness", str(args.liveness), "--workdir", device.workdir or "."]
         if device.cpus:
             argv += ["--cpus", ",".join(str(c) for c in device.cpus)]
+        argv += ["--meter", device.meter.kind]
+        if device.meter.idle_w is not None and device.meter.busy_w is not None:
+            argv += ["--idle-w", str(device.meter.idle_w), "--busy-w", str(device.meter.busy_w)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AGENTS_PARENT), env.get("PYTHONPATH")]))
         env["OMP_NUM_THREADS"] = str(device.threads)

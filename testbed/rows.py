@@ -7,6 +7,7 @@ on the controller's clock before hop times are taken.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,11 @@ def build_row(
     exit_layers: dict[str, int],
     context: dict[str, Any],
 ) -> dict[str, Any]:
-    """One row of the result schema. ``context`` holds run_id, experiment, split, energy_source."""
+    """One row of the result schema.
+
+    ``context`` holds run_id, experiment, split and ``energy_sources`` (device -> meter source).
+    A row's energy is null unless every tier it visited had a meter.
+    """
     stages = result.stages
     last = stages[-1]
     prediction = int(result.logits.argmax(axis=-1)[0])
@@ -52,10 +57,9 @@ def build_row(
         "confidence": last.confidence,
         "latency_ms": (recv_mono_ns - issued.issue_mono_ns) / NS_PER_MS,
         "t_issue_unix_ns": issued.issue_wall_ns,
-        "energy_j": None, "energy_source": context.get("energy_source", "none"),
     }
     for tier in TIERS:
-        for col in ("confidence", "compute_ms", "queue_ms", "device"):
+        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j"):
             row[f"{col}_{tier}"] = None
     for hop in HOPS:
         row[f"net_ms_{hop}"] = None
@@ -76,10 +80,16 @@ def build_row(
         row[f"compute_ms_{s.tier}"] = (s.end_ns - s.start_ns) / NS_PER_MS
         row[f"queue_ms_{s.tier}"] = queue
         row[f"device_{s.tier}"] = s.device
+        row[f"energy_j_{s.tier}"] = None if math.isnan(s.energy_j) else s.energy_j
         prev_send = on_ctrl(s.send_ns, s.device)
     row["net_ms_return"] = (recv_wall_ns - prev_send) / NS_PER_MS
     row["bytes_return"] = last.bytes_out
     row["queue_ms"] = queue_total
+    energies = [row[f"energy_j_{s.tier}"] for s in stages]
+    row["energy_j"] = None if any(e is None for e in energies) else sum(energies)
+    sources = context.get("energy_sources", {})
+    row["energy_source"] = "+".join(sorted({sources.get(s.device, "none") for s in stages}))
+    row["energy_approx"] = any(s.energy_approx for s in stages)
     return row
 
 

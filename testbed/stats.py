@@ -26,6 +26,8 @@ def _group_stats(g: pd.DataFrame, n_policy: int) -> dict[str, float]:
         "latency_ms_p95": _pct(g["latency_ms"], 95),
         "latency_ms_p99": _pct(g["latency_ms"], 99),
         "offload_bytes_per_sample": float(hop_bytes.mean()) if len(g) else float("nan"),
+        "energy_j_per_sample": float(g["energy_j"].mean()) if "energy_j" in g and g["energy_j"].notna().any()
+        else float("nan"),
     }
 
 

@@ -30,9 +30,9 @@ def real_bundle():
     return Bundle.load(REAL_BUNDLE)
 
 
-def write_inventory(path: Path, threads: int = 1, **overrides) -> Path:
-    devices = [{"id": f"{t}-1", "tier": t, "host": "127.0.0.1", "launcher": "local", "threads": threads}
-               for t in ("mobile", "edge", "cloud")]
+def write_inventory(path: Path, threads: int = 1, meter: dict | None = None, **overrides) -> Path:
+    devices = [{"id": f"{t}-1", "tier": t, "host": "127.0.0.1", "launcher": "local", "threads": threads,
+                "meter": meter or {"kind": "none"}} for t in ("mobile", "edge", "cloud")]
     for dev in devices:
         dev.update(overrides.get(dev["id"], {}))
     path.write_text(yaml.safe_dump({"devices": devices}))

@@ -22,7 +22,8 @@ def agent(tmp_path):
     port = router.bind_to_random_port("tcp://127.0.0.1")
     log = open(tmp_path / "agent.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "agents", "--controller", f"tcp://127.0.0.1:{port}",
-                             "--id", "cloud-9", "--tier", "cloud", "--heartbeat-s", "0.1", "--liveness", "10"],
+                             "--id", "cloud-9", "--tier", "cloud", "--heartbeat-s", "0.1", "--liveness", "10",
+                             "--meter", "none"],
                             cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
 
     def recv(kind, timeout_ms=20_000):
@@ -71,6 +72,8 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
     assert result.sample_id == 3 and result.logits.shape == (1, 3)
     assert [s.tier for s in result.stages] == ["cloud"] and result.stages[0].exited
     assert result.stages[0].bytes_out == 12
+    assert np.isnan(result.stages[0].energy_j)  # started with --meter none
+    assert hello.facts["meter"]["source"] == "none"
 
     push.send(b"not a message")
     _, bad = recv("failure")

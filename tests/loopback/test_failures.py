@@ -122,3 +122,35 @@ def test_bundle_tampered_after_build_is_refused_before_any_agent_starts(tiny_bun
     assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "r"), "-q"]) == 2
     assert not list((tmp_path / "r").glob("*/*"))
     Bundle.load(copy)  # still parses: the error is the hash, not the format
+
+
+def test_controller_killed_flushed_rows_survive_and_agents_exit_by_themselves(tiny_bundle, tmp_path):
+    many = [{"name": "all-cloud", "label": f"c{i}"} for i in range(200)]
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, many, count=60, warmup=0)
+    inv = write_inventory(tmp_path / "inv.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--inventory", str(inv),
+                             "--results", str(tmp_path / "results"), "-q"], cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((tmp_path / "results").glob("*/*/samples.parts/part-*"))) < 3:
+        time.sleep(0.05)
+    proc.kill()  # no cleanup code runs: the controller is simply gone
+    proc.wait(10)
+    run_dir = only_run(tmp_path / "results")
+    pids = agent_pids(run_dir)
+    assert len(pids) == 3
+    # heartbeat_s=0.2 x liveness=5: each agent gives up on the controller after about 1 s
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            assert_gone(pids)
+            break
+        except AssertionError:
+            time.sleep(0.2)
+    assert_gone(pids)
+    df, complete = load_samples(run_dir)
+    assert not complete and len(df) >= 3 * 16 and df["seq"].is_unique
+    assert "no word from the controller" in (run_dir / "logs" / "edge-1.log").read_text()
+    report = subprocess.run([sys.executable, "-m", "testbed", "report", str(run_dir)], cwd=ROOT, env=env(),
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0 and "INCOMPLETE" in report.stdout and "running" in report.stdout

@@ -23,7 +23,8 @@ POLICIES = [{"name": "all-mobile"}, {"name": "all-edge"}, {"name": "all-cloud"},
 def tiny_run(tiny_bundle, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     exp = write_experiment(tmp / "exp.yaml", tiny_bundle.root, POLICIES, count=60, warmup=2, name="tiny")
-    inv = write_inventory(tmp / "inv.yaml", **{"edge-1": {"cpus": [0]}})
+    inv = write_inventory(tmp / "inv.yaml", meter={"kind": "model", "idle_w": 1.0, "busy_w": 4.0},
+                          **{"edge-1": {"cpus": [0]}})
     code = main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp / "results"), "-q"])
     assert code == 0
     run_dir = only_run(tmp / "results")
@@ -116,11 +117,31 @@ def test_no_agent_process_is_left_behind(tiny_run):
     assert logs == {"mobile-1.log", "edge-1.log", "cloud-1.log"}
 
 
+def test_energy_comes_from_the_model_meter_per_tier(tiny_run):
+    run_dir, df, _, _ = tiny_run
+    assert set(df["energy_source"]) == {"model"} and not df["energy_approx"].any()
+    cloud = df[df.policy == "all-cloud"]
+    tiers = cloud[["energy_j_mobile", "energy_j_edge", "energy_j_cloud"]]
+    assert (tiers > 0).all().all()
+    assert np.allclose(tiers.sum(axis=1), cloud["energy_j"])
+    # the model: idle 1 W over the compute window, plus 3 W for its CPU time, never more than 4 W
+    for t in ("mobile", "edge", "cloud"):
+        window_s = cloud[f"compute_ms_{t}"] / 1e3
+        assert (cloud[f"energy_j_{t}"] <= 4.0 * window_s * 1.5 + 1e-4).all()
+        assert (cloud[f"energy_j_{t}"] >= 0.5 * window_s).all()
+    mobile = df[df.policy == "all-mobile"]
+    assert mobile["energy_j_edge"].isna().all() and mobile["energy_j"].notna().all()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["energy"]["meters"]["cloud-1"]["source"] == "model"
+    assert m["energy"]["meters"]["cloud-1"]["busy_w"] == 4.0
+
+
 def test_report_reads_the_run(tiny_run, capsys):
     run_dir, _, _, _ = tiny_run
     assert main(["report", str(run_dir)]) == 0
     text = capsys.readouterr().out
     assert "early-exit" in text and "all-cloud" in text and "p99 ms" in text
+    assert "MODELLED, not measured" in text and "energy mJ/sample" in text
 
 
 def test_validate_and_plan_touch_nothing(tiny_run, capsys):

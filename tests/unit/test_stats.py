@@ -10,12 +10,12 @@ def frame():
     for i in range(40):
         rows.append({"policy": "all-cloud", "phase": "measure", "exit_tier": "cloud", "correct": i % 4 != 0,
                      "latency_ms": 20.0, "bytes_mobile_edge": 100, "bytes_edge_cloud": 100,
-                     "bytes_controller_mobile": 8, "bytes_return": 12})
+                     "bytes_controller_mobile": 8, "bytes_return": 12, "energy_j": 0.04})
         tier = "mobile" if i < 30 else "cloud"
         rows.append({"policy": "early-exit", "phase": "measure", "exit_tier": tier, "correct": i % 2 == 0,
                      "latency_ms": 5.0 if tier == "mobile" else 20.0, "bytes_mobile_edge": 0 if tier == "mobile"
                      else 100, "bytes_edge_cloud": 0 if tier == "mobile" else 100, "bytes_controller_mobile": 8,
-                     "bytes_return": 12})
+                     "bytes_return": 12, "energy_j": 0.01 if tier == "mobile" else 0.04})
     rows.append({**rows[0], "phase": "warmup", "latency_ms": 999.0})
     return pd.DataFrame(rows)
 
@@ -30,6 +30,7 @@ def test_summary_against_all_cloud_leaves_out_warmup():
     assert s.loc[("early-exit", "mobile"), "share"] == pytest.approx(0.75)
     assert s.loc[("early-exit", "mobile"), "offload_bytes_per_sample"] == 0
     assert s.loc[("early-exit", "cloud"), "offload_bytes_per_sample"] == 200
+    assert s.loc[("early-exit", "all"), "energy_j_per_sample"] == pytest.approx((30 * 0.01 + 10 * 0.04) / 40)
 
 
 def test_quality_checks_flag_drift_and_small_samples():

@@ -1,0 +1,416 @@
+"""Energy meters: energy over named windows, from cumulative counters or a power model.
+
+One interface (zeus-style): ``begin(key)`` opens a window, ``end(key)`` closes it and
+returns an :class:`EnergyDelta` whose field names carry units. Windows are keyed by
+name, so they nest and overlap. Beginning an open key or ending an unknown one is a
+:class:`MeterError`. A window shorter than the meter's update period is marked
+``approx`` (its energy spans the counter's last step), never reported as a silent zero.
+
+Back ends here:
+    rapl   Intel/AMD RAPL through powercap sysfs (package and DRAM domains), counter
+           wraparound handled with ``max_energy_range_uj``. ``root`` is a constructor
+           argument so tests point it at a fake sysfs tree.
+    ina    Jetson-style INA3221/INA238 rails through hwmon sysfs, read as power and
+           integrated over a background sampling timeline (:class:`PowerTimelineMeter`).
+    model  idle watts over the window plus (busy - idle) watts times the process's CPU
+           time in it; calibrated numbers from the inventory; marked as a model.
+    none   no sensor: energy is None, source ``none``.
+
+Sensor paths and clocks are constructor arguments; nothing is patched in tests.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+RAPL_ROOT = Path("/sys/class/powercap")
+HWMON_ROOT = Path("/sys/class/hwmon")
+INA_CHIPS = ("ina3221", "ina238", "ina226", "ina219")
+
+
+class MeterError(Exception):
+    """A window was misused, or a sensor could not be read."""
+
+
+@dataclass(frozen=True)
+class EnergyDelta:
+    """Energy of one window. ``energy_j`` is None when there is no meter."""
+
+    energy_j: float | None
+    duration_s: float
+    source: str
+    approx: bool
+    rails_j: dict[str, float] = field(default_factory=dict)
+
+
+class EnergyMeter(Protocol):
+    """What an agent needs from a meter."""
+
+    source: str
+    update_period_s: float | None
+
+    def begin(self, key: str) -> None:
+        """Open the window ``key``."""
+        ...
+
+    def end(self, key: str) -> EnergyDelta:
+        """Close the window ``key`` and return its energy."""
+        ...
+
+    def describe(self) -> dict:
+        """Source, rails and update period, for the run manifest."""
+        ...
+
+
+class _Windows:
+    """Open windows by key: (monotonic start, reading at start)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[float, object]] = {}
+
+    def open(self, key: str, t: float, reading: object) -> None:
+        if key in self._open:
+            raise MeterError(f"window {key!r} is already open; end it before beginning it again")
+        self._open[key] = (t, reading)
+
+    def close(self, key: str) -> tuple[float, object]:
+        try:
+            return self._open.pop(key)
+        except KeyError:
+            raise MeterError(f"window {key!r} was never begun (open: {sorted(self._open) or 'none'})") from None
+
+
+def detect_update_period(read: Callable[[], float], clock: Callable[[], float] = time.monotonic,
+                         max_s: float = 0.5, changes: int = 5) -> float | None:
+    """Smallest interval between changes of a counter, polling as fast as it can.
+
+    Returns None when the counter did not change ``changes`` times within ``max_s``.
+    """
+    start = clock()
+    last_value, last_change = read(), None
+    intervals: list[float] = []
+    while clock() - start < max_s and len(intervals) < changes:
+        value = read()
+        now = clock()
+        if value != last_value:
+            if last_change is not None:
+                intervals.append(now - last_change)
+            last_value, last_change = value, now
+    return min(intervals) if intervals else None
+
+
+class NullMeter:
+    """No sensor: every window has ``energy_j=None`` and source ``none``."""
+
+    source = "none"
+    update_period_s: float | None = None
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._windows = _Windows()
+
+    def begin(self, key: str) -> None:
+        """Open a window (timing only)."""
+        self._windows.open(key, self._clock(), None)
+
+    def end(self, key: str) -> EnergyDelta:
+        """Duration only."""
+        t0, _ = self._windows.close(key)
+        return EnergyDelta(None, self._clock() - t0, self.source, False)
+
+    def describe(self) -> dict:
+        """For the manifest."""
+        return {"source": self.source, "update_period_s": None}
+
+
+@dataclass(frozen=True)
+class RaplDomain:
+    """One powercap zone: its name (package-0, dram, ...), counter file and wrap range."""
+
+    name: str
+    energy_file: Path
+    max_range_uj: int
+
+
+def find_rapl_domains(root: Path = RAPL_ROOT) -> list[RaplDomain]:
+    """Package and DRAM zones under a powercap tree (core/uncore are inside package)."""
+    domains = []
+    for zone in sorted(root.glob("intel-rapl:*")):
+        try:
+            name = (zone / "name").read_text().strip()
+            if not (name.startswith("package") or name == "dram"):
+                continue
+            max_range = int((zone / "max_energy_range_uj").read_text())
+            (zone / "energy_uj").read_text()  # readable? (root-only on recent kernels)
+        except (OSError, ValueError):
+            continue
+        domains.append(RaplDomain(name, zone / "energy_uj", max_range))
+    return domains
+
+
+class RaplMeter:
+    """RAPL package and DRAM energy from powercap sysfs, summed over domains."""
+
+    source = "rapl"
+
+    def __init__(self, root: Path = RAPL_ROOT, clock: Callable[[], float] = time.monotonic,
+                 update_period_s: float | None = None):
+        self.domains = find_rapl_domains(root)
+        if not self.domains:
+            raise MeterError(f"no readable RAPL package/dram zone under {root}")
+        self._clock = clock
+        self._windows = _Windows()
+        self.update_period_s = update_period_s
+
+    def read_uj(self) -> dict[str, int]:
+        """Current counter of every domain, in microjoules."""
+        try:
+            return {d.name: int(d.energy_file.read_text()) for d in self.domains}
+        except (OSError, ValueError) as e:
+            raise MeterError(f"cannot read RAPL counters: {e}") from e
+
+    def measure_update_period(self, max_s: float = 0.5) -> float | None:
+        """Find and remember how often the first package counter moves."""
+        first = self.domains[0].name
+        self.update_period_s = detect_update_period(lambda: self.read_uj()[first], self._clock, max_s)
+        return self.update_period_s
+
+    def begin(self, key: str) -> None:
+        """Open a window at the current counters."""
+        self._windows.open(key, self._clock(), self.read_uj())
+
+    def end(self, key: str) -> EnergyDelta:
+        """Counter differences since begin, wraparound handled, summed over domains."""
+        t0, start = self._windows.close(key)
+        now, stop = self._clock(), self.read_uj()
+        rails = {}
+        for d in self.domains:
+            delta = stop[d.name] - start[d.name]  # type: ignore[index]
+            if delta < 0:  # the counter wrapped once during the window
+                delta += d.max_range_uj
+            rails[d.name] = delta / 1e6
+        duration = now - t0
+        approx = self.update_period_s is not None and duration < self.update_period_s
+        return EnergyDelta(sum(rails.values()), duration, self.source, approx, rails)
+
+    def describe(self) -> dict:
+        """For the manifest."""
+        return {"source": self.source, "update_period_s": self.update_period_s,
+                "domains": [d.name for d in self.domains]}
+
+
+class ModelMeter:
+    """A power model, not a measurement: idle_w * duration + (busy_w - idle_w) * cpu_time.
+
+    CPU time is this process's (``time.process_time``, nanosecond resolution), so the
+    model attributes to a window what the agent computed in it.
+    """
+
+    source = "model"
+    update_period_s: float | None = None
+
+    def __init__(self, idle_w: float, busy_w: float, clock: Callable[[], float] = time.monotonic,
+                 cpu_time: Callable[[], float] = time.process_time):
+        if not (0 <= idle_w <= busy_w) or math.isnan(busy_w):
+            raise MeterError(f"model meter needs 0 <= idle_w <= busy_w, got idle_w={idle_w}, busy_w={busy_w}")
+        self.idle_w, self.busy_w = idle_w, busy_w
+        self._clock, self._cpu = clock, cpu_time
+        self._windows = _Windows()
+
+    def begin(self, key: str) -> None:
+        """Open a window at the current wall and CPU time."""
+        self._windows.open(key, self._clock(), self._cpu())
+
+    def end(self, key: str) -> EnergyDelta:
+        """Modelled energy of the window."""
+        t0, cpu0 = self._windows.close(key)
+        duration = self._clock() - t0
+        cpu = max(0.0, self._cpu() - cpu0)  # type: ignore[operator]
+        busy = min(cpu, duration) if duration > 0 else cpu
+        energy = self.idle_w * duration + (self.busy_w - self.idle_w) * busy
+        return EnergyDelta(energy, duration, self.source, False, {"cpu_model": energy})
+
+    def describe(self) -> dict:
+        """For the manifest."""
+        return {"source": self.source, "idle_w": self.idle_w, "busy_w": self.busy_w,
+                "update_period_s": None, "note": "modelled from CPU time, not measured"}
+
+
+def integrate(times: list[float], watts: list[float], t0: float, t1: float) -> tuple[float, int]:
+    """Energy (J) of a sampled power curve over [t0, t1], and the samples strictly inside it.
+
+    Trapezoids, with the curve linearly interpolated at the window's edges; outside the
+    sampled range the nearest sample is held. Pure.
+    """
+    if not times:
+        raise MeterError("no power sample yet")
+    if t1 <= t0:
+        return 0.0, 0
+
+    def at(t: float) -> float:
+        i = bisect.bisect_left(times, t)
+        if i == 0:
+            return watts[0]
+        if i == len(times):
+            return watts[-1]
+        ta, tb = times[i - 1], times[i]
+        return watts[i - 1] + (watts[i] - watts[i - 1]) * (t - ta) / (tb - ta)
+
+    lo, hi = bisect.bisect_right(times, t0), bisect.bisect_left(times, t1)
+    pts = [(t0, at(t0)), *zip(times[lo:hi], watts[lo:hi], strict=True), (t1, at(t1))]
+    energy = sum((tb - ta) * (wa + wb) / 2 for (ta, wa), (tb, wb) in zip(pts, pts[1:], strict=False))
+    return energy, hi - lo
+
+
+class PowerTimelineMeter:
+    """Energy from a power sensor sampled in the background and integrated per window.
+
+    ``read_watts()`` returns watts per rail. A window with fewer than two samples inside it
+    is ``approx``: its energy comes from interpolating the surrounding samples. ``end``
+    waits (at most two periods) for a sample after the window so the right edge is known.
+    The timeline is kept (bounded) for the power timeline file.
+    """
+
+    def __init__(self, source: str, read_watts: Callable[[], dict[str, float]], period_s: float = 0.005,
+                 clock: Callable[[], float] = time.monotonic, background: bool = True, keep: int = 200_000):
+        self.source = source
+        self.update_period_s: float | None = period_s
+        self._read, self._clock, self._period = read_watts, clock, period_s
+        self._keep = keep
+        self._lock = threading.Lock()
+        self.times: list[float] = []
+        self.rails: dict[str, list[float]] = {}
+        self._windows = _Windows()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sample_once()
+        if background:
+            self._thread = threading.Thread(target=self._run, name=f"meter-{source}", daemon=True)
+            self._thread.start()
+
+    def sample_once(self) -> None:
+        """Read the sensor now and append to the timeline."""
+        watts = self._read()
+        t = self._clock()
+        with self._lock:
+            self.times.append(t)
+            for rail, w in watts.items():
+                self.rails.setdefault(rail, []).append(w)
+            if len(self.times) > self._keep:
+                drop = len(self.times) - self._keep
+                del self.times[:drop]
+                for values in self.rails.values():
+                    del values[:drop]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self.sample_once()
+            except (OSError, ValueError, MeterError):
+                continue  # a failed read leaves a gap; windows over it are interpolated
+
+    def close(self) -> None:
+        """Stop the sampling thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2 * self._period + 1)
+
+    def begin(self, key: str) -> None:
+        """Open a window now."""
+        self._windows.open(key, self._clock(), None)
+
+    def end(self, key: str) -> EnergyDelta:
+        """Integrate every rail over the window."""
+        t0, _ = self._windows.close(key)
+        t1 = self._clock()
+        deadline = t1 + 2 * self._period
+        while self._thread is not None and self.times[-1] < t1 and self._clock() < deadline:
+            time.sleep(self._period / 4)
+        with self._lock:
+            times = list(self.times)
+            rails_j, inside = {}, 0
+            for rail, watts in self.rails.items():
+                rails_j[rail], inside = integrate(times, watts, t0, t1)
+        return EnergyDelta(sum(rails_j.values()), t1 - t0, self.source, inside < 2, rails_j)
+
+    def describe(self) -> dict:
+        """For the manifest."""
+        return {"source": self.source, "update_period_s": self.update_period_s, "rails": sorted(self.rails)}
+
+
+def find_ina_rails(root: Path = HWMON_ROOT) -> dict[str, tuple[Path, ...]]:
+    """INA power rails under hwmon: label -> (power_uW file,) or (millivolt file, milliamp file)."""
+    rails: dict[str, tuple[Path, ...]] = {}
+    for hw in sorted(root.glob("hwmon*")):
+        try:
+            chip = (hw / "name").read_text().strip()
+        except OSError:
+            continue
+        if chip not in INA_CHIPS:
+            continue
+        for label_file in sorted(hw.glob("in*_label")):
+            n = label_file.name[2:-6]
+            label = label_file.read_text().strip() or f"{hw.name}.in{n}"
+            power = hw / f"power{n}_input"
+            volts, amps = hw / f"in{n}_input", hw / f"curr{n}_input"
+            if power.is_file():
+                rails[label] = (power,)
+            elif volts.is_file() and amps.is_file():
+                rails[label] = (volts, amps)
+    return rails
+
+
+def read_ina_watts(rails: dict[str, tuple[Path, ...]]) -> dict[str, float]:
+    """Watts per rail: power in uW, or millivolts times milliamps."""
+    out = {}
+    for label, files in rails.items():
+        if len(files) == 1:
+            out[label] = int(files[0].read_text()) / 1e6
+        else:
+            out[label] = int(files[0].read_text()) * int(files[1].read_text()) / 1e6
+    return out
+
+
+def ina_meter(root: Path = HWMON_ROOT, period_s: float = 0.005, **kwargs) -> PowerTimelineMeter:
+    """A timeline meter over every INA rail found under ``root``."""
+    rails = find_ina_rails(root)
+    if not rails:
+        raise MeterError(f"no INA3221/INA238 power rail under {root}")
+    return PowerTimelineMeter("ina", lambda: read_ina_watts(rails), period_s, **kwargs)
+
+
+def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | None = None,
+               busy_w: float | None = None, hwmon_root: Path = HWMON_ROOT) -> EnergyMeter:
+    """The meter ``kind`` names; ``auto`` probes rapl, ina, then model (if calibrated), then none.
+
+    Raises:
+        MeterError: a named kind is not available here (with why).
+    """
+    if kind in ("rapl", "auto"):
+        try:
+            meter = RaplMeter(rapl_root)
+            meter.measure_update_period()
+            return meter
+        except MeterError:
+            if kind == "rapl":
+                raise
+    if kind in ("ina", "auto"):
+        try:
+            return ina_meter(hwmon_root)
+        except MeterError:
+            if kind == "ina":
+                raise
+    if kind in ("model", "auto") and idle_w is not None and busy_w is not None:
+        return ModelMeter(idle_w, busy_w)
+    if kind == "model":
+        raise MeterError("meter 'model' needs idle_w and busy_w (watts) in the inventory's meter settings")
+    if kind in ("none", "auto"):
+        return NullMeter()
+    raise MeterError(f"unknown meter {kind!r}; choose auto, rapl, ina, model or none")

@@ -1,0 +1,228 @@
+"""Meters on fake sysfs trees and fake clocks: exact expected deltas."""
+
+import math
+
+import pytest
+
+from agents.meters import (
+    MeterError,
+    ModelMeter,
+    NullMeter,
+    RaplMeter,
+    detect_update_period,
+    find_ina_rails,
+    find_rapl_domains,
+    ina_meter,
+    integrate,
+    open_meter,
+    read_ina_watts,
+)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def fake_rapl(root, package_uj=1000, dram_uj=50, max_range=2**32):
+    zones = {"intel-rapl:0": ("package-0", package_uj), "intel-rapl:0:0": ("core", 7),
+             "intel-rapl:0:2": ("dram", dram_uj), "intel-rapl:1": ("psys", 9)}
+    for zone, (name, value) in zones.items():
+        d = root / zone
+        d.mkdir(parents=True)
+        (d / "name").write_text(name + "\n")
+        (d / "energy_uj").write_text(f"{value}\n")
+        (d / "max_energy_range_uj").write_text(f"{max_range}\n")
+    return root
+
+
+def set_uj(root, zone, value):
+    (root / zone / "energy_uj").write_text(f"{value}\n")
+
+
+def test_rapl_finds_package_and_dram_only(tmp_path):
+    names = [d.name for d in find_rapl_domains(fake_rapl(tmp_path))]
+    assert names == ["package-0", "dram"]
+
+
+def test_rapl_window_is_the_counter_difference_per_rail(tmp_path):
+    root, clock = fake_rapl(tmp_path), Clock()
+    m = RaplMeter(root, clock, update_period_s=0.001)
+    m.begin("a")
+    set_uj(root, "intel-rapl:0", 1000 + 2_500_000)
+    set_uj(root, "intel-rapl:0:2", 50 + 500_000)
+    clock.t += 0.5
+    d = m.end("a")
+    assert d.rails_j == {"package-0": 2.5, "dram": 0.5}
+    assert d.energy_j == pytest.approx(3.0) and d.duration_s == pytest.approx(0.5)
+    assert d.source == "rapl" and not d.approx
+
+
+def test_rapl_wraparound(tmp_path):
+    root, clock = fake_rapl(tmp_path, package_uj=2**32 - 1_000_000, max_range=2**32), Clock()
+    m = RaplMeter(root, clock)
+    m.begin("w")
+    set_uj(root, "intel-rapl:0", 3_000_000)  # wrapped past max_energy_range_uj
+    clock.t += 1
+    assert m.end("w").rails_j["package-0"] == pytest.approx(4.0)
+
+
+def test_windows_nest_and_overlap_by_key(tmp_path):
+    root, clock = fake_rapl(tmp_path), Clock()
+    m = RaplMeter(root, clock)
+    m.begin("outer")
+    set_uj(root, "intel-rapl:0", 1000 + 1_000_000)
+    m.begin("inner")
+    set_uj(root, "intel-rapl:0", 1000 + 3_000_000)
+    assert m.end("inner").rails_j["package-0"] == pytest.approx(2.0)
+    assert m.end("outer").rails_j["package-0"] == pytest.approx(3.0)
+
+
+def test_window_misuse_is_an_error(tmp_path):
+    m = RaplMeter(fake_rapl(tmp_path), Clock())
+    m.begin("x")
+    with pytest.raises(MeterError, match="already open"):
+        m.begin("x")
+    with pytest.raises(MeterError, match="never begun"):
+        m.end("y")
+    m.end("x")
+    with pytest.raises(MeterError, match="never begun"):
+        m.end("x")
+
+
+def test_short_window_is_flagged_approx_never_zeroed(tmp_path):
+    root, clock = fake_rapl(tmp_path), Clock()
+    m = RaplMeter(root, clock, update_period_s=0.010)
+    m.begin("s")
+    clock.t += 0.004  # shorter than the 10 ms update period: the counter did not move
+    d = m.end("s")
+    assert d.approx and d.energy_j == 0.0
+
+
+def test_update_period_is_the_smallest_change_interval():
+    clock = Clock()
+    state = {"reads": 0}
+
+    def read():
+        # the counter steps every 5 reads; each read advances the clock by 1 ms
+        state["reads"] += 1
+        clock.t += 0.001
+        return state["reads"] // 5
+
+    assert detect_update_period(read, clock, max_s=1.0) == pytest.approx(0.005)
+
+    def stuck():
+        clock.t += 0.001
+        return 7
+
+    assert detect_update_period(stuck, clock, max_s=0.05) is None
+
+
+def test_model_meter_is_idle_plus_busy_cpu_time():
+    clock, cpu = Clock(), Clock()
+    m = ModelMeter(idle_w=2.0, busy_w=6.0, clock=clock, cpu_time=cpu)
+    m.begin("k")
+    clock.t += 0.010
+    cpu.t += 0.004
+    d = m.end("k")
+    assert d.energy_j == pytest.approx(2.0 * 0.010 + 4.0 * 0.004)
+    assert d.source == "model" and "not measured" in m.describe()["note"]
+    with pytest.raises(MeterError, match="idle_w <= busy_w"):
+        ModelMeter(idle_w=5, busy_w=1)
+
+
+def test_null_meter_gives_no_energy():
+    clock = Clock()
+    m = NullMeter(clock)
+    m.begin("n")
+    clock.t += 1
+    d = m.end("n")
+    assert d.energy_j is None and d.source == "none" and d.duration_s == 1
+
+
+def test_open_meter_probes_in_order(tmp_path):
+    none = {"rapl_root": tmp_path / "absent", "hwmon_root": tmp_path / "absent"}
+    assert open_meter("auto", **none).source == "none"
+    assert open_meter("auto", idle_w=1, busy_w=2, **none).source == "model"
+    assert open_meter("auto", rapl_root=fake_rapl(tmp_path / "rapl"), hwmon_root=tmp_path / "absent").source == "rapl"
+    with pytest.raises(MeterError, match="no readable RAPL"):
+        open_meter("rapl", rapl_root=tmp_path / "absent")
+    with pytest.raises(MeterError, match="no INA"):
+        open_meter("ina", hwmon_root=tmp_path / "absent")
+    with pytest.raises(MeterError, match="needs idle_w and busy_w"):
+        open_meter("model")
+    with pytest.raises(MeterError, match="unknown meter"):
+        open_meter("joulescope")
+    assert not math.isnan(open_meter("model", idle_w=1, busy_w=2).busy_w)
+
+
+def test_integrate_trapezoids_with_interpolated_edges():
+    times, watts = [0.0, 1.0, 2.0, 3.0], [2.0, 4.0, 4.0, 0.0]
+    energy, inside = integrate(times, watts, 0.5, 2.5)
+    # 0.5..1: (3+4)/2*0.5 ; 1..2: 4 ; 2..2.5: (4+2)/2*0.5
+    assert energy == pytest.approx(1.75 + 4 + 1.5) and inside == 2
+    assert integrate(times, watts, 5.0, 6.0) == (0.0, 0)  # held at the last sample, 0 W
+    assert integrate(times, watts, 1.0, 1.0) == (0.0, 0)
+    with pytest.raises(MeterError):
+        integrate([], [], 0, 1)
+
+
+def fake_hwmon(root):
+    ina = root / "hwmon3"
+    ina.mkdir(parents=True)
+    (ina / "name").write_text("ina3221\n")
+    for n, (label, mv, ma) in enumerate([("VDD_IN", 5000, 1200), ("VDD_CPU_GPU_CV", 5000, 400)], start=1):
+        (ina / f"in{n}_label").write_text(label + "\n")
+        (ina / f"in{n}_input").write_text(f"{mv}\n")
+        (ina / f"curr{n}_input").write_text(f"{ma}\n")
+    ina238 = root / "hwmon4"
+    ina238.mkdir()
+    (ina238 / "name").write_text("ina238\n")
+    (ina238 / "in1_label").write_text("VDD_SOC\n")
+    (ina238 / "power1_input").write_text("1500000\n")
+    other = root / "hwmon0"
+    other.mkdir()
+    (other / "name").write_text("k10temp\n")
+    return root
+
+
+def test_ina_rails_read_as_watts(tmp_path):
+    rails = find_ina_rails(fake_hwmon(tmp_path))
+    assert sorted(rails) == ["VDD_CPU_GPU_CV", "VDD_IN", "VDD_SOC"]
+    assert read_ina_watts(rails) == {"VDD_IN": 6.0, "VDD_CPU_GPU_CV": 2.0, "VDD_SOC": 1.5}
+
+
+def test_timeline_meter_integrates_each_rail_and_flags_sparse_windows(tmp_path):
+    root, clock = fake_hwmon(tmp_path), Clock()
+    m = ina_meter(root, period_s=0.01, clock=clock, background=False)  # sampled by hand below
+    m.begin("w")
+    for _ in range(10):
+        clock.t += 0.01
+        m.sample_once()
+    (root / "hwmon3" / "curr1_input").write_text("2400\n")  # VDD_IN doubles to 12 W
+    for _ in range(10):
+        clock.t += 0.01
+        m.sample_once()
+    d = m.end("w")
+    assert d.rails_j["VDD_SOC"] == pytest.approx(1.5 * 0.2)
+    assert d.rails_j["VDD_IN"] == pytest.approx(6.0 * 0.1 + 9.0 * 0.01 + 12.0 * 0.09)
+    assert not d.approx and d.source == "ina"
+    m.begin("short")
+    clock.t += 0.004
+    short = m.end("short")
+    assert short.approx and short.energy_j == pytest.approx((12.0 + 2.0 + 1.5) * 0.004)
+
+
+def test_timeline_meter_background_thread_samples_and_stops(tmp_path):
+    import time
+
+    m = ina_meter(fake_hwmon(tmp_path), period_s=0.002)
+    m.begin("bg")
+    time.sleep(0.05)  # real time: this test checks the thread samples, not any duration
+    d = m.end("bg")
+    m.close()
+    assert len(m.times) > 3 and d.energy_j > 0
+    assert d.energy_j == pytest.approx(9.5 * d.duration_s, rel=1e-6)  # constant 6+2+1.5 W
