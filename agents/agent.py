@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--liveness", type=int, default=AgentTimeouts.liveness)
     ap.add_argument("--cpus", default="", help="comma-separated CPU ids this agent may run on (default: any)")
     ap.add_argument("--meter", default="auto",
-                    help="auto, rapl, ina, model or none (auto: the first present, in that order)")
+                    help="auto, rapl, nvml, ina, model or none (auto: the first present, in that order)")
     ap.add_argument("--idle-w", type=float, default=None, help="model meter: idle watts")
     ap.add_argument("--busy-w", type=float, default=None, help="model meter: watts with this process busy")
     args = ap.parse_args(argv)

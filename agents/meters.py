@@ -12,6 +12,8 @@ Back ends here:
            argument so tests point it at a fake sysfs tree.
     ina    Jetson-style INA3221/INA238 rails through hwmon sysfs, read as power and
            integrated over a background sampling timeline (:class:`PowerTimelineMeter`).
+    nvml   NVIDIA GPUs through NVML's total-energy counter (optional ``pynvml`` import),
+           falling back to sampled power on GPUs without the counter.
     model  idle watts over the window plus (busy - idle) watts times the process's CPU
            time in it; calibrated numbers from the inventory; marked as a model.
     none   no sensor: energy is None, source ``none``.
@@ -386,9 +388,97 @@ def ina_meter(root: Path = HWMON_ROOT, period_s: float = 0.005, **kwargs) -> Pow
     return PowerTimelineMeter("ina", lambda: read_ina_watts(rails), period_s, **kwargs)
 
 
+class NvmlMeter:
+    """GPU energy from NVML's cumulative counter (millijoules), summed over the GPUs given.
+
+    ``nvml`` is the ``pynvml`` module (or a stand-in with the same functions); NVML errors
+    are translated to :class:`MeterError` here, once.
+    """
+
+    source = "nvml"
+
+    def __init__(self, nvml: object | None = None, indices: list[int] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self._nvml = nvml if nvml is not None else _import_pynvml()
+        n = self._nvml  # type: ignore[assignment]
+        try:
+            n.nvmlInit()  # type: ignore[attr-defined]
+            count = n.nvmlDeviceGetCount()  # type: ignore[attr-defined]
+            self.indices = indices if indices is not None else list(range(count))
+            self._handles = {i: n.nvmlDeviceGetHandleByIndex(i) for i in self.indices}  # type: ignore[attr-defined]
+            for h in self._handles.values():
+                n.nvmlDeviceGetTotalEnergyConsumption(h)  # type: ignore[attr-defined]
+        except Exception as e:  # pynvml raises its own NVMLError subclasses
+            raise MeterError(f"NVML energy counter unavailable: {e}") from e
+        if not self._handles:
+            raise MeterError("NVML sees no GPU")
+        self._clock = clock
+        self._windows = _Windows()
+        self.update_period_s: float | None = None
+
+    def read_mj(self) -> dict[str, int]:
+        """Cumulative energy per GPU, millijoules."""
+        try:
+            return {f"gpu{i}": int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h))  # type: ignore[attr-defined]
+                    for i, h in self._handles.items()}
+        except Exception as e:  # NVMLError
+            raise MeterError(f"NVML read failed: {e}") from e
+
+    def begin(self, key: str) -> None:
+        """Open a window at the current counters."""
+        self._windows.open(key, self._clock(), self.read_mj())
+
+    def end(self, key: str) -> EnergyDelta:
+        """Counter differences since begin, per GPU."""
+        t0, start = self._windows.close(key)
+        duration, stop = self._clock() - t0, self.read_mj()
+        rails = {g: (stop[g] - start[g]) / 1e3 for g in stop}  # type: ignore[index]
+        approx = self.update_period_s is not None and duration < self.update_period_s
+        return EnergyDelta(sum(rails.values()), duration, self.source, approx, rails)
+
+    def describe(self) -> dict:
+        """For the manifest."""
+        return {"source": self.source, "gpus": self.indices, "update_period_s": self.update_period_s}
+
+
+def nvml_power_meter(nvml: object | None = None, period_s: float = 0.01, **kwargs) -> PowerTimelineMeter:
+    """Sampled-power fallback for GPUs without the energy counter (``nvmlDeviceGetPowerUsage``, mW)."""
+    n = nvml if nvml is not None else _import_pynvml()
+    try:
+        n.nvmlInit()  # type: ignore[attr-defined]
+        handles = [n.nvmlDeviceGetHandleByIndex(i) for i in range(n.nvmlDeviceGetCount())]  # type: ignore[attr-defined]
+    except Exception as e:  # NVMLError
+        raise MeterError(f"NVML unavailable: {e}") from e
+    if not handles:
+        raise MeterError("NVML sees no GPU")
+
+    def read() -> dict[str, float]:
+        return {f"gpu{i}": n.nvmlDeviceGetPowerUsage(h) / 1e3 for i, h in enumerate(handles)}  # type: ignore[attr-defined]
+
+    return PowerTimelineMeter("nvml-power", read, period_s, **kwargs)
+
+
+def _open_nvml() -> EnergyMeter:
+    """The energy counter where the GPU has one, else sampled power."""
+    try:
+        meter = NvmlMeter()
+    except MeterError:
+        return nvml_power_meter()
+    meter.update_period_s = detect_update_period(lambda: sum(meter.read_mj().values()), max_s=0.3)
+    return meter
+
+
+def _import_pynvml() -> object:
+    try:
+        import pynvml  # optional: only GPU devices install nvidia-ml-py
+    except ImportError as e:
+        raise MeterError("NVML needs `pip install nvidia-ml-py` on this device") from e
+    return pynvml
+
+
 def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | None = None,
                busy_w: float | None = None, hwmon_root: Path = HWMON_ROOT) -> EnergyMeter:
-    """The meter ``kind`` names; ``auto`` probes rapl, ina, then model (if calibrated), then none.
+    """The meter ``kind`` names; ``auto`` probes rapl, nvml, ina, then model (if calibrated), then none.
 
     Raises:
         MeterError: a named kind is not available here (with why).
@@ -400,6 +490,12 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
             return meter
         except MeterError:
             if kind == "rapl":
+                raise
+    if kind in ("nvml", "auto"):
+        try:
+            return _open_nvml()
+        except MeterError:
+            if kind == "nvml":
                 raise
     if kind in ("ina", "auto"):
         try:
@@ -413,4 +509,4 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
         raise MeterError("meter 'model' needs idle_w and busy_w (watts) in the inventory's meter settings")
     if kind in ("none", "auto"):
         return NullMeter()
-    raise MeterError(f"unknown meter {kind!r}; choose auto, rapl, ina, model or none")
+    raise MeterError(f"unknown meter {kind!r}; choose auto, rapl, nvml, ina, model or none")

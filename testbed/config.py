@@ -90,7 +90,7 @@ class Experiment(Strict):
 class MeterSpec(Strict):
     """Which energy meter the agent opens; ``model`` needs calibrated idle and busy watts."""
 
-    kind: str = Field("auto", pattern=r"^(auto|rapl|ina|model|none)$")
+    kind: str = Field("auto", pattern=r"^(auto|rapl|nvml|ina|model|none)$")
     idle_w: float | None = Field(None, ge=0)
     busy_w: float | None = Field(None, ge=0)
 

@@ -8,12 +8,14 @@ from agents.meters import (
     MeterError,
     ModelMeter,
     NullMeter,
+    NvmlMeter,
     RaplMeter,
     detect_update_period,
     find_ina_rails,
     find_rapl_domains,
     ina_meter,
     integrate,
+    nvml_power_meter,
     open_meter,
     read_ina_watts,
 )
@@ -226,3 +228,56 @@ def test_timeline_meter_background_thread_samples_and_stops(tmp_path):
     m.close()
     assert len(m.times) > 3 and d.energy_j > 0
     assert d.energy_j == pytest.approx(9.5 * d.duration_s, rel=1e-6)  # constant 6+2+1.5 W
+
+
+class FakeNvml:
+    """Scripted pynvml: two GPUs; energy in mJ and power in mW set by the test."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, energy=True):
+        self.energy_mj = {0: 1_000, 1: 5_000}
+        self.power_mw = {0: 70_000, 1: 30_000}
+        self.has_energy = energy
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if not self.has_energy:
+            raise self.NVMLError("Not Supported")
+        return self.energy_mj[h]
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return self.power_mw[h]
+
+
+def test_nvml_counter_per_gpu():
+    nv, clock = FakeNvml(), Clock()
+    m = NvmlMeter(nv, clock=clock)
+    m.begin("g")
+    nv.energy_mj[0] += 2_500
+    nv.energy_mj[1] += 500
+    clock.t += 0.1
+    d = m.end("g")
+    assert d.rails_j == {"gpu0": 2.5, "gpu1": 0.5} and d.energy_j == pytest.approx(3.0) and d.source == "nvml"
+
+
+def test_nvml_without_counter_is_refused_and_power_sampling_takes_over():
+    with pytest.raises(MeterError, match="energy counter unavailable: Not Supported"):
+        NvmlMeter(FakeNvml(energy=False))
+    clock = Clock()
+    m = nvml_power_meter(FakeNvml(energy=False), period_s=0.01, clock=clock, background=False)
+    m.begin("p")
+    for _ in range(5):
+        clock.t += 0.01
+        m.sample_once()
+    d = m.end("p")
+    assert d.source == "nvml-power" and d.energy_j == pytest.approx(100.0 * 0.05)
