@@ -77,6 +77,8 @@ class Agent:
         self.data_port = data_port
         self.timeouts = timeouts
         self.meter: EnergyMeter = meter or NullMeter()
+        self.idle_w = math.nan
+        self._baseline_due: float | None = None
         self.served = 0
         self._config: _Config | None = None
         self._stopping = False
@@ -126,7 +128,10 @@ class Agent:
             if now - last_heard > hb * self.timeouts.liveness:
                 log.error("no word from the controller for %.1f s; exiting", now - last_heard)
                 return 3
-            events = dict(poller.poll(timeout=max(1, int((next_hb - now) * 1000))))
+            if self._baseline_due is not None and now >= self._baseline_due:
+                self._finish_baseline()
+            wake = min(next_hb, self._baseline_due or next_hb)
+            events = dict(poller.poll(timeout=max(1, int((wake - now) * 1000))))
             if self._ctrl in events:
                 last_heard = time.monotonic()
                 if self._on_control(self._ctrl.recv_multipart(copy=False)):
@@ -191,7 +196,27 @@ class Agent:
             self._data_out.connect(msg.next_endpoint)
         self._config = _Config(part, final, msg)
         log.info("loaded %s in %.1f ms (final=%s, next=%s)", path, part.load_ms, final, msg.next_endpoint or "-")
-        self._send(p.Ready(self.agent_id, msg.seq, part.load_ms, part.inputs, part.outputs, ["CPUExecutionProvider"]))
+        if msg.idle_s > 0:
+            # Ready goes out from the loop once the baseline window closes; heartbeats keep flowing meanwhile
+            self.meter.begin("idle-baseline")
+            self._baseline_due = time.monotonic() + msg.idle_s
+        else:
+            self._ready()
+
+    def _ready(self) -> None:
+        assert self._config is not None
+        part, msg = self._config.partition, self._config.msg
+        self._send(p.Ready(self.agent_id, msg.seq, part.load_ms, part.inputs, part.outputs, ["CPUExecutionProvider"],
+                           self.idle_w))
+
+    def _finish_baseline(self) -> None:
+        """Idle power = energy of the baseline window over its length; NaN without a meter."""
+        self._baseline_due = None
+        delta = self.meter.end("idle-baseline")
+        if delta.energy_j is not None and delta.duration_s > 0:
+            self.idle_w = delta.energy_j / delta.duration_s
+            log.info("idle baseline: %.3f W over %.2f s (%s)", self.idle_w, delta.duration_s, delta.source)
+        self._ready()
 
     # ------------------------------------------------------------------ data
 
@@ -221,6 +246,7 @@ class Agent:
         end_ns = time.time_ns()
         energy = self.meter.end(key)
         energy_j = math.nan if energy.energy_j is None else energy.energy_j
+        net_j = energy_j - self.idle_w * energy.duration_s  # NaN propagates when either is unknown
         logits = outputs[cfg.msg.logits_name]
         confidence, prediction = top1(logits[0])
         threshold = work.thresholds.get(self.tier, float("inf"))
@@ -228,13 +254,13 @@ class Agent:
         self.served += 1
         if exited:
             stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                            confidence, prediction, True, int(logits.nbytes), energy_j, energy.approx)
+                            confidence, prediction, True, int(logits.nbytes), energy_j, energy.approx, net_j)
             self._send(p.Result(self.agent_id, work.run_seq, work.sample_id, logits, [*work.stages, stage]))
             return
         tensors = {dst: outputs[src] if src in outputs else work.tensors[src] for src, dst in cfg.msg.offload.items()}
         nbytes = sum(int(t.nbytes) for t in tensors.values())
         stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                        confidence, prediction, False, nbytes, energy_j, energy.approx)
+                        confidence, prediction, False, nbytes, energy_j, energy.approx, net_j)
         assert self._data_out is not None
         self._data_out.send_multipart(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
                                                       [*work.stages, stage])), copy=False)

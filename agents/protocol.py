@@ -68,7 +68,8 @@ def should_exit(threshold: float, confidence: float) -> bool:
 class Stage:
     """What one tier did to one sample; all times are ``time.time_ns`` on that agent.
 
-    ``energy_j`` covers the compute window (start_ns to end_ns) on that device's meter.
+    ``energy_j`` covers the compute window (start_ns to end_ns) on that device's meter;
+    ``energy_net_j`` is what it took above the device's measured idle power.
     """
 
     tier: str
@@ -83,6 +84,7 @@ class Stage:
     bytes_out: int
     energy_j: float  # NaN when the device has no meter
     energy_approx: bool
+    energy_net_j: float  # energy_j minus idle power over the window; NaN without a baseline
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class Configure:
     offload: dict[str, str]
     next_endpoint: str
     threads: int
+    idle_s: float = 0.0  # measure idle power this long before Ready (0: no baseline)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class Ready:
     inputs: list[str]
     outputs: list[str]
     providers: list[str]
+    idle_w: float = math.nan  # measured idle power; NaN without a meter or a baseline
 
 
 @dataclass(frozen=True)

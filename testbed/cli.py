@@ -96,11 +96,13 @@ def _render_report(run_dir: Path) -> None:
     df, complete = results.load_samples(run_dir)
     manifest = results.load_manifest(run_dir)
     rep = report.build(df, manifest, complete)
-    table = Table(title=f"{rep.title}: per policy and exit tier (measured samples)")
+    table = Table(title=f"{rep.title}: per policy and exit tier, measured samples; Δacc and lat/cloud against "
+                        "all-cloud; offload B, energy mJ and net mJ (above idle) per sample")
     cols = [("policy", "policy"), ("tier", "exit tier"), ("samples", "n"), ("share", "share"),
-            ("accuracy", "accuracy"), ("accuracy_delta_pt", "Δacc vs cloud (pt)"), ("latency_ms_p50", "p50 ms"),
-            ("latency_ms_p95", "p95 ms"), ("latency_ms_p99", "p99 ms"), ("latency_ratio", "lat vs cloud"),
-            ("offload_bytes_per_sample", "offload B/sample"), ("energy_j_per_sample", "energy mJ/sample")]
+            ("accuracy", "accuracy"), ("accuracy_delta_pt", "Δacc pt"), ("latency_ms_p50", "p50 ms"),
+            ("latency_ms_p95", "p95 ms"), ("latency_ms_p99", "p99 ms"), ("latency_ratio", "lat/cloud"),
+            ("offload_bytes_per_sample", "offload B"), ("energy_j_per_sample", "energy mJ"),
+            ("energy_net_j_per_sample", "net mJ")]
     for _, title in cols:
         table.add_column(title, justify="left" if title in ("policy", "exit tier") else "right")
     for _, r in rep.summary.iterrows():
@@ -109,7 +111,7 @@ def _render_report(run_dir: Path) -> None:
             v = r[key]
             if isinstance(v, float):
                 v = ("-" if math.isnan(v) else f"{v:.1%}" if key == "share" else f"{v * 1e3:.2f}"
-                     if key == "energy_j_per_sample" else f"{v:.3f}" if key in ("accuracy", "latency_ratio")
+                     if key.startswith("energy") else f"{v:.3f}" if key in ("accuracy", "latency_ratio")
                      else f"{v:.2f}")
             cells.append(str(v))
         table.add_row(*cells, style=None if r["tier"] == "all" else "dim")

@@ -73,6 +73,12 @@ class TimeoutSpec(Strict):
     stop_s: float = Field(5.0, gt=0)
 
 
+class EnergySpec(Strict):
+    """Energy settings of a run."""
+
+    idle_s: float = Field(2.0, ge=0, le=600, description="idle baseline per agent before samples; 0: none")
+
+
 class Experiment(Strict):
     """``experiments/<name>.yaml``."""
 
@@ -84,6 +90,7 @@ class Experiment(Strict):
     policies: list[PolicySpec] = Field(min_length=1)
     seed: int = 0
     run: RunSpec = RunSpec()
+    energy: EnergySpec = EnergySpec()
     timeouts: TimeoutSpec = TimeoutSpec()
 
 

@@ -12,6 +12,7 @@ manifest.
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import subprocess
 import sys
@@ -150,7 +151,10 @@ class Controller:
                 "meters": {a.device_id: a.hello.facts.get("meter", {"source": "none"})  # type: ignore[union-attr]
                            for a in self._agents.values()},
                 "window": "each tier's compute window per sample (onnxruntime run); idle time between samples "
-                          "is not attributed"}
+                          "is not attributed",
+                "idle_baseline_s": self.exp.energy.idle_s,
+                "idle_w": {a.device_id: None if math.isnan(a.ready.idle_w) else a.ready.idle_w  # type: ignore[union-attr]
+                           for a in self._agents.values()}}
             self._writer.write_manifest(self._manifest)
             for i, spec in enumerate(self.exp.policies):
                 self._run_policy(policies.make(spec), np.random.default_rng(self.exp.seed + i))
@@ -201,6 +205,7 @@ class Controller:
                 raise AgentStartError(f"no {what} from {', '.join(missing)} within {timeout_s:.0f} s "
                                       f"(timeouts.{'hello_s' if what == 'Hello' else 'configure_s'} in "
                                       f"{self.exp_path}); their logs:\n{tails}")
+            self._heartbeat()  # agents give up on a silent controller, also while they load or measure idle
             got = self._transport.recv(0.05)
             if got is not None:
                 self._note_heard(got.agent_id)
@@ -242,7 +247,7 @@ class Controller:
             self._transport.send(a.device_id, p.Configure(
                 seq=1, partition_path=str((self.bundle.root / spec.file).resolve()), sha256=spec.sha256,
                 exit_layer=spec.exit.layer, logits_name=spec.logits, offload=dict(spec.offload),
-                next_endpoint=nxt, threads=device.threads))
+                next_endpoint=nxt, threads=device.threads, idle_s=self.exp.energy.idle_s))
 
         def on_msg(got: Received) -> None:
             agent_id, msg = got.agent_id, got.msg
@@ -251,7 +256,8 @@ class Controller:
             elif isinstance(msg, p.Failure):
                 raise AgentStartError(f"agent {agent_id} could not load its partition: {msg.what}")
 
-        self._await("Ready", self.timeouts.configure_s, lambda: all(a.ready for a in self._agents.values()), on_msg)
+        self._await("Ready", self.timeouts.configure_s + self.exp.energy.idle_s,
+                    lambda: all(a.ready for a in self._agents.values()), on_msg)
 
     def _align_clocks(self) -> None:
         assert self._transport is not None
@@ -341,10 +347,7 @@ class Controller:
                 raise AgentLostError(a.device_id, f"no heartbeat for {silent / NS:.1f} s "
                                      f"({self.timeouts.liveness} x heartbeat_s={self.timeouts.heartbeat_s})",
                                      a.handle.log_tail())
-        if now - self._last_hb_sent_ns >= hb_ns:
-            for a in self._agents.values():
-                self._transport.send(a.device_id, p.Heartbeat("controller", self.clock.time_ns()))
-            self._last_hb_sent_ns = now
+        self._heartbeat()
         if in_flight:
             oldest = min(in_flight.values(), key=lambda i: i.issue_mono_ns)
             waited = (now - oldest.issue_mono_ns) / NS
@@ -352,6 +355,16 @@ class Controller:
                 raise AgentLostError("?", f"sample {oldest.sample_id} (seq {oldest.seq}) has not come back after "
                                      f"{waited:.1f} s (timeouts.sample_s={self.timeouts.sample_s}); "
                                      "check the agents' logs in the run directory")
+
+    def _heartbeat(self) -> None:
+        """Send every agent a heartbeat when one is due."""
+        assert self._transport is not None
+        now = self.clock.monotonic_ns()
+        if now - self._last_hb_sent_ns >= int(self.timeouts.heartbeat_s * NS):
+            for a in self._agents.values():
+                if a.hello is not None:  # the ROUTER cannot address an agent before it connects
+                    self._transport.send(a.device_id, p.Heartbeat("controller", self.clock.time_ns()))
+            self._last_hb_sent_ns = now
 
     # ------------------------------------------------------------------ teardown
 
@@ -417,5 +430,6 @@ class Controller:
             out[a.device_id] = {"tier": a.tier, "pid": a.handle.pid, "agent_version": a.hello.agent_version,
                                 "protocol_version": a.hello.protocol_version, "data_endpoint": a.hello.data_endpoint,
                                 "facts": a.hello.facts, "load_ms": a.ready.load_ms, "providers": a.ready.providers,
+                                "idle_w": None if math.isnan(a.ready.idle_w) else a.ready.idle_w,
                                 "clock_offset_ns": a.offset_ns, "clock_rtt_ns": a.rtt_ns}
         return out

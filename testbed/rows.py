@@ -59,7 +59,7 @@ def build_row(
         "t_issue_unix_ns": issued.issue_wall_ns,
     }
     for tier in TIERS:
-        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j"):
+        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j", "energy_net_j"):
             row[f"{col}_{tier}"] = None
     for hop in HOPS:
         row[f"net_ms_{hop}"] = None
@@ -81,12 +81,14 @@ def build_row(
         row[f"queue_ms_{s.tier}"] = queue
         row[f"device_{s.tier}"] = s.device
         row[f"energy_j_{s.tier}"] = None if math.isnan(s.energy_j) else s.energy_j
+        row[f"energy_net_j_{s.tier}"] = None if math.isnan(s.energy_net_j) else s.energy_net_j
         prev_send = on_ctrl(s.send_ns, s.device)
     row["net_ms_return"] = (recv_wall_ns - prev_send) / NS_PER_MS
     row["bytes_return"] = last.bytes_out
     row["queue_ms"] = queue_total
-    energies = [row[f"energy_j_{s.tier}"] for s in stages]
-    row["energy_j"] = None if any(e is None for e in energies) else sum(energies)
+    for col in ("energy_j", "energy_net_j"):
+        parts = [row[f"{col}_{s.tier}"] for s in stages]
+        row[col] = None if any(e is None for e in parts) else sum(parts)
     sources = context.get("energy_sources", {})
     row["energy_source"] = "+".join(sorted({sources.get(s.device, "none") for s in stages}))
     row["energy_approx"] = any(s.energy_approx for s in stages)

@@ -61,6 +61,8 @@ def _columns() -> list[Column]:
         c.append(Column(f"queue_ms_{t}", pa.float64(), "ms", f"arrival to compute start on {t}", True))
         c.append(Column(f"device_{t}", pa.string(), "", f"device id of the {t} agent", True))
         c.append(Column(f"energy_j_{t}", pa.float64(), "J", f"energy of the {t} compute window (null: no meter)", True))
+        c.append(Column(f"energy_net_j_{t}", pa.float64(), "J",
+                        f"energy_j_{t} above the {t} device's measured idle power (null: no baseline)", True))
     for h in HOPS:
         c.append(Column(f"net_ms_{h}", pa.float64(), "ms",
                         f"hop {h}: send to receive, clocks aligned by the measured offsets", True))
@@ -68,6 +70,7 @@ def _columns() -> list[Column]:
     c += [
         Column("t_issue_unix_ns", pa.int64(), "ns", "controller wall clock when the sample was issued"),
         Column("energy_j", pa.float64(), "J", "sum of the tiers' compute-window energy (null when no meter)", True),
+        Column("energy_net_j", pa.float64(), "J", "sum of the tiers' net energy (null unless every tier has it)", True),
         Column("energy_source", pa.string(), "", "meters of the visited tiers: none, model, rapl; joined by +"),
         Column("energy_approx", pa.bool_(), "", "a window was shorter than its meter's update period"),
     ]

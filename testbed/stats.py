@@ -15,6 +15,10 @@ def _pct(series: pd.Series, q: float) -> float:
     return float(np.percentile(series, q)) if len(series) else float("nan")
 
 
+def _mean(g: pd.DataFrame, col: str) -> float:
+    return float(g[col].mean()) if col in g and g[col].notna().any() else float("nan")
+
+
 def _group_stats(g: pd.DataFrame, n_policy: int) -> dict[str, float]:
     hop_bytes = sum(g[f"bytes_{h}"] for h in HOPS if h not in ("controller_mobile", "return"))
     return {
@@ -26,8 +30,8 @@ def _group_stats(g: pd.DataFrame, n_policy: int) -> dict[str, float]:
         "latency_ms_p95": _pct(g["latency_ms"], 95),
         "latency_ms_p99": _pct(g["latency_ms"], 99),
         "offload_bytes_per_sample": float(hop_bytes.mean()) if len(g) else float("nan"),
-        "energy_j_per_sample": float(g["energy_j"].mean()) if "energy_j" in g and g["energy_j"].notna().any()
-        else float("nan"),
+        "energy_j_per_sample": _mean(g, "energy_j"),
+        "energy_net_j_per_sample": _mean(g, "energy_net_j"),
     }
 
 

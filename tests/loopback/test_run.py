@@ -22,7 +22,8 @@ POLICIES = [{"name": "all-mobile"}, {"name": "all-edge"}, {"name": "all-cloud"},
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bundle, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    exp = write_experiment(tmp / "exp.yaml", tiny_bundle.root, POLICIES, count=60, warmup=2, name="tiny")
+    exp = write_experiment(tmp / "exp.yaml", tiny_bundle.root, POLICIES, count=60, warmup=2, name="tiny",
+                           energy={"idle_s": 1.5})  # longer than heartbeat_s x liveness: heartbeats must go on
     inv = write_inventory(tmp / "inv.yaml", meter={"kind": "model", "idle_w": 1.0, "busy_w": 4.0},
                           **{"edge-1": {"cpus": [0]}})
     code = main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp / "results"), "-q"])
@@ -131,9 +132,14 @@ def test_energy_comes_from_the_model_meter_per_tier(tiny_run):
         assert (cloud[f"energy_j_{t}"] >= 0.5 * window_s).all()
     mobile = df[df.policy == "all-mobile"]
     assert mobile["energy_j_edge"].isna().all() and mobile["energy_j"].notna().all()
+    # idle baseline: the model meter idles at idle_w, so net energy is the busy part, (4 - 1) W x CPU time
+    net = cloud[["energy_net_j_mobile", "energy_net_j_edge", "energy_net_j_cloud"]]
+    assert (net.to_numpy() < tiers.to_numpy()).all() and (net.to_numpy() > -1e-4).all()
+    assert np.allclose(net.sum(axis=1), cloud["energy_net_j"])
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["energy"]["meters"]["cloud-1"]["source"] == "model"
     assert m["energy"]["meters"]["cloud-1"]["busy_w"] == 4.0
+    assert m["energy"]["idle_w"]["cloud-1"] == pytest.approx(1.0, abs=0.2)  # idle_w of the model, measured
 
 
 def test_report_reads_the_run(tiny_run, capsys):
@@ -141,7 +147,7 @@ def test_report_reads_the_run(tiny_run, capsys):
     assert main(["report", str(run_dir)]) == 0
     text = capsys.readouterr().out
     assert "early-exit" in text and "all-cloud" in text and "p99 ms" in text
-    assert "MODELLED, not measured" in text and "energy mJ/sample" in text
+    assert "MODELLED, not measured" in text and "energy mJ" in text and "net mJ" in text
 
 
 def test_validate_and_plan_touch_nothing(tiny_run, capsys):

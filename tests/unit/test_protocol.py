@@ -6,14 +6,14 @@ from agents import protocol as p
 
 
 def _stage(tier="mobile"):
-    return p.Stage(tier, f"{tier}-1", 10, 20, 30, 40, 0.75, 2, False, 1234, 0.5, False)
+    return p.Stage(tier, f"{tier}-1", 10, 20, 30, 40, 0.75, 2, False, 1234, 0.5, False, 0.25)
 
 
 MESSAGES = [
     p.Hello("mobile-1", "mobile", p.AGENT_VERSION, p.PROTOCOL_VERSION, "tcp://127.0.0.1:5000", {"cores": 4}),
     p.Heartbeat("controller", 123),
     p.Configure(1, "/x/mobile.onnx", "ab" * 32, 2, "logits", {"hidden_out": "hidden"}, "tcp://127.0.0.1:1", 1),
-    p.Ready("edge-1", 1, 12.5, ["hidden"], ["logits"], ["CPUExecutionProvider"]),
+    p.Ready("edge-1", 1, 12.5, ["hidden"], ["logits"], ["CPUExecutionProvider"], 3.5),
     p.Failure("edge-1", "configure", "no such file"),
     p.Ping(3),
     p.Pong("cloud-1", 3, 99),

@@ -14,9 +14,9 @@ def test_row_times_and_bytes_with_clock_offsets():
     off = {"mobile-1": -1 * MS, "edge-1": 5_000 * MS}
     t0 = 1_000_000 * MS
     mob = Stage("mobile", "mobile-1", t0 + 1 * MS - MS, t0 + 2 * MS - MS, t0 + 6 * MS - MS, t0 + 7 * MS - MS,
-                0.5, 1, False, 4000, 0.02, False)
+                0.5, 1, False, 4000, 0.02, False, 0.015)
     edge = Stage("edge", "edge-1", t0 + 9 * MS + 5_000 * MS, t0 + 10 * MS + 5_000 * MS, t0 + 14 * MS + 5_000 * MS,
-                 t0 + 15 * MS + 5_000 * MS, 0.9, 2, True, 12, 0.03, True)
+                 t0 + 15 * MS + 5_000 * MS, 0.9, 2, True, 12, 0.03, True, float("nan"))
     res = Result("edge-1", 3, 7, np.array([[0.0, 0.1, 3.0]], np.float32), [mob, edge])
     issued = Issued(3, 7, 2, "measure", "early-exit", 500 * MS, t0, 64)
     row = build_row(res, issued, 500 * MS + 17 * MS, t0 + 17 * MS, off, {"mobile": 2, "edge": 4, "cloud": 6}, CTX)
@@ -34,11 +34,12 @@ def test_row_times_and_bytes_with_clock_offsets():
     assert row["prediction"] == 2 and row["correct"] is True
     assert row["energy_j_mobile"] == 0.02 and row["energy_j_edge"] == 0.03 and row["energy_j_cloud"] is None
     assert row["energy_j"] == pytest.approx(0.05)
+    assert row["energy_net_j_mobile"] == 0.015 and row["energy_net_j_edge"] is None and row["energy_net_j"] is None
     assert row["energy_source"] == "model+rapl" and row["energy_approx"] is True
 
 
 def test_row_energy_is_null_when_a_visited_tier_has_no_meter():
-    stage = Stage("mobile", "mobile-1", 1, 2, 3, 4, 0.9, 0, True, 12, float("nan"), False)
+    stage = Stage("mobile", "mobile-1", 1, 2, 3, 4, 0.9, 0, True, 12, float("nan"), False, float("nan"))
     res = Result("mobile-1", 1, 1, np.array([[1.0, 0.0]], np.float32), [stage])
     row = build_row(res, Issued(1, 1, 0, "measure", "all-mobile", 0, 0, 8), 10, 10, {}, {"mobile": 2},
                     {"run_id": "r", "experiment": "e", "split": "test"})
