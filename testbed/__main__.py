@@ -1,7 +1,5 @@
 """``python -m testbed``: the CLI."""
 
-import sys
+from testbed.cli import entry
 
-from testbed.cli import main
-
-sys.exit(main())
+entry()

@@ -234,5 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Run the CLI and exit with its code (``python -m testbed``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

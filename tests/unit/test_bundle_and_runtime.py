@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 
-from agents.runtime import Partition, PartitionError, softmax
+from agents.runtime import Partition, PartitionError, top1
 from testbed import policies
 from testbed.bundle import Bundle
 from testbed.errors import BundleError
@@ -41,9 +41,12 @@ def test_partition_refuses_wrong_hash(tiny_bundle):
         Partition.load(tiny_bundle.root / "nope.onnx", "0" * 64)
 
 
-def test_top1_equals_numpy_softmax():
-    from agents.runtime import top1
+def softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
 
+
+def test_top1_equals_numpy_softmax():
     rng = np.random.default_rng(1)
     for _ in range(50):
         logits = rng.normal(size=(1, 5)).astype(np.float32) * 10
