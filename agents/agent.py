@@ -20,12 +20,14 @@ import argparse
 import logging
 import math
 import os
+import shlex
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from agents import protocol as p
@@ -169,11 +171,23 @@ class Agent:
             self._send(p.Pong(self.agent_id, msg.seq, time.time_ns()))
         elif isinstance(msg, p.Stop):
             log.info("stop (%s) after %d samples", msg.reason, self.served)
+            self._send_timeline()
             self._send(p.Bye(self.agent_id, self.served))
             return True
         elif not isinstance(msg, p.Heartbeat):
             self._fail("control", f"unexpected {msg.KIND!r} message on the control socket")
         return False
+
+    def _send_timeline(self) -> None:
+        """The meter's sampled power, if it keeps one (ina, pmic, external, nvml-power)."""
+        snapshot = getattr(self.meter, "snapshot", None)
+        if snapshot is None:
+            return
+        times, rails = snapshot()
+        if times:
+            self._send(p.Timeline(self.agent_id, self.meter.source, time.time_ns() - time.monotonic_ns(),
+                                  np.asarray(times, np.float64),
+                                  {r: np.asarray(v, np.float64) for r, v in rails.items()}))
 
     def _configure(self, msg: p.Configure) -> None:
         path = Path(msg.partition_path)
@@ -280,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--liveness", type=int, default=AgentTimeouts.liveness)
     ap.add_argument("--cpus", default="", help="comma-separated CPU ids this agent may run on (default: any)")
     ap.add_argument("--meter", default="auto",
-                    help="auto, rapl, nvml, ina, model or none (auto: the first present, in that order)")
+                    help="auto, rapl, nvml, ina, pmic, model or none (auto: the first present, in that order), "
+                         "or external with --meter-command")
+    ap.add_argument("--meter-command", default="", help="external meter: a command printing watts per line")
     ap.add_argument("--idle-w", type=float, default=None, help="model meter: idle watts")
     ap.add_argument("--busy-w", type=float, default=None, help="model meter: watts with this process busy")
     args = ap.parse_args(argv)
@@ -290,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, cpus)
         log.info("pinned to CPUs %s", sorted(cpus))
     try:
-        meter = open_meter(args.meter, idle_w=args.idle_w, busy_w=args.busy_w)
+        meter = open_meter(args.meter, idle_w=args.idle_w, busy_w=args.busy_w,
+                           command=shlex.split(args.meter_command) or None)
     except MeterError as e:
         log.error("meter: %s", e)
         return 2

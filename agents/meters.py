@@ -12,6 +12,11 @@ Back ends here:
            argument so tests point it at a fake sysfs tree.
     ina    Jetson-style INA3221/INA238 rails through hwmon sysfs, read as power and
            integrated over a background sampling timeline (:class:`PowerTimelineMeter`).
+    pmic   Raspberry Pi 5 PMIC rails via ``vcgencmd pmic_read_adc`` (volts x amps per rail),
+           sampled on the power timeline.
+    external  any command that prints one power reading per line (``<watts>`` or
+           ``<unix_seconds> <watts>``): USB power meters, lab analysers, a serial bridge.
+    replay a power timeline a real meter wrote, integrated the same way.
     nvml   NVIDIA GPUs through NVML's total-energy counter (optional ``pynvml`` import),
            falling back to sampled power on GPUs without the counter.
     model  idle watts over the window plus (busy - idle) watts times the process's CPU
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -281,7 +288,8 @@ class PowerTimelineMeter:
     """
 
     def __init__(self, source: str, read_watts: Callable[[], dict[str, float]], period_s: float = 0.005,
-                 clock: Callable[[], float] = time.monotonic, background: bool = True, keep: int = 200_000):
+                 clock: Callable[[], float] = time.monotonic, background: bool = True, keep: int = 200_000,
+                 initial: bool = True):
         self.source = source
         self.update_period_s: float | None = period_s
         self._read, self._clock, self._period = read_watts, clock, period_s
@@ -292,7 +300,8 @@ class PowerTimelineMeter:
         self._windows = _Windows()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.sample_once()
+        if initial:
+            self.sample_once()
         if background:
             self._thread = threading.Thread(target=self._run, name=f"meter-{source}", daemon=True)
             self._thread.start()
@@ -300,7 +309,9 @@ class PowerTimelineMeter:
     def sample_once(self) -> None:
         """Read the sensor now and append to the timeline."""
         watts = self._read()
-        t = self._clock()
+        self._append(self._clock(), watts)
+
+    def _append(self, t: float, watts: dict[str, float]) -> None:
         with self._lock:
             self.times.append(t)
             for rail, w in watts.items():
@@ -310,6 +321,11 @@ class PowerTimelineMeter:
                 del self.times[:drop]
                 for values in self.rails.values():
                     del values[:drop]
+
+    def snapshot(self) -> tuple[list[float], dict[str, list[float]]]:
+        """A consistent copy of the timeline: (monotonic seconds, watts per rail)."""
+        with self._lock:
+            return list(self.times), {rail: list(v) for rail, v in self.rails.items()}
 
     def _run(self) -> None:
         while not self._stop.wait(self._period):
@@ -458,6 +474,112 @@ def nvml_power_meter(nvml: object | None = None, period_s: float = 0.01, **kwarg
     return PowerTimelineMeter("nvml-power", read, period_s, **kwargs)
 
 
+_PMIC = re.compile(r"^\s*(\S+)_([AV])\s+(?:current|volt)\(\d+\)=([0-9.]+)[AV]\s*$")
+
+
+def parse_pmic(text: str) -> dict[str, float]:
+    """Watts per rail from ``vcgencmd pmic_read_adc`` output (rails with both volts and amps)."""
+    amps: dict[str, float] = {}
+    volts: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _PMIC.match(line)
+        if m:
+            (amps if m.group(2) == "A" else volts)[m.group(1)] = float(m.group(3))
+    rails = {rail: volts[rail] * amps[rail] for rail in amps if rail in volts}
+    if not rails:
+        raise MeterError("vcgencmd pmic_read_adc printed no rail with both current and voltage")
+    return rails
+
+
+def pmic_meter(command: tuple[str, ...] = ("vcgencmd", "pmic_read_adc"), period_s: float = 0.1,
+               **kwargs) -> PowerTimelineMeter:
+    """Raspberry Pi PMIC rails, read by running the command every ``period_s``."""
+
+    def read() -> dict[str, float]:
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=2, check=True).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            raise MeterError(f"{' '.join(command)} failed: {e}") from e
+        return parse_pmic(out)
+
+    return PowerTimelineMeter("pmic", read, period_s, **kwargs)
+
+
+def parse_power_line(line: str) -> tuple[float | None, float]:
+    """``"<watts>"`` or ``"<unix_seconds> <watts>"`` -> (timestamp or None, watts)."""
+    parts = line.replace(",", " ").split()
+    try:
+        if len(parts) == 1:
+            return None, float(parts[0])
+        if len(parts) == 2:
+            return float(parts[0]), float(parts[1])
+    except ValueError:
+        pass
+    raise MeterError(f"cannot read a power reading from {line.strip()!r}; expected '<watts>' or '<unix_s> <watts>'")
+
+
+class ExternalMeter(PowerTimelineMeter):
+    """Power streamed by a command, one reading per line, integrated like any timeline.
+
+    Readings stamped by the meter (unix seconds) are mapped onto this host's monotonic
+    clock with the offset seen at the first reading; unstamped ones are stamped on arrival.
+    """
+
+    def __init__(self, command: list[str], clock: Callable[[], float] = time.monotonic,
+                 first_reading_s: float = 5.0):
+        super().__init__("external", lambda: {}, period_s=0.0, clock=clock, background=False, initial=False)
+        self.update_period_s = None
+        self.command = command
+        self._offset: float | None = None
+        self._first = threading.Event()
+        try:
+            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError as e:
+            raise MeterError(f"cannot start the external meter {command!r}: {e}") from e
+        self._reader = threading.Thread(target=self._pump, name="meter-external", daemon=True)
+        self._reader.start()
+        if not self._first.wait(first_reading_s):
+            self.close()
+            raise MeterError(f"the external meter {command!r} printed no reading within {first_reading_s} s")
+
+    def sample_once(self) -> None:
+        """Readings arrive from the command; nothing to poll."""
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if not line.strip():
+                continue
+            try:
+                stamp, watts = parse_power_line(line)
+            except MeterError:
+                continue
+            now = self._clock()
+            if stamp is not None:
+                if self._offset is None:
+                    self._offset = now - stamp
+                now = stamp + self._offset
+            self._append(now, {"external": watts})
+            self._first.set()
+
+    def close(self) -> None:
+        """Stop the command."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+
+def replay_meter(times: list[float], rails: dict[str, list[float]], clock: Callable[[], float]) -> PowerTimelineMeter:
+    """A meter over a recorded timeline (seconds, watts per rail): windows integrate it as the live meter did."""
+    meter = PowerTimelineMeter("replay", lambda: {}, period_s=0.0, clock=clock, background=False, initial=False)
+    for i, t in enumerate(times):
+        meter._append(t, {rail: values[i] for rail, values in rails.items()})
+    return meter
+
+
 def _open_nvml() -> EnergyMeter:
     """The energy counter where the GPU has one, else sampled power."""
     try:
@@ -477,8 +599,11 @@ def _import_pynvml() -> object:
 
 
 def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | None = None,
-               busy_w: float | None = None, hwmon_root: Path = HWMON_ROOT) -> EnergyMeter:
-    """The meter ``kind`` names; ``auto`` probes rapl, nvml, ina, then model (if calibrated), then none.
+               busy_w: float | None = None, hwmon_root: Path = HWMON_ROOT,
+               command: list[str] | None = None) -> EnergyMeter:
+    """The meter ``kind`` names; ``auto`` probes rapl, nvml, ina, pmic, then model (if calibrated), then none.
+
+    ``external`` runs ``command`` and is never probed: it has to be named.
 
     Raises:
         MeterError: a named kind is not available here (with why).
@@ -503,10 +628,23 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
         except MeterError:
             if kind == "ina":
                 raise
+    if kind in ("pmic", "auto"):
+        try:
+            meter = pmic_meter(background=False)
+            meter.sample_once()  # the command works and prints rails
+            meter.close()
+            return pmic_meter()
+        except MeterError:
+            if kind == "pmic":
+                raise
+    if kind == "external":
+        if not command:
+            raise MeterError("meter 'external' needs a command that prints watts, one reading per line")
+        return ExternalMeter(command)
     if kind in ("model", "auto") and idle_w is not None and busy_w is not None:
         return ModelMeter(idle_w, busy_w)
     if kind == "model":
         raise MeterError("meter 'model' needs idle_w and busy_w (watts) in the inventory's meter settings")
     if kind in ("none", "auto"):
         return NullMeter()
-    raise MeterError(f"unknown meter {kind!r}; choose auto, rapl, nvml, ina, model or none")
+    raise MeterError(f"unknown meter {kind!r}; choose auto, rapl, nvml, ina, pmic, external, model or none")

@@ -17,7 +17,7 @@ This module is the only one that ``testbed/`` imports from ``agents/``; it must 
 free of anything but the standard library, numpy and msgpack.
 
 Format history:
-    1: Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Stop, Bye;
+    1: Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Stop, Bye;
        multipart frames with tensors out of band.
 """
 
@@ -200,6 +200,22 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """A device's power timeline, sent at Stop by agents whose meter samples power.
+
+    ``times_s`` are the agent's monotonic seconds; ``wall_minus_mono_ns`` maps them to its
+    wall clock (``time_ns() - monotonic_ns()`` when sent).
+    """
+
+    KIND: ClassVar[str] = "timeline"
+    agent_id: str
+    source: str
+    wall_minus_mono_ns: int
+    times_s: np.ndarray
+    rails_w: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
 class Stop:
     """Ask an agent to exit."""
 
@@ -218,7 +234,7 @@ class Bye:
 
 MESSAGES: dict[str, type] = {
     cls.KIND: cls
-    for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Stop, Bye)
+    for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Stop, Bye)
 }
 
 Frames = list[Any]  # bytes, memoryview or zmq.Frame: anything with the buffer protocol

@@ -97,9 +97,10 @@ class Experiment(Strict):
 class MeterSpec(Strict):
     """Which energy meter the agent opens; ``model`` needs calibrated idle and busy watts."""
 
-    kind: str = Field("auto", pattern=r"^(auto|rapl|nvml|ina|model|none)$")
+    kind: str = Field("auto", pattern=r"^(auto|rapl|nvml|ina|pmic|external|model|none)$")
     idle_w: float | None = Field(None, ge=0)
     busy_w: float | None = Field(None, ge=0)
+    command: list[str] | None = Field(None, description="external: argv of a command printing watts per line")
 
 
 class DeviceSpec(Strict):
@@ -259,6 +260,9 @@ def load_inventory(path: Path) -> Inventory:
         if m.kind == "model" and (m.idle_w is None or m.busy_w is None):
             problems.append(f"devices[{i}].meter: kind 'model' needs idle_w and busy_w (watts), calibrated "
                             "for this device with an external meter")
+        elif m.kind == "external" and not m.command:
+            problems.append(f"devices[{i}].meter: kind 'external' needs command: [argv of a program that prints "
+                            "one power reading per line]")
         elif m.idle_w is not None and m.busy_w is not None and m.idle_w > m.busy_w:
             problems.append(f"devices[{i}].meter: idle_w={m.idle_w} is above busy_w={m.busy_w}")
         if d.launcher != "local":

@@ -33,7 +33,7 @@ from testbed.clock import Clock, SystemClock
 from testbed.config import Experiment, Inventory, TimeoutSpec
 from testbed.errors import AgentLostError, AgentStartError, RunProtocolError, TestbedError
 from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
-from testbed.results import RunWriter, new_run_id
+from testbed.results import RunWriter, new_run_id, write_power_timeline
 from testbed.rows import Issued, build_row, clock_offset_ns
 from testbed.schema import SCHEMA_VERSION
 from testbed.transport import Received, ZmqTransport
@@ -356,6 +356,16 @@ class Controller:
                                      f"{waited:.1f} s (timeouts.sample_s={self.timeouts.sample_s}); "
                                      "check the agents' logs in the run directory")
 
+    def _save_timeline(self, msg: p.Timeline) -> None:
+        """Write a device's power timeline beside the rows, on the controller's clock."""
+        assert self._writer is not None
+        a = self._agents.get(msg.agent_id)
+        offset = a.offset_ns if a else 0
+        t_unix_ns = (msg.times_s * 1e9).astype(np.int64) + msg.wall_minus_mono_ns - offset
+        path = write_power_timeline(self.run_dir, msg.agent_id, t_unix_ns, msg.rails_w, msg.source)
+        self._manifest.setdefault("energy", {}).setdefault("timelines", {})[msg.agent_id] = {
+            "file": path.name, "source": msg.source, "samples": len(msg.times_s), "rails": sorted(msg.rails_w)}
+
     def _heartbeat(self) -> None:
         """Send every agent a heartbeat when one is due."""
         assert self._transport is not None
@@ -378,14 +388,18 @@ class Controller:
                 except TestbedError:
                     pass
             deadline = self.clock.monotonic_ns() + int(self.timeouts.stop_s * NS)
-            while self.clock.monotonic_ns() < deadline and any(a.handle.returncode() is None
-                                                               for a in self._agents.values()):
+            while self.clock.monotonic_ns() < deadline:
+                alive = any(a.handle.returncode() is None for a in self._agents.values())
                 try:
                     got = self._transport.recv(0.05)
                 except TestbedError:
                     continue
+                if got is None and not alive:
+                    break  # every agent has exited and nothing they sent is left unread
                 if got and isinstance(got.msg, p.Bye):
                     stopped[got.agent_id] = got.msg.served
+                elif got and isinstance(got.msg, p.Timeline):
+                    self._save_timeline(got.msg)
         for a in self._agents.values():
             code = a.handle.stop(self.timeouts.stop_s)
             stopped.setdefault(a.device_id, None)

@@ -8,6 +8,7 @@ message (done by the controller) to SIGTERM, then SIGKILL, and always reaps.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -113,6 +114,8 @@ class LocalLauncher:
         if device.cpus:
             argv += ["--cpus", ",".join(str(c) for c in device.cpus)]
         argv += ["--meter", device.meter.kind]
+        if device.meter.command:
+            argv += ["--meter-command", shlex.join(device.meter.command)]
         if device.meter.idle_w is not None and device.meter.busy_w is not None:
             argv += ["--idle-w", str(device.meter.idle_w), "--busy-w", str(device.meter.busy_w)]
         env = dict(os.environ)

@@ -129,3 +129,14 @@ def find_runs(results: Path, experiment: str | None = None) -> list[Path]:
     """Run directories under ``results/``, oldest first."""
     pattern = f"{experiment}/*/{MANIFEST}" if experiment else f"*/*/{MANIFEST}"
     return sorted((p.parent for p in results.glob(pattern)), key=lambda p: p.name)
+
+
+def write_power_timeline(run_dir: Path, device: str, t_unix_ns: list[int] | Any, rails_w: dict[str, Any],
+                         source: str) -> Path:
+    """``power_<device>.parquet``: controller-clock timestamps and watts per rail."""
+    columns = {"t_unix_ns": pa.array(t_unix_ns, pa.int64())}
+    columns |= {f"power_w_{rail}": pa.array(values, pa.float64()) for rail, values in rails_w.items()}
+    table = pa.table(columns).replace_schema_metadata({"testbed.device": device, "testbed.energy_source": source})
+    path = run_dir / f"power_{device}.parquet"
+    pq.write_table(table, path)
+    return path

@@ -1,10 +1,13 @@
 """Meters on fake sysfs trees and fake clocks: exact expected deltas."""
 
 import math
+import sys
+import time
 
 import pytest
 
 from agents.meters import (
+    ExternalMeter,
     MeterError,
     ModelMeter,
     NullMeter,
@@ -17,7 +20,11 @@ from agents.meters import (
     integrate,
     nvml_power_meter,
     open_meter,
+    parse_pmic,
+    parse_power_line,
+    pmic_meter,
     read_ina_watts,
+    replay_meter,
 )
 
 
@@ -146,7 +153,7 @@ def test_null_meter_gives_no_energy():
 
 
 def test_open_meter_probes_in_order(tmp_path):
-    none = {"rapl_root": tmp_path / "absent", "hwmon_root": tmp_path / "absent"}
+    none = {"rapl_root": tmp_path / "absent", "hwmon_root": tmp_path / "absent"}  # and no vcgencmd here
     assert open_meter("auto", **none).source == "none"
     assert open_meter("auto", idle_w=1, busy_w=2, **none).source == "model"
     assert open_meter("auto", rapl_root=fake_rapl(tmp_path / "rapl"), hwmon_root=tmp_path / "absent").source == "rapl"
@@ -281,3 +288,91 @@ def test_nvml_without_counter_is_refused_and_power_sampling_takes_over():
         m.sample_once()
     d = m.end("p")
     assert d.source == "nvml-power" and d.energy_j == pytest.approx(100.0 * 0.05)
+
+
+PMIC_OUTPUT = """\
+     3V7_WL_SW_A current(0)=0.00000000A
+    3V3_SYS_A current(1)=0.05270000A
+   VDD_CORE_A current(7)=2.50000000A
+     3V7_WL_SW_V volt(8)=3.71000000V
+    3V3_SYS_V volt(9)=3.30000000V
+   VDD_CORE_V volt(15)=0.80000000V
+    EXT5V_V volt(24)=5.10000000V
+"""
+
+
+def test_parse_pmic_multiplies_volts_and_amps_per_rail():
+    rails = parse_pmic(PMIC_OUTPUT)
+    assert rails == pytest.approx({"3V7_WL_SW": 0.0, "3V3_SYS": 3.3 * 0.0527, "VDD_CORE": 2.0})
+    with pytest.raises(MeterError, match="no rail"):
+        parse_pmic("error: unknown command")
+
+
+def test_pmic_meter_runs_the_command(tmp_path):
+    script = tmp_path / "vcgencmd"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + PMIC_OUTPUT + "EOF\n")
+    script.chmod(0o755)
+    clock = Clock()
+    m = pmic_meter((str(script), "pmic_read_adc"), period_s=0.1, clock=clock, background=False)
+    m.begin("pi")
+    clock.t += 0.1
+    m.sample_once()
+    d = m.end("pi")
+    assert d.source == "pmic" and d.energy_j == pytest.approx((2.0 + 3.3 * 0.0527) * 0.1)
+    with pytest.raises(MeterError, match="failed"):
+        pmic_meter((str(tmp_path / "absent"),), background=False)
+
+
+def test_power_lines():
+    assert parse_power_line("5.5\n") == (None, 5.5)
+    assert parse_power_line("1700000000.25, 4.0") == (1700000000.25, 4.0)
+    with pytest.raises(MeterError, match="expected"):
+        parse_power_line("watts: lots")
+
+
+def test_external_meter_maps_stamped_readings_and_integrates(tmp_path):
+    script = tmp_path / "meter.py"
+    # ten readings stamped 0.1 s apart on the meter's clock, 5 W then 7 W, then the meter idles
+    script.write_text("import sys, time\n"
+                      "for i in range(10):\n"
+                      "    print(f'{1000 + i / 10:.1f} {5.0 if i < 5 else 7.0}', flush=True)\n"
+                      "time.sleep(30)\n")
+    clock = Clock()
+    m = ExternalMeter([sys.executable, str(script)], clock=clock)
+    try:
+        for _ in range(200):
+            if len(m.times) == 10:
+                break
+            time.sleep(0.01)
+        assert m.times == pytest.approx([100.0 + i / 10 for i in range(10)])  # offset from the first reading
+        clock.t = 100.4  # begins on a 5 W reading, ends on a 7 W one
+        m.begin("e")
+        clock.t = 100.6
+        d = m.end("e")
+        assert d.source == "external" and d.energy_j == pytest.approx((5 + 7) / 2 * 0.1 + 7 * 0.1)
+    finally:
+        m.close()
+    with pytest.raises(MeterError, match="no reading"):
+        ExternalMeter([sys.executable, "-c", "import time; time.sleep(5)"], first_reading_s=0.3)
+
+
+def test_replay_equals_the_original_log(tmp_path):
+    root, clock = fake_hwmon(tmp_path), Clock()
+    live = ina_meter(root, period_s=0.01, clock=clock, background=False)
+    windows = []
+    for k in range(6):
+        live.begin(f"w{k}")
+        start = clock.t
+        for _ in range(k + 1):
+            clock.t += 0.01
+            (root / "hwmon3" / "curr1_input").write_text(f"{1000 + 100 * k}\n")
+            live.sample_once()
+        windows.append((start, clock.t, live.end(f"w{k}")))
+    replay_clock = Clock()
+    replay = replay_meter(live.times, live.rails, replay_clock)
+    for k, (t0, t1, original) in enumerate(windows):
+        replay_clock.t = t0
+        replay.begin(f"r{k}")
+        replay_clock.t = t1
+        again = replay.end(f"r{k}")
+        assert again.rails_j == pytest.approx(original.rails_j) and again.approx == original.approx
