@@ -144,6 +144,9 @@ class Agent:
         return 0
 
     def _close(self) -> None:
+        close_meter = getattr(self.meter, "close", None)
+        if close_meter is not None:
+            close_meter()
         for s in (self._ctrl, self._data_in, self._data_out):
             if s is not None:
                 s.close()

@@ -195,16 +195,21 @@ class RaplMeter:
         """Open a window at the current counters."""
         self._windows.open(key, self._clock(), self.read_uj())
 
+    def delta_j(self, start: dict[str, int], stop: dict[str, int]) -> dict[str, float]:
+        """Joules per domain between two readings; a counter that wrapped once is unwrapped."""
+        rails = {}
+        for d in self.domains:
+            delta = stop[d.name] - start[d.name]
+            if delta < 0:  # the counter wrapped once in between
+                delta += d.max_range_uj
+            rails[d.name] = delta / 1e6
+        return rails
+
     def end(self, key: str) -> EnergyDelta:
         """Counter differences since begin, wraparound handled, summed over domains."""
         t0, start = self._windows.close(key)
         now, stop = self._clock(), self.read_uj()
-        rails = {}
-        for d in self.domains:
-            delta = stop[d.name] - start[d.name]  # type: ignore[index]
-            if delta < 0:  # the counter wrapped once during the window
-                delta += d.max_range_uj
-            rails[d.name] = delta / 1e6
+        rails = self.delta_j(start, stop)  # type: ignore[arg-type]
         duration = now - t0
         approx = self.update_period_s is not None and duration < self.update_period_s
         return EnergyDelta(sum(rails.values()), duration, self.source, approx, rails)
@@ -213,6 +218,21 @@ class RaplMeter:
         """For the manifest."""
         return {"source": self.source, "update_period_s": self.update_period_s,
                 "domains": [d.name for d in self.domains]}
+
+    def record(self, period_s: float = 0.05, background: bool = True) -> CounterTimeline:
+        """Also keep a power timeline (watts from counter differences every ``period_s``)."""
+        self.timeline = CounterTimeline(self.source, self.read_uj, self.delta_j, period_s, self._clock, background)
+        return self.timeline
+
+    def snapshot(self) -> tuple[list[float], dict[str, list[float]]]:
+        """The recorded power timeline (empty unless :meth:`record` was called)."""
+        timeline = getattr(self, "timeline", None)
+        return timeline.snapshot() if timeline else ([], {})
+
+    def close(self) -> None:
+        """Stop recording."""
+        if getattr(self, "timeline", None):
+            self.timeline.close()
 
 
 class ModelMeter:
@@ -363,6 +383,30 @@ class PowerTimelineMeter:
         return {"source": self.source, "update_period_s": self.update_period_s, "rails": sorted(self.rails)}
 
 
+class CounterTimeline(PowerTimelineMeter):
+    """A power timeline recorded from a cumulative energy counter.
+
+    Every ``period_s`` the counter is read; the energy since the previous read over the
+    time between them is the mean power of that interval, stamped at its midpoint.
+    """
+
+    def __init__(self, source: str, read: Callable[[], dict[str, int]],
+                 delta_j: Callable[[dict[str, int], dict[str, int]], dict[str, float]], period_s: float,
+                 clock: Callable[[], float] = time.monotonic, background: bool = True):
+        self._read_counter, self._delta_j = read, delta_j
+        self._prev: tuple[float, dict[str, int]] | None = None
+        super().__init__(source, lambda: {}, period_s, clock, background)
+
+    def sample_once(self) -> None:
+        """Read the counter; append the mean power since the previous read."""
+        reading, t = self._read_counter(), self._clock()
+        if self._prev is not None and t > self._prev[0]:
+            t_prev, previous = self._prev
+            joules = self._delta_j(previous, reading)
+            self._append((t_prev + t) / 2, {rail: j / (t - t_prev) for rail, j in joules.items()})
+        self._prev = (t, reading)
+
+
 def find_ina_rails(root: Path = HWMON_ROOT) -> dict[str, tuple[Path, ...]]:
     """INA power rails under hwmon: label -> (power_uW file,) or (millivolt file, milliamp file)."""
     rails: dict[str, tuple[Path, ...]] = {}
@@ -444,17 +488,37 @@ class NvmlMeter:
         """Open a window at the current counters."""
         self._windows.open(key, self._clock(), self.read_mj())
 
+    @staticmethod
+    def delta_j(start: dict[str, int], stop: dict[str, int]) -> dict[str, float]:
+        """Joules per GPU between two readings."""
+        return {g: (stop[g] - start[g]) / 1e3 for g in stop}
+
     def end(self, key: str) -> EnergyDelta:
         """Counter differences since begin, per GPU."""
         t0, start = self._windows.close(key)
         duration, stop = self._clock() - t0, self.read_mj()
-        rails = {g: (stop[g] - start[g]) / 1e3 for g in stop}  # type: ignore[index]
+        rails = self.delta_j(start, stop)  # type: ignore[arg-type]
         approx = self.update_period_s is not None and duration < self.update_period_s
         return EnergyDelta(sum(rails.values()), duration, self.source, approx, rails)
 
     def describe(self) -> dict:
         """For the manifest."""
         return {"source": self.source, "gpus": self.indices, "update_period_s": self.update_period_s}
+
+    def record(self, period_s: float = 0.05, background: bool = True) -> CounterTimeline:
+        """Also keep a power timeline (watts from counter differences every ``period_s``)."""
+        self.timeline = CounterTimeline(self.source, self.read_mj, self.delta_j, period_s, self._clock, background)
+        return self.timeline
+
+    def snapshot(self) -> tuple[list[float], dict[str, list[float]]]:
+        """The recorded power timeline (empty unless :meth:`record` was called)."""
+        timeline = getattr(self, "timeline", None)
+        return timeline.snapshot() if timeline else ([], {})
+
+    def close(self) -> None:
+        """Stop recording."""
+        if getattr(self, "timeline", None):
+            self.timeline.close()
 
 
 def nvml_power_meter(nvml: object | None = None, period_s: float = 0.01, **kwargs) -> PowerTimelineMeter:
@@ -587,6 +651,7 @@ def _open_nvml() -> EnergyMeter:
     except MeterError:
         return nvml_power_meter()
     meter.update_period_s = detect_update_period(lambda: sum(meter.read_mj().values()), max_s=0.3)
+    meter.record()
     return meter
 
 
@@ -612,6 +677,7 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
         try:
             meter = RaplMeter(rapl_root)
             meter.measure_update_period()
+            meter.record()
             return meter
         except MeterError:
             if kind == "rapl":

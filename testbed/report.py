@@ -34,17 +34,25 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
         notes.append("bundle exit accuracy on its test split: "
                      + ", ".join(f"{t} {e['test_accuracy']:.3f}" for t, e in exits.items()))
     meters = manifest.get("energy", {}).get("meters", {})
-    if isinstance(meters, dict) and meters:
-        parts = []
-        for device, m in meters.items():
-            label = m.get("source", "none") + (" (MODELLED, not measured)" if m.get("source") == "model" else "")
-            period = m.get("update_period_s")
-            parts.append(f"{device}: {label}" + (f", update period {period * 1e3:.2f} ms" if period else ""))
-        notes.append("energy meters: " + "; ".join(parts))
-    if "energy_approx" in df and len(df):
-        notes.append(f"energy windows shorter than their meter's update period: {df['energy_approx'].mean():.1%}")
+    for device, m in (meters.items() if isinstance(meters, dict) else []):
+        notes.append("energy meter " + meter_line(device, m, df))
     notes.append(f"shaping: {manifest.get('shaping', {}).get('backend', 'none')}")
     warm = int((df["phase"] == "warmup").sum())
     notes.append(f"{len(df) - warm} measured rows, {warm} warmup rows (kept in the parquet, left out here)")
     title = f"{manifest.get('experiment', {}).get('resolved', {}).get('name', '?')} / {manifest.get('run_id', '?')}"
     return Report(title, stats.summarise(df), stats.hop_summary(df), stats.quality_checks(df), notes)
+
+
+def meter_line(device: str, meter: dict[str, Any], df: pd.DataFrame) -> str:
+    """One line per meter: source, update period, share of its windows that were approximate."""
+    source = meter.get("source", "none")
+    text = f"{device}: {source}" + (" (MODELLED, not measured)" if source == "model" else "")
+    period = meter.get("update_period_s")
+    if period:
+        text += f", update period {period * 1e3:.2f} ms"
+    flags = [df.loc[df[f"device_{t}"] == device, f"energy_approx_{t}"]
+             for t in ("mobile", "edge", "cloud") if f"energy_approx_{t}" in df]
+    windows = pd.concat(flags).dropna() if flags else pd.Series(dtype=bool)
+    if source != "none" and len(windows):
+        text += f", {windows.astype(bool).mean():.1%} of {len(windows)} windows approximate"
+    return text

@@ -59,7 +59,7 @@ def build_row(
         "t_issue_unix_ns": issued.issue_wall_ns,
     }
     for tier in TIERS:
-        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j", "energy_net_j"):
+        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j", "energy_net_j", "energy_approx"):
             row[f"{col}_{tier}"] = None
     for hop in HOPS:
         row[f"net_ms_{hop}"] = None
@@ -82,6 +82,7 @@ def build_row(
         row[f"device_{s.tier}"] = s.device
         row[f"energy_j_{s.tier}"] = None if math.isnan(s.energy_j) else s.energy_j
         row[f"energy_net_j_{s.tier}"] = None if math.isnan(s.energy_net_j) else s.energy_net_j
+        row[f"energy_approx_{s.tier}"] = s.energy_approx
         prev_send = on_ctrl(s.send_ns, s.device)
     row["net_ms_return"] = (recv_wall_ns - prev_send) / NS_PER_MS
     row["bytes_return"] = last.bytes_out

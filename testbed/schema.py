@@ -63,6 +63,8 @@ def _columns() -> list[Column]:
         c.append(Column(f"energy_j_{t}", pa.float64(), "J", f"energy of the {t} compute window (null: no meter)", True))
         c.append(Column(f"energy_net_j_{t}", pa.float64(), "J",
                         f"energy_j_{t} above the {t} device's measured idle power (null: no baseline)", True))
+        c.append(Column(f"energy_approx_{t}", pa.bool_(), "",
+                        f"the {t} window was shorter than its meter's update period", True))
     for h in HOPS:
         c.append(Column(f"net_ms_{h}", pa.float64(), "ms",
                         f"hop {h}: send to receive, clocks aligned by the measured offsets", True))
@@ -72,7 +74,7 @@ def _columns() -> list[Column]:
         Column("energy_j", pa.float64(), "J", "sum of the tiers' compute-window energy (null when no meter)", True),
         Column("energy_net_j", pa.float64(), "J", "sum of the tiers' net energy (null unless every tier has it)", True),
         Column("energy_source", pa.string(), "", "meters of the visited tiers: none, model, rapl; joined by +"),
-        Column("energy_approx", pa.bool_(), "", "a window was shorter than its meter's update period"),
+        Column("energy_approx", pa.bool_(), "", "any tier's window was shorter than its meter's update period"),
     ]
     return c
 

@@ -376,3 +376,29 @@ def test_replay_equals_the_original_log(tmp_path):
         replay_clock.t = t1
         again = replay.end(f"r{k}")
         assert again.rails_j == pytest.approx(original.rails_j) and again.approx == original.approx
+
+
+def test_rapl_power_timeline_from_counter_differences(tmp_path):
+    root, clock = fake_rapl(tmp_path, package_uj=2**32 - 1_000_000, dram_uj=0), Clock()
+    m = RaplMeter(root, clock)
+    tl = m.record(period_s=0.1, background=False)  # first reading taken now, at t=100.0
+    for step in range(1, 4):
+        clock.t += 0.1
+        set_uj(root, "intel-rapl:0", (2**32 - 1_000_000 + step * 1_500_000) % 2**32)  # 15 W, wraps at step 1
+        set_uj(root, "intel-rapl:0:2", step * 200_000)  # 2 W
+        tl.sample_once()
+    times, rails = m.snapshot()
+    assert times == pytest.approx([100.05, 100.15, 100.25])
+    assert rails["package-0"] == pytest.approx([15.0] * 3) and rails["dram"] == pytest.approx([2.0] * 3)
+    m.close()
+
+
+def test_nvml_power_timeline_from_counter_differences():
+    nv, clock = FakeNvml(), Clock()
+    m = NvmlMeter(nv, clock=clock)
+    tl = m.record(period_s=0.5, background=False)
+    clock.t += 0.5
+    nv.energy_mj[0] += 100_000  # 200 W on gpu0
+    tl.sample_once()
+    times, rails = m.snapshot()
+    assert times == pytest.approx([100.25]) and rails == {"gpu0": pytest.approx([200.0]), "gpu1": pytest.approx([0.0])}

@@ -36,6 +36,8 @@ def test_row_times_and_bytes_with_clock_offsets():
     assert row["energy_j"] == pytest.approx(0.05)
     assert row["energy_net_j_mobile"] == 0.015 and row["energy_net_j_edge"] is None and row["energy_net_j"] is None
     assert row["energy_source"] == "model+rapl" and row["energy_approx"] is True
+    assert row["energy_approx_mobile"] is False and row["energy_approx_edge"] is True
+    assert row["energy_approx_cloud"] is None
 
 
 def test_row_energy_is_null_when_a_visited_tier_has_no_meter():
