@@ -126,6 +126,10 @@ def _render_report(run_dir: Path) -> None:
         out.print(f"note: {note}")
     for a in rep.advice:
         out.print(f"[yellow]advice:[/yellow] {a}")
+    from testbed.plots import power_timelines
+
+    for png in power_timelines(run_dir, run_dir / "plots"):
+        out.print(f"plot: {png}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

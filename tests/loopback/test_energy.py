@@ -50,3 +50,8 @@ def test_external_meter_rows_manifest_and_timeline(tiny_bundle, tmp_path):
     assert len(t) > 50 and np.all(np.diff(t) >= 0) and set(np.unique(w)) <= {3.0, 9.0}
     started = pd.Timestamp(m["started_at"]).value
     assert started - 5e9 < t[0] < started + 60e9  # on the controller's wall clock
+
+    report = main(["report", str(run_dir)])
+    assert report == 0
+    png = run_dir / "plots" / "power_cloud-1.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
