@@ -139,6 +139,58 @@ class NullMeter:
         return {"source": self.source, "update_period_s": None}
 
 
+class CounterMeter:
+    """Energy from cumulative counters: a window is the difference of two readings.
+
+    Subclasses say how to ``read`` the counters and how to turn two readings into joules
+    per rail (``delta_j``, where wraparound is handled). ``record`` also keeps a power
+    timeline from the same counters.
+    """
+
+    source = "counter"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, update_period_s: float | None = None):
+        self._clock = clock
+        self._windows = _Windows()
+        self.update_period_s = update_period_s
+        self.timeline: CounterTimeline | None = None
+
+    def read(self) -> dict[str, int]:
+        """Current counters by rail, in the sensor's own unit."""
+        raise NotImplementedError
+
+    def delta_j(self, start: dict[str, int], stop: dict[str, int]) -> dict[str, float]:
+        """Joules per rail between two readings."""
+        raise NotImplementedError
+
+    def begin(self, key: str) -> None:
+        """Open a window at the current counters."""
+        self._windows.open(key, self._clock(), self.read())
+
+    def end(self, key: str) -> EnergyDelta:
+        """Counter differences since begin, per rail and summed."""
+        t0, start = self._windows.close(key)
+        now, stop = self._clock(), self.read()
+        rails = self.delta_j(start, stop)  # type: ignore[arg-type]
+        duration = now - t0
+        approx = self.update_period_s is not None and duration < self.update_period_s
+        return EnergyDelta(sum(rails.values()), duration, self.source, approx, rails)
+
+    def record(self, period_s: float = 0.05, background: bool = True) -> CounterTimeline:
+        """Also keep a power timeline (watts from counter differences every ``period_s``)."""
+        self.timeline = CounterTimeline(self.source, self.read, self.delta_j, period_s, self._clock, background)
+        return self.timeline
+
+    def snapshot(self) -> tuple[list[float], dict[str, list[float]]]:
+        """The recorded power timeline (empty unless :meth:`record` was called)."""
+        return self.timeline.snapshot() if self.timeline else ([], {})
+
+    def close(self) -> None:
+        """Stop recording."""
+        if self.timeline:
+            self.timeline.close()
+
+
 @dataclass(frozen=True)
 class RaplDomain:
     """One powercap zone: its name (package-0, dram, ...), counter file and wrap range."""
@@ -164,7 +216,7 @@ def find_rapl_domains(root: Path = RAPL_ROOT) -> list[RaplDomain]:
     return domains
 
 
-class RaplMeter:
+class RaplMeter(CounterMeter):
     """RAPL package and DRAM energy from powercap sysfs, summed over domains."""
 
     source = "rapl"
@@ -174,26 +226,14 @@ class RaplMeter:
         self.domains = find_rapl_domains(root)
         if not self.domains:
             raise MeterError(f"no readable RAPL package/dram zone under {root}")
-        self._clock = clock
-        self._windows = _Windows()
-        self.update_period_s = update_period_s
+        super().__init__(clock, update_period_s)
 
-    def read_uj(self) -> dict[str, int]:
+    def read(self) -> dict[str, int]:
         """Current counter of every domain, in microjoules."""
         try:
             return {d.name: int(d.energy_file.read_text()) for d in self.domains}
         except (OSError, ValueError) as e:
             raise MeterError(f"cannot read RAPL counters: {e}") from e
-
-    def measure_update_period(self, max_s: float = 0.5) -> float | None:
-        """Find and remember how often the first package counter moves."""
-        first = self.domains[0].name
-        self.update_period_s = detect_update_period(lambda: self.read_uj()[first], self._clock, max_s)
-        return self.update_period_s
-
-    def begin(self, key: str) -> None:
-        """Open a window at the current counters."""
-        self._windows.open(key, self._clock(), self.read_uj())
 
     def delta_j(self, start: dict[str, int], stop: dict[str, int]) -> dict[str, float]:
         """Joules per domain between two readings; a counter that wrapped once is unwrapped."""
@@ -205,34 +245,16 @@ class RaplMeter:
             rails[d.name] = delta / 1e6
         return rails
 
-    def end(self, key: str) -> EnergyDelta:
-        """Counter differences since begin, wraparound handled, summed over domains."""
-        t0, start = self._windows.close(key)
-        now, stop = self._clock(), self.read_uj()
-        rails = self.delta_j(start, stop)  # type: ignore[arg-type]
-        duration = now - t0
-        approx = self.update_period_s is not None and duration < self.update_period_s
-        return EnergyDelta(sum(rails.values()), duration, self.source, approx, rails)
+    def measure_update_period(self, max_s: float = 0.5) -> float | None:
+        """Find and remember how often the first package counter moves."""
+        first = self.domains[0].name
+        self.update_period_s = detect_update_period(lambda: self.read()[first], self._clock, max_s)
+        return self.update_period_s
 
     def describe(self) -> dict:
         """For the manifest."""
         return {"source": self.source, "update_period_s": self.update_period_s,
                 "domains": [d.name for d in self.domains]}
-
-    def record(self, period_s: float = 0.05, background: bool = True) -> CounterTimeline:
-        """Also keep a power timeline (watts from counter differences every ``period_s``)."""
-        self.timeline = CounterTimeline(self.source, self.read_uj, self.delta_j, period_s, self._clock, background)
-        return self.timeline
-
-    def snapshot(self) -> tuple[list[float], dict[str, list[float]]]:
-        """The recorded power timeline (empty unless :meth:`record` was called)."""
-        timeline = getattr(self, "timeline", None)
-        return timeline.snapshot() if timeline else ([], {})
-
-    def close(self) -> None:
-        """Stop recording."""
-        if getattr(self, "timeline", None):
-            self.timeline.close()
 
 
 class ModelMeter:
@@ -448,7 +470,7 @@ def ina_meter(root: Path = HWMON_ROOT, period_s: float = 0.005, **kwargs) -> Pow
     return PowerTimelineMeter("ina", lambda: read_ina_watts(rails), period_s, **kwargs)
 
 
-class NvmlMeter:
+class NvmlMeter(CounterMeter):
     """GPU energy from NVML's cumulative counter (millijoules), summed over the GPUs given.
 
     ``nvml`` is the ``pynvml`` module (or a stand-in with the same functions); NVML errors
@@ -472,11 +494,9 @@ class NvmlMeter:
             raise MeterError(f"NVML energy counter unavailable: {e}") from e
         if not self._handles:
             raise MeterError("NVML sees no GPU")
-        self._clock = clock
-        self._windows = _Windows()
-        self.update_period_s: float | None = None
+        super().__init__(clock)
 
-    def read_mj(self) -> dict[str, int]:
+    def read(self) -> dict[str, int]:
         """Cumulative energy per GPU, millijoules."""
         try:
             return {f"gpu{i}": int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h))  # type: ignore[attr-defined]
@@ -484,41 +504,13 @@ class NvmlMeter:
         except Exception as e:  # NVMLError
             raise MeterError(f"NVML read failed: {e}") from e
 
-    def begin(self, key: str) -> None:
-        """Open a window at the current counters."""
-        self._windows.open(key, self._clock(), self.read_mj())
-
-    @staticmethod
-    def delta_j(start: dict[str, int], stop: dict[str, int]) -> dict[str, float]:
+    def delta_j(self, start: dict[str, int], stop: dict[str, int]) -> dict[str, float]:
         """Joules per GPU between two readings."""
         return {g: (stop[g] - start[g]) / 1e3 for g in stop}
-
-    def end(self, key: str) -> EnergyDelta:
-        """Counter differences since begin, per GPU."""
-        t0, start = self._windows.close(key)
-        duration, stop = self._clock() - t0, self.read_mj()
-        rails = self.delta_j(start, stop)  # type: ignore[arg-type]
-        approx = self.update_period_s is not None and duration < self.update_period_s
-        return EnergyDelta(sum(rails.values()), duration, self.source, approx, rails)
 
     def describe(self) -> dict:
         """For the manifest."""
         return {"source": self.source, "gpus": self.indices, "update_period_s": self.update_period_s}
-
-    def record(self, period_s: float = 0.05, background: bool = True) -> CounterTimeline:
-        """Also keep a power timeline (watts from counter differences every ``period_s``)."""
-        self.timeline = CounterTimeline(self.source, self.read_mj, self.delta_j, period_s, self._clock, background)
-        return self.timeline
-
-    def snapshot(self) -> tuple[list[float], dict[str, list[float]]]:
-        """The recorded power timeline (empty unless :meth:`record` was called)."""
-        timeline = getattr(self, "timeline", None)
-        return timeline.snapshot() if timeline else ([], {})
-
-    def close(self) -> None:
-        """Stop recording."""
-        if getattr(self, "timeline", None):
-            self.timeline.close()
 
 
 def nvml_power_meter(nvml: object | None = None, period_s: float = 0.01, **kwargs) -> PowerTimelineMeter:
@@ -650,7 +642,7 @@ def _open_nvml() -> EnergyMeter:
         meter = NvmlMeter()
     except MeterError:
         return nvml_power_meter()
-    meter.update_period_s = detect_update_period(lambda: sum(meter.read_mj().values()), max_s=0.3)
+    meter.update_period_s = detect_update_period(lambda: sum(meter.read().values()), max_s=0.3)
     meter.record()
     return meter
 
