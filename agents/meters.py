@@ -582,7 +582,7 @@ class ExternalMeter(PowerTimelineMeter):
     """
 
     def __init__(self, command: list[str], clock: Callable[[], float] = time.monotonic,
-                 first_reading_s: float = 5.0):
+                 first_reading_s: float = 10.0):
         super().__init__("external", lambda: {}, period_s=0.0, clock=clock, background=False, initial=False)
         self.update_period_s = None
         self.command = command
