@@ -44,7 +44,7 @@ def write_experiment(path: Path, bundle: Path, policies: list, count: int = 40, 
            "devices": {"mobile": "mobile-1", "edge": "edge-1", "cloud": "cloud-1"},
            "samples": {"split": "test", "count": count, "warmup": warmup}, "policies": policies,
            "run": {"concurrency": 1, "flush_rows": 16}, "energy": {"idle_s": 0},
-           "timeouts": {"hello_s": 30, "configure_s": 30, "heartbeat_s": 0.2, "liveness": 5, "sample_s": 20,
+           "timeouts": {"hello_s": 30, "configure_s": 30, "heartbeat_s": 0.2, "liveness": 10, "sample_s": 20,
                         "stop_s": 3}}
     doc.update(extra)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -139,7 +139,7 @@ def test_controller_killed_flushed_rows_survive_and_agents_exit_by_themselves(ti
     run_dir = only_run(tmp_path / "results")
     pids = agent_pids(run_dir)
     assert len(pids) == 3
-    # heartbeat_s=0.2 x liveness=5: each agent gives up on the controller after about 1 s
+    # heartbeat_s=0.2 x liveness=10: each agent gives up on the controller after about 2 s
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
