@@ -147,14 +147,7 @@ class Controller:
             self._configure()
             self._align_clocks()
             self._manifest["agents"] = self._agent_records()
-            self._manifest["energy"] = {
-                "meters": {a.device_id: a.hello.facts.get("meter", {"source": "none"})  # type: ignore[union-attr]
-                           for a in self._agents.values()},
-                "window": "each tier's compute window per sample (onnxruntime run); idle time between samples "
-                          "is not attributed",
-                "idle_baseline_s": self.exp.energy.idle_s,
-                "idle_w": {a.device_id: None if math.isnan(a.ready.idle_w) else a.ready.idle_w  # type: ignore[union-attr]
-                           for a in self._agents.values()}}
+            self._manifest["energy"] = self._energy_record()
             self._writer.write_manifest(self._manifest)
             for i, spec in enumerate(self.exp.policies):
                 self._run_policy(policies.make(spec), np.random.default_rng(self.exp.seed + i))
@@ -436,6 +429,16 @@ class Controller:
             "shaping": {"backend": "none", "note": "loopback run: links are not shaped"},
             "energy": {"meters": "filled in when the agents have said Hello"},
         }
+
+    def _energy_record(self) -> dict[str, Any]:
+        meters, idle = {}, {}
+        for a in self._agents.values():
+            assert a.hello is not None and a.ready is not None
+            meters[a.device_id] = a.hello.facts.get("meter", {"source": "none"})
+            idle[a.device_id] = None if math.isnan(a.ready.idle_w) else a.ready.idle_w
+        return {"meters": meters, "idle_baseline_s": self.exp.energy.idle_s, "idle_w": idle,
+                "window": "each tier's compute window per sample (onnxruntime run); idle time between samples "
+                          "is not attributed"}
 
     def _agent_records(self) -> dict[str, Any]:
         out = {}
