@@ -324,9 +324,8 @@ class PowerTimelineMeter:
     """Energy from a power sensor sampled in the background and integrated per window.
 
     ``read_watts()`` returns watts per rail. A window with fewer than two samples inside it
-    is ``approx``: its energy comes from interpolating the surrounding samples. ``end``
-    waits (at most two periods) for a sample after the window so the right edge is known.
-    The timeline is kept (bounded) for the power timeline file.
+    is ``approx``: its energy comes from interpolating (or, at the right edge, holding) the
+    surrounding samples. The timeline is kept (bounded) for the power timeline file.
     """
 
     def __init__(self, source: str, read_watts: Callable[[], dict[str, float]], period_s: float = 0.005,
@@ -387,17 +386,18 @@ class PowerTimelineMeter:
         self._windows.open(key, self._clock(), None)
 
     def end(self, key: str) -> EnergyDelta:
-        """Integrate every rail over the window."""
+        """Integrate every rail over the window, with what has been sampled so far.
+
+        This runs on the per-sample data path, so it never waits for the next sample and never
+        copies the timeline: past the last sample the last reading is held, and a window with
+        fewer than two samples inside is marked approximate.
+        """
         t0, _ = self._windows.close(key)
         t1 = self._clock()
-        deadline = t1 + 2 * self._period
-        while self._thread is not None and self.times[-1] < t1 and self._clock() < deadline:
-            time.sleep(self._period / 4)
         with self._lock:
-            times = list(self.times)
             rails_j, inside = {}, 0
             for rail, watts in self.rails.items():
-                rails_j[rail], inside = integrate(times, watts, t0, t1)
+                rails_j[rail], inside = integrate(self.times, watts, t0, t1)
         return EnergyDelta(sum(rails_j.values()), t1 - t0, self.source, inside < 2, rails_j)
 
     def describe(self) -> dict:

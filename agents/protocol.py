@@ -121,7 +121,6 @@ class Configure:
     seq: int
     partition_path: str
     sha256: str
-    exit_layer: int
     logits_name: str
     offload: dict[str, str]
     next_endpoint: str

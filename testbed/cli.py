@@ -166,7 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     run_dir: Path = args.run_dir
     if not (run_dir / results.MANIFEST).is_file():
-        runs = sorted((p.parent for p in run_dir.glob(f"*/{results.MANIFEST}")), key=lambda p: p.name)
+        runs = results.find_runs(run_dir.parent, run_dir.name)
         if not runs:
             raise TestbedError(f"{run_dir}: not a run directory and holds no runs; give results/<experiment>/<run_id>")
         run_dir = runs[-1]

@@ -239,7 +239,7 @@ class Controller:
             device = self.inv.device(a.device_id)
             self._transport.send(a.device_id, p.Configure(
                 seq=1, partition_path=str((self.bundle.root / spec.file).resolve()), sha256=spec.sha256,
-                exit_layer=spec.exit.layer, logits_name=spec.logits, offload=dict(spec.offload),
+                logits_name=spec.logits, offload=dict(spec.offload),
                 next_endpoint=nxt, threads=device.threads, idle_s=self.exp.energy.idle_s))
 
         def on_msg(got: Received) -> None:

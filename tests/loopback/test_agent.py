@@ -51,7 +51,7 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
     spec = tiny_bundle.tier("cloud")
     path = str(tiny_bundle.root / spec.file)
 
-    send(p.Configure(1, path, "0" * 64, 3, "logits", {}, "", 1))
+    send(p.Configure(1, path, "0" * 64, "logits", {}, "", 1))
     _, fail = recv("failure")
     assert fail.stage == "configure" and "stale or corrupt" in fail.what
 
@@ -64,7 +64,7 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
     _, early = recv("failure")
     assert "before Configure" in early.what
 
-    send(p.Configure(2, path, spec.sha256, 3, "logits", {}, "", 1))
+    send(p.Configure(2, path, spec.sha256, "logits", {}, "", 1))
     _, ready = recv("ready")
     assert ready.inputs == ["hidden", "attention_mask"] and "logits" in ready.outputs
     push.send_multipart(p.encode(work))

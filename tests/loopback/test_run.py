@@ -148,6 +148,8 @@ def test_report_reads_the_run(tiny_run, capsys):
     text = capsys.readouterr().out
     assert "early-exit" in text and "all-cloud" in text and "p99 ms" in text
     assert "MODELLED, not measured" in text and "energy mJ" in text and "net mJ" in text
+    assert main(["report", str(run_dir.parent)]) == 0  # an experiment directory: its latest run
+    assert f"latest run in {run_dir.parent}: {run_dir.name}" in capsys.readouterr().out
 
 
 def test_validate_and_plan_touch_nothing(tiny_run, capsys):

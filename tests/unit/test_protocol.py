@@ -12,7 +12,7 @@ def _stage(tier="mobile"):
 MESSAGES = [
     p.Hello("mobile-1", "mobile", p.AGENT_VERSION, p.PROTOCOL_VERSION, "tcp://127.0.0.1:5000", {"cores": 4}),
     p.Heartbeat("controller", 123),
-    p.Configure(1, "/x/mobile.onnx", "ab" * 32, 2, "logits", {"hidden_out": "hidden"}, "tcp://127.0.0.1:1", 1),
+    p.Configure(1, "/x/mobile.onnx", "ab" * 32, "logits", {"hidden_out": "hidden"}, "tcp://127.0.0.1:1", 1),
     p.Ready("edge-1", 1, 12.5, ["hidden"], ["logits"], ["CPUExecutionProvider"], 3.5),
     p.Failure("edge-1", "configure", "no such file"),
     p.Ping(3),
