@@ -18,9 +18,10 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from agents.protocol import TIERS
-from agents.runtime import sha256_file
+from agents.runtime import Partition, sha256_file
 from testbed.bundle import BUNDLE_FORMAT, Bundle
-from testbed.partition import exit_table
+from testbed.partition import Encoded, exit_table
+from testbed.tiers import make_cut
 
 VOCAB, HIDDEN, CLASSES = 64, 8, 3
 
@@ -73,7 +74,9 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
     rows = [{"split": k, "sample_id": i, "label": int(labels[k][i]), "text": f"s{i}", "input_ids": ids[k][i]}
             for k in splits for i in range(splits[k])]
     pd.DataFrame(rows).to_parquet(root / "samples.parquet", index=False)
-    table = pd.concat([exit_table(root, files, k, ids[k], labels[k], 1) for k in splits])
+    cut = make_cut({"mobile": (1, 1), "edge": (2, 2), "cloud": (3, 3)}, None, 3)
+    sessions = {t: Partition.load(root / files[t], sha256_file(root / files[t])) for t in TIERS}
+    table = pd.concat([exit_table(sessions, cut, "hidden", k, Encoded(ids[k], None, labels[k])) for k in splits])
     table.to_parquet(root / "exits.parquet", index=False)
     tiers = []
     for i, t in enumerate(TIERS):
@@ -81,13 +84,19 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
         acc = float((test[f"prediction_{t}"] == test["label"]).mean())
         inputs = [{"name": "input_ids" if i == 0 else "hidden", "dtype": "int64" if i == 0 else "float32",
                    "shape": ["batch", "seq"]}, {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"]}]
-        outputs = [{"name": "logits", "dtype": "float32", "shape": ["batch", CLASSES]}]
+        outputs = [{"name": "logits", "dtype": "float32", "shape": ["batch", CLASSES]},
+                   {"name": "mask_shape", "dtype": "int64", "shape": [2]}]
+        if t != "cloud":
+            outputs.insert(0, {"name": "hidden_out", "dtype": "float32", "shape": ["batch", "seq", HIDDEN]})
         tiers.append({"tier": t, "layers": [i + 1], "file": files[t], "sha256": sha256_file(root / files[t]),
                       "size_bytes": (root / files[t]).stat().st_size, "inputs": inputs, "outputs": outputs,
                       "logits": "logits", "exit": {"layer": i + 1, "val_accuracy": acc, "test_accuracy": acc},
+                      "exits": [{"layer": i + 1, "val_accuracy": acc, "test_accuracy": acc, "output": "logits"}],
                       "offload": {} if t == "cloud" else {"hidden_out": "hidden", "attention_mask": "attention_mask"}})
     doc = {"format_version": BUNDLE_FORMAT, "name": "tiny", "model": {"source": "tests/tinybundle.py"},
-           "task": {"labels": ["a", "b", "c"]}, "offload_mode": "hidden", "tiers": tiers,
+           "task": {"labels": ["a", "b", "c"]},
+           "offload": {"mode": "hidden", "bytes_per_token": HIDDEN * 4 + 8, "bytes_fixed": 0}, "exit_layers": [1, 2, 3],
+           "tiers": tiers,
            "files": {f: sha256_file(root / f) for f in ("samples.parquet", "exits.parquet")},
            "data": {"splits": splits, "seed": seed}, "parity": {}, "build": {"tiny": True}}
     (root / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -1,0 +1,196 @@
+"""`testbed partition` end to end on tiny random encoders: every option, every refusal, bundle verify/show."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from testbed.bundle import Bundle
+from testbed.cli import main
+
+from conftest import write_experiment, write_inventory
+from loopback.helpers import only_run
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from tinymodels import make_tiny_encoder  # noqa: E402
+
+SMALL = ["--train", "120", "--val", "40", "--test", "40", "--max-length", "32", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {a: make_tiny_encoder(root / a, a) for a in ("bert", "roberta")}
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    rng = np.random.default_rng(0)
+    rows = [{"premise": f"the cat sat on the mat number {i}",
+             "hypothesis": ("a cat sat there" if i % 2 else "dogs run very fast") + f" {rng.integers(100)}",
+             "label": ["entailment", "contradiction"][i % 2]} for i in range(260)]
+    pd.DataFrame(rows).to_json(p, orient="records", lines=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def bert_bundle(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "bert-every-exit"
+    code = main(["partition", "--model", str(models["bert"]), "--data", "builtin:sentiment",
+                 "--tiers", "mobile:1,edge:2-3,cloud:4", "--out", str(out), "--epochs", "3",
+                 "--variants", "fp16,int8", *SMALL])
+    assert code == 0
+    return Bundle.load(out)
+
+
+@pytest.fixture(scope="module")
+def roberta_pairs_bundle(models, pairs_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "roberta-pairs"
+    code = main(["partition", "--model", str(models["roberta"]), "--data", str(pairs_file),
+                 "--text-column", "premise", "--text-pair-column", "hypothesis", "--tiers", "mobile:1-2,edge:3,cloud:4",
+                 "--exits", "2,3", "--finetune", "--epochs", "2", "--offload", "input", "--out", str(out), *SMALL])
+    assert code == 0
+    return Bundle.load(out)
+
+
+def test_every_layer_gets_an_exit_and_the_table_matches_the_recorded_accuracy(bert_bundle):
+    s = bert_bundle.spec
+    assert s.exit_layers == [1, 2, 3, 4] and s.model["architecture"] == "bert"
+    assert [e.layer for e in bert_bundle.tier("edge").exits] == [2, 3]
+    assert bert_bundle.tier("edge").exits[0].output == "exit_L2"
+    for split in ("val", "test"):
+        table = bert_bundle.exits(split)
+        assert len(table) == 40
+        for t in s.tiers:
+            for e in t.exits:
+                acc = float((table[f"prediction_L{e.layer}"] == table["label"]).mean())
+                assert acc == getattr(e, f"{split}_accuracy")
+            assert (table[f"prediction_{t.tier}"] == table[f"prediction_L{t.exit.layer}"]).all()
+        conf = table[[f"confidence_L{k}" for k in s.exit_layers]].to_numpy()
+        assert ((conf >= 1 / 3 - 1e-6) & (conf <= 1)).all()
+    assert s.parity["max_abs_diff"] < 1e-4
+
+
+def test_cartography_has_every_train_sample_at_every_exit(bert_bundle):
+    carto = pd.read_parquet(bert_bundle.root / "cartography.parquet")
+    assert len(carto) == 120 * 4 and set(carto.exit_layer) == {1, 2, 3, 4}
+    assert (carto.epochs == 3).all()
+    for _, r in carto.sample(20, random_state=0).iterrows():
+        p = np.asarray(r.gold_prob_by_epoch, np.float64)
+        assert len(p) == 3 and r.confidence == pytest.approx(p.mean(), abs=1e-6)
+        assert r.variability == pytest.approx(p.std(), abs=1e-6)
+    assert carto.correctness.between(0, 1).all() and carto.confidence.between(0, 1).all()
+    train = bert_bundle.samples("train")
+    assert set(carto.sample_id) == set(train.sample_id.tolist())
+
+
+def test_variants_are_recorded_with_their_accuracy(bert_bundle):
+    variants = {v.name: v for v in bert_bundle.spec.variants}
+    assert set(variants) == {"fp16", "int8"}
+    full = bert_bundle.tier("mobile").size_bytes
+    assert variants["int8"].size_bytes < variants["fp16"].size_bytes < full
+    assert variants["fp16"].max_confidence_diff < 1e-2
+    for v in variants.values():
+        assert 0 <= v.exits[0]["val_accuracy"] <= 1 and 0 <= v.final["test_accuracy"] <= 1
+        assert (bert_bundle.root / v.file).is_file()
+
+
+def test_verify_and_show(bert_bundle, capsys):
+    assert main(["bundle", "verify", str(bert_bundle.root)]) == 0
+    text = capsys.readouterr().out
+    assert "hashes" in text and "shapes" in text and "replays exits.parquet" in text
+    assert main(["bundle", "show", str(bert_bundle.root)]) == 0
+    text = capsys.readouterr().out
+    assert "exit_L2" in text and "int8" in text and "seq_len * (32 * 4 + 8)" in text
+
+
+def test_verify_fails_loudly_on_a_changed_file(bert_bundle, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bert_bundle.root, copy)
+    with open(copy / "edge.onnx", "ab") as f:
+        f.write(b"\0")
+    assert main(["bundle", "verify", str(copy)]) == 2
+    assert "edge.onnx has sha256" in capsys.readouterr().err
+    shutil.copyfile(bert_bundle.root / "edge.onnx", copy / "edge.onnx")
+    doc = yaml.safe_load((copy / "bundle.yaml").read_text())
+    doc["tiers"][1]["outputs"][0]["name"] = "renamed"
+    (copy / "bundle.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["bundle", "verify", str(copy)]) == 2
+    assert "has no output 'renamed'" in " ".join(capsys.readouterr().err.split())
+
+
+def test_pairs_finetune_input_offload_on_roberta(roberta_pairs_bundle):
+    b = roberta_pairs_bundle
+    assert b.spec.model["architecture"] == "roberta" and b.offload_mode == "input"
+    assert b.spec.training["finetune"] is True
+    # each later tier re-runs from the tokens: its graph takes token ids and runs from layer 1
+    assert [i.name for i in b.tier("edge").inputs] == ["input_ids", "attention_mask"]
+    assert b.tier("edge").runs_layers == [1, 2, 3] and b.tier("cloud").runs_layers == [1, 2, 3, 4]
+    assert b.tier("mobile").offload == {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+    assert b.offload_bytes(10) == 160
+    samples = pd.read_parquet(b.root / "samples.parquet")
+    assert "text_pair" in samples.columns
+    assert main(["bundle", "verify", str(b.root)]) == 0
+
+
+def test_bert_pairs_carry_token_type_ids_through_a_live_run(models, pairs_file, tmp_path):
+    out = tmp_path / "bert-pairs"
+    assert main(["partition", "--model", str(models["bert"]), "--data", str(pairs_file), "--text-column", "premise",
+                 "--text-pair-column", "hypothesis", "--tiers", "mobile:1,edge:2,cloud:3-4", "--exits", "1,2",
+                 "--epochs", "1", "--offload", "input", "--out", str(out), *SMALL]) == 0
+    b = Bundle.load(out)
+    assert [i.name for i in b.tier("mobile").inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert b.samples("test").tensors(0)["token_type_ids"].max() == 1  # the second sentence is type 1
+    exp = write_experiment(tmp_path / "exp.yaml", out, [{"name": "all-cloud"}], count=12, warmup=1, name="pairs")
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    df = pd.read_parquet(only_run(tmp_path / "results") / "samples.parquet")
+    df = df[df.phase == "measure"]
+    table = b.exits("test").set_index("sample_id")
+    assert (df.prediction.to_numpy() == table.loc[df.sample_id, "prediction_cloud"].to_numpy()).all()
+    samples = b.samples("test")
+    seq = np.array([len(samples.input_ids[int(i)]) for i in df.sample_id])
+    assert (df.bytes_mobile_edge.to_numpy() == seq * 24).all()  # ids, mask, types: int64 each
+    assert (df.bytes_edge_cloud.to_numpy() == seq * 24).all()
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["--tiers", "mobile:1-2,edge:2-3,cloud:4"], "overlaps the previous tier"),
+    (["--tiers", "mobile:1,edge:3,cloud:4"], "leaves layers 2-2 in no tier"),
+    (["--tiers", "mobile:1,edge:2,cloud:3-5"], "model has 4 layers"),
+    (["--tiers", "mobile:1,edge:2,cloud:3-4", "--exits", "9"], "beyond the model's depth"),
+])
+def test_bad_cuts_are_refused_before_anything_is_written(models, tmp_path, capsys, args, match):
+    out = tmp_path / "never"
+    code = main(["partition", "--model", str(models["bert"]), "--data", "builtin:sentiment", "--out", str(out),
+                 *args, *SMALL])
+    assert code in (2, 7)
+    assert match in " ".join(capsys.readouterr().err.split())
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_unsupported_architecture_existing_output_and_missing_columns(models, tmp_path, capsys):
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
+    base = ["--tiers", "mobile:1,edge:2,cloud:3-4", *SMALL]
+    assert main(["partition", "--model", str(gpt), "--data", "builtin:sentiment", "--out", str(tmp_path / "o"),
+                 *base]) == 7
+    assert "architecture 'gpt2' is not supported" in " ".join(capsys.readouterr().err.split())
+    exists = tmp_path / "exists"
+    exists.mkdir()
+    (exists / "keep.txt").write_text("mine")
+    assert main(["partition", "--model", str(models["bert"]), "--data", "builtin:sentiment", "--out", str(exists),
+                 *base]) == 7
+    assert "already exists; pass --force" in " ".join(capsys.readouterr().err.split())
+    assert (exists / "keep.txt").read_text() == "mine"
+    assert main(["partition", "--model", str(models["bert"]), "--data", "builtin:sentiment", "--out",
+                 str(tmp_path / "o2"), "--text-column", "sentence", *base]) == 7
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no column(s) ['sentence']" in err and "--text-column" in err
+    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2*"))
