@@ -97,6 +97,8 @@ class BundleSpec(BaseModel):
     exit_layers: list[int]
     tiers: list[TierSpec]
     variants: list[VariantSpec] = []
+    resnet_variants: list[dict[str, Any]] = []
+    connections: list[dict[str, Any]] = []
     files: dict[str, str]
     data: dict[str, Any]
     training: dict[str, Any] = {}
@@ -112,12 +114,15 @@ class Samples:
     label: np.ndarray
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None = None
+    images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.sample_id)
 
     def tensors(self, i: int) -> dict[str, np.ndarray]:
         """The first tier's inputs for sample ``i`` (a batch of one, no padding)."""
+        if self.images is not None:
+            return {"pixels": self.images[i:i + 1]}
         ids = self.input_ids[i].astype(np.int64)[None, :]
         out = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         if self.token_type_ids is not None:
@@ -164,7 +169,8 @@ class Bundle:
 
     def missing_files(self) -> list[str]:
         """Files that ``bundle.yaml`` names but that are absent."""
-        names = [t.file for t in self.spec.tiers] + [v.file for v in self.spec.variants] + list(self.spec.files)
+        names = ([t.file for t in self.spec.tiers] + [v.file for v in self.spec.variants] + list(self.spec.files)
+                 + [f for v in self.spec.resnet_variants for f in v["files"].values()])
         return [n for n in names if not (self.root / n).is_file()]
 
     def verify(self) -> dict[str, str]:
@@ -173,7 +179,8 @@ class Bundle:
         if missing:
             raise BundleError(f"bundle {self.root}: missing {', '.join(missing)}; rebuild it with `testbed partition`")
         hashes = ({t.file: t.sha256 for t in self.spec.tiers} | {v.file: v.sha256 for v in self.spec.variants}
-                  | dict(self.spec.files))
+                  | dict(self.spec.files)
+                  | {v["files"][t]: v["sha256"][t] for v in self.spec.resnet_variants for t in v["files"]})
         for name, want in hashes.items():
             got = sha256_file(self.root / name)
             if got != want:
@@ -193,6 +200,10 @@ class Bundle:
             raise BundleError(f"bundle {self.root}: split {split!r} has no samples; "
                               f"splits: {sorted(self.spec.data.get('splits', {}))}")
         df = df.sort_values("sample_id")
+        if "pixels" in df.columns:
+            shape = [len(df), *self.spec.task["input_shape"]]
+            images = np.stack(df["pixels"].to_numpy()).astype(np.float32).reshape(shape)
+            return Samples(df["sample_id"].to_numpy(np.int64), df["label"].to_numpy(np.int64), [], None, images)
         types = ([np.asarray(x, dtype=np.int64) for x in df["token_type_ids"]]
                  if "token_type_ids" in df.columns else None)
         return Samples(df["sample_id"].to_numpy(np.int64), df["label"].to_numpy(np.int64),
@@ -271,5 +282,5 @@ class Bundle:
                                           f"({want_c:.4f}); the files do not belong together: rebuild")
                     worst = max(worst, abs(conf - float(want_c)))
                 nxt = {dst: out[src] if src in out else cur[src] for src, dst in t.offload.items()}
-                cur = nxt if self.offload_mode == "hidden" else feed
+                cur = feed if self.offload_mode == "input" else nxt
         return worst

@@ -187,9 +187,19 @@ def _partition_spec(args: argparse.Namespace) -> tuple[object, Path]:
     from pydantic import ValidationError
 
     from testbed.partition import PartitionSpec, load_spec
+    from testbed.resnet import ResNetSpec
     from testbed.tiers import CutError, parse_exits, parse_tiers
 
     base: dict = load_spec(args.config).model_dump() if args.config else {}
+    if args.model and args.model.startswith("resnet-"):  # resnet-8, resnet-14, ...: depth 6n+2
+        depth = args.model.removeprefix("resnet-")
+        if not depth.isdigit() or (int(depth) - 2) % 6 or int(depth) < 8:
+            raise ConfigError("command line", [f"--model {args.model}: a CIFAR ResNet has depth 6n+2 "
+                                               "(resnet-8, resnet-14, resnet-20, ...)"])
+        base |= {"kind": "resnet", "blocks_per_stage": (int(depth) - 2) // 6}
+        base.pop("model", None)
+        args.model = None
+    model_cls = ResNetSpec if base.get("kind") == "resnet" else PartitionSpec
     try:
         if args.tiers:
             base["tiers"] = {k: list(v) for k, v in parse_tiers(args.tiers).items()}
@@ -227,7 +237,7 @@ def _partition_spec(args: argparse.Namespace) -> tuple[object, Path]:
         raise ConfigError("command line",
                           ["--tiers is required without --config (e.g. mobile:1-4,edge:5-8,cloud:9-12)"])
     try:
-        spec = PartitionSpec.model_validate(base)
+        spec = model_cls.model_validate(base)
     except ValidationError as e:
         flag = {v: k for k, v in PARTITION_FLAGS.items()} | {"tiers": "tiers", "exits": "exits", "out": "out"}
         problems = []
@@ -241,21 +251,24 @@ def _partition_spec(args: argparse.Namespace) -> tuple[object, Path]:
 
 def cmd_partition(args: argparse.Namespace) -> int:
     """`testbed partition`: build a bundle from a spec file and/or flags."""
-    from testbed.partition import build_bundle
+    from testbed.partition import build_bundle, spec_sha256
 
-    if args.config is None and args.model is None:
+    if args.config is None and args.model is None and args.data is None:
         raise ConfigError("command line", ["give --config partitions/specs/<name>.yaml, or --model, --data, "
                                            "--tiers and --out"])
     spec, dest = _partition_spec(args)
     if args.if_missing and (dest / "bundle.yaml").is_file():
         try:
-            Bundle.load(dest).verify()
-            out.print(f"bundle {dest} exists and verifies; not rebuilding")
-            return 0
+            existing = Bundle.load(dest)
+            existing.verify()
+            if existing.spec.build.get("spec_sha256") == spec_sha256(spec):  # type: ignore[arg-type]
+                out.print(f"bundle {dest} exists, verifies and was built from this spec; not rebuilding")
+                return 0
+            err.print(f"bundle {dest} was built from another spec; rebuilding")
         except TestbedError as e:
             err.print(f"bundle {dest} does not verify ({e}); rebuilding")
-            args.force = True
-    if spec.model.startswith("builtin:"):  # type: ignore[attr-defined]
+        args.force = True
+    if str(getattr(spec, "model", "")).startswith("builtin:"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     build_bundle(spec, dest, progress=lambda m: err.print(f"[dim]partition[/dim] {m}", highlight=False),  # type: ignore[arg-type]
                  force=args.force)
@@ -309,7 +322,8 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
     off = s.offload
     med = off.get("test_seq_len_median")
     out.print(f"offload mode {off['mode']}: bytes = {off.get('formula', off['bytes_per_token'])}"
-              + (f"; at the median test length {med:g} tokens: {bundle.offload_bytes(int(med)):,} B" if med else ""))
+              + (f"; at the median test length {med:g} tokens: {bundle.offload_bytes(int(med)):,} B" if med else "")
+              + (f"; by hop: {off['bytes_by_hop']}" if "bytes_by_hop" in off else ""))
     ex = Table(title="exits (accuracy of each exit alone, exported graphs, unpadded samples)")
     for col in ("layer", "tier", "output", "val acc", "test acc"):
         ex.add_column(col, justify="right")
@@ -328,6 +342,19 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
                        f"{own[0]['val_accuracy']:.3f}" if own else "-", f"{v.final['val_accuracy']:.3f}",
                        f"{v.max_confidence_diff:.3g}")
         out.print(vt)
+    if s.resnet_variants:
+        rt = Table(title="ResNet variants (connections dropped, cheapest first)")
+        for col in ("variant", "dropped", "val acc", "test acc", "exit acc by tier (val)", "M MACs by tier",
+                    "offload B by hop"):
+            rt.add_column(col)
+        for v in s.resnet_variants:
+            rt.add_row(v["name"], ", ".join(v["dropped"]) or "-", f"{v['val_accuracy']:.3f}",
+                       f"{v['test_accuracy']:.3f}", " / ".join(f"{e['val_accuracy']:.3f}" for e in v["exits"]),
+                       " / ".join(f"{m / 1e6:.2f}" for m in v["macs"].values()),
+                       ", ".join(f"{k} {b:,}" for k, b in v["bytes_per_offload"].items()))
+        out.print(rt)
+        costs = ", ".join(f"{c['connection']} {c['accuracy_cost']:+.3f}" for c in s.connections)
+        out.print(f"val accuracy lost by dropping one connection alone: {costs}")
     return 0
 
 

@@ -75,6 +75,7 @@ class PartitionSpec(BaseModel):
     """``partitions/specs/<name>.yaml`` or the ``testbed partition`` flags: what to build."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["transformer"] = "transformer"
     name: str
     out: str
     model: str = BUILTIN_MINILM
@@ -106,9 +107,22 @@ class PartitionSpec(BaseModel):
                         None if self.exits == "all" else list(self.exits), num_layers)
 
 
-def load_spec(path: Path) -> PartitionSpec:
-    """Load and validate a partition spec file (every problem at once)."""
+def load_spec(path: Path) -> PartitionSpec | Any:
+    """Load and validate a partition spec file (every problem at once); ``kind: resnet`` gives a ResNetSpec."""
+    try:
+        kind = (yaml.safe_load(path.read_text()) or {}).get("kind") if path.is_file() else None
+    except (yaml.YAMLError, AttributeError):
+        kind = None
+    if kind == "resnet":
+        from testbed.resnet import ResNetSpec
+
+        return load_yaml_model(path, ResNetSpec)
     return load_yaml_model(path, PartitionSpec)
+
+
+def spec_sha256(spec: BaseModel) -> str:
+    """Hash of what a spec builds (its output directory left out: where is not what)."""
+    return hashlib.sha256(yaml.safe_dump(spec.model_dump(exclude={"out"}), sort_keys=True).encode()).hexdigest()
 
 
 def resolve_model(name: str) -> str:
@@ -424,7 +438,8 @@ def _commit(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def build_bundle(spec: PartitionSpec, out: Path, progress: Progress = lambda _: None, force: bool = False) -> Bundle:
+def build_bundle(spec: PartitionSpec | Any, out: Path, progress: Progress = lambda _: None,
+                 force: bool = False) -> Bundle:
     """Build the bundle ``spec`` describes into ``out``; returns it, verified.
 
     The build happens in a temporary sibling directory renamed to ``out`` at the end; on any
@@ -436,7 +451,12 @@ def build_bundle(spec: PartitionSpec, out: Path, progress: Progress = lambda _: 
     """
     tmp = prepare_out(out, force)
     try:
-        _build(spec, tmp, out, progress)
+        if getattr(spec, "kind", None) == "resnet":
+            from testbed.resnet import build_resnet_bundle
+
+            build_resnet_bundle(spec, tmp, out, progress)
+        else:
+            _build(spec, tmp, out, progress)
         _commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -606,8 +626,7 @@ def _build(spec: PartitionSpec, out: Path, final_out: Path, progress: Progress) 
         "parity": {"max_abs_diff": parity, "tolerance": PARITY_TOLERANCE, "batch": 16, "padded": True},
         "build": {"seconds": round(time.perf_counter() - t_start, 1), "torch": str(torch.__version__),
                   "transformers": str(transformers.__version__), "python": platform.python_version(),
-                  "spec": spec.model_dump(), "spec_sha256": hashlib.sha256(
-                      yaml.safe_dump(spec.model_dump(), sort_keys=True).encode()).hexdigest(),
+                  "spec": spec.model_dump(), "spec_sha256": spec_sha256(spec),
                   "cpu_count": os.cpu_count()},
     }
     (out / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -83,7 +83,8 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
         test = table[table.split == "test"]
         acc = float((test[f"prediction_{t}"] == test["label"]).mean())
         inputs = [{"name": "input_ids" if i == 0 else "hidden", "dtype": "int64" if i == 0 else "float32",
-                   "shape": ["batch", "seq"]}, {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"]}]
+                   "shape": ["batch", "seq"] if i == 0 else ["batch", "seq", HIDDEN]},
+                  {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"]}]
         outputs = [{"name": "logits", "dtype": "float32", "shape": ["batch", CLASSES]},
                    {"name": "mask_shape", "dtype": "int64", "shape": [2]}]
         if t != "cloud":

@@ -194,3 +194,47 @@ def test_unsupported_architecture_existing_output_and_missing_columns(models, tm
     err = " ".join(capsys.readouterr().err.split())
     assert "no column(s) ['sentence']" in err and "--text-column" in err
     assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2*"))
+
+
+@pytest.fixture(scope="module")
+def resnet_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "resnet8-digits"
+    assert main(["partition", "--model", "resnet-8", "--data", "builtin:digits", "--tiers", "mobile:1,edge:2,cloud:3",
+                 "--epochs", "3", "--out", str(out), "--threads", "1"]) == 0
+    return Bundle.load(out)
+
+
+def test_resnet_variants_connections_and_bytes(resnet_bundle, capsys):
+    b = resnet_bundle
+    s = b.spec
+    assert s.kind == "resnet" and s.model["depth"] == 8 and s.exit_layers == [1, 2, 3]
+    conns = {c["connection"] for c in s.connections}
+    assert conns == {"skip:1", "block:1", "skip:2", "skip:3"}  # blocks 2 and 3 downsample: no identity to fall back on
+    names = [v["name"] for v in s.resnet_variants]
+    assert names[0] == "full" and s.resnet_variants[0]["dropped"] == [] and len(names) >= 3
+    for prev, cur in zip(s.resnet_variants, s.resnet_variants[1:], strict=False):
+        assert cur["dropped"][:len(prev["dropped"])] == prev["dropped"]  # cumulative, cheapest first
+        assert cur["macs_total"] <= prev["macs_total"]
+    full = s.resnet_variants[0]
+    # bytes per offload: the feature map after block 1 (16 x 8 x 8) and after block 2 (32 x 4 x 4), float32
+    assert full["bytes_per_offload"] == {"mobile-edge": 16 * 8 * 8 * 4, "edge-cloud": 32 * 4 * 4 * 4}
+    assert full["macs"]["mobile"] > 0 and full["parameters"] > 0
+    table = pd.read_parquet(b.root / "variants.parquet")
+    for v in s.resnet_variants:
+        sub = table[(table.variant == v["name"]) & (table.split == "val")]
+        assert float((sub.prediction_cloud == sub.label).mean()) == pytest.approx(v["val_accuracy"])
+    assert main(["bundle", "verify", str(b.root)]) == 0
+    assert main(["bundle", "show", str(b.root)]) == 0
+    assert "ResNet variants" in capsys.readouterr().out
+
+
+def test_resnet_bundle_runs_live_with_feature_maps_between_tiers(resnet_bundle, tmp_path):
+    exp = write_experiment(tmp_path / "exp.yaml", resnet_bundle.root, [{"name": "all-cloud"}], count=20, warmup=1,
+                           name="resnet")
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    df = pd.read_parquet(only_run(tmp_path / "results") / "samples.parquet")
+    df = df[df.phase == "measure"]
+    assert (df.bytes_mobile_edge == 16 * 8 * 8 * 4).all() and (df.bytes_edge_cloud == 32 * 4 * 4 * 4).all()
+    table = resnet_bundle.exits("test").set_index("sample_id")
+    assert (df.prediction.to_numpy() == table.loc[df.sample_id, "prediction_cloud"].to_numpy()).all()

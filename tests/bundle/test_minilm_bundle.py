@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from agents.runtime import Partition
+from agents.runtime import Partition, sha256_file
 
 from conftest import ROOT, write_experiment
 from loopback.helpers import agent_pids, assert_gone, env, only_run
@@ -38,26 +38,45 @@ def _chain(bundle, feed):
     return outs
 
 
-def test_onnx_tiers_match_torch_hidden_states_on_a_padded_batch(real_bundle):
+def test_export_of_the_shipped_minilm_matches_its_own_forward_on_a_padded_batch(real_bundle, tmp_path):
+    """The builder's tier modules and ONNX export, on the pretrained MiniLM, against transformers' forward."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
+    from testbed.partition import _export, _parity, _tier_modules
+    from testbed.tiers import make_cut
+
     model = transformers.AutoModel.from_pretrained(real_bundle.spec.model["path"], attn_implementation="eager").eval()
+    cut = make_cut({"mobile": (1, 2), "edge": (3, 4), "cloud": (5, 6)}, None, 6)
+    torch.manual_seed(0)
+    heads = torch.nn.ModuleDict({str(e): torch.nn.Linear(384, 3) for e in cut.exits})
+    parts = _tier_modules(model, cut, heads, "hidden", False)
+    sessions = {}
+    for tier in ("mobile", "edge", "cloud"):
+        _export(parts[tier], tmp_path / f"{tier}.onnx", 384, model.config.vocab_size)
+        sessions[tier] = Partition.load(tmp_path / f"{tier}.onnx", sha256_file(tmp_path / f"{tier}.onnx"), 2)
     x, m = _padded_batch(real_bundle)
+    assert _parity(parts, sessions, {"input_ids": x, "attention_mask": m}, "hidden") < 1e-4
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m),
                     output_hidden_states=True).hidden_states
-    batch = _chain(real_bundle, {"input_ids": x, "attention_mask": m})
-    for tier in ("mobile", "edge"):
-        want = ref[real_bundle.tier(tier).exit.layer].numpy()
-        diff = np.abs(batch[tier]["hidden_out"] - want) * m[:, :, None]  # padded positions carry nothing
+    feed = {"input_ids": x, "attention_mask": m}
+    for tier, layer in (("mobile", 2), ("edge", 4)):
+        got = sessions[tier].run(feed)
+        diff = np.abs(got["hidden_out"] - ref[layer].numpy()) * m[:, :, None]  # padded positions carry nothing
         assert diff.max() < 1e-4, f"{tier}: hidden state differs from torch by {diff.max():.2e}"
-    # padding must not leak into any exit: each sample alone, unpadded, gives the same logits
-    for i in (0, len(x) - 1):
+        feed = {"hidden": got["hidden_out"], "attention_mask": m}
+
+
+def test_padding_does_not_leak_into_any_exit_of_the_default_bundle(real_bundle):
+    x, m = _padded_batch(real_bundle)
+    batch = _chain(real_bundle, {"input_ids": x, "attention_mask": m})
+    for i in (0, len(x) - 1):  # each sample alone, unpadded, gives the same logits at every exit
         n = int(m[i].sum())
         alone = _chain(real_bundle, {"input_ids": x[i:i + 1, :n], "attention_mask": np.ones((1, n), np.int64)})
         for tier in ("mobile", "edge", "cloud"):
-            diff = np.abs(alone[tier]["logits"][0] - batch[tier]["logits"][i]).max()
-            assert diff < 1e-4, f"{tier}: sample {i} logits differ padded vs alone by {diff:.2e}"
+            for name in [o for o in alone[tier] if o != "hidden_out"]:
+                diff = np.abs(alone[tier][name][0] - batch[tier][name][i]).max()
+                assert diff < 1e-4, f"{tier}/{name}: sample {i} logits differ padded vs alone by {diff:.2e}"
 
 
 def test_bundle_records_what_the_issue_asks(real_bundle):
@@ -66,7 +85,7 @@ def test_bundle_records_what_the_issue_asks(real_bundle):
     assert [t["layers"] for t in doc["tiers"]] == [[1, 2], [3, 4], [5, 6]]
     for t in doc["tiers"]:
         assert len(t["sha256"]) == 64 and 0.3 < t["exit"]["val_accuracy"] <= 1.0
-        assert {i["name"] for i in t["inputs"]} >= {"attention_mask"} and t["outputs"][-1]["name"] == "logits"
+        assert {i["name"] for i in t["inputs"]} >= {"attention_mask"} and "logits" in {o["name"] for o in t["outputs"]}
     assert doc["parity"]["max_abs_diff"] < doc["parity"]["tolerance"] <= 1e-4
     real_bundle.verify()
 
@@ -97,3 +116,17 @@ def test_real_run_all_cloud_accuracy_equals_the_bundle_record(real_bundle, tmp_p
     assert set(m[m.policy == "early-exit"]["exit_tier"]) == {"mobile", "edge", "cloud"}
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
     assert_gone(agent_pids(run_dir))
+
+
+def test_default_bundle_has_every_exit_cartography_and_the_int8_variant(real_bundle):
+    s = real_bundle.spec
+    assert s.format_version == 2 and s.exit_layers == [1, 2, 3, 4, 5, 6]
+    assert [e.layer for e in real_bundle.tier("mobile").exits] == [1, 2]
+    carto = pd.read_parquet(real_bundle.root / "cartography.parquet")
+    n_train = s.data["splits"]["train"]
+    assert len(carto) == n_train * 6 and (carto.epochs == s.training["epochs"]).all()
+    assert carto.variability.between(0, 0.5).all() and carto.correctness.between(0, 1).all()
+    assert [v.name for v in s.variants] == ["int8"]
+    assert s.variants[0].size_bytes < real_bundle.tier("mobile").size_bytes / 2
+    assert real_bundle.check_graphs() == []
+    assert real_bundle.replay("test", 16) < 1e-4

@@ -76,3 +76,30 @@ def test_replay_spreads_tiny_samples_over_every_tier(tiny_bundle):
     conf = table[["confidence_mobile", "confidence_edge", "confidence_cloud"]].to_numpy()
     tiers = policies.decide({"mobile": 0.85, "edge": 0.8}, conf)
     assert set(tiers) == {0, 1, 2}
+
+
+def test_bundle_yaml_round_trips_through_the_schema(tiny_bundle, tmp_path):
+    import shutil
+
+    import yaml
+
+    from testbed.bundle import Bundle, BundleSpec
+
+    doc = tiny_bundle.spec.model_dump()
+    again = BundleSpec.model_validate(yaml.safe_load(yaml.safe_dump(doc, sort_keys=False)))
+    assert again == tiny_bundle.spec
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle.root, copy)
+    (copy / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert Bundle.load(copy).spec == tiny_bundle.spec and Bundle.load(copy).verify()
+    assert tiny_bundle.offload_mode == "hidden" and tiny_bundle.offload_bytes(5) == 5 * (8 * 4 + 8)
+    assert tiny_bundle.check_graphs() == [] and tiny_bundle.replay("val", 5) == 0.0
+    doc["format_version"] = 1
+    (copy / "bundle.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(BundleError, match="format_version 1.*rebuild"):
+        Bundle.load(copy)
+    doc["format_version"] = 2
+    doc["surprise"] = 1
+    (copy / "bundle.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(BundleError, match="surprise"):
+        Bundle.load(copy)
