@@ -122,6 +122,9 @@ def _render_report(run_dir: Path) -> None:
     for _, r in rep.hops.iterrows():
         hops.add_row(*[("-" if math.isnan(v) else f"{v:.3f}") if isinstance(v, float) else str(v) for v in r])
     out.print(hops)
+    if rep.paper is not None and len(rep.paper):
+        _print_paper(rep.paper, "paper cost model vs measurement (measured samples; reductions against all-cloud "
+                                "of the same run)")
     for note in rep.notes:
         out.print(f"note: {note}")
     for a in rep.advice:
@@ -130,6 +133,101 @@ def _render_report(run_dir: Path) -> None:
 
     for png in power_timelines(run_dir, run_dir / "plots"):
         out.print(f"plot: {png}")
+
+
+def _fmt(v: object, kind: str) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    if math.isnan(v):
+        return "-"
+    return {"pct": f"{v:.1%}", "acc": f"{v:.3f}", "mj": f"{v * 1e3:.2f}"}.get(kind, f"{v:.2f}")
+
+
+def _print_paper(paper: object, title: str) -> None:
+    cols = [("policy", "policy", ""), ("samples", "n", ""), ("accuracy", "accuracy", "acc"),
+            ("accuracy_drop_pt", "drop pt", ""), ("cost_paper", "cost (paper)", "acc"),
+            ("cost_reduction", "cost red.", "pct"), ("latency_ms_mean", "lat mean ms", ""),
+            ("latency_ms_p50", "p50", ""), ("latency_ms_p95", "p95", ""), ("latency_ms_p99", "p99", ""),
+            ("latency_reduction", "lat red.", "pct"), ("energy_j_per_sample", "mJ/sample", "mj"),
+            ("energy_reduction", "energy red.", "pct"), ("offload_bytes_per_sample", "B/sample", ""),
+            ("bytes_reduction", "bytes red.", "pct")]
+    table = Table(title=title)
+    present = [c for c in cols if c[0] in paper.columns]  # type: ignore[attr-defined]
+    for _, name, _ in present:
+        table.add_column(name, justify="left" if name == "policy" else "right", min_width=11 if name == "policy" else None)
+    for _, r in paper.iterrows():  # type: ignore[attr-defined]
+        table.add_row(*[_fmt(r[k], kind) for k, _, kind in present])
+    out.print(table)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """`testbed replay`: policies on the bundle's stored exit table, no devices; beside a live run if given."""
+    import json
+
+    import pandas as pd
+    import yaml
+    from pydantic import ValidationError
+
+    from testbed import replay, results
+    from testbed.config import CostSpec, PolicySpec
+
+    bundle = Bundle.load(args.bundle)
+    split, count, warmup, seed, cost = args.split, args.count, args.warmup, args.seed, CostSpec(preset=args.cost)
+    specs: list[PolicySpec] = []
+    live = None
+    if args.run:
+        manifest = results.load_manifest(args.run)
+        exp = manifest["experiment"]["resolved"]
+        specs = [PolicySpec.model_validate(p) for p in exp["policies"]]
+        sam = exp["samples"]
+        split, count, warmup, seed = sam["split"], sam["count"], sam["warmup"], exp["seed"]
+        cost = CostSpec.model_validate(exp.get("cost") or {})
+        live, _ = results.load_samples(args.run)
+    for text in args.policy or []:
+        try:
+            raw = yaml.safe_load(text)
+            specs.append(PolicySpec.model_validate({"name": raw} if isinstance(raw, str) else raw))
+        except (yaml.YAMLError, ValidationError) as e:
+            raise ConfigError("--policy", [f"{text!r}: {e}"]) from e
+    if not specs:
+        raise ConfigError("command line", ["give --policy NAME (or a YAML mapping like '{name: splitee, alpha: 0.8}'), "
+                                           "or --run RUN_DIR to replay a live run's policies"])
+    problems = [f"--policy {s.key}{p}" for s in specs for p in policies.check(s)]
+    if problems:
+        raise ConfigError("command line", problems)
+    rows, records = replay.replay(bundle, specs, split, count, seed, warmup)
+    layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
+    cm = replay.cost_model(cost)
+    paper = replay.paper_costs(rows, layers, cm)
+    _print_paper(paper, f"replay on {bundle.root} split {split} ({len(rows[rows.phase == 'measure']) // len(specs)} "
+                        f"samples per policy), cost preset {cm.name}")
+    if live is not None:
+        lm = live[live.phase == "measure"]
+        rm = rows[rows.phase == "measure"]
+        comp = Table(title="replay vs live, same samples")
+        for col in ("policy", "live acc", "replay acc", "live cost", "replay cost", "same exit tier"):
+            comp.add_column(col, justify="left" if col == "policy" else "right")
+        live_paper = replay.paper_costs(lm, layers, cm).set_index("policy")
+        for key, g in rm.groupby("policy", sort=False):
+            lg = lm[lm.policy == key]
+            merged = pd.merge(g[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
+                              lg[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
+                              on=["index", "sample_id"], suffixes=("_replay", "_live"))
+            same = float((merged.exit_tier_replay == merged.exit_tier_live).mean()) if len(merged) else float("nan")
+            lp = live_paper.loc[key] if key in live_paper.index else None
+            comp.add_row(key, _fmt(float(lp["accuracy"]), "acc") if lp is not None else "-",
+                         _fmt(float(g.correct.mean()), "acc"),
+                         _fmt(float(lp["cost_paper"]), "acc") if lp is not None else "-",
+                         _fmt(float(paper.set_index("policy").loc[key, "cost_paper"]), "acc"), _fmt(same, "pct"))
+        out.print(comp)
+    for key, rec in records.items():
+        if len(rec) > 1:
+            out.print(f"{key}: {json.dumps({k: v for k, v in rec.items() if k != 'class'}, default=str)}",
+                      highlight=False)
+    if args.out:
+        rows.to_parquet(args.out, index=False)
+        out.print(f"replay rows written to {args.out}")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -410,6 +508,18 @@ def parser() -> argparse.ArgumentParser:
     part.add_argument("--force", action="store_true", help="replace an existing output directory")
     part.add_argument("--if-missing", action="store_true", help="do nothing when the bundle exists and verifies")
     part.set_defaults(func=cmd_partition)
+    rp = sub.add_parser("replay", help="evaluate policies on a bundle's stored exit table, without devices")
+    rp.add_argument("bundle", type=Path)
+    rp.add_argument("--policy", action="append", help="a policy name or a YAML mapping "
+                                                      "('{name: splitee-s, alpha: 0.8, o: 0.3}'); repeatable")
+    rp.add_argument("--run", type=Path, default=None, help="a live run: replay its policies and samples, side by side")
+    rp.add_argument("--split", default="test")
+    rp.add_argument("--count", type=int, default=None)
+    rp.add_argument("--warmup", type=int, default=0)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--cost", default="dimee", help="cost preset: dimee, dimec-dc, splitee")
+    rp.add_argument("--out", type=Path, default=None, help="write the replayed rows to this parquet file")
+    rp.set_defaults(func=cmd_replay)
     bun = sub.add_parser("bundle", help="inspect a partition bundle: verify, show")
     bsub = bun.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
     bv = bsub.add_parser("verify", help="hashes, graph inputs/outputs, onnxruntime replay of the exit table")

@@ -35,10 +35,23 @@ class Strict(BaseModel):
 
 
 class PolicySpec(Strict):
-    """One policy to run. ``thresholds`` is for ``early-exit``: tier -> min confidence to exit."""
+    """One policy to run and its parameters (each policy takes only the ones it uses).
+
+    ``thresholds`` (early-exit): tier -> min confidence to exit. ``shares`` (random): tier ->
+    probability. ``alpha``, ``c``, ``lam``, ``o`` (splitee, splitee-s): exit confidence, UCB
+    exploration constant, cost per layer, cost per offload. ``mu`` (cartography): weight of
+    the normalised cost against accuracy. ``cost``: the cost preset the policy optimises.
+    """
 
     name: str
     thresholds: dict[str, float] | None = None
+    shares: dict[str, float] | None = None
+    alpha: float | None = None
+    c: float | None = None
+    lam: float | None = None
+    o: float | None = None
+    mu: float | None = None
+    cost: str | None = None
     label: str | None = Field(None, description="name in results; defaults to name")
 
     @property
@@ -79,6 +92,14 @@ class EnergySpec(Strict):
     idle_s: float = Field(2.0, ge=0, le=600, description="idle baseline per agent before samples; 0: none")
 
 
+class CostSpec(Strict):
+    """The paper cost model the report predicts with: a preset, optionally with some values replaced."""
+
+    preset: str = Field("dimee", description="dimee, dimec-dc or splitee (testbed.costmodel.PRESETS)")
+    lam: dict[str, float] | None = Field(None, description="tier -> cost per layer, replacing the preset's")
+    o: dict[str, float] | None = Field(None, description="hop (mobile-edge, edge-cloud) -> cost per offload")
+
+
 class Experiment(Strict):
     """``experiments/<name>.yaml``."""
 
@@ -92,6 +113,7 @@ class Experiment(Strict):
     run: RunSpec = RunSpec()
     energy: EnergySpec = EnergySpec()
     timeouts: TimeoutSpec = TimeoutSpec()
+    cost: CostSpec = CostSpec()
 
 
 class MeterSpec(Strict):
@@ -307,12 +329,28 @@ def check_experiment(exp: Experiment, inv: Inventory, policy_problems: Any, base
     if len(set(exp.devices.values())) != len(exp.devices):
         problems.append("devices: one device serves two tiers; each tier needs its own agent")
     problems += _bundle_problems(exp, base)
+    problems += _cost_problems(exp.cost)
     keys: set[str] = set()
     for i, pol in enumerate(exp.policies):
         problems += [f"policies[{i}]{p}" for p in policy_problems(pol)]
         if pol.key in keys:
             problems.append(f"policies[{i}]: policy {pol.key!r} appears twice; give one a different label")
         keys.add(pol.key)
+    return problems
+
+
+def _cost_problems(cost: CostSpec) -> list[str]:
+    from testbed.costmodel import HOPS, PRESETS
+
+    problems = []
+    if cost.preset not in PRESETS:
+        problems.append(f"cost.preset: unknown preset {cost.preset!r}{suggest(cost.preset, list(PRESETS))}")
+    for key, allowed in (("lam", list(TIERS)), ("o", list(HOPS))):
+        for k, v in (getattr(cost, key) or {}).items():
+            if k not in allowed:
+                problems.append(f"cost.{key}.{k}: not one of {allowed}{suggest(k, allowed)}")
+            elif v < 0:
+                problems.append(f"cost.{key}.{k}: {v} is negative; costs are >= 0")
     return problems
 
 

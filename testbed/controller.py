@@ -33,6 +33,7 @@ from testbed.clock import Clock, SystemClock
 from testbed.config import Experiment, Inventory, TimeoutSpec
 from testbed.errors import AgentLostError, AgentStartError, RunProtocolError, TestbedError
 from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
+from testbed.replay import cost_model, policy_context, policy_record
 from testbed.results import RunWriter, new_run_id, write_power_timeline
 from testbed.rows import Issued, build_row, clock_offset_ns
 from testbed.schema import SCHEMA_VERSION
@@ -149,8 +150,13 @@ class Controller:
             self._manifest["agents"] = self._agent_records()
             self._manifest["energy"] = self._energy_record()
             self._writer.write_manifest(self._manifest)
+            pctx = policy_context(self.bundle, self.exp.samples.split, self.exp.seed,
+                                  {s.name for s in self.exp.policies})
             for i, spec in enumerate(self.exp.policies):
-                self._run_policy(policies.make(spec), np.random.default_rng(self.exp.seed + i))
+                policy = policies.make(spec, pctx)
+                self._run_policy(policy, np.random.default_rng(self.exp.seed + i))
+                self._manifest.setdefault("policies", {})[spec.key] = policy_record(policy)
+                self._writer.write_manifest(self._manifest)
             status = "complete"
         except KeyboardInterrupt:
             status, error = "interrupted", "interrupted by the user (Ctrl-C)"
@@ -301,7 +307,7 @@ class Controller:
                 work = p.Work(self._seq, sample_id, tensors, policy.thresholds(sample_id, rng))
                 issued = Issued(self._seq, sample_id, int(samples.label[idx]), phase, policy.name,
                                 self.clock.monotonic_ns(), self.clock.time_ns(),
-                                sum(int(t.nbytes) for t in tensors.values()))
+                                sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id))
                 self._seq += 1
                 in_flight[work.run_seq] = issued
                 self._transport.issue(first.hello.data_endpoint, work)
@@ -427,6 +433,8 @@ class Controller:
             "git": _git_state(Path(__file__).resolve().parent.parent),
             "controller": {"host": platform.node(), "platform": platform.platform(), "versions": _versions()},
             "shaping": {"backend": "none", "note": "loopback run: links are not shaped"},
+            "cost_model": cost_model(self.exp.cost).record()
+            | {"layers": {t.tier: len(t.runs_layers or t.layers) for t in self.bundle.spec.tiers}},
             "energy": {"meters": "filled in when the agents have said Hello"},
         }
 

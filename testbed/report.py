@@ -19,6 +19,7 @@ class Report:
     hops: pd.DataFrame
     advice: list[str]
     notes: list[str]
+    paper: pd.DataFrame | None = None
 
 
 def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
@@ -40,7 +41,53 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
     warm = int((df["phase"] == "warmup").sum())
     notes.append(f"{len(df) - warm} measured rows, {warm} warmup rows (kept in the parquet, left out here)")
     title = f"{manifest.get('experiment', {}).get('resolved', {}).get('name', '?')} / {manifest.get('run_id', '?')}"
-    return Report(title, stats.summarise(df), stats.hop_summary(df), stats.quality_checks(df), notes)
+    paper = None
+    cm = manifest.get("cost_model")
+    if cm:
+        paper = paper_vs_measured(df, cm)
+        names = {p["label"] or p["name"]: p["name"]
+                 for p in manifest.get("experiment", {}).get("resolved", {}).get("policies", [])}
+        from testbed.costmodel import claim_line
+
+        for _, r in paper.iterrows():
+            line = claim_line(names.get(r["policy"], r["policy"]), r["policy"], float(r["cost_reduction"]),
+                              float(r["accuracy_drop_pt"]))
+            if line:
+                notes.append(line)
+        notes.append(f"cost model: preset {cm['name']} (lambda per layer {cm['lam']}, o per offload {cm['o']}, "
+                     f"processing charged on {cm['charge']}); {cm.get('notes', '')}")
+    for key, rec in (manifest.get("policies") or {}).items():
+        if rec.get("upper_bound"):
+            notes.append(f"{key}: UPPER BOUND ({rec['upper_bound']})")
+        if "best_arm" in rec:
+            notes.append(f"{key}: best arm {rec['best_arm']} (layer {rec['arm_layers'][rec['best_arm']]}), pulls "
+                         f"{dict(zip(rec['arms'], rec['pulls'], strict=True))}")
+        if "expected" in rec:
+            e = rec["expected"]
+            notes.append(f"{key}: thresholds {rec['thresholds']} fitted on val (expected accuracy {e['accuracy']:.3f}, "
+                         f"cost {e['cost']:.3f}, reward {e['reward']:.4f}); clusters "
+                         + ", ".join(f"{k} {v['size']}" for k, v in rec["clusters"].items()))
+    return Report(title, stats.summarise(df), stats.hop_summary(df), stats.quality_checks(df), notes, paper)
+
+
+def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any]) -> pd.DataFrame:
+    """Per policy: accuracy and paper-unit cost beside measured latency, energy and bytes, each against all-cloud."""
+    from testbed.costmodel import CostModel, reduction
+    from testbed.replay import paper_costs
+
+    cm = CostModel(cost_record["name"], cost_record["lam"], cost_record["o"], tuple(cost_record["charge"]))
+    paper = paper_costs(df, cost_record["layers"], cm)
+    summary = stats.summarise(df)
+    allrow = summary[summary["tier"] == "all"].set_index("policy")
+    cols = ["latency_ms_mean", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "energy_j_per_sample",
+            "offload_bytes_per_sample"]
+    out = paper.join(allrow[cols], on="policy")
+    ref = out[out["policy"] == stats.REFERENCE]
+    for c, name in (("latency_ms_mean", "latency_reduction"), ("energy_j_per_sample", "energy_reduction"),
+                    ("offload_bytes_per_sample", "bytes_reduction")):
+        base = float(ref[c].iloc[0]) if len(ref) else float("nan")
+        out[name] = [reduction(v, base) for v in out[c]]
+    return out
 
 
 def meter_line(device: str, meter: dict[str, Any], df: pd.DataFrame) -> str:

@@ -29,6 +29,7 @@ class Issued:
     issue_mono_ns: int
     issue_wall_ns: int
     bytes_in: int
+    choice: str | None = None
 
 
 def build_row(
@@ -50,7 +51,8 @@ def build_row(
     prediction = int(result.logits.argmax(axis=-1)[0])
     row: dict[str, Any] = {
         **{k: context[k] for k in ("run_id", "experiment", "split")},
-        "policy": issued.policy, "seq": issued.seq, "sample_id": issued.sample_id, "phase": issued.phase,
+        "policy": issued.policy, "policy_choice": issued.choice,
+        "seq": issued.seq, "sample_id": issued.sample_id, "phase": issued.phase,
         "exit_tier": last.tier, "exit_layer": exit_layers[last.tier],
         "tier_path": ">".join(s.tier for s in stages),
         "label": issued.label, "prediction": prediction, "correct": prediction == issued.label,

@@ -10,6 +10,7 @@ controller). Per-tier columns are null for tiers a sample did not visit.
 
 Format history:
     1: first version (2026-11-23).
+    2: ``policy_choice`` (the arm or tier a learning or random policy chose).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow as pa
 
 from agents.protocol import TIERS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HOPS = ("controller_mobile", "mobile_edge", "edge_cloud", "return")
 PHASES = ("warmup", "measure")
 
@@ -41,6 +42,8 @@ def _columns() -> list[Column]:
         Column("run_id", pa.string(), "", "run directory name"),
         Column("experiment", pa.string(), "", "experiment name"),
         Column("policy", pa.string(), "", "policy key (its label, else its name)"),
+        Column("policy_choice", pa.string(), "", "what the policy chose for this sample: SplitEE's arm (L<layer>), "
+               "random's or oracle's tier; null for threshold policies", True),
         Column("seq", pa.int64(), "", "issue order within the run"),
         Column("sample_id", pa.int64(), "", "index in the bundle split"),
         Column("split", pa.string(), "", "bundle split the sample comes from"),

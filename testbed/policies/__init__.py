@@ -7,7 +7,8 @@ device to device. ``decide`` runs the same rule on an array of confidences, whic
 is how a policy is replayed offline and tested.
 
 Names, as in experiment files and the ``policy`` column: ``all-mobile``,
-``all-edge``, ``all-cloud``, ``early-exit``.
+``all-edge``, ``all-cloud``, ``random``, ``oracle``, ``early-exit``, ``cartography``,
+``splitee``, ``splitee-s``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Protocol
 import numpy as np
 
 from agents.protocol import TIERS, should_exit
+from testbed import costmodel
 from testbed.config import PolicySpec, suggest
+from testbed.policies.context import PolicyContext
+from testbed.policies.learned import CartographyPolicy, OraclePolicy, RandomPolicy, SplitEEPolicy
 
 NEVER = float("inf")
 ALWAYS = 0.0
@@ -34,6 +38,10 @@ class Policy(Protocol):
 
     def observe(self, sample_id: int, confidences: dict[str, float]) -> None:
         """Feedback after a sample finished (confidence at each tier it visited)."""
+        ...
+
+    def choice(self, sample_id: int) -> str | None:
+        """What the policy chose for the sample (arm, tier), for the ``policy_choice`` column."""
         ...
 
 
@@ -63,6 +71,10 @@ class StaticPolicy:
     def observe(self, sample_id: int, confidences: dict[str, float]) -> None:
         """Static policies do not learn."""
 
+    def choice(self, sample_id: int) -> str | None:
+        """Nothing per sample."""
+        return None
+
     def __repr__(self) -> str:
         return f"StaticPolicy({self.name!r}, {self._thresholds})"
 
@@ -74,32 +86,93 @@ def all_tier(tier: str) -> dict[str, float]:
 
 
 BASELINES = {"all-mobile": "mobile", "all-edge": "edge", "all-cloud": "cloud"}
-NAMES = [*BASELINES, "early-exit"]
+NAMES = [*BASELINES, "random", "oracle", "early-exit", "cartography", "splitee", "splitee-s"]
+#: the parameters each policy takes (anything else given is an error)
+PARAMS: dict[str, set[str]] = {
+    **{b: set() for b in BASELINES}, "random": {"shares"}, "oracle": set(), "early-exit": {"thresholds"},
+    "cartography": {"mu", "cost"}, "splitee": {"alpha", "c", "lam", "o"}, "splitee-s": {"alpha", "c", "lam", "o"},
+}
+DEFAULTS = {"alpha": 0.8, "c": 1.0, "lam": 0.1, "o": 0.3, "mu": 0.1, "cost": "dimec-dc"}
+#: policies that need the bundle's tables (the controller loads them only when needed)
+NEEDS = {"oracle": {"exits"}, "cartography": {"val_exits", "cartography"}}
+
+
+def _prob_map(field: str, value: dict[str, float], keys: list[str]) -> list[str]:
+    problems = []
+    for tier, v in value.items():
+        if tier not in keys:
+            problems.append(f".{field}.{tier}: not a tier here{suggest(tier, keys)}")
+        elif not 0.0 <= v <= 1.0:
+            problems.append(f".{field}.{tier}: {v} is outside [0, 1]")
+    return problems
 
 
 def check(spec: PolicySpec) -> list[str]:
     """Problems with a policy entry, each starting with its sub-path (``.name: ...``)."""
     if spec.name not in NAMES:
         return [f".name: unknown policy {spec.name!r}{suggest(spec.name, NAMES)}"]
-    if spec.name in BASELINES:
-        return [".thresholds: baselines take no thresholds; remove it"] if spec.thresholds is not None else []
-    if not spec.thresholds:
-        return [f".thresholds: early-exit needs a threshold for each of {list(TIERS[:-1])}, e.g. "
-                "{mobile: 0.9, edge: 0.8}"]
-    problems = []
-    for tier, value in spec.thresholds.items():
-        if tier not in TIERS[:-1]:
-            problems.append(f".thresholds.{tier}: not an exit tier{suggest(tier, list(TIERS[:-1]))} "
-                            f"(the {TIERS[-1]} tier always finishes)")
-        elif not 0.0 <= value <= 1.0:
-            problems.append(f".thresholds.{tier}: {value} is outside [0, 1]; a confidence threshold is a probability")
-    problems += [f".thresholds: no threshold for {t}" for t in TIERS[:-1] if t not in spec.thresholds]
+    keys = ("thresholds", "shares", "alpha", "c", "lam", "o", "mu", "cost")
+    given = {k for k in keys if getattr(spec, k) is not None}
+    problems = [f".{k}: {spec.name} takes no {k}" + (f" (it takes {', '.join(sorted(PARAMS[spec.name]))})"
+                                                       if PARAMS[spec.name] else "; remove it")
+                for k in sorted(given - PARAMS[spec.name])]
+    if spec.name == "early-exit":
+        if not spec.thresholds:
+            return problems + [f".thresholds: early-exit needs a threshold for each of {list(TIERS[:-1])}, e.g. "
+                               "{mobile: 0.9, edge: 0.8}"]
+        for tier, value in spec.thresholds.items():
+            if tier not in TIERS[:-1]:
+                problems.append(f".thresholds.{tier}: not an exit tier{suggest(tier, list(TIERS[:-1]))} "
+                                f"(the {TIERS[-1]} tier always finishes)")
+            elif not 0.0 <= value <= 1.0:
+                problems.append(f".thresholds.{tier}: {value} is outside [0, 1]; a confidence threshold is a "
+                                "probability")
+        problems += [f".thresholds: no threshold for {t}" for t in TIERS[:-1] if t not in spec.thresholds]
+    if spec.name == "random":
+        if not spec.shares:
+            return problems + [".shares: random needs the share of samples per tier, e.g. "
+                               "{mobile: 0.5, edge: 0.3, cloud: 0.2}"]
+        problems += _prob_map("shares", spec.shares, list(TIERS))
+        if not problems and abs(sum(spec.shares.values()) - 1.0) > 1e-6:
+            problems.append(f".shares: they add up to {sum(spec.shares.values()):g}, not 1")
+    if spec.alpha is not None and not 0.0 <= spec.alpha <= 1.0:
+        problems.append(f".alpha: {spec.alpha} is outside [0, 1]; it is a confidence threshold")
+    for k in ("c", "lam", "o", "mu"):
+        v = getattr(spec, k)
+        if v is not None and v < 0:
+            problems.append(f".{k}: {v} is negative; costs and weights are >= 0")
+    if spec.cost is not None and spec.cost not in costmodel.PRESETS:
+        problems.append(f".cost: unknown cost preset {spec.cost!r}{suggest(spec.cost, list(costmodel.PRESETS))}")
     return problems
 
 
-def make(spec: PolicySpec) -> Policy:
-    """Build the policy an experiment entry names (assumes :func:`check` passed)."""
+def param(spec: PolicySpec, name: str) -> object:
+    """A policy parameter, or its default."""
+    value = getattr(spec, name)
+    return DEFAULTS[name] if value is None else value
+
+
+def make(spec: PolicySpec, ctx: PolicyContext | None = None) -> Policy:
+    """Build the policy an experiment entry names (assumes :func:`check` passed).
+
+    ``ctx`` carries what the learned policies need from the bundle; baselines and
+    early-exit need none.
+    """
     if spec.name in BASELINES:
         return StaticPolicy(spec.key, all_tier(BASELINES[spec.name]))
-    assert spec.thresholds is not None
-    return StaticPolicy(spec.key, dict(spec.thresholds))
+    if spec.name == "early-exit":
+        assert spec.thresholds is not None
+        return StaticPolicy(spec.key, dict(spec.thresholds))
+    if ctx is None:
+        raise ValueError(f"policy {spec.name} needs the bundle's context")
+    if spec.name == "random":
+        assert spec.shares is not None
+        return RandomPolicy(spec.key, dict(spec.shares), ctx.seed)
+    if spec.name == "oracle":
+        assert ctx.exits is not None
+        return OraclePolicy(spec.key, ctx.exits)
+    if spec.name == "cartography":
+        cost = costmodel.preset(str(param(spec, "cost")))
+        return CartographyPolicy(spec.key, ctx, cost, float(param(spec, "mu")))  # type: ignore[arg-type]
+    return SplitEEPolicy(spec.key, ctx, float(param(spec, "alpha")), float(param(spec, "c")),  # type: ignore[arg-type]
+                         float(param(spec, "lam")), float(param(spec, "o")), spec.name == "splitee-s")  # type: ignore[arg-type]

@@ -238,3 +238,46 @@ def test_resnet_bundle_runs_live_with_feature_maps_between_tiers(resnet_bundle, 
     assert (df.bytes_mobile_edge == 16 * 8 * 8 * 4).all() and (df.bytes_edge_cloud == 32 * 4 * 4 * 4).all()
     table = resnet_bundle.exits("test").set_index("sample_id")
     assert (df.prediction.to_numpy() == table.loc[df.sample_id, "prediction_cloud"].to_numpy()).all()
+
+
+ALL_POLICIES = [{"name": "all-cloud"}, {"name": "all-mobile"}, {"name": "random", "shares": {"mobile": 0.4, "edge": 0.3,
+                                                                                             "cloud": 0.3}},
+                {"name": "oracle"}, {"name": "early-exit", "thresholds": {"mobile": 0.42, "edge": 0.42}},
+                {"name": "cartography", "mu": 0.05}, {"name": "splitee", "alpha": 0.42, "o": 0.1},
+                {"name": "splitee-s", "alpha": 0.42, "o": 0.1}]
+
+
+def test_every_policy_live_equals_its_replay_and_the_report_puts_paper_beside_measured(bert_bundle, tmp_path, capsys):
+    from testbed import replay
+    from testbed.config import PolicySpec
+
+    exp = write_experiment(tmp_path / "exp.yaml", bert_bundle.root, ALL_POLICIES, count=40, warmup=3, name="all",
+                           cost={"preset": "dimee", "o": {"edge-cloud": 0.5}})
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    run_dir = only_run(tmp_path / "results")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "paper cost model vs measurement" in out and "oracle: UPPER BOUND" in out
+    assert "splitee: best arm" in out and "cartography: thresholds" in out
+    live = pd.read_parquet(run_dir / "samples.parquet")
+    manifest = __import__("json").loads((run_dir / "manifest.json").read_text())
+    assert manifest["cost_model"]["name"] == "dimee" and manifest["cost_model"]["o"]["edge-cloud"] == 0.5
+    assert manifest["policies"]["splitee-s"]["params"]["side_info"] is True
+    assert sum(manifest["policies"]["splitee"]["pulls"]) == 43
+    assert set(manifest["policies"]["cartography"]["clusters"]) == {"easy", "medium", "hard"}
+    specs = [PolicySpec.model_validate(p) for p in ALL_POLICIES]
+    rows, _ = replay.replay(bert_bundle, specs, "test", 40, 0, 3)
+    for key, g in live.groupby("policy", sort=False):
+        r = rows[rows.policy == key]
+        assert g.exit_tier.tolist() == r.exit_tier.tolist(), key  # same samples, same order, same decisions
+        assert g.prediction.tolist() == r.prediction.tolist(), key
+        assert g.policy_choice.tolist() == r.policy_choice.tolist(), key
+    sp = live[live.policy == "splitee"]
+    assert set(sp.policy_choice) <= {"L1", "L3"} and sp.policy_choice.notna().all()
+    assert live[live.policy == "early-exit"].policy_choice.isna().all()
+    oracle = live[(live.policy == "oracle") & (live.phase == "measure")]
+    assert oracle.correct.mean() >= live[(live.policy == "all-cloud") & (live.phase == "measure")].correct.mean()
+    # the CLI's replay beside the live run agrees on every sample
+    assert main(["replay", str(bert_bundle.root), "--run", str(run_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "replay vs live" in text and text.count("100.0%") >= len(ALL_POLICIES)

@@ -7,7 +7,7 @@ from testbed.cli import _load_all
 from testbed.config import check_experiment, load_experiment, load_inventory
 from testbed.errors import ConfigError
 
-from conftest import ROOT, write_inventory
+from conftest import ROOT, write_experiment, write_inventory
 
 
 def test_shipped_experiment_and_inventory_are_valid():
@@ -115,3 +115,20 @@ def test_bundle_files_and_split_size_are_checked(tiny_bundle, tmp_path):
                            samples={"split": "tset"})
     with pytest.raises(ConfigError, match="did you mean 'test'"):
         _load_all(exp, inv)
+
+
+def test_policy_parameters_and_cost_model_are_checked_with_their_yaml_paths(tiny_bundle, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml")
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [
+        {"name": "all-cloud"}, {"name": "splitee", "alpha": 1.2, "o": -1}, {"name": "random", "shares": {"mobile": 1}},
+        {"name": "cartography", "cost": "dimme"}, {"name": "splite"}],
+        cost={"preset": "spliteee", "lam": {"mobil": 0.1}, "o": {"edge-cloud": -2}})
+    with pytest.raises(ConfigError) as e:
+        _load_all(exp, inv)
+    text = " ".join(str(e.value).split())
+    assert "policies[1].alpha: 1.2 is outside [0, 1]" in text and "policies[1].o: -1.0 is negative" in text
+    assert "policies[3].cost: unknown cost preset 'dimme'; did you mean 'dimee'?" in text
+    assert "policies[4].name: unknown policy 'splite'; did you mean 'splitee'?" in text
+    assert "cost.preset: unknown preset 'spliteee'; did you mean 'splitee'?" in text
+    assert "cost.lam.mobil: not one of" in text and "cost.o.edge-cloud: -2.0 is negative" in text
+    assert "policies[2]" not in text  # shares of 1 on mobile are fine

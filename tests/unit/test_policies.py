@@ -35,7 +35,7 @@ def test_policy_label_is_its_key():
     (PolicySpec(name="early-exit", thresholds={"mobile": 1.5, "edge": 0.5}), "1.5 is outside [0, 1]"),
     (PolicySpec(name="early-exit", thresholds={"mobile": 0.5}), "no threshold for edge"),
     (PolicySpec(name="early-exit", thresholds={"mobile": 0.5, "edge": 0.5, "cloud": 0.1}), "always finishes"),
-    (PolicySpec(name="all-cloud", thresholds={"mobile": 0.5}), "take no thresholds"),
+    (PolicySpec(name="all-cloud", thresholds={"mobile": 0.5}), "takes no thresholds"),
 ])
 def test_check_explains_bad_policies(spec, fragment):
     problems = policies.check(spec)

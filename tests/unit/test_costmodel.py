@@ -1,0 +1,39 @@
+"""The cost model against hand-computed totals, presets' conventions, bad values."""
+
+import numpy as np
+import pytest
+
+from testbed.costmodel import PRESETS, CostModel, preset, reduction
+
+LAYERS = {"mobile": 2, "edge": 2, "cloud": 2}
+
+
+def test_route_costs_by_hand():
+    cm = CostModel("t", {"mobile": 0.3, "edge": 0.2, "cloud": 0.1}, {"mobile-edge": 0.5, "edge-cloud": 0.7})
+    assert cm.route_cost(LAYERS, "mobile") == pytest.approx(0.6)
+    assert cm.route_cost(LAYERS, "edge") == pytest.approx(0.6 + 0.5 + 0.4)
+    assert cm.route_cost(LAYERS, "cloud") == pytest.approx(0.6 + 0.5 + 0.4 + 0.7 + 0.2)
+    np.testing.assert_allclose(cm.costs(["mobile", "cloud", "mobile"], LAYERS), [0.6, 2.4, 0.6])
+
+
+def test_splitee_preset_charges_no_cloud_processing():
+    s = preset("splitee")
+    # split at layer 4 (mobile 2 + edge 2), offloaded: lambda*4 + o, cloud layers free, mobile-edge hop free
+    assert s.route_cost(LAYERS, "cloud") == pytest.approx(0.1 * 4 + 0.3)
+    assert s.route_cost(LAYERS, "mobile") == pytest.approx(0.2)
+    d = preset("dimee")
+    assert d.route_cost(LAYERS, "cloud") == pytest.approx(0.1 * 6 + 0.3 + 0.3)
+    assert set(PRESETS) >= {"dimee", "dimec-dc", "splitee"}
+    assert s.with_values(o={"edge-cloud": 0.6}).route_cost(LAYERS, "cloud") == pytest.approx(1.0)
+    assert s.record()["charge"] == ["mobile", "edge"]
+
+
+def test_bad_values_and_reduction():
+    with pytest.raises(ValueError, match="negative"):
+        CostModel("t", {"mobile": -1, "edge": 0, "cloud": 0}, {"mobile-edge": 0, "edge-cloud": 0})
+    with pytest.raises(ValueError, match="no value"):
+        CostModel("t", {"mobile": 1}, {"mobile-edge": 0, "edge-cloud": 0})
+    with pytest.raises(KeyError, match="presets"):
+        preset("nope")
+    assert reduction(0.57, 1.0) == pytest.approx(0.43)
+    assert np.isnan(reduction(1.0, 0.0))

@@ -1,0 +1,123 @@
+"""Random, oracle, cartography and SplitEE on arrays with known answers; replay equals routing by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from testbed import policies
+from testbed.config import PolicySpec
+from testbed.costmodel import preset
+from testbed.policies.context import PolicyContext
+from testbed.policies.learned import SplitEEPolicy, best_thresholds, cartography_clusters, kmeans
+
+EXIT_LAYERS = {"mobile": 2, "edge": 4, "cloud": 6}
+LAYERS = {"mobile": 2, "edge": 2, "cloud": 2}
+
+
+def _table(conf, pred, label):
+    conf, pred = np.asarray(conf, float), np.asarray(pred)
+    d = {"sample_id": np.arange(len(label)), "label": np.asarray(label)}
+    for j, t in enumerate(("mobile", "edge", "cloud")):
+        d[f"confidence_{t}"], d[f"prediction_{t}"] = conf[:, j], pred[:, j]
+    return pd.DataFrame(d)
+
+
+def test_random_follows_its_shares_and_is_reproducible():
+    ctx = PolicyContext(seed=3, layers=LAYERS, exit_layers=EXIT_LAYERS)
+    spec = PolicySpec(name="random", shares={"mobile": 0.5, "edge": 0.3, "cloud": 0.2})
+    a, b = policies.make(spec, ctx), policies.make(spec, ctx)
+    rng = np.random.default_rng(0)
+    tiers = [a.choice(i) if a.thresholds(i, rng) else None for i in range(4000)]
+    assert [b.thresholds(i, rng) for i in range(50)] == [a.thresholds(i, rng) for i in range(50)]
+    shares = pd.Series(tiers).value_counts(normalize=True)
+    assert shares["mobile"] == pytest.approx(0.5, abs=0.03) and shares["cloud"] == pytest.approx(0.2, abs=0.03)
+    th = a.thresholds(7, rng)
+    tier = a.choice(7)
+    assert policies.decide(th, np.array([[0.0, 0.0, 0.0]]))[0] == ("mobile", "edge", "cloud").index(tier)
+
+
+def test_oracle_picks_the_cheapest_correct_tier():
+    t = _table([[.5, .5, .5]] * 4, [[1, 0, 0], [0, 1, 1], [0, 0, 1], [0, 0, 0]], [1, 1, 1, 1])
+    ctx = PolicyContext(seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS, exits=t)
+    o = policies.make(PolicySpec(name="oracle"), ctx)
+    assert [o.choice(i) for i in range(4)] == ["mobile", "edge", "cloud", "mobile"]  # none right: cheapest
+    conf = t[[f"confidence_{x}" for x in ("mobile", "edge", "cloud")]].to_numpy()
+    routes = [policies.decide(o.thresholds(i, None), conf[i:i + 1])[0] for i in range(4)]
+    assert routes == [0, 1, 2, 0]
+
+
+def test_kmeans_and_cartography_clusters_on_a_hand_made_history():
+    rng = np.random.default_rng(0)
+    rows = []
+    groups = {"easy": (0.95, 0.02), "medium": (0.6, 0.25), "hard": (0.15, 0.05)}
+    sid = 0
+    for name, (conf, var) in groups.items():
+        for _ in range(30):
+            for layer in (2, 4, 6):
+                rows.append({"sample_id": sid, "exit_layer": layer, "confidence": conf + rng.normal(0, 0.01),
+                             "variability": var + rng.normal(0, 0.005), "truth": name})
+            sid += 1
+    carto = pd.DataFrame(rows)
+    out = cartography_clusters(carto, EXIT_LAYERS, seed=0)
+    truth = carto.drop_duplicates("sample_id").set_index("sample_id")["truth"]
+    assert all(out["sample_cluster"][s] == truth[s] for s in truth.index)
+    assert {k: v["size"] for k, v in out["clusters"].items()} == {"easy": 30, "medium": 30, "hard": 30}
+    labels, cent = kmeans(np.array([[0.0], [0.1], [10.0], [10.1]]), 2, seed=1)
+    assert labels[0] == labels[1] != labels[2] == labels[3]
+
+
+def test_best_thresholds_trade_accuracy_for_cost():
+    # mobile right and confident on the first half; edge never better; cloud right everywhere
+    n = 100
+    conf = np.array([[0.95, 0.5, 0.9]] * 50 + [[0.55, 0.5, 0.9]] * 50)
+    pred = np.array([[1, 0, 1]] * 50 + [[0, 0, 1]] * 50)
+    val = _table(conf, pred, [1] * n)
+    fit = best_thresholds(val, preset("dimec-dc"), LAYERS, mu=0.1)
+    assert 0.55 < fit["thresholds"]["mobile"] <= 0.95  # confident ones exit on mobile, the rest do not
+    assert fit["accuracy"] == 1.0 and fit["shares"]["mobile"] == 0.5 and fit["shares"]["edge"] == 0.0
+    cheap = best_thresholds(val, preset("dimec-dc"), LAYERS, mu=10.0)
+    assert cheap["shares"]["mobile"] == 1.0  # cost weighs more than accuracy: everything stays on mobile
+
+
+def test_splitee_converges_to_the_best_arm_on_a_synthetic_table():
+    ctx = PolicyContext(seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS)
+    rng = np.random.default_rng(1)
+    # mobile is confident 90% of the time: exiting there costs 0.2; going to edge costs 0.4
+    pol = SplitEEPolicy("splitee", ctx, alpha=0.8, c=1.0, lam=0.1, o=0.3, side_info=False)
+    for sid in range(2000):
+        th = pol.thresholds(sid, rng)
+        cm = 0.95 if rng.random() < 0.9 else 0.4
+        confs = np.array([[cm, 0.9, 0.97]])
+        t = int(policies.decide(th, confs)[0])
+        pol.observe(sid, {x: float(confs[0, j]) for j, x in enumerate(("mobile", "edge", "cloud")) if j <= t})
+    assert pol.best_arm == "mobile"
+    assert pol.n[0] > 5 * pol.n[1]
+    assert pol.choice(1999) in ("L2", "L4")
+    # the reward follows the authors' code: exit C_i - lam*i, offload C_L - o - lam*i
+    assert pol.reward(0, {"mobile": 0.9}) == pytest.approx(0.9 - 0.2)
+    assert pol.reward(0, {"mobile": 0.5, "edge": 0.6, "cloud": 0.97}) == pytest.approx(0.97 - 0.3 - 0.2)
+
+
+def test_splitee_s_updates_shallower_arms_too():
+    ctx = PolicyContext(seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS)
+    pol = SplitEEPolicy("s", ctx, alpha=0.8, c=1.0, lam=0.1, o=0.3, side_info=True)
+    pol.thresholds(0, None)  # arm 0 first
+    pol.thresholds(1, None)  # then arm 1
+    pol.observe(1, {"mobile": 0.5, "edge": 0.9})
+    assert pol.n.tolist() == [1, 1]  # the edge arm and, from side information, the mobile arm
+    # mobile would have offloaded; the deepest confidence seen (edge 0.9) stands in for C_L
+    assert pol.sum[0] == pytest.approx(0.9 - 0.3 - 0.2)
+
+
+@pytest.mark.parametrize(("spec", "fragment"), [
+    (PolicySpec(name="random"), "needs the share"),
+    (PolicySpec(name="random", shares={"mobile": 0.5, "edge": 0.2}), "add up to 0.7"),
+    (PolicySpec(name="random", shares={"mobile": 1.5}), "outside [0, 1]"),
+    (PolicySpec(name="splitee", alpha=1.5), ".alpha: 1.5 is outside [0, 1]"),
+    (PolicySpec(name="splitee-s", o=-0.1), ".o: -0.1 is negative"),
+    (PolicySpec(name="cartography", cost="nope"), "unknown cost preset"),
+    (PolicySpec(name="splitee", mu=0.1), ".mu: splitee takes no mu (it takes alpha, c, lam, o)"),
+    (PolicySpec(name="oracle", alpha=0.5), ".alpha: oracle takes no alpha; remove it"),
+])
+def test_bad_parameters_are_refused(spec, fragment):
+    assert any(fragment in p for p in policies.check(spec)), policies.check(spec)
