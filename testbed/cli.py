@@ -154,7 +154,8 @@ def _print_paper(paper: object, title: str) -> None:
     table = Table(title=title)
     present = [c for c in cols if c[0] in paper.columns]  # type: ignore[attr-defined]
     for _, name, _ in present:
-        table.add_column(name, justify="left" if name == "policy" else "right", min_width=11 if name == "policy" else None)
+        wide = name == "policy"
+        table.add_column(name, justify="left" if wide else "right", min_width=11 if wide else None)
     for _, r in paper.iterrows():  # type: ignore[attr-defined]
         table.add_row(*[_fmt(r[k], kind) for k, _, kind in present])
     out.print(table)
@@ -168,11 +169,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import yaml
     from pydantic import ValidationError
 
-    from testbed import replay, results
+    from testbed import costmodel, replay, results
     from testbed.config import CostSpec, PolicySpec
 
     bundle = Bundle.load(args.bundle)
-    split, count, warmup, seed, cost = args.split, args.count, args.warmup, args.seed, CostSpec(preset=args.cost)
+    split, count, warmup, seed = args.split, args.count, args.warmup, args.seed
+    cost = CostSpec(preset=args.cost, file=str(args.cost_file) if args.cost_file else None)
     specs: list[PolicySpec] = []
     live = None
     if args.run:
@@ -182,6 +184,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sam = exp["samples"]
         split, count, warmup, seed = sam["split"], sam["count"], sam["warmup"], exp["seed"]
         cost = CostSpec.model_validate(exp.get("cost") or {})
+        if args.cost_file or args.cost != "dimee":
+            cost = CostSpec(preset=args.cost, file=str(args.cost_file) if args.cost_file else None)
         live, _ = results.load_samples(args.run)
     for text in args.policy or []:
         try:
@@ -198,7 +202,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rows, records = replay.replay(bundle, specs, split, count, seed, warmup)
     layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
     cm = replay.cost_model(cost)
-    paper = replay.paper_costs(rows, layers, cm)
+    paper = costmodel.paper_costs(rows, layers, cm)
     _print_paper(paper, f"replay on {bundle.root} split {split} ({len(rows[rows.phase == 'measure']) // len(specs)} "
                         f"samples per policy), cost preset {cm.name}")
     if live is not None:
@@ -207,7 +211,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         comp = Table(title="replay vs live, same samples")
         for col in ("policy", "live acc", "replay acc", "live cost", "replay cost", "same exit tier"):
             comp.add_column(col, justify="left" if col == "policy" else "right")
-        live_paper = replay.paper_costs(lm, layers, cm).set_index("policy")
+        live_paper = costmodel.paper_costs(lm, layers, cm).set_index("policy")
         for key, g in rm.groupby("policy", sort=False):
             lg = lm[lm.policy == key]
             merged = pd.merge(g[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
@@ -227,6 +231,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.out:
         rows.to_parquet(args.out, index=False)
         out.print(f"replay rows written to {args.out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """`testbed calibrate`: fit lambda and o from a run, write them as presets, re-predict every policy."""
+    import yaml
+
+    from testbed import calibrate, results
+
+    df, _ = results.load_samples(args.run_dir)
+    manifest = results.load_manifest(args.run_dir)
+    layers = (manifest.get("cost_model") or {}).get("layers")
+    if not layers:
+        raise TestbedError(f"{args.run_dir}: the manifest has no cost_model.layers (a run from an older testbed); "
+                           "rerun the experiment")
+    fitted = calibrate.fit(df, layers)
+    pred = calibrate.repredict(df, layers, fitted)
+    dest = args.out or args.run_dir / "cost_presets.yaml"
+    doc = {"from_run": str(args.run_dir), "layers": layers, "base_ms": fitted["base_ms"],
+           "per_byte": fitted["per_byte"], "presets": {k: v.record() for k, v in fitted["presets"].items()}}
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    for name, cm in fitted["presets"].items():
+        out.print(f"{name}: lambda per layer {{{', '.join(f'{t} {v:.4g}' for t, v in cm.lam.items())}}} {cm.unit}; "
+                  f"o per offload {{{', '.join(f'{h} {v:.4g}' for h, v in cm.o.items())}}} {cm.unit}", highlight=False)
+    for hop, fitb in fitted["per_byte"].items():
+        slope = fitb["ms_per_byte"]
+        out.print(f"{hop}: " + (f"{slope * 1e6:.3f} ms per MB + {fitb['ms_fixed']:.3f} ms" if slope is not None
+                                else fitb.get("note", "")) + f" ({fitb['samples']} offloads)", highlight=False)
+    out.print(f"base (controller hops, queueing, decode; not in the model): {fitted['base_ms']:.3f} ms")
+    table = Table(title="re-predicted from each policy's routes with the calibrated model vs measured (means)")
+    for col in ("policy", "n", "latency pred ms", "measured", "error", "energy pred mJ", "measured", "error"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for _, r in pred.iterrows():
+        table.add_row(r["policy"], str(r["samples"]), _fmt(r["latency_ms_predicted"], ""),
+                      _fmt(r["latency_ms_measured"], ""), _fmt(r["latency_error"], "pct"),
+                      _fmt(r["energy_j_predicted"], "mj"), _fmt(r["energy_j_measured"], "mj"),
+                      _fmt(r["energy_error"], "pct"))
+    out.print(table)
+    out.print(f"presets written to {dest}")
     return 0
 
 
@@ -508,6 +551,10 @@ def parser() -> argparse.ArgumentParser:
     part.add_argument("--force", action="store_true", help="replace an existing output directory")
     part.add_argument("--if-missing", action="store_true", help="do nothing when the bundle exists and verifies")
     part.set_defaults(func=cmd_partition)
+    cal = sub.add_parser("calibrate", help="fit the cost model (ms and J per layer, per offload) to a run")
+    cal.add_argument("run_dir", type=Path)
+    cal.add_argument("--out", type=Path, default=None, help="presets file (default: RUN_DIR/cost_presets.yaml)")
+    cal.set_defaults(func=cmd_calibrate)
     rp = sub.add_parser("replay", help="evaluate policies on a bundle's stored exit table, without devices")
     rp.add_argument("bundle", type=Path)
     rp.add_argument("--policy", action="append", help="a policy name or a YAML mapping "
@@ -517,7 +564,8 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--count", type=int, default=None)
     rp.add_argument("--warmup", type=int, default=0)
     rp.add_argument("--seed", type=int, default=0)
-    rp.add_argument("--cost", default="dimee", help="cost preset: dimee, dimec-dc, splitee")
+    rp.add_argument("--cost", default="dimee", help="cost preset: dimee, dimec-dc, splitee (or one of --cost-file)")
+    rp.add_argument("--cost-file", type=Path, default=None, help="presets written by `testbed calibrate`")
     rp.add_argument("--out", type=Path, default=None, help="write the replayed rows to this parquet file")
     rp.set_defaults(func=cmd_replay)
     bun = sub.add_parser("bundle", help="inspect a partition bundle: verify, show")

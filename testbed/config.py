@@ -95,7 +95,9 @@ class EnergySpec(Strict):
 class CostSpec(Strict):
     """The paper cost model the report predicts with: a preset, optionally with some values replaced."""
 
-    preset: str = Field("dimee", description="dimee, dimec-dc or splitee (testbed.costmodel.PRESETS)")
+    preset: str = Field("dimee", description="dimee, dimec-dc or splitee (testbed.costmodel.PRESETS), or a preset "
+                        "of ``file``")
+    file: str | None = Field(None, description="a presets file written by `testbed calibrate`")
     lam: dict[str, float] | None = Field(None, description="tier -> cost per layer, replacing the preset's")
     o: dict[str, float] | None = Field(None, description="hop (mobile-edge, edge-cloud) -> cost per offload")
 
@@ -343,7 +345,16 @@ def _cost_problems(cost: CostSpec) -> list[str]:
     from testbed.costmodel import HOPS, PRESETS
 
     problems = []
-    if cost.preset not in PRESETS:
+    if cost.file:
+        path = Path(cost.file)
+        try:
+            names = list((yaml.safe_load(path.read_text()) or {}).get("presets", {}))
+        except (OSError, yaml.YAMLError, AttributeError) as e:
+            return [f"cost.file: cannot read {cost.file!r} ({e}); give the cost_presets.yaml `testbed calibrate` wrote"]
+        if cost.preset not in names:
+            problems.append(f"cost.preset: {cost.preset!r} is not in {cost.file} (it has {names})"
+                            f"{suggest(cost.preset, names)}")
+    elif cost.preset not in PRESETS:
         problems.append(f"cost.preset: unknown preset {cost.preset!r}{suggest(cost.preset, list(PRESETS))}")
     for key, allowed in (("lam", list(TIERS)), ("o", list(HOPS))):
         for k, v in (getattr(cost, key) or {}).items():

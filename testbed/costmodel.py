@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from agents.protocol import TIERS
 
@@ -126,3 +127,23 @@ def reduction(value: float, baseline: float) -> float:
     if not baseline or baseline <= 0 or np.isnan(baseline):
         return float("nan")
     return 1.0 - value / baseline
+
+
+def paper_costs(df: pd.DataFrame, layers: dict[str, int], cost: CostModel) -> pd.DataFrame:
+    """Per policy: accuracy, cost in paper units, and both against all-cloud (measure rows when ``phase`` exists)."""
+    m = df[df["phase"] == "measure"] if "phase" in df.columns else df
+    out = []
+    for policy, g in m.groupby("policy", sort=False):
+        c = cost.costs(g["exit_tier"].to_numpy(), layers)
+        out.append({"policy": policy, "samples": len(g), "accuracy": float(g["correct"].mean()),
+                    "cost_paper": float(c.mean()),
+                    **{f"share_{t}": float((g["exit_tier"] == t).mean()) for t in TIERS}})
+    res = pd.DataFrame(out)
+    ref = res[res["policy"] == "all-cloud"]
+    if len(ref):
+        res["accuracy_drop_pt"] = (float(ref["accuracy"].iloc[0]) - res["accuracy"]) * 100
+        res["cost_reduction"] = [reduction(v, float(ref["cost_paper"].iloc[0])) for v in res["cost_paper"]]
+    else:
+        res["accuracy_drop_pt"] = np.nan
+        res["cost_reduction"] = np.nan
+    return res

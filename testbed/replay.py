@@ -9,6 +9,7 @@ decisions (tested), and the report can put them side by side.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,16 @@ def policy_context(bundle: Bundle, split: str, seed: int, names: set[str]) -> Po
 
 
 def cost_model(spec: CostSpec) -> costmodel.CostModel:
-    """The experiment's cost model: its preset with any values it replaces."""
-    return costmodel.preset(spec.preset).with_values(spec.lam, spec.o)
+    """The experiment's cost model: its preset (built in, or from a calibrated file) with any values it replaces."""
+    if spec.file:
+        import yaml
+
+        rec = yaml.safe_load(Path(spec.file).read_text())["presets"][spec.preset]
+        base = costmodel.CostModel(rec["name"], rec["lam"], rec["o"], tuple(rec["charge"]), rec.get("unit", ""),
+                                   rec.get("source", ""), rec.get("notes", ""), rec.get("extra", {}))
+    else:
+        base = costmodel.preset(spec.preset)
+    return base.with_values(spec.lam, spec.o)
 
 
 def policy_record(policy: policies.Policy) -> dict[str, Any]:
@@ -98,23 +107,3 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
             policy.observe(sid, visited)
         records[spec.key] = policy_record(policy)
     return pd.DataFrame(rows), records
-
-
-def paper_costs(df: pd.DataFrame, layers: dict[str, int], cost: costmodel.CostModel) -> pd.DataFrame:
-    """Per policy: accuracy, cost in paper units, and both against all-cloud (measure rows when ``phase`` exists)."""
-    m = df[df["phase"] == "measure"] if "phase" in df.columns else df
-    out = []
-    for policy, g in m.groupby("policy", sort=False):
-        c = cost.costs(g["exit_tier"].to_numpy(), layers)
-        out.append({"policy": policy, "samples": len(g), "accuracy": float(g["correct"].mean()),
-                    "cost_paper": float(c.mean()),
-                    **{f"share_{t}": float((g["exit_tier"] == t).mean()) for t in TIERS}})
-    res = pd.DataFrame(out)
-    ref = res[res["policy"] == "all-cloud"]
-    if len(ref):
-        res["accuracy_drop_pt"] = (float(ref["accuracy"].iloc[0]) - res["accuracy"]) * 100
-        res["cost_reduction"] = [costmodel.reduction(v, float(ref["cost_paper"].iloc[0])) for v in res["cost_paper"]]
-    else:
-        res["accuracy_drop_pt"] = np.nan
-        res["cost_reduction"] = np.nan
-    return res

@@ -72,8 +72,7 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
 
 def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any]) -> pd.DataFrame:
     """Per policy: accuracy and paper-unit cost beside measured latency, energy and bytes, each against all-cloud."""
-    from testbed.costmodel import CostModel, reduction
-    from testbed.replay import paper_costs
+    from testbed.costmodel import CostModel, paper_costs, reduction
 
     cm = CostModel(cost_record["name"], cost_record["lam"], cost_record["o"], tuple(cost_record["charge"]))
     paper = paper_costs(df, cost_record["layers"], cm)

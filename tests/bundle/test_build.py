@@ -281,3 +281,12 @@ def test_every_policy_live_equals_its_replay_and_the_report_puts_paper_beside_me
     assert main(["replay", str(bert_bundle.root), "--run", str(run_dir)]) == 0
     text = capsys.readouterr().out
     assert "replay vs live" in text and text.count("100.0%") >= len(ALL_POLICIES)
+    # calibrate the cost model on the run, then predict with it
+    assert main(["calibrate", str(run_dir)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "calibrated-ms: lambda per layer" in text and "re-predicted" in text
+    presets = yaml.safe_load((run_dir / "cost_presets.yaml").read_text())
+    assert presets["presets"]["calibrated-ms"]["lam"]["mobile"] > 0
+    assert main(["replay", str(bert_bundle.root), "--run", str(run_dir), "--cost", "calibrated-ms",
+                 "--cost-file", str(run_dir / "cost_presets.yaml")]) == 0
+    assert "cost preset calibrated-ms" in " ".join(capsys.readouterr().out.split())

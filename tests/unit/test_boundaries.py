@@ -7,8 +7,10 @@ from conftest import ROOT
 
 AGENT_ALLOWED = {"numpy", "onnxruntime", "zmq", "msgpack", "psutil", "agents"}
 AGENT_OPTIONAL = {"pynvml"}  # energy back ends a device may lack: imported inside functions only
-PURE = ["config", "schema", "rows", "stats", "report", "clock", "policies/__init__"]
-IO_MODULES = {"testbed.controller", "testbed.transport", "testbed.launch", "testbed.results", "zmq", "subprocess"}
+PURE = ["config", "schema", "rows", "stats", "report", "clock", "policies/__init__", "policies/learned",
+        "policies/context", "costmodel", "calibrate", "tiers", "cartography"]
+IO_MODULES = {"testbed.controller", "testbed.transport", "testbed.launch", "testbed.results", "testbed.replay",
+              "testbed.partition", "zmq", "subprocess"}
 
 
 def imports(path: Path) -> set[str]:
