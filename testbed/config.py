@@ -40,7 +40,8 @@ class PolicySpec(Strict):
     ``thresholds`` (early-exit): tier -> min confidence to exit. ``shares`` (random): tier ->
     probability. ``alpha``, ``c``, ``lam``, ``o`` (splitee, splitee-s): exit confidence, UCB
     exploration constant, cost per layer, cost per offload. ``mu`` (cartography): weight of
-    the normalised cost against accuracy. ``cost``: the cost preset the policy optimises.
+    the normalised cost against accuracy; (adaptive-resnet) weight of latency in [0, 1].
+    ``cost``: the cost preset the policy optimises.
     """
 
     name: str
@@ -382,6 +383,14 @@ def _bundle_problems(exp: Experiment, base: Path) -> list[str]:
     missing = bundle.missing_files()
     if missing:
         problems.append(f"bundle: {exp.bundle!r} lacks {', '.join(missing)}; rebuild it with `testbed partition`")
+    for i, pol in enumerate(exp.policies):
+        if pol.name == "adaptive-resnet" and not bundle.spec.resnet_variants:
+            problems.append(f"policies[{i}]: adaptive-resnet needs a ResNet bundle with variants; {exp.bundle!r} is a "
+                            f"{bundle.spec.kind} bundle (build one: testbed partition --config "
+                            "partitions/specs/resnet-digits.yaml)")
+        if pol.name == "cartography" and not (root / "cartography.parquet").is_file():
+            problems.append(f"policies[{i}]: cartography needs the training dynamics (cartography.parquet) that "
+                            f"{exp.bundle!r} lacks; rebuild it with `testbed partition`")
     splits = bundle.spec.data.get("splits", {})
     if exp.samples.split not in splits:
         problems.append(f"samples.split: {exp.samples.split!r} is not a split of the bundle"

@@ -235,18 +235,22 @@ class Controller:
 
         self._await("Hello", self.timeouts.hello_s, lambda: all(a.hello for a in self._agents.values()), on_msg)
 
-    def _configure(self) -> None:
+    def _configure(self, files: dict[str, tuple[str, str]] | None = None, seq: int = 1) -> None:
+        """Load each tier's partition (``files``: tier -> (file, sha256) of a variant; default the bundle's)."""
         assert self._transport is not None
         by_tier = {a.tier: a for a in self._agents.values()}
+        for a in self._agents.values():
+            a.ready = None
         for i, tier in enumerate(p.TIERS):
             spec = self.bundle.tier(tier)
+            file, sha = (files or {}).get(tier, (spec.file, spec.sha256))
             a = by_tier[tier]
             nxt = by_tier[p.TIERS[i + 1]].hello.data_endpoint if i + 1 < len(p.TIERS) else ""  # type: ignore[union-attr]
             device = self.inv.device(a.device_id)
             self._transport.send(a.device_id, p.Configure(
-                seq=1, partition_path=str((self.bundle.root / spec.file).resolve()), sha256=spec.sha256,
-                logits_name=spec.logits, offload=dict(spec.offload),
-                next_endpoint=nxt, threads=device.threads, idle_s=self.exp.energy.idle_s))
+                seq=seq, partition_path=str((self.bundle.root / file).resolve()), sha256=sha,
+                logits_name=spec.logits, offload=dict(spec.offload), next_endpoint=nxt, threads=device.threads,
+                idle_s=self.exp.energy.idle_s if seq == 1 else 0.0))
 
         def on_msg(got: Received) -> None:
             agent_id, msg = got.agent_id, got.msg
@@ -284,11 +288,39 @@ class Controller:
         samples = self.bundle.samples(self.exp.samples.split)
         count = self.exp.samples.count or len(samples)  # validated against the split size
         warm = self.exp.samples.warmup
+        if getattr(policy, "needs_resources", False):
+            self._run_adaptive(policy, rng, samples, count, max(warm, 3))
+            return
         plan = [("warmup", i % count) for i in range(warm)] + [("measure", i) for i in range(count)]
         self._issue_all(policy, rng, samples, plan)
 
+    def _run_adaptive(self, policy: Any, rng: np.random.Generator, samples: Samples, count: int, warm: int) -> None:
+        """Warm up on the full network through every tier, measure the resources, let the policy choose, run."""
+        probe = policies.StaticPolicy(policy.name, policies.all_tier(p.TIERS[-1]))
+        rows = self._issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)])
+        full = self.bundle.spec.resnet_variants[0]
+        res: dict[str, dict[str, float]] = {"ms_per_mac": {}, "ms_per_offload": {}, "ms_per_byte": {}}
+        for t in p.TIERS:
+            ms = [r[f"compute_ms_{t}"] for r in rows if r[f"compute_ms_{t}"] is not None]
+            res["ms_per_mac"][t] = float(np.median(ms)) / max(1, full["macs"][t])
+        for hop in full["bytes_per_offload"]:
+            col = f"net_ms_{hop.replace('-', '_')}"
+            net = [r[col] for r in rows if r[col] is not None]
+            res["ms_per_offload"][hop] = float(np.median(net)) if net else 0.0
+        policy.plan(res)
+        variant = policy.variant
+        swap = variant["name"] != full["name"]
+        if swap:
+            self._configure({t: (variant["files"][t], variant["sha256"][t]) for t in p.TIERS}, seq=2)
+        try:
+            self._issue_all(policy, rng, samples, [("measure", i) for i in range(count)])
+        finally:
+            if swap:
+                self._configure(None, seq=3)
+
     def _issue_all(self, policy: policies.Policy, rng: np.random.Generator, samples: Samples,
-                   plan: list[tuple[str, int]]) -> None:
+                   plan: list[tuple[str, int]]) -> list[dict[str, Any]]:
+        """Issue the plan's samples; returns the rows written (also flushed to the run directory)."""
         assert self._transport is not None and self._writer is not None
         first = next(a for a in self._agents.values() if a.tier == p.TIERS[0])
         assert first.hello is not None
@@ -298,6 +330,7 @@ class Controller:
                "energy_sources": {a.device_id: a.hello.facts.get("meter", {}).get("source", "none")  # type: ignore[union-attr]
                                   for a in self._agents.values()}}
         in_flight: dict[int, Issued] = {}
+        written: list[dict[str, Any]] = []
         nxt, done = 0, 0
         while done < len(plan):
             while nxt < len(plan) and len(in_flight) < self.exp.run.concurrency:
@@ -324,12 +357,14 @@ class Controller:
                     continue  # a late answer to a sample this run already gave up on
                 row = build_row(msg, issued, got.mono_ns, got.wall_ns, offsets, exit_layers, ctx)
                 self._writer.append(row)
+                written.append(row)
                 policy.observe(issued.sample_id, {s.tier: s.confidence for s in msg.stages})
                 done += 1
                 self.on_progress(Progress(policy.name, issued.phase, done, len(plan)))
             elif isinstance(msg, p.Failure):
                 raise AgentLostError(agent_id, f"failed during the run ({msg.stage}): {msg.what}",
                                      self._agents[agent_id].handle.log_tail())
+        return written
 
     def _keepalive(self, in_flight: dict[int, Issued]) -> None:
         """Send heartbeats; fail on a dead or silent agent, or a sample stuck too long."""

@@ -40,6 +40,7 @@ def policy_context(bundle: Bundle, split: str, seed: int, names: set[str]) -> Po
         exits=bundle.exits(split) if "exits" in need else None,
         val_exits=bundle.exits("val") if "val_exits" in need else None,
         cartography=carto,
+        resnet_variants=list(bundle.spec.resnet_variants) or None,
     )
 
 

@@ -8,7 +8,7 @@ is how a policy is replayed offline and tested.
 
 Names, as in experiment files and the ``policy`` column: ``all-mobile``,
 ``all-edge``, ``all-cloud``, ``random``, ``oracle``, ``early-exit``, ``cartography``,
-``splitee``, ``splitee-s``.
+``splitee``, ``splitee-s``, ``adaptive-resnet``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from agents.protocol import TIERS, should_exit
 from testbed import costmodel
 from testbed.config import PolicySpec, suggest
 from testbed.policies.context import PolicyContext
-from testbed.policies.learned import CartographyPolicy, OraclePolicy, RandomPolicy, SplitEEPolicy
+from testbed.policies.learned import (
+    AdaptiveResNetPolicy,
+    CartographyPolicy,
+    OraclePolicy,
+    RandomPolicy,
+    SplitEEPolicy,
+)
 
 NEVER = float("inf")
 ALWAYS = 0.0
@@ -86,11 +92,12 @@ def all_tier(tier: str) -> dict[str, float]:
 
 
 BASELINES = {"all-mobile": "mobile", "all-edge": "edge", "all-cloud": "cloud"}
-NAMES = [*BASELINES, "random", "oracle", "early-exit", "cartography", "splitee", "splitee-s"]
+NAMES = [*BASELINES, "random", "oracle", "early-exit", "cartography", "splitee", "splitee-s", "adaptive-resnet"]
 #: the parameters each policy takes (anything else given is an error)
 PARAMS: dict[str, set[str]] = {
     **{b: set() for b in BASELINES}, "random": {"shares"}, "oracle": set(), "early-exit": {"thresholds"},
     "cartography": {"mu", "cost"}, "splitee": {"alpha", "c", "lam", "o"}, "splitee-s": {"alpha", "c", "lam", "o"},
+    "adaptive-resnet": {"mu"},
 }
 DEFAULTS = {"alpha": 0.8, "c": 1.0, "lam": 0.1, "o": 0.3, "mu": 0.1, "cost": "dimec-dc"}
 #: policies that need the bundle's tables (the controller loads them only when needed)
@@ -141,6 +148,8 @@ def check(spec: PolicySpec) -> list[str]:
         v = getattr(spec, k)
         if v is not None and v < 0:
             problems.append(f".{k}: {v} is negative; costs and weights are >= 0")
+    if spec.name == "adaptive-resnet" and spec.mu is not None and not 0.0 <= spec.mu <= 1.0:
+        problems.append(f".mu: {spec.mu} is outside [0, 1]; it weighs latency against accuracy")
     if spec.cost is not None and spec.cost not in costmodel.PRESETS:
         problems.append(f".cost: unknown cost preset {spec.cost!r}{suggest(spec.cost, list(costmodel.PRESETS))}")
     return problems
@@ -171,6 +180,10 @@ def make(spec: PolicySpec, ctx: PolicyContext | None = None) -> Policy:
     if spec.name == "oracle":
         assert ctx.exits is not None
         return OraclePolicy(spec.key, ctx.exits)
+    if spec.name == "adaptive-resnet":
+        if not ctx.resnet_variants:
+            raise ValueError("adaptive-resnet needs a ResNet bundle with variants (kind: resnet)")
+        return AdaptiveResNetPolicy(spec.key, ctx.resnet_variants, float(spec.mu if spec.mu is not None else 0.5))
     if spec.name == "cartography":
         cost = costmodel.preset(str(param(spec, "cost")))
         return CartographyPolicy(spec.key, ctx, cost, float(param(spec, "mu")))  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -18,6 +19,7 @@ class PolicyContext:
         exits: the per-sample exit table of the run's split (labels included): for the oracle only.
         val_exits: the validation split's exit table: for policies fitted offline (cartography).
         cartography: the bundle's training dynamics (``cartography.parquet``).
+        resnet_variants: an adaptive-ResNet bundle's variants (accuracy per exit, MACs, bytes per offload).
     """
 
     seed: int
@@ -26,3 +28,4 @@ class PolicyContext:
     exits: pd.DataFrame | None = None
     val_exits: pd.DataFrame | None = None
     cartography: pd.DataFrame | None = None
+    resnet_variants: list[dict[str, Any]] | None = None

@@ -290,3 +290,73 @@ def test_every_policy_live_equals_its_replay_and_the_report_puts_paper_beside_me
     assert main(["replay", str(bert_bundle.root), "--run", str(run_dir), "--cost", "calibrated-ms",
                  "--cost-file", str(run_dir / "cost_presets.yaml")]) == 0
     assert "cost preset calibrated-ms" in " ".join(capsys.readouterr().out.split())
+
+
+def test_adaptive_resnet_measures_chooses_and_really_runs_the_chosen_variant(resnet_bundle, tmp_path, capsys):
+    exp = write_experiment(tmp_path / "exp.yaml", resnet_bundle.root,
+                           [{"name": "adaptive-resnet", "mu": 0.0, "label": "acc-only"},
+                            {"name": "adaptive-resnet", "mu": 1.0, "label": "fast"}, {"name": "all-cloud"}],
+                           count=30, warmup=3, name="adaptive")
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    run_dir = only_run(tmp_path / "results")
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    manifest = __import__("json").loads((run_dir / "manifest.json").read_text())
+    variants = pd.read_parquet(resnet_bundle.root / "variants.parquet")
+    variants = variants[variants.split == "test"]
+    for key in ("acc-only", "fast"):
+        rec = manifest["policies"][key]
+        chosen = rec["chosen"]
+        assert set(rec["resources"]["ms_per_mac"]) == {"mobile", "edge", "cloud"}
+        assert len(rec["options"]) == 3 * len(resnet_bundle.spec.resnet_variants)
+        g = df[(df.policy == key)]
+        assert (g[g.phase == "warmup"].exit_tier == "cloud").all()  # the resources are measured through every tier
+        m = g[g.phase == "measure"]
+        assert (m.exit_tier == chosen["tier"]).all()
+        assert (m.policy_choice == f"{chosen['variant']}@{chosen['tier']}").all()
+        # the agents ran the chosen variant's files: predictions equal that variant's stored exits
+        want = variants[variants.variant == chosen["variant"]].set_index("sample_id")[f"prediction_{chosen['tier']}"]
+        assert (m.prediction.to_numpy() == want.loc[m.sample_id].to_numpy()).all()
+    assert manifest["policies"]["fast"]["chosen"]["tier"] == "mobile"  # latency only: stop as early as possible
+    cheapest = min(resnet_bundle.spec.resnet_variants, key=lambda v: (v["macs"]["mobile"], v["name"] != "full"))
+    if cheapest["macs"]["mobile"] < resnet_bundle.spec.resnet_variants[0]["macs"]["mobile"]:
+        assert manifest["policies"]["fast"]["chosen"]["variant"] != "full"  # a swapped variant really ran
+    best_acc = max(o["val_accuracy"] for o in manifest["policies"]["acc-only"]["options"])
+    assert manifest["policies"]["acc-only"]["chosen"]["val_accuracy"] == best_acc
+    # after the adaptive policies the full network is back: all-cloud equals the bundle's own exit table
+    cloud = df[(df.policy == "all-cloud") & (df.phase == "measure")]
+    table = resnet_bundle.exits("test").set_index("sample_id")
+    assert (cloud.prediction.to_numpy() == table.loc[cloud.sample_id, "prediction_cloud"].to_numpy()).all()
+
+
+def test_a_chosen_variant_is_loaded_on_the_agents_and_the_full_network_comes_back(resnet_bundle, tmp_path,
+                                                                                   monkeypatch):
+    from testbed.policies.learned import AdaptiveResNetPolicy
+
+    last = resnet_bundle.spec.resnet_variants[-1]
+    assert last["name"] != "full"
+
+    def plan(self, resources):  # the objective is unit-tested; here: force the deepest variant through the cloud
+        self.variant, self.tier = last, "cloud"
+        self.record = {"resources": resources, "chosen": {"variant": last["name"], "tier": "cloud"}}
+
+    monkeypatch.setattr(AdaptiveResNetPolicy, "plan", plan)
+    exp = write_experiment(tmp_path / "exp.yaml", resnet_bundle.root, [{"name": "adaptive-resnet"},
+                                                                       {"name": "all-cloud"}],
+                           count=40, warmup=3, name="swap")
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    df = pd.read_parquet(only_run(tmp_path / "results") / "samples.parquet")
+    m = df[(df.policy == "adaptive-resnet") & (df.phase == "measure")]
+    variants = pd.read_parquet(resnet_bundle.root / "variants.parquet")
+    variants = variants[variants.split == "test"]
+    want = variants[variants.variant == last["name"]].set_index("sample_id")
+    full = variants[variants.variant == "full"].set_index("sample_id")
+    assert (m.prediction.to_numpy() == want.loc[m.sample_id, "prediction_cloud"].to_numpy()).all()
+    # the confidences tell the variants apart even where the predictions agree
+    np.testing.assert_allclose(m.confidence.to_numpy(), want.loc[m.sample_id, "confidence_cloud"].to_numpy(),
+                               atol=1e-4)
+    assert np.abs(m.confidence.to_numpy() - full.loc[m.sample_id, "confidence_cloud"].to_numpy()).max() > 1e-4
+    cloud = df[(df.policy == "all-cloud") & (df.phase == "measure")]
+    np.testing.assert_allclose(cloud.confidence.to_numpy(), full.loc[cloud.sample_id, "confidence_cloud"].to_numpy(),
+                               atol=1e-4)

@@ -121,3 +121,28 @@ def test_splitee_s_updates_shallower_arms_too():
 ])
 def test_bad_parameters_are_refused(spec, fragment):
     assert any(fragment in p for p in policies.check(spec)), policies.check(spec)
+
+
+def test_adaptive_resnet_objective_by_hand():
+    from testbed.policies.learned import AdaptiveResNetPolicy
+
+    def v(name, macs, accs):
+        return {"name": name, "macs": dict(zip(("mobile", "edge", "cloud"), macs, strict=True)),
+                "bytes_per_offload": {"mobile-edge": 1000, "edge-cloud": 500},
+                "exits": [{"val_accuracy": a} for a in accs]}
+
+    variants = [v("full", (100, 100, 100), (0.5, 0.8, 0.95)), v("v1", (100, 100, 50), (0.5, 0.8, 0.94))]
+    res = {"ms_per_mac": {"mobile": 0.01, "edge": 0.01, "cloud": 0.01},
+           "ms_per_offload": {"mobile-edge": 1.0, "edge-cloud": 1.0}, "ms_per_byte": {}}
+    pol = AdaptiveResNetPolicy("a", variants, w=0.0)
+    assert pol.predict_ms(variants[0], "cloud", res) == pytest.approx(3.0 + 2.0)
+    assert pol.predict_ms(variants[1], "edge", res) == pytest.approx(2.0 + 1.0)
+    pol.plan(res)
+    assert (pol.variant["name"], pol.tier) == ("full", "cloud")  # accuracy only
+    pol = AdaptiveResNetPolicy("a", variants, w=0.5)
+    pol.plan(res)  # 0.5*4.5/5 - 0.5*0.94 = -0.02 beats 0.5*1 - 0.5*0.95 = 0.025 and mobile 0.1 - 0.25 = -0.15
+    assert (pol.variant["name"], pol.tier) == ("full", "mobile")
+    pol = AdaptiveResNetPolicy("a", variants, w=0.1)
+    pol.plan(res)  # 0.1*4.5/5 - 0.9*0.94 = -0.756 beats full cloud -0.755
+    assert (pol.variant["name"], pol.tier) == ("v1", "cloud") and pol.choice(0) == "v1@cloud"
+    assert len(pol.record["options"]) == 6
