@@ -125,6 +125,15 @@ def _render_report(run_dir: Path) -> None:
     if rep.paper is not None and len(rep.paper):
         _print_paper(rep.paper, "paper cost model vs measurement (measured samples; reductions against all-cloud "
                                 "of the same run)")
+    if rep.sweep is not None and len(rep.sweep):
+        wide = rep.sweep.pivot_table(index="policy", columns=["swept", "value"], values="cost_reduction", sort=False)
+        sw = Table(title="cost reduction against all-cloud as o or lambda is swept (paper units, measured routes)")
+        sw.add_column("policy")
+        for what, v in wide.columns:
+            sw.add_column(f"{what}={v:g}", justify="right")
+        for policy, r in wide.iterrows():
+            sw.add_row(str(policy), *[_fmt(float(x), "pct") for x in r])
+        out.print(sw)
     for note in rep.notes:
         out.print(f"note: {note}")
     for a in rep.advice:

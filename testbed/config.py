@@ -101,6 +101,9 @@ class CostSpec(Strict):
     file: str | None = Field(None, description="a presets file written by `testbed calibrate`")
     lam: dict[str, float] | None = Field(None, description="tier -> cost per layer, replacing the preset's")
     o: dict[str, float] | None = Field(None, description="hop (mobile-edge, edge-cloud) -> cost per offload")
+    sweep_o: list[float] | None = Field(None, description="report the cost reductions again with every hop's o set "
+                                        "to each of these (routes as measured)")
+    sweep_lam: list[float] | None = Field(None, description="... and with every tier's lambda set to each of these")
 
 
 class Experiment(Strict):
@@ -363,6 +366,10 @@ def _cost_problems(cost: CostSpec) -> list[str]:
                 problems.append(f"cost.{key}.{k}: not one of {allowed}{suggest(k, allowed)}")
             elif v < 0:
                 problems.append(f"cost.{key}.{k}: {v} is negative; costs are >= 0")
+    for key in ("sweep_o", "sweep_lam"):
+        for i, v in enumerate(getattr(cost, key) or []):
+            if v < 0:
+                problems.append(f"cost.{key}[{i}]: {v} is negative; costs are >= 0")
     return problems
 
 

@@ -20,6 +20,7 @@ class Report:
     advice: list[str]
     notes: list[str]
     paper: pd.DataFrame | None = None
+    sweep: pd.DataFrame | None = None
 
 
 def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
@@ -67,7 +68,32 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
             notes.append(f"{key}: thresholds {rec['thresholds']} fitted on val (expected accuracy {e['accuracy']:.3f}, "
                          f"cost {e['cost']:.3f}, reward {e['reward']:.4f}); clusters "
                          + ", ".join(f"{k} {v['size']}" for k, v in rec["clusters"].items()))
-    return Report(title, stats.summarise(df), stats.hop_summary(df), stats.quality_checks(df), notes, paper)
+    sweep = None
+    cost_spec = manifest.get("experiment", {}).get("resolved", {}).get("cost") or {}
+    if cm and (cost_spec.get("sweep_o") or cost_spec.get("sweep_lam")):
+        sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
+    return Report(title, stats.summarise(df), stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep)
+
+
+def cost_sweep(df: pd.DataFrame, cost_record: dict[str, Any], sweep_o: list[float],
+               sweep_lam: list[float]) -> pd.DataFrame:
+    """Cost reduction against all-cloud per policy, with every o (or every lambda) set to each swept value.
+
+    Routes are the measured ones: a policy that would have routed differently under another
+    cost (SplitEE learns from o and lambda) needs its own run or ``testbed replay`` per point.
+    """
+    from testbed.costmodel import CostModel, paper_costs
+
+    base = CostModel(cost_record["name"], cost_record["lam"], cost_record["o"], tuple(cost_record["charge"]))
+    rows = []
+    points = [("o", v, base.with_values(o={h: v for h in base.o})) for v in sweep_o] + [
+        ("lambda", v, base.with_values(lam={t: v for t in base.lam})) for v in sweep_lam]
+    for what, v, cm in points:
+        pc = paper_costs(df, cost_record["layers"], cm)
+        rows += [{"swept": what, "value": v, "policy": r["policy"], "cost_paper": r["cost_paper"],
+                  "cost_reduction": r["cost_reduction"], "accuracy_drop_pt": r["accuracy_drop_pt"]}
+                 for _, r in pc.iterrows()]
+    return pd.DataFrame(rows)
 
 
 def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any]) -> pd.DataFrame:

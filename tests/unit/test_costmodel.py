@@ -37,3 +37,21 @@ def test_bad_values_and_reduction():
         preset("nope")
     assert reduction(0.57, 1.0) == pytest.approx(0.43)
     assert np.isnan(reduction(1.0, 0.0))
+
+
+def test_cost_sweep_recomputes_reductions_on_the_measured_routes():
+    import pandas as pd
+
+    from testbed.report import cost_sweep
+
+    df = pd.DataFrame({"policy": ["all-cloud"] * 2 + ["ee"] * 2, "phase": "measure",
+                       "exit_tier": ["cloud", "cloud", "mobile", "cloud"], "correct": [True, True, True, False]})
+    rec = preset("dimee").record() | {"layers": LAYERS}
+    sw = cost_sweep(df, rec, [0.0, 1.0], [0.5])
+    ee = sw[sw.policy == "ee"].set_index(["swept", "value"])
+    # o = 0: cloud 0.6, mobile 0.2 -> ee mean 0.4 -> 1/3 lower; o = 1: cloud 2.6 -> ee 1.4 -> 6/13 lower
+    assert ee.loc[("o", 0.0), "cost_reduction"] == pytest.approx(1 / 3)
+    assert ee.loc[("o", 1.0), "cost_reduction"] == pytest.approx(1 - 1.4 / 2.6)
+    # lambda = 0.5 with o = 0.3: cloud 3.6, mobile 1.0 -> ee 2.3
+    assert ee.loc[("lambda", 0.5), "cost_reduction"] == pytest.approx(1 - 2.3 / 3.6)
+    assert ee.loc[("o", 0.0), "accuracy_drop_pt"] == pytest.approx(50.0)
