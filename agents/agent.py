@@ -33,7 +33,8 @@ import zmq
 from agents import protocol as p
 from agents.facts import host_facts
 from agents.meters import EnergyMeter, MeterError, NullMeter, open_meter
-from agents.runtime import Partition, PartitionError, top1
+from agents.runtime import Partition, PartitionError
+from agents.runtime import confidence as measure_confidence
 
 log = logging.getLogger("agents")
 
@@ -265,7 +266,7 @@ class Agent:
         energy_j = math.nan if energy.energy_j is None else energy.energy_j
         net_j = energy_j - self.idle_w * energy.duration_s  # NaN propagates when either is unknown
         logits = outputs[cfg.msg.logits_name]
-        confidence, prediction = top1(logits[0])
+        confidence, prediction = measure_confidence(logits[0], work.measure)
         threshold = work.thresholds.get(self.tier, float("inf"))
         exited = cfg.tier_final or p.should_exit(threshold, confidence)
         self.served += 1
@@ -280,7 +281,7 @@ class Agent:
                         confidence, prediction, False, nbytes, energy_j, energy.approx, net_j)
         assert self._data_out is not None
         self._data_out.send_multipart(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
-                                                      [*work.stages, stage])), copy=False)
+                                                      [*work.stages, stage], work.measure)), copy=False)
 
 
 def main(argv: list[str] | None = None) -> int:

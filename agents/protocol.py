@@ -19,6 +19,7 @@ free of anything but the standard library, numpy and msgpack.
 Format history:
     1: Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Stop, Bye;
        multipart frames with tensors out of band.
+    2: Work.measure: the confidence measure of the exit rule (``max`` softmax or ``entropy``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
 TIERS = ("mobile", "edge", "cloud")
 
@@ -175,7 +177,8 @@ class Work:
     """One sample travelling down the tiers; each tier appends a :class:`Stage`.
 
     ``thresholds`` maps tier to its exit threshold (see :func:`should_exit`); the
-    last tier always exits.
+    last tier always exits. ``measure`` is the confidence the rule compares: ``max``
+    (max softmax) or ``entropy`` (1 - normalised entropy of the softmax).
     """
 
     KIND: ClassVar[str] = "work"
@@ -184,6 +187,7 @@ class Work:
     tensors: dict[str, np.ndarray]
     thresholds: dict[str, float]
     stages: list[Stage] = field(default_factory=list)
+    measure: str = "max"
 
 
 @dataclass(frozen=True)

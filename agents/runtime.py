@@ -37,6 +37,21 @@ def top1(logits: np.ndarray) -> tuple[float, int]:
     return 1.0 / total, row.index(top)
 
 
+def top1_entropy(logits: np.ndarray) -> tuple[float, int]:
+    """(1 - entropy / ln K of the softmax, argmax) of one row of logits: 1 when certain, 0 when uniform."""
+    row = logits.tolist()
+    top = max(row)
+    exps = [math.exp(v - top) for v in row]
+    total = sum(exps)
+    entropy = -sum((e / total) * math.log(e / total) for e in exps if e > 0)
+    return (1.0 - entropy / math.log(len(row)) if len(row) > 1 else 1.0), row.index(top)
+
+
+def confidence(logits: np.ndarray, measure: str = "max") -> tuple[float, int]:
+    """(confidence under ``measure``, argmax): ``max`` softmax or ``entropy`` (see :func:`top1_entropy`)."""
+    return top1_entropy(logits) if measure == "entropy" else top1(logits)
+
+
 @dataclass
 class Partition:
     """An onnxruntime session for one tier's partition."""

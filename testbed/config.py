@@ -53,6 +53,7 @@ class PolicySpec(Strict):
     o: float | None = None
     mu: float | None = None
     cost: str | None = None
+    measure: str | None = Field(None, description="confidence measure: max (softmax, default) or entropy")
     label: str | None = Field(None, description="name in results; defaults to name")
 
     @property

@@ -337,7 +337,8 @@ class Controller:
                 phase, idx = plan[nxt]
                 tensors = samples.tensors(idx)
                 sample_id = int(samples.sample_id[idx])
-                work = p.Work(self._seq, sample_id, tensors, policy.thresholds(sample_id, rng))
+                work = p.Work(self._seq, sample_id, tensors, policy.thresholds(sample_id, rng), [],
+                              getattr(policy, "measure", "max"))
                 issued = Issued(self._seq, sample_id, int(samples.label[idx]), phase, policy.name,
                                 self.clock.monotonic_ns(), self.clock.time_ns(),
                                 sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id))

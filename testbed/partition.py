@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.protocol import TIERS
-from agents.runtime import Partition, sha256_file, top1
+from agents.runtime import Partition, sha256_file, top1, top1_entropy
 from testbed.bundle import BUNDLE_FORMAT, Bundle
 from testbed.cartography import dynamics_table
 from testbed.config import load_yaml_model
@@ -355,7 +355,8 @@ def exit_table(sessions: dict[str, Partition], cut: Cut, mode: str, split: str, 
     """Every exit's prediction and confidence per sample, one unpadded sample at a time as a live run does.
 
     Columns: split, sample_id, label, ``prediction_<tier>``/``confidence_<tier>`` (each tier's own exit,
-    the one the agents use) and ``prediction_L<k>``/``confidence_L<k>`` for every exit layer k.
+    the one the agents use; max softmax) with ``confidence_entropy_<tier>`` (1 - normalised entropy),
+    and ``prediction_L<k>``/``confidence_L<k>`` for every exit layer k.
     """
     rows = []
     for sid in range(len(data.ids)):
@@ -365,6 +366,7 @@ def exit_table(sessions: dict[str, Partition], cut: Cut, mode: str, split: str, 
             confidence, prediction = top1(out["logits"][0])  # exactly what the agents compute
             row[f"prediction_{tier}"] = prediction
             row[f"confidence_{tier}"] = confidence
+            row[f"confidence_entropy_{tier}"] = top1_entropy(out["logits"][0])[0]
             for layer in cut.exits_in(tier):
                 c, p = top1(out[exit_output(layer, cut)][0])
                 row[f"prediction_L{layer}"] = p

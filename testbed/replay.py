@@ -89,12 +89,21 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
     if count is not None:
         table = table.iloc[:count]
     ctx = policy_context(bundle, split, seed, {s.name for s in specs})
-    conf = table[[f"confidence_{t}" for t in TIERS]].to_numpy(np.float64)
+    conf_max = table[[f"confidence_{t}" for t in TIERS]].to_numpy(np.float64)
+    entropy_cols = [f"confidence_entropy_{t}" for t in TIERS]
     plan = [("warmup", i % len(table)) for i in range(warmup)] + [("measure", i) for i in range(len(table))]
     rows, records = [], {}
     for i, spec in enumerate(specs):
         policy = policies.make(spec, ctx)
         rng = np.random.default_rng(seed + i)
+        conf = conf_max
+        if getattr(policy, "measure", "max") == "entropy":
+            if not set(entropy_cols) <= set(table.columns):
+                from testbed.errors import BundleError
+
+                raise BundleError(f"bundle {bundle.root}: exits.parquet has no entropy confidences (built by an older "
+                                  "testbed); rebuild it to replay a policy with measure: entropy")
+            conf = table[entropy_cols].to_numpy(np.float64)
         for phase, r in plan:
             sid = int(table["sample_id"].iat[r])
             th = policy.thresholds(sid, rng)

@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.protocol import TIERS
-from agents.runtime import Partition, sha256_file, top1
+from agents.runtime import Partition, sha256_file, top1, top1_entropy
 from testbed.bundle import BUNDLE_FORMAT
 from testbed.datasets import split_indices
 from testbed.errors import BuildError
@@ -379,6 +379,7 @@ def build_resnet_bundle(spec: ResNetSpec, out: Path, final_out: Path, progress: 
             for t, b in zip(TIERS, cut.exits, strict=True):
                 c, p = top1(outs[t]["logits"][0])
                 row[f"prediction_{t}"], row[f"confidence_{t}"] = p, c
+                row[f"confidence_entropy_{t}"] = top1_entropy(outs[t]["logits"][0])[0]
                 row[f"prediction_L{b}"], row[f"confidence_L{b}"] = p, c
             table.append(row)
     exits_df = pd.DataFrame(table)

@@ -54,12 +54,14 @@ def _columns() -> list[Column]:
         Column("label", pa.int64(), "class", "gold label"),
         Column("prediction", pa.int64(), "class", "predicted class"),
         Column("correct", pa.bool_(), "", "prediction == label"),
-        Column("confidence", pa.float64(), "prob", "max softmax at the exit"),
+        Column("confidence", pa.float64(), "prob", "confidence at the exit: max softmax, or 1 - normalised entropy "
+               "for a policy with measure: entropy"),
         Column("latency_ms", pa.float64(), "ms", "end to end as the controller saw it (monotonic clock)"),
         Column("queue_ms", pa.float64(), "ms", "sum over tiers of arrival to compute start (decode + wait)"),
     ]
     for t in TIERS:
-        c.append(Column(f"confidence_{t}", pa.float64(), "prob", f"max softmax at the {t} exit", True))
+        c.append(Column(f"confidence_{t}", pa.float64(), "prob", f"confidence at the {t} exit (the policy's measure)",
+                        True))
         c.append(Column(f"compute_ms_{t}", pa.float64(), "ms", f"onnxruntime time on {t}", True))
         c.append(Column(f"queue_ms_{t}", pa.float64(), "ms", f"arrival to compute start on {t}", True))
         c.append(Column(f"device_{t}", pa.string(), "", f"device id of the {t} agent", True))

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.protocol import TIERS, should_exit
+from agents.protocol import MEASURES, TIERS, should_exit
 from testbed import costmodel
 from testbed.config import PolicySpec, suggest
 from testbed.policies.context import PolicyContext
@@ -66,9 +66,10 @@ def decide(thresholds: dict[str, float], confidences: np.ndarray) -> np.ndarray:
 class StaticPolicy:
     """The same thresholds for every sample; the baselines and the confidence early exit."""
 
-    def __init__(self, name: str, thresholds: dict[str, float]):
+    def __init__(self, name: str, thresholds: dict[str, float], measure: str = "max"):
         self.name = name
         self._thresholds = dict(thresholds)
+        self.measure = measure
 
     def thresholds(self, sample_id: int, rng: np.random.Generator) -> dict[str, float]:
         """Same rule for every sample."""
@@ -95,8 +96,9 @@ BASELINES = {"all-mobile": "mobile", "all-edge": "edge", "all-cloud": "cloud"}
 NAMES = [*BASELINES, "random", "oracle", "early-exit", "cartography", "splitee", "splitee-s", "adaptive-resnet"]
 #: the parameters each policy takes (anything else given is an error)
 PARAMS: dict[str, set[str]] = {
-    **{b: set() for b in BASELINES}, "random": {"shares"}, "oracle": set(), "early-exit": {"thresholds"},
-    "cartography": {"mu", "cost"}, "splitee": {"alpha", "c", "lam", "o"}, "splitee-s": {"alpha", "c", "lam", "o"},
+    **{b: set() for b in BASELINES}, "random": {"shares"}, "oracle": set(), "early-exit": {"thresholds", "measure"},
+    "cartography": {"mu", "cost"}, "splitee": {"alpha", "c", "lam", "o", "measure"},
+    "splitee-s": {"alpha", "c", "lam", "o", "measure"},
     "adaptive-resnet": {"mu"},
 }
 DEFAULTS = {"alpha": 0.8, "c": 1.0, "lam": 0.1, "o": 0.3, "mu": 0.1, "cost": "dimec-dc"}
@@ -118,7 +120,7 @@ def check(spec: PolicySpec) -> list[str]:
     """Problems with a policy entry, each starting with its sub-path (``.name: ...``)."""
     if spec.name not in NAMES:
         return [f".name: unknown policy {spec.name!r}{suggest(spec.name, NAMES)}"]
-    keys = ("thresholds", "shares", "alpha", "c", "lam", "o", "mu", "cost")
+    keys = ("thresholds", "shares", "alpha", "c", "lam", "o", "mu", "cost", "measure")
     given = {k for k in keys if getattr(spec, k) is not None}
     problems = [f".{k}: {spec.name} takes no {k}" + (f" (it takes {', '.join(sorted(PARAMS[spec.name]))})"
                                                        if PARAMS[spec.name] else "; remove it")
@@ -148,6 +150,8 @@ def check(spec: PolicySpec) -> list[str]:
         v = getattr(spec, k)
         if v is not None and v < 0:
             problems.append(f".{k}: {v} is negative; costs and weights are >= 0")
+    if spec.measure is not None and spec.measure not in MEASURES:
+        problems.append(f".measure: {spec.measure!r} is not one of {list(MEASURES)}{suggest(spec.measure, MEASURES)}")
     if spec.name == "adaptive-resnet" and spec.mu is not None and not 0.0 <= spec.mu <= 1.0:
         problems.append(f".mu: {spec.mu} is outside [0, 1]; it weighs latency against accuracy")
     if spec.cost is not None and spec.cost not in costmodel.PRESETS:
@@ -171,7 +175,7 @@ def make(spec: PolicySpec, ctx: PolicyContext | None = None) -> Policy:
         return StaticPolicy(spec.key, all_tier(BASELINES[spec.name]))
     if spec.name == "early-exit":
         assert spec.thresholds is not None
-        return StaticPolicy(spec.key, dict(spec.thresholds))
+        return StaticPolicy(spec.key, dict(spec.thresholds), spec.measure or "max")
     if ctx is None:
         raise ValueError(f"policy {spec.name} needs the bundle's context")
     if spec.name == "random":
@@ -188,4 +192,5 @@ def make(spec: PolicySpec, ctx: PolicyContext | None = None) -> Policy:
         cost = costmodel.preset(str(param(spec, "cost")))
         return CartographyPolicy(spec.key, ctx, cost, float(param(spec, "mu")))  # type: ignore[arg-type]
     return SplitEEPolicy(spec.key, ctx, float(param(spec, "alpha")), float(param(spec, "c")),  # type: ignore[arg-type]
-                         float(param(spec, "lam")), float(param(spec, "o")), spec.name == "splitee-s")  # type: ignore[arg-type]
+                         float(param(spec, "lam")), float(param(spec, "o")), spec.name == "splitee-s",  # type: ignore[arg-type]
+                         spec.measure or "max")

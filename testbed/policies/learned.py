@@ -199,8 +199,9 @@ class SplitEEPolicy:
     """
 
     def __init__(self, name: str, ctx: PolicyContext, alpha: float, c: float, lam: float, o: float,
-                 side_info: bool):
+                 side_info: bool, measure: str = "max"):
         self.name = name
+        self.measure = measure
         self.arms = [t for t in TIERS[:-1]]
         self.layer = {t: ctx.exit_layers[t] for t in TIERS}
         self.alpha, self.c, self.lam, self.o, self.side_info = alpha, c, lam, o, side_info
