@@ -52,3 +52,18 @@ def test_image_folder_one_directory_per_class(tmp_path):
 def test_digits_ship_with_scikit_learn():
     d = load_image_dataset("builtin:digits")
     assert d.images.shape == (1797, 1, 8, 8) and 0 <= d.images.min() and d.images.max() <= 1 and len(d.labels) == 10
+
+
+def test_saved_huggingface_image_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    imgs = [Image.new("L", (10, 10), v) for v in (0, 255, 128)]
+    feats = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["dark", "light"])})
+    ds = datasets.Dataset.from_dict({"img": imgs, "y": [0, 1, 1]}, features=feats)
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "ds"))
+    d = load_image_dataset(str(tmp_path / "ds"), image_size=8, image_column="img", label_column="y")
+    assert d.images.shape == (3, 1, 8, 8) and d.labels == ["dark", "light"] and d.label.tolist() == [0, 1, 1]
+    assert d.images[1].min() == pytest.approx(1.0) and d.images[0].max() == pytest.approx(0.0)
+    with pytest.raises(BuildError, match=r"no column\(s\) \['image', 'label'\].*\['img', 'y'\]"):
+        load_image_dataset(str(tmp_path / "ds"))

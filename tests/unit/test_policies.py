@@ -45,3 +45,13 @@ def test_check_explains_bad_policies(spec, fragment):
 def test_check_accepts_good_policies():
     assert policies.check(PolicySpec(name="early-exit", thresholds={"mobile": 0.0, "edge": 1.0})) == []
     assert policies.check(PolicySpec(name="all-edge")) == []
+
+
+def test_decide_edges_all_confident_none_confident_ties():
+    rule = {"mobile": 0.8, "edge": 0.8}
+    assert list(policies.decide(rule, np.full((5, 3), 0.99))) == [0] * 5  # all confident: stop at once
+    assert list(policies.decide(rule, np.full((5, 3), 0.10))) == [2] * 5  # none: the cloud finishes
+    edge = np.array([[0.8, 0.8, 0.8], [np.nextafter(0.8, 0), 0.8, 0.9], [0.79999, 0.79999, 0.1]])
+    assert list(policies.decide(rule, edge)) == [0, 1, 2]  # >= at the threshold; just below goes on
+    assert list(policies.decide({"mobile": 0.0, "edge": 0.0}, np.zeros((2, 3)))) == [0, 0]  # 0 always exits
+    assert list(policies.decide({"mobile": float("inf"), "edge": 1.0}, np.ones((1, 3)))) == [1]  # 1.0 reaches 1.0
