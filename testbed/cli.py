@@ -79,10 +79,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     count = min(exp.samples.count or n, n)
     out.print(f"samples: split {exp.samples.split!r}, {count} measured + {exp.samples.warmup} warmup per policy, "
               f"concurrency {exp.run.concurrency}")
+    from testbed.replay import policy_context
+
+    ctx = policy_context(bundle, exp.samples.split, exp.seed, {s.name for s in exp.policies})
     for spec in exp.policies:
-        rule = policies.make(spec).thresholds(0, np.random.default_rng(exp.seed))
-        out.print(f"policy {spec.key}: exit thresholds {rule} (exit when confidence >= threshold)")
-    out.print("shaping: none (loopback); energy: none")
+        pol = policies.make(spec, ctx)
+        if isinstance(pol, policies.StaticPolicy) or hasattr(pol, "record") and "thresholds" in pol.record:
+            rule = pol.thresholds(0, np.random.default_rng(exp.seed))
+            out.print(f"policy {spec.key}: exit thresholds {rule} (exit when {getattr(pol, 'measure', 'max')} "
+                      "confidence >= threshold)", highlight=False)
+        else:
+            given = [f"{k}={getattr(spec, k)}" for k in sorted(policies.PARAMS[spec.name])
+                     if getattr(spec, k) is not None]
+            out.print(f"policy {spec.key}: {type(pol).__name__}, chooses per sample or per run "
+                      f"({', '.join(given) or 'defaults'})", highlight=False)
+    out.print(f"cost model: {exp.cost.preset}; shaping: none (loopback)")
     out.print(f"results: {args.results}/{exp.name}/<run_id>/")
     if missing:
         out.print(f"[red]missing bundle files: {', '.join(missing)}[/red]")

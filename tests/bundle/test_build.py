@@ -254,6 +254,9 @@ def test_every_policy_live_equals_its_replay_and_the_report_puts_paper_beside_me
     exp = write_experiment(tmp_path / "exp.yaml", bert_bundle.root, ALL_POLICIES, count=40, warmup=3, name="all",
                            cost={"preset": "dimee", "o": {"edge-cloud": 0.5}})
     inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["plan", str(exp), "--inventory", str(inv)]) == 0
+    plan = " ".join(capsys.readouterr().out.split())
+    assert "policy splitee: SplitEEPolicy" in plan and "policy cartography: exit thresholds" in plan
     assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
     run_dir = only_run(tmp_path / "results")
     out = " ".join(capsys.readouterr().out.split())
