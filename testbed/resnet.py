@@ -38,18 +38,16 @@ from testbed.bundle import BUNDLE_FORMAT
 from testbed.datasets import split_indices
 from testbed.errors import BuildError
 from testbed.images import load_image_dataset
-from testbed.partition import PARITY_TOLERANCE, Progress, spec_sha256
+from testbed.partition import PARITY_TOLERANCE, Progress, SplitSizes, spec_sha256
 from testbed.tiers import Cut, CutError, make_cut
 
 
-class ResNetSplit(BaseModel):
+class ResNetSplit(SplitSizes):
     """Split sizes for image data (defaults fit scikit-learn digits, 1,797 images)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     train: int = Field(1200, ge=10)
     val: int = Field(300, ge=10)
     test: int = Field(297, ge=10)
-    seed: int = 0
 
 
 class ResNetTraining(BaseModel):
