@@ -93,12 +93,51 @@ def cmd_plan(args: argparse.Namespace) -> int:
                      if getattr(spec, k) is not None]
             out.print(f"policy {spec.key}: {type(pol).__name__}, chooses per sample or per run "
                       f"({', '.join(given) or 'defaults'})", highlight=False)
-    out.print(f"cost model: {exp.cost.preset}; shaping: none (loopback)")
+    out.print(f"cost model: {exp.cost.preset}")
+    _print_shaping_plan(exp, inv)
     out.print(f"results: {args.results}/{exp.name}/<run_id>/")
     if missing:
         out.print(f"[red]missing bundle files: {', '.join(missing)}[/red]")
         return 2
     return 0
+
+
+def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
+    """The tc commands each device would run for the experiment's link profiles (nothing is run)."""
+    from testbed import shaping
+
+    if not exp.shaping.links or exp.shaping.backend == "none":
+        out.print("shaping: none")
+        return
+    backend = "netem" if exp.shaping.backend == "auto" else exp.shaping.backend
+    note = " (auto: netem where the kernel has it, else userspace; preflight decides)" \
+        if exp.shaping.backend == "auto" else ""
+    out.print(f"shaping: backend {backend}{note}", highlight=False)
+    seen: dict[tuple[str, str], str] = {}
+    for link, prof in exp.shaping.links.items():
+        ends = link.split("-")
+        out.print(f"link {link}: delay {prof.delay_ms} ms, jitter {prof.jitter_ms} ms, loss {prof.loss_pct}%, "
+                  f"rate {prof.rate_mbit or 'unlimited'} Mbit/s, both directions"
+                  + (f", schedule of {len(prof.schedule)} steps" if prof.schedule else ""), highlight=False)
+        for end in ends:
+            if end == "controller":
+                out.print("  controller: its egress to mobile is shaped by the mobile side only", highlight=False)
+                continue
+            dev = inv.device(exp.devices[end])
+            iface = dev.interface or "<interface: set it in the inventory>"
+            where = "local: loopback, not applied" if dev.launcher == "local" else f"{dev.host} via SSH"
+            if (dev.id, iface) in seen:
+                out.print(f"  warning: {dev.id} {iface} already carries link {seen[(dev.id, iface)]}; this profile "
+                          "would replace it (one interface per shaped link is needed)", markup=False, highlight=False)
+            seen[(dev.id, iface)] = link
+            for step in shaping.plan(iface, prof, backend):
+                out.print(f"  {dev.id} ({where}): {' '.join(step.argv)}   # {step.why}", markup=False,
+                          highlight=False)
+            params = shaping.userspace_params(prof, backend)
+            if params:
+                out.print(f"  {dev.id}: agent delays its outgoing messages {params}", markup=False, highlight=False)
+            out.print(f"  {dev.id} at the end: {' '.join(shaping.teardown(iface).argv)}", markup=False,
+                      highlight=False)
 
 
 def _render_report(run_dir: Path) -> None:
@@ -298,6 +337,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from testbed.controller import Controller
 
     exp, inv = _load_all(args.experiment, args.inventory)
+    if exp.shaping.links and exp.shaping.backend != "none":
+        raise ConfigError(str(args.experiment), ["shaping.links: this testbed plans shaping (`testbed plan` prints "
+                                                 "the tc commands) but does not apply it yet; a run would be "
+                                                 "unshaped. Remove shaping.links or set shaping.backend: none"])
     bundle = Bundle.load(resolve(Path.cwd(), exp.bundle))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, disable=args.quiet) as bar:

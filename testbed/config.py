@@ -94,6 +94,36 @@ class EnergySpec(Strict):
     idle_s: float = Field(2.0, ge=0, le=600, description="idle baseline per agent before samples; 0: none")
 
 
+class ShapeStep(Strict):
+    """A point of a link schedule: from ``at_s`` seconds into the run, these values replace the profile's."""
+
+    at_s: float = Field(ge=0)
+    delay_ms: float | None = Field(None, ge=0)
+    jitter_ms: float | None = Field(None, ge=0)
+    loss_pct: float | None = Field(None, ge=0, le=100)
+    rate_mbit: float | None = Field(None, gt=0)
+
+
+class LinkProfile(Strict):
+    """How one hop is shaped, in both directions: delay, jitter, loss, rate, optionally a schedule."""
+
+    delay_ms: float = Field(0.0, ge=0)
+    jitter_ms: float = Field(0.0, ge=0)
+    loss_pct: float = Field(0.0, ge=0, le=100)
+    rate_mbit: float | None = Field(None, gt=0, description="rate limit; none: unlimited")
+    schedule: list[ShapeStep] | None = None
+
+
+class ShapingSpec(Strict):
+    """Link shaping of a run: the backend and a profile per hop."""
+
+    backend: str = Field("auto", pattern=r"^(auto|netem|userspace|none)$",
+                         description="netem: tc on the devices; userspace: tbf/htb rate in the kernel, delay, jitter "
+                                     "and loss in the agents; auto: netem where the kernel has it")
+    links: dict[str, LinkProfile] = Field(default_factory=dict, description="mobile-edge, edge-cloud, "
+                                          "controller-mobile -> profile")
+
+
 class CostSpec(Strict):
     """The paper cost model the report predicts with: a preset, optionally with some values replaced."""
 
@@ -121,6 +151,7 @@ class Experiment(Strict):
     energy: EnergySpec = EnergySpec()
     timeouts: TimeoutSpec = TimeoutSpec()
     cost: CostSpec = CostSpec()
+    shaping: ShapingSpec = ShapingSpec()
 
 
 class MeterSpec(Strict):
@@ -337,12 +368,35 @@ def check_experiment(exp: Experiment, inv: Inventory, policy_problems: Any, base
         problems.append("devices: one device serves two tiers; each tier needs its own agent")
     problems += _bundle_problems(exp, base)
     problems += _cost_problems(exp.cost)
+    problems += _shaping_problems(exp.shaping)
     keys: set[str] = set()
     for i, pol in enumerate(exp.policies):
         problems += [f"policies[{i}]{p}" for p in policy_problems(pol)]
         if pol.key in keys:
             problems.append(f"policies[{i}]: policy {pol.key!r} appears twice; give one a different label")
         keys.add(pol.key)
+    return problems
+
+
+SHAPED_LINKS = ("controller-mobile", "mobile-edge", "edge-cloud")
+
+
+def _shaping_problems(shaping: ShapingSpec) -> list[str]:
+    problems = []
+    for name, prof in shaping.links.items():
+        if name not in SHAPED_LINKS:
+            problems.append(f"shaping.links.{name}: not a link; links are {list(SHAPED_LINKS)}"
+                            f"{suggest(name, list(SHAPED_LINKS))}")
+            continue
+        if prof.jitter_ms > prof.delay_ms:
+            problems.append(f"shaping.links.{name}.jitter_ms: {prof.jitter_ms} is larger than delay_ms "
+                            f"{prof.delay_ms}; a delay cannot go below zero: raise delay_ms or lower jitter_ms")
+        last = -1.0
+        for i, step in enumerate(prof.schedule or []):
+            if step.at_s <= last:
+                problems.append(f"shaping.links.{name}.schedule[{i}].at_s: {step.at_s} does not come after "
+                                f"{last}; give the steps in time order")
+            last = step.at_s
     return problems
 
 

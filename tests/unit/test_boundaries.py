@@ -8,7 +8,7 @@ from conftest import ROOT
 AGENT_ALLOWED = {"numpy", "onnxruntime", "zmq", "msgpack", "psutil", "agents"}
 AGENT_OPTIONAL = {"pynvml"}  # energy back ends a device may lack: imported inside functions only
 PURE = ["config", "schema", "rows", "stats", "report", "clock", "policies/__init__", "policies/learned",
-        "policies/context", "costmodel", "calibrate", "tiers", "cartography"]
+        "policies/context", "costmodel", "calibrate", "tiers", "cartography", "shaping"]
 IO_MODULES = {"testbed.controller", "testbed.transport", "testbed.launch", "testbed.results", "testbed.replay",
               "testbed.partition", "zmq", "subprocess"}
 

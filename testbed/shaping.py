@@ -1,0 +1,97 @@
+"""Link shaping as argv lists: pure functions, no shell strings, nothing run here.
+
+A hop is shaped in both directions by shaping the egress of each of its two ends. Two
+backends:
+
+- ``netem`` (real boards' kernels): an htb root with one class at the rate limit, and
+  netem (delay, jitter, loss) under it; without a rate, netem alone at the root;
+- ``userspace`` (kernels without netem, like these CI machines): the kernel shapes the rate
+  (htb, as above, without netem) and the agents apply delay, jitter and loss to their
+  outgoing messages (:func:`userspace_params`); the manifest and report say ``userspace``.
+
+``teardown`` removes what ``plan`` installs; the ownership record keeps both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from testbed.config import LinkProfile
+
+BACKENDS = ("netem", "userspace")
+
+
+def _num(x: float) -> str:
+    """Compact decimal for tc: 20.0 -> '20', 0.5 -> '0.5'."""
+    return f"{x:.6f}".rstrip("0").rstrip(".")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command and what it is for (shown by ``testbed plan``)."""
+
+    argv: list[str]
+    why: str
+
+
+def _rate(dev: str, rate_mbit: float) -> list[Step]:
+    rate = f"{_num(rate_mbit)}mbit"
+    return [
+        Step(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
+             "htb root: every packet goes to class 1:1"),
+        Step(["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "ceil",
+              rate], f"rate limit {rate}"),
+    ]
+
+
+def _netem_args(p: LinkProfile) -> list[str]:
+    args = ["netem"]
+    if p.delay_ms or p.jitter_ms:
+        args += ["delay", f"{_num(p.delay_ms)}ms"] + ([f"{_num(p.jitter_ms)}ms"] if p.jitter_ms else [])
+    if p.loss_pct:
+        args += ["loss", f"{_num(p.loss_pct)}%"]
+    return args
+
+
+def plan(dev: str, profile: LinkProfile, backend: str) -> list[Step]:
+    """Commands that shape the egress of interface ``dev`` with ``profile`` under ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: one of {BACKENDS}")
+    delayed = bool(profile.delay_ms or profile.jitter_ms or profile.loss_pct)
+    steps: list[Step] = []
+    if profile.rate_mbit:
+        steps += _rate(dev, profile.rate_mbit)
+        if backend == "netem" and delayed:
+            steps.append(Step(["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:",
+                               *_netem_args(profile)], "netem under the rate class: delay, jitter, loss"))
+    elif backend == "netem" and delayed:
+        steps.append(Step(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", *_netem_args(profile)],
+                          "netem at the root: delay, jitter, loss"))
+    return steps
+
+
+def teardown(dev: str) -> Step:
+    """The command that removes whatever :func:`plan` put on ``dev`` (its root qdisc)."""
+    return Step(["tc", "qdisc", "del", "dev", dev, "root"], "remove the run's qdiscs")
+
+
+def show(dev: str) -> Step:
+    """The command whose output is read back into the manifest after shaping."""
+    return Step(["tc", "-s", "qdisc", "show", "dev", dev], "read the qdisc state back")
+
+
+def userspace_params(profile: LinkProfile, backend: str) -> dict[str, float]:
+    """What the agent applies to its outgoing messages: nothing under netem (the kernel does it)."""
+    if backend != "userspace":
+        return {}
+    return {k: v for k, v in (("delay_ms", profile.delay_ms), ("jitter_ms", profile.jitter_ms),
+                              ("loss_pct", profile.loss_pct)) if v}
+
+
+def at(profile: LinkProfile, t_s: float) -> LinkProfile:
+    """The profile in force ``t_s`` seconds into the run (schedule steps replace the values they give)."""
+    current = profile.model_dump(exclude={"schedule"})
+    for step in profile.schedule or []:
+        if step.at_s <= t_s:
+            current |= {k: v for k, v in step.model_dump(exclude={"at_s"}).items() if v is not None}
+    return LinkProfile.model_validate(current)

@@ -1,0 +1,89 @@
+"""tc argv generation for every kind of profile (golden lists), schedules, config checks, plan output."""
+
+import pytest
+
+from testbed import shaping
+from testbed.cli import _load_all, main
+from testbed.config import LinkProfile
+from testbed.errors import ConfigError
+
+from conftest import write_experiment, write_inventory
+
+
+def argv(steps):
+    return [s.argv for s in steps]
+
+
+def test_netem_under_an_htb_rate():
+    p = LinkProfile(delay_ms=20, jitter_ms=2.5, loss_pct=0.5, rate_mbit=10)
+    assert argv(shaping.plan("veth-m", p, "netem")) == [
+        ["tc", "qdisc", "replace", "dev", "veth-m", "root", "handle", "1:", "htb", "default", "1"],
+        ["tc", "class", "replace", "dev", "veth-m", "parent", "1:", "classid", "1:1", "htb", "rate", "10mbit",
+         "ceil", "10mbit"],
+        ["tc", "qdisc", "replace", "dev", "veth-m", "parent", "1:1", "handle", "10:", "netem", "delay", "20ms",
+         "2.5ms", "loss", "0.5%"],
+    ]
+
+
+def test_netem_alone_rate_alone_and_nothing():
+    assert argv(shaping.plan("eth0", LinkProfile(delay_ms=5), "netem")) == [
+        ["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "netem", "delay", "5ms"]]
+    assert argv(shaping.plan("eth0", LinkProfile(loss_pct=1), "netem")) == [
+        ["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "netem", "loss", "1%"]]
+    assert argv(shaping.plan("eth0", LinkProfile(rate_mbit=0.5), "netem"))[1][-4:] == [
+        "rate", "0.5mbit", "ceil", "0.5mbit"]
+    assert shaping.plan("eth0", LinkProfile(), "netem") == []
+
+
+def test_userspace_backend_keeps_rate_in_the_kernel_and_delay_in_the_agent():
+    p = LinkProfile(delay_ms=20, jitter_ms=2, loss_pct=1, rate_mbit=10)
+    cmds = argv(shaping.plan("veth-e", p, "userspace"))
+    assert len(cmds) == 2 and not any("netem" in c for c in cmds)
+    assert shaping.userspace_params(p, "userspace") == {"delay_ms": 20, "jitter_ms": 2, "loss_pct": 1}
+    assert shaping.userspace_params(p, "netem") == {}
+    assert shaping.plan("veth-e", LinkProfile(delay_ms=3), "userspace") == []
+    assert shaping.teardown("veth-e").argv == ["tc", "qdisc", "del", "dev", "veth-e", "root"]
+    assert shaping.show("veth-e").argv == ["tc", "-s", "qdisc", "show", "dev", "veth-e"]
+    with pytest.raises(ValueError, match="backend"):
+        shaping.plan("x", p, "fq")
+
+
+def test_schedule_steps_replace_values_from_their_time_on():
+    p = LinkProfile(delay_ms=5, rate_mbit=10, schedule=[{"at_s": 10, "delay_ms": 50}, {"at_s": 20, "rate_mbit": 1}])
+    assert shaping.at(p, 0).delay_ms == 5 and shaping.at(p, 0).rate_mbit == 10
+    assert shaping.at(p, 10).delay_ms == 50 and shaping.at(p, 15).rate_mbit == 10
+    assert shaping.at(p, 25).delay_ms == 50 and shaping.at(p, 25).rate_mbit == 1
+
+
+def test_bad_profiles_are_refused_with_their_yaml_paths(tiny_bundle, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml")
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-cloud"}], shaping={
+        "backend": "netem", "links": {
+            "mobile-egde": {"delay_ms": 5},
+            "edge-cloud": {"delay_ms": 2, "jitter_ms": 5, "schedule": [{"at_s": 5}, {"at_s": 3}]}}})
+    with pytest.raises(ConfigError) as e:
+        _load_all(exp, inv)
+    text = " ".join(str(e.value).split())
+    assert "shaping.links.mobile-egde: not a link" in text and "did you mean 'mobile-edge'?" in text
+    assert "shaping.links.edge-cloud.jitter_ms: 5.0 is larger than delay_ms 2.0" in text
+    assert "shaping.links.edge-cloud.schedule[1].at_s: 3.0 does not come after 5.0" in text
+    bad = write_experiment(tmp_path / "bad.yaml", tiny_bundle.root, [{"name": "all-cloud"}],
+                           shaping={"backend": "cake", "links": {"mobile-edge": {"loss_pct": 120}}})
+    with pytest.raises(ConfigError) as e:
+        _load_all(bad, inv)
+    text = " ".join(str(e.value).split())
+    assert "shaping.backend" in text and "shaping.links.mobile-edge.loss_pct" in text
+
+
+def test_plan_prints_the_commands_and_run_refuses_to_pretend(tiny_bundle, tmp_path, capsys):
+    inv = write_inventory(tmp_path / "inv.yaml", **{"edge-1": {"interface": "veth-e"}})
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-cloud"}], shaping={
+        "backend": "userspace", "links": {"mobile-edge": {"delay_ms": 20, "rate_mbit": 10}}})
+    assert main(["plan", str(exp), "--inventory", str(inv)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "tc class replace dev veth-e parent 1: classid 1:1 htb rate 10mbit ceil 10mbit" in text
+    assert "agent delays its outgoing messages {'delay_ms': 20.0}" in text
+    assert "tc qdisc del dev veth-e root" in text and "loopback, not applied" in text
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "r"), "-q"]) == 2
+    assert "does not apply it yet" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "r").exists()
