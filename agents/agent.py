@@ -17,9 +17,11 @@ controller never leaves agents behind.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import math
 import os
+import random
 import shlex
 import signal
 import time
@@ -92,6 +94,9 @@ class Agent:
         self._data_in = self._ctx.socket(zmq.PULL)
         self._data_in.setsockopt(zmq.LINGER, 0)
         self._data_out: zmq.Socket | None = None
+        # userspace link shaping: offloads held until due, in order (as over one TCP stream)
+        self._held: collections.deque[tuple[float, list[Any]]] = collections.deque()
+        self._shape_rng = random.Random(agent_id)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,7 +138,12 @@ class Agent:
                 return 3
             if self._baseline_due is not None and now >= self._baseline_due:
                 self._finish_baseline()
-            wake = min(next_hb, self._baseline_due or next_hb)
+            self._release_due(now)
+            if self._held and self._held[0][0] - now <= 0.002:
+                # poll() counts whole milliseconds: sleep the last ones so a held offload leaves on time
+                time.sleep(max(0.0, self._held[0][0] - now))
+                continue
+            wake = min(next_hb, self._baseline_due or next_hb, self._held[0][0] - 0.001 if self._held else next_hb)
             events = dict(poller.poll(timeout=max(1, int((wake - now) * 1000))))
             if self._ctrl in events:
                 last_heard = time.monotonic()
@@ -280,8 +290,22 @@ class Agent:
         stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
                         confidence, prediction, False, nbytes, energy_j, energy.approx, net_j)
         assert self._data_out is not None
-        self._data_out.send_multipart(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
-                                                      [*work.stages, stage], work.measure)), copy=False)
+        frames = p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds, [*work.stages, stage],
+                                 work.measure))
+        msg = cfg.msg
+        if msg.delay_ms or msg.jitter_ms:
+            hold = (msg.delay_ms + self._shape_rng.uniform(-msg.jitter_ms, msg.jitter_ms)) / 1e3
+            due = max(time.monotonic() + max(0.0, hold), self._held[-1][0] if self._held else 0.0)
+            self._held.append((due, frames))
+            return
+        self._data_out.send_multipart(frames, copy=False)
+
+    def _release_due(self, now: float) -> None:
+        """Send the held offloads whose time has come (userspace shaping)."""
+        while self._held and self._held[0][0] <= now:
+            _, frames = self._held.popleft()
+            assert self._data_out is not None
+            self._data_out.send_multipart(frames, copy=False)
 
 
 def main(argv: list[str] | None = None) -> int:

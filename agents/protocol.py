@@ -20,6 +20,7 @@ Format history:
     1: Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Stop, Bye;
        multipart frames with tensors out of band.
     2: Work.measure: the confidence measure of the exit rule (``max`` softmax or ``entropy``).
+    3: Configure.delay_ms / jitter_ms: userspace shaping of the agent's outgoing data link.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
 TIERS = ("mobile", "edge", "cloud")
@@ -128,6 +129,8 @@ class Configure:
     next_endpoint: str
     threads: int
     idle_s: float = 0.0  # measure idle power this long before Ready (0: no baseline)
+    delay_ms: float = 0.0  # userspace shaping: hold each offload this long before sending (kept in order)
+    jitter_ms: float = 0.0  # ... plus a uniform draw in [-jitter, +jitter]
 
 
 @dataclass(frozen=True)

@@ -337,10 +337,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from testbed.controller import Controller
 
     exp, inv = _load_all(args.experiment, args.inventory)
-    if exp.shaping.links and exp.shaping.backend != "none":
-        raise ConfigError(str(args.experiment), ["shaping.links: this testbed plans shaping (`testbed plan` prints "
-                                                 "the tc commands) but does not apply it yet; a run would be "
-                                                 "unshaped. Remove shaping.links or set shaping.backend: none"])
+    from testbed import shaping
+
+    local = all(inv.device(d).launcher == "local" for d in exp.devices.values())
+    _, refusals = shaping.applicable(exp.shaping.links, exp.shaping.backend, local)
+    if refusals:
+        raise ConfigError(str(args.experiment), [*refusals, "a run would not be shaped as asked, so it does not "
+                                                 "start; `testbed plan` prints the tc commands"])
     bundle = Bundle.load(resolve(Path.cwd(), exp.bundle))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, disable=args.quiet) as bar:

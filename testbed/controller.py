@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from agents import protocol as p
-from testbed import __version__, policies
+from testbed import __version__, policies, shaping
 from testbed.bundle import Bundle, Samples
 from testbed.clock import Clock, SystemClock
 from testbed.config import Experiment, Inventory, TimeoutSpec
@@ -131,6 +131,9 @@ class Controller:
         self._manifest: dict[str, Any] = {}
         self._last_hb_sent_ns = 0
         self._seq = 0  # issue order over the whole run: the seq column
+        local = all(self.inv.device(d).launcher == "local" for d in self.exp.devices.values())
+        self._shaping_backend, _ = shaping.applicable(self.exp.shaping.links, self.exp.shaping.backend, local)
+        self._shaping_links = dict(self.exp.shaping.links) if self._shaping_backend == "userspace" else {}
 
     # ------------------------------------------------------------------ public
 
@@ -247,10 +250,12 @@ class Controller:
             a = by_tier[tier]
             nxt = by_tier[p.TIERS[i + 1]].hello.data_endpoint if i + 1 < len(p.TIERS) else ""  # type: ignore[union-attr]
             device = self.inv.device(a.device_id)
+            link = self._shaping_links.get(f"{tier}-{p.TIERS[i + 1]}") if i + 1 < len(p.TIERS) else None
             self._transport.send(a.device_id, p.Configure(
                 seq=seq, partition_path=str((self.bundle.root / file).resolve()), sha256=sha,
                 logits_name=spec.logits, offload=dict(spec.offload), next_endpoint=nxt, threads=device.threads,
-                idle_s=self.exp.energy.idle_s if seq == 1 else 0.0))
+                idle_s=self.exp.energy.idle_s if seq == 1 else 0.0,
+                delay_ms=link.delay_ms if link else 0.0, jitter_ms=link.jitter_ms if link else 0.0))
 
         def on_msg(got: Received) -> None:
             agent_id, msg = got.agent_id, got.msg
@@ -450,6 +455,13 @@ class Controller:
 
     # ------------------------------------------------------------------ manifest
 
+    def _shaping_record(self) -> dict[str, Any]:
+        if self._shaping_backend == "none":
+            return {"backend": "none", "note": "links are not shaped"}
+        return {"backend": self._shaping_backend, "links": {k: v.model_dump() for k, v in self._shaping_links.items()},
+                "applied_by": "the sending agent of each hop holds its offloads (delay + uniform jitter, in order); "
+                              "the direction samples travel"}
+
     def _initial_manifest(self, hashes: dict[str, str]) -> dict[str, Any]:
         exp_text = self.exp_path.read_text()
         return {
@@ -468,7 +480,7 @@ class Controller:
                        "model": self.bundle.spec.model, "build": yaml.safe_dump(self.bundle.spec.build)},
             "git": _git_state(Path(__file__).resolve().parent.parent),
             "controller": {"host": platform.node(), "platform": platform.platform(), "versions": _versions()},
-            "shaping": {"backend": "none", "note": "loopback run: links are not shaped"},
+            "shaping": self._shaping_record(),
             "cost_model": cost_model(self.exp.cost).record()
             | {"layers": {t.tier: len(t.runs_layers or t.layers) for t in self.bundle.spec.tiers}},
             "energy": {"meters": "filled in when the agents have said Hello"},

@@ -95,3 +95,28 @@ def at(profile: LinkProfile, t_s: float) -> LinkProfile:
         if step.at_s <= t_s:
             current |= {k: v for k, v in step.model_dump(exclude={"at_s"}).items() if v is not None}
     return LinkProfile.model_validate(current)
+
+
+def applicable(links: dict[str, LinkProfile], backend: str, local: bool) -> tuple[str, list[str]]:
+    """The backend a run can apply to ``links`` today and the reasons it cannot, if any.
+
+    What runs now: the userspace backend's delay and jitter, applied by the sending agent of
+    each device-to-device hop (the direction samples travel). Everything else (netem and
+    kernel rates over SSH, loss, schedules, the controller's link) waits for deploy.
+    """
+    if not links or backend == "none":
+        return "none", []
+    chosen = "userspace" if backend == "auto" and local else backend
+    problems = []
+    if chosen != "userspace":
+        problems.append(f"shaping.backend: {backend} needs tc on the devices over SSH, which this testbed does not "
+                        "apply yet; use backend: userspace (delay and jitter in the agents)")
+    for name, p in links.items():
+        if name.startswith("controller"):
+            problems.append(f"shaping.links.{name}: the controller's link is not shaped yet; remove it")
+        if p.rate_mbit or p.loss_pct:
+            problems.append(f"shaping.links.{name}: rate_mbit and loss_pct need the kernel on the devices' own "
+                            "interfaces (not applied yet); loopback agents share lo, which must not be shaped")
+        if p.schedule:
+            problems.append(f"shaping.links.{name}.schedule: schedules are not applied yet")
+    return chosen, problems

@@ -85,5 +85,5 @@ def test_plan_prints_the_commands_and_run_refuses_to_pretend(tiny_bundle, tmp_pa
     assert "agent delays its outgoing messages {'delay_ms': 20.0}" in text
     assert "tc qdisc del dev veth-e root" in text and "loopback, not applied" in text
     assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "r"), "-q"]) == 2
-    assert "does not apply it yet" in " ".join(capsys.readouterr().err.split())
+    assert "rate_mbit and loss_pct need the kernel" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "r").exists()
