@@ -20,6 +20,7 @@ from testbed import costmodel, policies
 from testbed.bundle import Bundle
 from testbed.config import CostSpec, PolicySpec
 from testbed.policies.context import PolicyContext
+from testbed.policies.learned import SplitEEPolicy
 
 
 def policy_context(bundle: Bundle, split: str, seed: int, names: set[str]) -> PolicyContext:
@@ -64,7 +65,7 @@ def policy_record(policy: policies.Policy) -> dict[str, Any]:
         rec["upper_bound"] = "uses the labels; not deployable"
     if hasattr(policy, "record"):
         rec |= policy.record
-    if hasattr(policy, "history"):
+    if isinstance(policy, SplitEEPolicy):
         rec["arms"] = policy.arms
         rec["arm_layers"] = {a: policy.layer[a] for a in policy.arms}
         rec["pulls"] = policy.n.tolist()

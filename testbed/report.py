@@ -42,10 +42,11 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
     warm = int((df["phase"] == "warmup").sum())
     notes.append(f"{len(df) - warm} measured rows, {warm} warmup rows (kept in the parquet, left out here)")
     title = f"{manifest.get('experiment', {}).get('resolved', {}).get('name', '?')} / {manifest.get('run_id', '?')}"
+    summary = stats.summarise(df)
     paper = None
     cm = manifest.get("cost_model")
     if cm:
-        paper = paper_vs_measured(df, cm)
+        paper = paper_vs_measured(df, cm, summary)
         names = {p["label"] or p["name"]: p["name"]
                  for p in manifest.get("experiment", {}).get("resolved", {}).get("policies", [])}
         from testbed.costmodel import claim_line
@@ -72,7 +73,7 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
     cost_spec = manifest.get("experiment", {}).get("resolved", {}).get("cost") or {}
     if cm and (cost_spec.get("sweep_o") or cost_spec.get("sweep_lam")):
         sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
-    return Report(title, stats.summarise(df), stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep)
+    return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep)
 
 
 def cost_sweep(df: pd.DataFrame, cost_record: dict[str, Any], sweep_o: list[float],
@@ -96,13 +97,15 @@ def cost_sweep(df: pd.DataFrame, cost_record: dict[str, Any], sweep_o: list[floa
     return pd.DataFrame(rows)
 
 
-def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any]) -> pd.DataFrame:
-    """Per policy: accuracy and paper-unit cost beside measured latency, energy and bytes, each against all-cloud."""
+def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any], summary: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: accuracy and paper-unit cost beside measured latency, energy and bytes, each against all-cloud.
+
+    ``summary`` is :func:`testbed.stats.summarise` of the same rows (computed once by :func:`build`).
+    """
     from testbed.costmodel import CostModel, paper_costs, reduction
 
     cm = CostModel(cost_record["name"], cost_record["lam"], cost_record["o"], tuple(cost_record["charge"]))
     paper = paper_costs(df, cost_record["layers"], cm)
-    summary = stats.summarise(df)
     allrow = summary[summary["tier"] == "all"].set_index("policy")
     cols = ["latency_ms_mean", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "energy_j_per_sample",
             "offload_bytes_per_sample"]

@@ -211,7 +211,6 @@ class SplitEEPolicy:
         self._pending: dict[int, int] = {}
         self._issued = 0
         self._choice: dict[int, str] = {}
-        self.history: list[tuple[int, str]] = []
 
     def _pick(self) -> int:
         if self._issued < len(self.arms) and self.n.min() == 0:
@@ -226,7 +225,6 @@ class SplitEEPolicy:
         arm = self._pick()
         self._issued += 1
         self._pending[sample_id] = arm
-        self.history.append((sample_id, self.arms[arm]))
         self._choice[sample_id] = f"L{self.layer[self.arms[arm]]}"
         return {t: (self.alpha if t == self.arms[arm] else NEVER) for t in TIERS[:-1]}
 
