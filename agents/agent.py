@@ -47,6 +47,7 @@ class AgentTimeouts:
 
     heartbeat_s: float = 0.5
     liveness: int = 6
+    first_contact_s: float = 60.0  # the controller starts every agent before it answers any (SSH starts take s)
 
 
 @dataclass
@@ -128,12 +129,15 @@ class Agent:
         hb = self.timeouts.heartbeat_s
         next_hb = time.monotonic()
         last_heard = time.monotonic()
+        heard_once = False
         while not self._stopping:
             now = time.monotonic()
             if now >= next_hb:
                 self._send(p.Heartbeat(self.agent_id, time.time_ns()))
                 next_hb = now + hb
-            if now - last_heard > hb * self.timeouts.liveness:
+            limit = hb * self.timeouts.liveness if heard_once else max(hb * self.timeouts.liveness,
+                                                                       self.timeouts.first_contact_s)
+            if now - last_heard > limit:
                 log.error("no word from the controller for %.1f s; exiting", now - last_heard)
                 return 3
             if self._baseline_due is not None and now >= self._baseline_due:
@@ -147,6 +151,7 @@ class Agent:
             events = dict(poller.poll(timeout=max(1, int((wake - now) * 1000))))
             if self._ctrl in events:
                 last_heard = time.monotonic()
+                heard_once = True
                 if self._on_control(self._ctrl.recv_multipart(copy=False)):
                     return 0
             if self._data_in in events:
@@ -320,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--heartbeat-s", type=float, default=AgentTimeouts.heartbeat_s)
     ap.add_argument("--liveness", type=int, default=AgentTimeouts.liveness)
+    ap.add_argument("--first-contact-s", type=float, default=AgentTimeouts.first_contact_s,
+                    help="how long to wait for the controller's first word before exiting")
     ap.add_argument("--cpus", default="", help="comma-separated CPU ids this agent may run on (default: any)")
     ap.add_argument("--meter", default="auto",
                     help="auto, rapl, nvml, ina, pmic, model or none (auto: the first present, in that order), "
@@ -341,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("energy meter: %s", meter.describe())
     agent = Agent(args.agent_id, args.tier, args.controller, Path(args.workdir), args.bind, args.advertise,
-                  args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness), meter)
+                  args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness, args.first_contact_s), meter)
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)
     return agent.serve()

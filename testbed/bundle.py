@@ -167,6 +167,13 @@ class Bundle:
                 return t
         raise BundleError(f"bundle {self.root}: no tier {name!r}")
 
+    def device_files(self, tier: str) -> dict[str, str]:
+        """The files a device of ``tier`` needs (its partition and every variant of it): file -> sha256."""
+        out = {t.file: t.sha256 for t in self.spec.tiers if t.tier == tier}
+        out |= {v.file: v.sha256 for v in self.spec.variants if v.tier == tier}
+        out |= {v["files"][tier]: v["sha256"][tier] for v in self.spec.resnet_variants if tier in v["files"]}
+        return out
+
     def missing_files(self) -> list[str]:
         """Files that ``bundle.yaml`` names but that are absent."""
         names = ([t.file for t in self.spec.tiers] + [v.file for v in self.spec.variants] + list(self.spec.files)

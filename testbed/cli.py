@@ -109,7 +109,8 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
     if not exp.shaping.links or exp.shaping.backend == "none":
         out.print("shaping: none")
         return
-    backend = "netem" if exp.shaping.backend == "auto" else exp.shaping.backend
+    remote = any(inv.device(d).launcher == "ssh" for d in exp.devices.values())
+    backend = exp.shaping.backend if exp.shaping.backend != "auto" else ("netem" if remote else "userspace")
     note = " (auto: netem where the kernel has it, else userspace; preflight decides)" \
         if exp.shaping.backend == "auto" else ""
     out.print(f"shaping: backend {backend}{note}", highlight=False)
@@ -124,7 +125,8 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
                 out.print("  controller: its egress to mobile is shaped by the mobile side only", highlight=False)
                 continue
             dev = inv.device(exp.devices[end])
-            iface = dev.interface or "<interface: set it in the inventory>"
+            peer = ends[1] if end == ends[0] else ends[0]
+            iface = dev.interface_to(peer) or "<interface: set it in the inventory>"
             where = "local: loopback, not applied" if dev.launcher == "local" else f"{dev.host} via SSH"
             if (dev.id, iface) in seen:
                 out.print(f"  warning: {dev.id} {iface} already carries link {seen[(dev.id, iface)]}; this profile "
@@ -339,8 +341,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     exp, inv = _load_all(args.experiment, args.inventory)
     from testbed import shaping
 
-    local = all(inv.device(d).launcher == "local" for d in exp.devices.values())
-    _, refusals = shaping.applicable(exp.shaping.links, exp.shaping.backend, local)
+    remote = any(inv.device(d).launcher == "ssh" for d in exp.devices.values())
+    _, refusals = shaping.applicable(exp.shaping.links, exp.shaping.backend, remote)
     if refusals:
         raise ConfigError(str(args.experiment), [*refusals, "a run would not be shaped as asked, so it does not "
                                                  "start; `testbed plan` prints the tc commands"])
@@ -355,7 +357,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tasks[key] = bar.add_task(f"{key:<12}", total=pr.total)  # type: ignore[attr-defined]
             bar.update(tasks[key], completed=pr.done)  # type: ignore[attr-defined]
 
-        ctrl = Controller(exp, args.experiment, inv, args.inventory, bundle, args.results, on_progress=on_progress)
+        ctrl = Controller(exp, args.experiment, inv, args.inventory, bundle, args.results, on_progress=on_progress,
+                          trust_new_hosts=args.trust_new_hosts)
         err.print(f"run {ctrl.run_id}: results in {ctrl.run_dir}")
         try:
             outcome = ctrl.run()
@@ -583,6 +586,8 @@ def parser() -> argparse.ArgumentParser:
     with_experiment("plan", "print what would run where; starts nothing").set_defaults(func=cmd_plan)
     run = with_experiment("run", "run an experiment: start agents, issue samples, write results, report")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--trust-new-hosts", action="store_true",
+                     help="SSH devices: record unknown host keys in known_hosts instead of refusing")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="tables of a run: per policy and tier, against all-cloud")
     rep.add_argument("run_dir", type=Path, help="results/<experiment>/<run_id> (or results/<experiment>: latest)")
@@ -643,13 +648,20 @@ def parser() -> argparse.ArgumentParser:
     bs = bsub.add_parser("show", help="tiers, layers, bytes per offload, exit accuracies, variants")
     bs.add_argument("bundle", type=Path)
     bs.set_defaults(func=cmd_bundle_show)
+    from testbed.cli_devices import add_commands
+
+    add_commands(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``testbed``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     try:
+        from testbed.cli_devices import maybe_enter_netns
+
+        maybe_enter_netns(args, argv)
         return int(args.func(args))
     except TestbedError as e:
         err.print(f"error: {e}", highlight=False, markup=False, style="red")

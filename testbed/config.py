@@ -94,6 +94,13 @@ class EnergySpec(Strict):
     idle_s: float = Field(2.0, ge=0, le=600, description="idle baseline per agent before samples; 0: none")
 
 
+class DeploySpec(Strict):
+    """Deploy and preflight settings of a run (SSH devices)."""
+
+    max_clock_offset_ms: float = Field(100.0, gt=0, description="refuse a device whose clock is further off the "
+                                       "controller's")
+
+
 class ShapeStep(Strict):
     """A point of a link schedule: from ``at_s`` seconds into the run, these values replace the profile's."""
 
@@ -152,6 +159,7 @@ class Experiment(Strict):
     timeouts: TimeoutSpec = TimeoutSpec()
     cost: CostSpec = CostSpec()
     shaping: ShapingSpec = ShapingSpec()
+    deploy: DeploySpec = DeploySpec()
 
 
 class MeterSpec(Strict):
@@ -164,24 +172,61 @@ class MeterSpec(Strict):
 
 
 class DeviceSpec(Strict):
-    """One device of ``inventory.yaml``."""
+    """One device of ``inventory.yaml``.
+
+    ``launcher: local`` runs the agent as a process of this machine; ``launcher: ssh`` deploys
+    it over SSH (``host``, ``port``, ``user``, ``key_file``, host key checked against
+    ``known_hosts``) into ``workdir`` and starts it there with ``python``.
+    """
 
     id: str
     tier: str
     host: str = "127.0.0.1"
-    launcher: str = "local"
+    launcher: str = Field("local", pattern=r"^(local|ssh)$")
+    port: int = Field(22, ge=1, le=65535, description="ssh port")
+    user: str | None = Field(None, description="ssh user; default: the controller's user")
+    key_file: str | None = Field(None, description="ssh private key (key auth only)")
+    known_hosts: str | None = Field(None, description="known_hosts file the host key is checked against; "
+                                    "default ~/.ssh/known_hosts")
     workdir: str | None = None
     python: str | None = None
     threads: int = Field(1, ge=1, le=256)
     cpus: list[int] | None = Field(None, description="CPU ids the agent is pinned to (local emulation)")
-    interface: str | None = None
+    interface: str | None = Field(None, description="network interface shaping applies to")
+    interfaces: dict[str, str] = Field(default_factory=dict, description="peer (tier or 'controller') -> "
+                                       "interface toward it, where it differs from ``interface``")
+    data_host: str | None = Field(None, description="address the previous tier (or the controller, for the first "
+                                  "tier) reaches this agent's data socket at; default: host")
+    controller_host: str | None = Field(None, description="address this device reaches the controller at; "
+                                        "default: controller.advertise or controller.bind")
     meter: MeterSpec = MeterSpec()
     facts: dict[str, Any] = {}
 
+    def interface_to(self, peer: str) -> str | None:
+        """The interface this device sends to ``peer`` (a tier name or 'controller') through."""
+        return self.interfaces.get(peer, self.interface)
+
+
+class ControllerSpec(Strict):
+    """Where the controller listens, and where it may run."""
+
+    bind: str = Field("127.0.0.1", description="address the control socket binds to (0.0.0.0 only inside a "
+                      "namespace of the emulation)")
+    advertise: str | None = Field(None, description="address devices reach the controller at; default: bind")
+    netns: str | None = Field(None, description="network namespace the controller must run in (the emulation's); "
+                              "the CLI enters it")
+    route_via: list[str] | None = Field(None, description="interfaces every device address must route through "
+                                        "(checked with `ip route get` before any connection)")
+
 
 class Inventory(Strict):
-    """``inventory.yaml``: the devices a run may use."""
+    """``inventory.yaml``: the devices a run may use.
 
+    ``defaults`` (ansible-style group vars) fill every key a device does not set itself.
+    """
+
+    controller: ControllerSpec = ControllerSpec()
+    defaults: dict[str, Any] = Field(default_factory=dict, description="keys every device inherits")
     devices: list[DeviceSpec] = Field(min_length=1)
 
     def device(self, device_id: str) -> DeviceSpec:
@@ -289,11 +334,16 @@ def read_yaml(path: Path) -> tuple[Any, str]:
         raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from e
 
 
-def load_yaml_model(path: Path, model: type[M]) -> M:
-    """Load ``path`` into ``model``, raising one ConfigError that lists every problem."""
+def load_yaml_model(path: Path, model: type[M], prepare: Any = None) -> M:
+    """Load ``path`` into ``model``, raising one ConfigError that lists every problem.
+
+    ``prepare(data) -> data``, when given, rewrites the parsed mapping before validation.
+    """
     data, text = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(str(path), [f"expected a mapping at the top level, got {type(data).__name__}"])
+    if prepare is not None:
+        data = prepare(data)
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -301,8 +351,8 @@ def load_yaml_model(path: Path, model: type[M]) -> M:
 
 
 def load_inventory(path: Path) -> Inventory:
-    """Load and check ``inventory.yaml`` (ids unique, tiers known)."""
-    inv = load_yaml_model(path, Inventory)
+    """Load and check ``inventory.yaml`` (ids unique, tiers known, ``defaults`` applied)."""
+    inv = load_yaml_model(path, Inventory, _apply_defaults)
     problems = []
     seen: set[str] = set()
     for i, d in enumerate(inv.devices):
@@ -325,11 +375,33 @@ def load_inventory(path: Path) -> Inventory:
                             "one power reading per line]")
         elif m.idle_w is not None and m.busy_w is not None and m.idle_w > m.busy_w:
             problems.append(f"devices[{i}].meter: idle_w={m.idle_w} is above busy_w={m.busy_w}")
-        if d.launcher != "local":
-            problems.append(f"devices[{i}].launcher: {d.launcher!r} is not supported yet; use 'local'")
+        if d.launcher == "ssh" and d.host in ("127.0.0.1", "localhost") and not d.key_file:
+            problems.append(f"devices[{i}]: launcher ssh to {d.host} without key_file; give the private key the "
+                            "device accepts (key auth only), or use launcher: local")
+        for peer in d.interfaces:
+            if peer not in (*TIERS, "controller"):
+                problems.append(f"devices[{i}].interfaces.{peer}: not a tier or 'controller'"
+                                f"{suggest(peer, [*TIERS, 'controller'])}")
     if problems:
         raise ConfigError(str(path), problems)
     return inv
+
+
+def _apply_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Every device gets the ``defaults`` keys it does not set (dicts merged one level deep)."""
+    defaults = data.get("defaults")
+    devices = data.get("devices")
+    if not isinstance(defaults, dict) or not isinstance(devices, list):
+        return data
+    merged = []
+    for dev in devices:
+        if isinstance(dev, dict):
+            out = dict(defaults)
+            for k, v in dev.items():
+                out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            dev = out
+        merged.append(dev)
+    return {**data, "devices": merged}
 
 
 def load_experiment(path: Path) -> Experiment:

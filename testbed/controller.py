@@ -27,12 +27,14 @@ import numpy as np
 import yaml
 
 from agents import protocol as p
-from testbed import __version__, policies, shaping
+from testbed import __version__, policies
 from testbed.bundle import Bundle, Samples
 from testbed.clock import Clock, SystemClock
 from testbed.config import Experiment, Inventory, TimeoutSpec
 from testbed.errors import AgentLostError, AgentStartError, RunProtocolError, TestbedError
-from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
+from testbed.fleet import Fleet
+from testbed.launch import AgentArgs, AgentHandle
+from testbed.owned import Ownership
 from testbed.replay import cost_model, policy_context, policy_record
 from testbed.results import RunWriter, new_run_id, write_power_timeline
 from testbed.rows import Issued, build_row, clock_offset_ns
@@ -114,6 +116,7 @@ class Controller:
         clock: Clock | None = None,
         on_progress: Callable[[Progress], None] = lambda _: None,
         run_id: str | None = None,
+        trust_new_hosts: bool = False,
     ):
         self.exp = experiment
         self.exp_path = experiment_path
@@ -131,9 +134,8 @@ class Controller:
         self._manifest: dict[str, Any] = {}
         self._last_hb_sent_ns = 0
         self._seq = 0  # issue order over the whole run: the seq column
-        local = all(self.inv.device(d).launcher == "local" for d in self.exp.devices.values())
-        self._shaping_backend, _ = shaping.applicable(self.exp.shaping.links, self.exp.shaping.backend, local)
-        self._shaping_links = dict(self.exp.shaping.links) if self._shaping_backend == "userspace" else {}
+        self.trust_new_hosts = trust_new_hosts
+        self._fleet: Fleet | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -141,14 +143,23 @@ class Controller:
         """Run the experiment; returns where the results are. Raises after cleanup on any failure."""
         hashes = self.bundle.verify()
         self._writer = RunWriter(self.run_dir, self.exp.run.flush_rows)
+        self._fleet = Fleet(self.exp, self.inv, self.bundle, self.run_dir, self.run_id, Ownership(self.run_dir),
+                            self.trust_new_hosts, exp_path=self.exp_path)
         self._manifest = self._initial_manifest(hashes)
         self._writer.write_manifest(self._manifest)
         status, error = "failed", None
         try:
-            self._transport = ZmqTransport("127.0.0.1", self.clock)
+            self._fleet.connect_all()
+            self._fleet.choose_backend()
+            self._manifest["deploy"] = self._fleet.record()
+            self._manifest["shaping"] = self._shaping_record()
+            self._writer.write_manifest(self._manifest)
+            self._transport = ZmqTransport(self.inv.controller.bind, self.clock)
             self._start_agents()
             self._await_hellos()
             self._configure()
+            self._manifest["shaping"] = self._shaping_record(self._fleet.shape())
+            self._writer.write_manifest(self._manifest)
             self._align_clocks()
             self._manifest["agents"] = self._agent_records()
             self._manifest["energy"] = self._energy_record()
@@ -178,13 +189,18 @@ class Controller:
 
     def _start_agents(self) -> None:
         assert self._transport is not None and self._writer is not None
-        launcher = LocalLauncher(self.run_dir / "logs")
-        args = AgentArgs(self._transport.endpoint, self.timeouts.heartbeat_s, self.timeouts.liveness)
+        assert self._fleet is not None
+        port = self._transport.endpoint.rsplit(":", 1)[1]
+        bind = self.inv.controller.bind
         owned: list[dict[str, Any]] = []
-        self._manifest["owned"] = {"processes": owned}
+        self._manifest["owned"] = {"record": self._fleet.owned.path.name, "processes": owned}
         for tier in reversed(p.TIERS):
             device = self.inv.device(self.exp.devices[tier])
-            handle = launcher.start(device, args)
+            host = device.controller_host or self.inv.controller.advertise or (
+                bind if bind not in ("0.0.0.0", "*") else "127.0.0.1")
+            args = AgentArgs(f"tcp://{host}:{port}", self.timeouts.heartbeat_s, self.timeouts.liveness,
+                             self.timeouts.hello_s)
+            handle = self._fleet.start(device, args)
             self._agents[device.id] = _Agent(device.id, tier, handle, last_heard_ns=self.clock.monotonic_ns())
             # recorded the moment it exists, so cleanup knows it even if the next start fails
             owned.append({"device": device.id, "host": device.host, "pid": handle.pid, "log": str(handle.log_path)})
@@ -250,9 +266,10 @@ class Controller:
             a = by_tier[tier]
             nxt = by_tier[p.TIERS[i + 1]].hello.data_endpoint if i + 1 < len(p.TIERS) else ""  # type: ignore[union-attr]
             device = self.inv.device(a.device_id)
-            link = self._shaping_links.get(f"{tier}-{p.TIERS[i + 1]}") if i + 1 < len(p.TIERS) else None
+            assert self._fleet is not None
+            link = self._fleet.userspace_link(f"{tier}-{p.TIERS[i + 1]}") if i + 1 < len(p.TIERS) else None
             self._transport.send(a.device_id, p.Configure(
-                seq=seq, partition_path=str((self.bundle.root / file).resolve()), sha256=sha,
+                seq=seq, partition_path=a.handle.partition_path(file), sha256=sha,
                 logits_name=spec.logits, offload=dict(spec.offload), next_endpoint=nxt, threads=device.threads,
                 idle_s=self.exp.energy.idle_s if seq == 1 else 0.0,
                 delay_ms=link.delay_ms if link else 0.0, jitter_ms=link.jitter_ms if link else 0.0))
@@ -447,6 +464,10 @@ class Controller:
                                                                          "served": stopped[a.device_id]}
         if self._transport is not None:
             self._transport.close()
+        if self._fleet is not None:
+            problems = self._fleet.after_stop({a.device_id: a.handle for a in self._agents.values()})
+            if problems:
+                self._manifest["teardown_problems"] = problems
         assert self._writer is not None
         self._writer.close()
         self._manifest.update({"status": status, "error": error, "ended_at": datetime.now(UTC).isoformat(),
@@ -455,12 +476,22 @@ class Controller:
 
     # ------------------------------------------------------------------ manifest
 
-    def _shaping_record(self) -> dict[str, Any]:
-        if self._shaping_backend == "none":
+    def _shaping_record(self, readback: dict[str, Any] | None = None) -> dict[str, Any]:
+        fleet = self._fleet
+        backend = fleet.backend if fleet else "none"
+        if backend == "none":
             return {"backend": "none", "note": "links are not shaped"}
-        return {"backend": self._shaping_backend, "links": {k: v.model_dump() for k, v in self._shaping_links.items()},
-                "applied_by": "the sending agent of each hop holds its offloads (delay + uniform jitter, in order); "
-                              "the direction samples travel"}
+        rec: dict[str, Any] = {"backend": backend,
+                               "links": {k: v.model_dump() for k, v in self.exp.shaping.links.items()}}
+        if backend == "userspace":
+            rec["applied_by"] = ("delay and jitter: the sending agent of each hop holds its offloads (uniform jitter, "
+                                 "in order), in the direction samples travel"
+                                 + ("; rate: htb on both ends' interfaces (kernel)" if readback else ""))
+        else:
+            rec["applied_by"] = "netem (under an htb rate class where rate_mbit is set) on both ends' interfaces"
+        if readback:
+            rec["kernel"] = readback
+        return rec
 
     def _initial_manifest(self, hashes: dict[str, str]) -> dict[str, Any]:
         exp_text = self.exp_path.read_text()
@@ -480,7 +511,7 @@ class Controller:
                        "model": self.bundle.spec.model, "build": yaml.safe_dump(self.bundle.spec.build)},
             "git": _git_state(Path(__file__).resolve().parent.parent),
             "controller": {"host": platform.node(), "platform": platform.platform(), "versions": _versions()},
-            "shaping": self._shaping_record(),
+            "shaping": {"backend": "pending", "note": "filled in once the devices are deployed and shaped"},
             "cost_model": cost_model(self.exp.cost).record()
             | {"layers": {t.tier: len(t.runs_layers or t.layers) for t in self.bundle.spec.tiers}},
             "energy": {"meters": "filled in when the agents have said Hello"},

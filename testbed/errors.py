@@ -67,3 +67,21 @@ class BuildError(TestbedError):
     """Building a partition bundle failed (model, data, export or parity)."""
 
     exit_code = 7
+
+
+class DeployError(TestbedError):
+    """Reaching, checking, copying to or starting on a device over SSH failed."""
+
+    exit_code = 8
+
+
+class RouteError(TestbedError):
+    """A device address would not route through the links the inventory allows; nothing was sent."""
+
+    exit_code = 9
+
+
+class EmulationError(TestbedError):
+    """Setting up or tearing down the emulated testbed (namespaces, links, sshd, cgroups) failed."""
+
+    exit_code = 10

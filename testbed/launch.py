@@ -29,6 +29,7 @@ class AgentArgs:
     controller: str
     heartbeat_s: float
     liveness: int
+    first_contact_s: float = 60.0
 
 
 class AgentHandle(Protocol):
@@ -54,12 +55,36 @@ class AgentHandle(Protocol):
         """Process id on its host."""
         ...
 
+    def partition_path(self, file: str) -> str:
+        """Where the agent finds bundle file ``file`` (what Configure.partition_path says)."""
+        ...
+
+    def fetch_log(self) -> None:
+        """Bring the agent's log into the run directory (a no-op where it is already there)."""
+        ...
+
+
+def agent_argv(device: DeviceSpec, args: AgentArgs, python: str, workdir: str, bind: str) -> list[str]:
+    """``python -m agents ...`` for one device, the same for every launcher."""
+    argv = [python, "-m", "agents", "--controller", args.controller, "--id", device.id,
+            "--tier", device.tier, "--bind", bind, "--heartbeat-s", str(args.heartbeat_s),
+            "--liveness", str(args.liveness), "--first-contact-s", str(args.first_contact_s), "--workdir", workdir]
+    if device.cpus:
+        argv += ["--cpus", ",".join(str(c) for c in device.cpus)]
+    argv += ["--meter", device.meter.kind]
+    if device.meter.command:
+        argv += ["--meter-command", shlex.join(device.meter.command)]
+    if device.meter.idle_w is not None and device.meter.busy_w is not None:
+        argv += ["--idle-w", str(device.meter.idle_w), "--busy-w", str(device.meter.busy_w)]
+    return argv
+
 
 class LocalAgent:
     """An agent process on this machine."""
 
-    def __init__(self, device_id: str, proc: subprocess.Popen, log_path: Path):
+    def __init__(self, device_id: str, proc: subprocess.Popen, log_path: Path, bundle_root: Path = Path(".")):
         self.device_id = device_id
+        self.bundle_root = bundle_root
         self.proc = proc
         self.log_path = log_path
 
@@ -89,6 +114,13 @@ class LocalAgent:
         except ProcessLookupError:
             pass
 
+    def partition_path(self, file: str) -> str:
+        """Absolute path of the bundle file (the agent shares this machine's disk)."""
+        return str((self.bundle_root / file).resolve())
+
+    def fetch_log(self) -> None:
+        """The log is written into the run directory already."""
+
     def log_tail(self, lines: int = 20) -> str:
         """Last lines of the log file."""
         try:
@@ -101,23 +133,17 @@ class LocalAgent:
 class LocalLauncher:
     """Starts ``python -m agents`` as a local process per device."""
 
-    def __init__(self, log_dir: Path, python: str | None = None):
+    def __init__(self, log_dir: Path, python: str | None = None, bundle_root: Path = Path(".")):
         self.log_dir = log_dir
         self.python = python or sys.executable
+        self.bundle_root = bundle_root
 
     def start(self, device: DeviceSpec, args: AgentArgs) -> LocalAgent:
         """Start one agent; its stdout and stderr go to ``<log_dir>/<id>.log``."""
         log_path = self.log_dir / f"{device.id}.log"
-        argv = [device.python or self.python, "-m", "agents", "--controller", args.controller, "--id", device.id,
-                "--tier", device.tier, "--bind", device.host, "--heartbeat-s", str(args.heartbeat_s),
-                "--liveness", str(args.liveness), "--workdir", device.workdir or "."]
-        if device.cpus:
-            argv += ["--cpus", ",".join(str(c) for c in device.cpus)]
-        argv += ["--meter", device.meter.kind]
-        if device.meter.command:
-            argv += ["--meter-command", shlex.join(device.meter.command)]
-        if device.meter.idle_w is not None and device.meter.busy_w is not None:
-            argv += ["--idle-w", str(device.meter.idle_w), "--busy-w", str(device.meter.busy_w)]
+        log_dir = self.log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        argv = agent_argv(device, args, device.python or self.python, device.workdir or ".", device.host)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AGENTS_PARENT), env.get("PYTHONPATH")]))
         env["OMP_NUM_THREADS"] = str(device.threads)
@@ -128,4 +154,4 @@ class LocalLauncher:
         except OSError as e:
             raise AgentStartError(f"cannot start the agent of {device.id} ({device.tier}) with {argv[0]!r}: "
                                   f"{e.strerror or e}; check devices[id={device.id}].python in the inventory") from e
-        return LocalAgent(device.id, proc, log_path)
+        return LocalAgent(device.id, proc, log_path, self.bundle_root)

@@ -97,26 +97,33 @@ def at(profile: LinkProfile, t_s: float) -> LinkProfile:
     return LinkProfile.model_validate(current)
 
 
-def applicable(links: dict[str, LinkProfile], backend: str, local: bool) -> tuple[str, list[str]]:
-    """The backend a run can apply to ``links`` today and the reasons it cannot, if any.
+def applicable(links: dict[str, LinkProfile], backend: str, remote: bool) -> tuple[str, list[str]]:
+    """The backend a run can apply to ``links`` and the reasons it cannot, if any.
 
-    What runs now: the userspace backend's delay and jitter, applied by the sending agent of
-    each device-to-device hop (the direction samples travel). Everything else (netem and
-    kernel rates over SSH, loss, schedules, the controller's link) waits for deploy.
+    ``remote``: the agents are deployed over SSH, so the kernel's part (rates, netem) is applied
+    on the devices' own interfaces. Loopback agents share ``lo``, which is never shaped: there
+    only the userspace delay and jitter apply. ``auto`` stays ``auto`` for remote runs (the
+    preflight picks netem where every device has it, else userspace).
     """
     if not links or backend == "none":
         return "none", []
-    chosen = "userspace" if backend == "auto" and local else backend
+    chosen = backend if backend != "auto" else ("auto" if remote else "userspace")
     problems = []
-    if chosen != "userspace":
-        problems.append(f"shaping.backend: {backend} needs tc on the devices over SSH, which this testbed does not "
-                        "apply yet; use backend: userspace (delay and jitter in the agents)")
+    if chosen == "netem" and not remote:
+        problems.append("shaping.backend: netem runs tc on the devices over SSH; these agents are local processes "
+                        "sharing lo, which must not be shaped; use backend: userspace, or SSH devices (`testbed "
+                        "emulate up` makes some)")
     for name, p in links.items():
         if name.startswith("controller"):
             problems.append(f"shaping.links.{name}: the controller's link is not shaped yet; remove it")
-        if p.rate_mbit or p.loss_pct:
+        if not remote and (p.rate_mbit or p.loss_pct):
             problems.append(f"shaping.links.{name}: rate_mbit and loss_pct need the kernel on the devices' own "
-                            "interfaces (not applied yet); loopback agents share lo, which must not be shaped")
+                            "interfaces; loopback agents share lo, which must not be shaped (use SSH devices, "
+                            "e.g. `testbed emulate up`)")
+        elif remote and p.loss_pct and chosen == "userspace":
+            problems.append(f"shaping.links.{name}.loss_pct: loss needs netem (a lost TCP segment is a retransmission, "
+                            "not a lost message, so the agents do not fake it); use backend: netem on kernels that "
+                            "have it, or drop loss_pct")
         if p.schedule:
             problems.append(f"shaping.links.{name}.schedule: schedules are not applied yet")
     return chosen, problems

@@ -1,0 +1,196 @@
+"""The devices of a run: start their agents (locally or deployed over SSH) and shape their links.
+
+:class:`Fleet` is what the controller asks for agents. For ``launcher: local`` devices it
+starts processes here; for ``launcher: ssh`` devices it checks the route (when the inventory
+says which links are allowed), connects with the host key verified, runs the preflight,
+pushes what changed and starts the agent detached. With SSH devices it also applies the
+kernel's part of link shaping on each end of every shaped hop (htb rate, and netem where
+that backend is chosen), reads the qdiscs back, and removes them at the end. Every process,
+file and qdisc it makes is in the run's ownership record before the next step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agents.protocol import TIERS
+from testbed import shaping
+from testbed.bundle import Bundle
+from testbed.config import DeviceSpec, Experiment, Inventory, LinkProfile
+from testbed.deploy import DeployRecord, deploy_device, run_steps, start_agent, target_of, undo_remote
+from testbed.errors import ConfigError, DeployError, TestbedError
+from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
+from testbed.owned import REMOVED, Ownership, proc_starttime
+from testbed.routes import check_routes
+from testbed.ssh import Remote, SshRemote
+
+
+def hop_ends(hop: str) -> tuple[str, str]:
+    """``mobile-edge`` -> (mobile, edge)."""
+    a, b = hop.split("-")
+    return a, b
+
+
+class Fleet:
+    """Starts, shapes and stops the agents of one run."""
+
+    def __init__(self, exp: Experiment, inv: Inventory, bundle: Bundle, run_dir: Path, run_id: str,
+                 owned: Ownership, trust_new_hosts: bool = False,
+                 connect: Callable[[DeviceSpec], Remote] | None = None,
+                 route_get: Callable[[str], str] | None = None, exp_path: Path | None = None):
+        self.exp, self.inv, self.bundle = exp, inv, bundle
+        self.exp_path = exp_path
+        self.run_dir, self.run_id, self.owned = run_dir, run_id, owned
+        self.trust_new_hosts = trust_new_hosts
+        self._connect = connect or (lambda d: SshRemote(target_of(d), trust_new_hosts))
+        self._route_get = route_get
+        self.devices = {t: inv.device(exp.devices[t]) for t in TIERS}
+        self.devices_by_id = {d.id: d for d in self.devices.values()}
+        self.remotes: dict[str, Remote] = {}
+        self.deploys: dict[str, DeployRecord] = {}
+        self.routes: dict[str, str] = {}
+        self.qdiscs: list[tuple[int, str, str]] = []  # (ownership index, device id, interface)
+        self.shaping_readback: dict[str, Any] = {}
+        self.backend = "none"
+
+    @property
+    def remote(self) -> bool:
+        """True when the agents are deployed over SSH."""
+        return any(d.launcher == "ssh" for d in self.devices.values())
+
+    def connect_all(self) -> None:
+        """Route check, then SSH to every ssh device, then preflight and push (one device at a time)."""
+        ssh_devs = [d for d in self.devices.values() if d.launcher == "ssh"]
+        if not ssh_devs:
+            return
+        addrs = {d.id: [d.host] + ([d.data_host] if d.tier == TIERS[0] and d.data_host else []) for d in ssh_devs}
+        kwargs = {"route_get": self._route_get} if self._route_get else {}
+        self.routes = check_routes(self.inv, addrs, **kwargs)
+        backend = self._requested_backend()
+        for d in ssh_devs:
+            remote = self._connect(d)
+            self.remotes[d.id] = remote
+            self.deploys[d.id] = deploy_device(remote, d, self.bundle, self.owned,
+                                               self.exp.deploy.max_clock_offset_ms, backend)
+            policy = getattr(remote, "policy", None)
+            self.deploys[d.id].host_key_recorded = getattr(policy, "recorded", None)
+
+    def _requested_backend(self) -> str | None:
+        links, backend = self.exp.shaping.links, self.exp.shaping.backend
+        if not links or backend == "none":
+            return None
+        return backend if backend != "auto" else None
+
+    def choose_backend(self) -> str:
+        """The shaping backend of this run: the experiment's, or with ``auto`` netem where every device has it."""
+        links, backend = self.exp.shaping.links, self.exp.shaping.backend
+        if not links or backend == "none":
+            self.backend = "none"
+        elif backend != "auto":
+            self.backend = backend
+        elif self.remote and self.deploys and all(r.facts.get("netem") for r in self.deploys.values()):
+            self.backend = "netem"
+        else:
+            self.backend = "userspace"
+        _, problems = shaping.applicable(links, self.backend, self.remote)
+        if problems:
+            raise ConfigError(str(self.exp_path or self.exp.name), problems)
+        return self.backend
+
+    def start(self, device: DeviceSpec, args: AgentArgs) -> AgentHandle:
+        """Start one device's agent; recorded in the ownership record at once."""
+        if device.launcher == "local":
+            handle = LocalLauncher(self.run_dir / "logs", bundle_root=self.bundle.root).start(device, args)
+            self.owned.add("process", {"local": True}, device=device.id, pid=handle.pid,
+                           starttime=proc_starttime(handle.pid), log=str(handle.log_path))
+            return handle
+        remote = self.remotes[device.id]
+        workdir = self.deploys[device.id].workdir
+        return start_agent(remote, device, args, workdir, self.run_id, self.owned,
+                           self.run_dir / "logs" / f"{device.id}.log", self.bundle.root.name)
+
+    # ------------------------------------------------------------------ shaping
+
+    def kernel_plans(self) -> list[tuple[str, str, str, list[shaping.Step]]]:
+        """(hop, device id, interface, steps) of the kernel's part of the shaping, both ends of each hop."""
+        out = []
+        for hop, profile in self.exp.shaping.links.items():
+            if hop.startswith("controller"):
+                continue
+            for me, peer in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
+                dev = self.devices[me]
+                ifname = dev.interface_to(peer)
+                steps = shaping.plan(ifname or "<interface>", profile, self.backend) if self.backend != "none" else []
+                if steps and not ifname:
+                    raise ConfigError("inventory", [f"devices[id={dev.id}].interface: shaping {hop} needs the "
+                                                    f"interface {dev.id} sends to {peer} through; set interface or "
+                                                    f"interfaces.{peer}"])
+                if steps:
+                    out.append((hop, dev.id, ifname, steps))
+        return out
+
+    def shape(self) -> dict[str, Any]:
+        """Apply the kernel part on the devices over SSH; read every qdisc back. Returns the manifest record."""
+        if not self.remote or self.backend == "none":
+            return {}
+        for hop, dev_id, ifname, steps in self.kernel_plans():
+            remote = self.remotes[dev_id]
+            root = steps[0].argv
+            qdisc, handle = root[root.index("handle") + 2], root[root.index("handle") + 1]
+            # recorded before it exists: clean checks the interface's root qdisc is this one before removing it
+            idx = self.owned.add("qdisc", remote.target.to_dict(), device=dev_id, dev=ifname, qdisc=qdisc,
+                                 handle=handle, hop=hop, argv=[s.argv for s in steps])
+            self.qdiscs.append((idx, dev_id, ifname))
+            got = run_steps(remote, self.devices_by_id[dev_id].python or "python3", [s.argv for s in steps],
+                            shaping.show(ifname).argv)
+            self.shaping_readback.setdefault(hop, {})[dev_id] = {
+                "interface": ifname, "applied": [s.argv for s in steps], "tc_show": got["show"].strip().splitlines()}
+        return self.shaping_readback
+
+    def userspace_link(self, hop: str) -> LinkProfile | None:
+        """The profile the sending agent of ``hop`` applies itself (userspace backend), else None."""
+        if self.backend != "userspace":
+            return None
+        return self.exp.shaping.links.get(hop)
+
+    # ------------------------------------------------------------------ teardown
+
+    def unshape(self) -> list[str]:
+        """Remove the qdiscs this run installed; returns problems (never raises)."""
+        problems = []
+        for idx, dev_id, ifname in reversed(self.qdiscs):
+            entry = self.owned.entries[idx]
+            if entry["state"] != "live":
+                continue
+            try:
+                self.owned.mark(idx, undo_remote(entry, self.remotes[dev_id]))
+            except TestbedError as e:
+                problems.append(f"{dev_id} {ifname}: {e}")
+        return problems
+
+    def after_stop(self, handles: dict[str, AgentHandle]) -> list[str]:
+        """Fetch logs, mark stopped processes, close connections; returns problems (never raises)."""
+        problems = []
+        for dev_id, h in handles.items():
+            try:
+                h.fetch_log()
+            except DeployError as e:
+                problems.append(str(e))
+            if h.returncode() is not None:
+                for i, e in enumerate(self.owned.entries):
+                    if e["kind"] == "process" and e.get("pid") == h.pid and e["state"] == "live" and \
+                            (e["where"].get("local") or e["where"].get("device") == dev_id):
+                        self.owned.mark(i, REMOVED, "stopped at the end of the run")
+        problems += self.unshape()
+        for r in self.remotes.values():
+            r.close()
+        return problems
+
+    def record(self) -> dict[str, Any]:
+        """The deploy part of the manifest."""
+        return {"method": "ssh" if self.remote else "local", "routes": self.routes,
+                "devices": {k: v.to_dict() for k, v in self.deploys.items()},
+                "ownership_record": self.owned.path.name, "at": time.time()}
