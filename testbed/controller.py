@@ -152,14 +152,18 @@ class Controller:
             self._fleet.connect_all()
             self._fleet.choose_backend()
             self._manifest["deploy"] = self._fleet.record()
-            self._manifest["shaping"] = self._shaping_record()
+            # links are shaped and probed before any agent starts: the probes do not compete with samples,
+            # and no heartbeat waits on them
+            self._manifest["shaping"] = self._shaping_record(self._fleet.shape())
+            self._writer.write_manifest(self._manifest)
+            if self._manifest["shaping"].get("kernel"):
+                self._manifest["shaping"]["probes"] = self._fleet.probe()
             self._writer.write_manifest(self._manifest)
             self._transport = ZmqTransport(self.inv.controller.bind, self.clock)
             self._start_agents()
             self._await_hellos()
             self._configure()
-            self._manifest["shaping"] = self._shaping_record(self._fleet.shape())
-            self._writer.write_manifest(self._manifest)
+
             self._align_clocks()
             self._manifest["agents"] = self._agent_records()
             self._manifest["energy"] = self._energy_record()

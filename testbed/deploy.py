@@ -109,7 +109,8 @@ grace = float(sys.argv[4]) if len(sys.argv) > 4 else 5.0
 def starttime(pid):
     try:
         with open("/proc/%d/stat" % pid) as f: s = f.read()
-        return s[s.rindex(")") + 2:].split()[19]
+        fields = s[s.rindex(")") + 2:].split()
+        return None if fields[0] == "Z" else fields[19]
     except (OSError, ValueError, IndexError): return None
 st = starttime(pid)
 out = {"pid": pid, "alive": st is not None, "ours": st is not None and (start == "-" or st == start), "starttime": st}
@@ -134,7 +135,8 @@ pid, start, exitfile = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 def starttime(pid):
     try:
         with open("/proc/%d/stat" % pid) as f: s = f.read()
-        return s[s.rindex(")") + 2:].split()[19]
+        fields = s[s.rindex(")") + 2:].split()
+        return None if fields[0] == "Z" else fields[19]
     except (OSError, ValueError, IndexError): return None
 while starttime(pid) == start:
     time.sleep(0.2)
@@ -159,6 +161,34 @@ for argv in steps:
     if p.returncode != 0: break
 shown = subprocess.run(show, capture_output=True, text=True).stdout if show else ""
 print(json.dumps({"steps": done, "show": shown}))
+"""
+
+
+# Runs on the receiving end of a probed link: accept one connection, count what arrives.
+SINK_PY = r"""
+import json, socket, sys, time
+srv = socket.socket(); srv.bind((sys.argv[1], 0)); srv.listen(1); srv.settimeout(float(sys.argv[2]))
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept(); conn.settimeout(float(sys.argv[2]))
+n, first, last = 0, None, None
+while True:
+    b = conn.recv(1 << 16)
+    if not b: break
+    now = time.monotonic_ns(); first = first or now; last = now; n += len(b)
+print(json.dumps({"bytes": n, "first_ns": first, "last_ns": last}), flush=True)
+"""
+
+# Runs on the sending end: TCP connect times (kernel round trips), then a bulk send.
+SEND_PY = r"""
+import json, socket, sys, time
+host, port, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+t0 = time.monotonic_ns(); s = socket.create_connection((host, port), timeout=30); rtt = time.monotonic_ns() - t0
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+block = b"\0" * 65536; sent = 0; t1 = time.monotonic_ns()
+while sent < nbytes:
+    sent += s.send(block[: min(len(block), nbytes - sent)])
+s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
+print(json.dumps({"connect_ms": rtt / 1e6, "sent": sent, "send_s": (time.monotonic_ns() - t1) / 1e9}))
 """
 
 
@@ -429,6 +459,28 @@ def run_steps(remote: Remote, python: str, steps: list[list[str]], show: list[st
     return got
 
 
+def probe_link(sender: Remote, sender_python: str, receiver: Remote, receiver_python: str, receiver_addr: str,
+               nbytes: int, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Measure one direction of a link: TCP connect time and bulk throughput at the receiver."""
+    sink = receiver.watch([receiver_python, "-c", SINK_PY, receiver_addr, str(timeout_s)])
+    try:
+        deadline = time.monotonic() + timeout_s
+        while "\n" not in sink.output_so_far() and time.monotonic() < deadline and not sink.finished():
+            time.sleep(0.02)
+        first = sink.output_so_far().split("\n", 1)[0].strip()
+        if not first.isdigit():
+            raise DeployError(f"device {receiver.target.device}: the probe sink did not start ({first!r})")
+        sent = _py(sender, sender_python, SEND_PY, receiver_addr, first, str(nbytes), timeout=timeout_s + 10)
+        while not sink.finished() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        got = json.loads(sink.output_so_far().strip().splitlines()[-1])
+    finally:
+        sink.close()
+    span_s = max(1e-9, (got["last_ns"] - got["first_ns"]) / 1e9)
+    return {"bytes": got["bytes"], "throughput_mbit": round(got["bytes"] * 8 / span_s / 1e6, 3),
+            "tcp_connect_ms": round(sent["connect_ms"], 3)}
+
+
 def undo_remote(entry: dict[str, Any], remote: Remote) -> str:
     """Undo one ownership entry on a device; ``removed``, or ``gone`` when it is not there or not ours."""
     kind = entry["kind"]
@@ -436,6 +488,12 @@ def undo_remote(entry: dict[str, Any], remote: Remote) -> str:
     if kind == "process":
         st = _py(remote, py, PROCCTL_PY, "term", str(entry["pid"]), entry.get("starttime") or "-", "5")
         return REMOVED if st["ours"] else GONE
+    if kind == "file":
+        have = remote.run(["sha256sum", entry["path"]], check=False).out.split()
+        if not have or have[0] != entry["sha256"]:
+            return GONE  # absent, or someone else's file now
+        remote.run(["rm", "-f", entry["path"]])
+        return REMOVED
     if kind == "rundir":  # runs/<run_id>: made by this run alone, holding its agent's log and exit status
         if remote.run(["test", "-d", entry["path"]], check=False).rc != 0:
             return GONE

@@ -115,7 +115,9 @@ def inventory(state: Path, prefix: str, subnet: str, python: str, cpu: dict[str,
             "data_host": addr[(tier, upstream[tier])], "controller_host": addr[(CONTROLLER, tier)],
             "workdir": str(state / "work" / f"{tier}-emu"), "interface": iface(CONTROLLER),
             "interfaces": {("controller" if p == CONTROLLER else p): i for p, i in peers.items()},
-            "facts": {"netns": netns_name(prefix, tier), "cpu_quota_cores": cpu[tier] if caps_applied else None}})
+            "facts": {"netns": netns_name(prefix, tier), "cpu_quota_cores": cpu[tier] if caps_applied else None,
+                      "addresses": {("controller" if p == CONTROLLER else p): a for (n, p), a in addr.items()
+                                    if n == tier}}})
     return {
         "controller": {"bind": "0.0.0.0", "netns": netns_name(prefix, CONTROLLER),
                        "route_via": [iface(t) for t in TIERS]},

@@ -20,7 +20,7 @@ from agents.protocol import TIERS
 from testbed import shaping
 from testbed.bundle import Bundle
 from testbed.config import DeviceSpec, Experiment, Inventory, LinkProfile
-from testbed.deploy import DeployRecord, deploy_device, run_steps, start_agent, target_of, undo_remote
+from testbed.deploy import DeployRecord, deploy_device, probe_link, run_steps, start_agent, target_of, undo_remote
 from testbed.errors import ConfigError, DeployError, TestbedError
 from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
 from testbed.owned import REMOVED, Ownership, proc_starttime
@@ -149,6 +149,37 @@ class Fleet:
             self.shaping_readback.setdefault(hop, {})[dev_id] = {
                 "interface": ifname, "applied": [s.argv for s in steps], "tc_show": got["show"].strip().splitlines()}
         return self.shaping_readback
+
+    def probe(self) -> dict[str, Any]:
+        """Configured vs measured, per shaped hop and direction: throughput at the receiver, TCP connect time.
+
+        The userspace delay is not in these numbers (the agents add it to their messages); it is
+        measured in the rows' net_ms columns, and :meth:`fidelity` puts the two side by side.
+        """
+        if not self.remote or self.backend == "none":
+            return {}
+        out: dict[str, Any] = {}
+        for hop, profile in self.exp.shaping.links.items():
+            if hop.startswith("controller"):
+                continue
+            rate = profile.rate_mbit
+            nbytes = int(min(16e6, max(256e3, (rate or 100.0) * 1e6 / 8 * 0.8)))
+            for src, dst in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
+                a, b = self.devices[src], self.devices[dst]
+                got = probe_link(self.remotes[a.id], a.python or "python3", self.remotes[b.id], b.python or "python3",
+                                 self._address_toward(b, src), nbytes)
+                got["configured_rate_mbit"] = rate
+                got["rate_error_pct"] = (round(100 * (got["throughput_mbit"] - rate) / rate, 2) if rate else None)
+                out.setdefault(hop, {})[f"{src}->{dst}"] = got
+        return out
+
+    @staticmethod
+    def _address_toward(device: DeviceSpec, peer: str) -> str:
+        """The address ``device`` has on its link to ``peer``.
+
+        From ``facts.addresses`` (the emulation writes them), else the device's data address.
+        """
+        return (device.facts.get("addresses") or {}).get(peer) or device.data_host or device.host
 
     def userspace_link(self, hop: str) -> LinkProfile | None:
         """The profile the sending agent of ``hop`` applies itself (userspace backend), else None."""

@@ -94,10 +94,14 @@ def clean(record: Ownership, undo: Undo, keep_files: bool = False) -> list[tuple
 
 
 def proc_starttime(pid: int) -> str | None:
-    """Field 22 of ``/proc/PID/stat`` (start time in clock ticks since boot), or None when no such process."""
+    """Field 22 of ``/proc/PID/stat``: start time in clock ticks since boot.
+
+    None when there is no such process, or only a zombie (it exited; its parent has not waited).
+    """
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-        return text[text.rindex(")") + 2:].split()[19]
+        fields = text[text.rindex(")") + 2:].split()
+        return None if fields[0] == "Z" else fields[19]
     except (OSError, ValueError, IndexError):
         return None
 

@@ -78,6 +78,10 @@ class Watch(Protocol):
         """Its stdout (complete once finished)."""
         ...
 
+    def output_so_far(self) -> str:
+        """What it has printed up to now, without waiting."""
+        ...
+
     def close(self) -> None:
         """Stop watching."""
         ...
@@ -102,6 +106,8 @@ class _ChannelWatch:
             self._out += self.channel.recv(65536)
         return self._out.decode(errors="replace")
 
+    output_so_far = output
+
     def close(self) -> None:
         """Close the channel."""
         self.channel.close()
@@ -112,18 +118,30 @@ class _ProcWatch:
 
     def __init__(self, argv: list[str]):
         import subprocess
+        import threading
 
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self._out: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._out.append(line)
 
     def finished(self) -> bool:
-        """It exited."""
-        return self.proc.poll() is not None
+        """It exited and its output is read."""
+        if self.proc.poll() is None:
+            return False
+        self._reader.join(5)
+        return True
 
     def output(self) -> str:
-        """Its stdout, once it exited."""
-        if self.proc.poll() is None or self.proc.stdout is None:
-            return ""
-        return self.proc.stdout.read()
+        """Its stdout so far."""
+        return "".join(self._out)
+
+    output_so_far = output
 
     def close(self) -> None:
         """Kill it if still running."""

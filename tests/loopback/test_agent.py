@@ -23,6 +23,7 @@ def agent(tmp_path):
     log = open(tmp_path / "agent.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "agents", "--controller", f"tcp://127.0.0.1:{port}",
                              "--id", "cloud-9", "--tier", "cloud", "--heartbeat-s", "0.1", "--liveness", "10",
+                             "--first-contact-s", "1.5",
                              "--meter", "none"],
                             cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
 
@@ -88,5 +89,6 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
 def test_agent_exits_when_the_controller_goes_silent(agent):
     router, proc, recv = agent
     recv("hello")
-    # never answer: after liveness x heartbeat_s (1 s) the agent gives up on its own
+    # never answer: after --first-contact-s (1.5 s; the controller starts every agent before it answers
+    # any) the agent gives up on its own
     assert proc.wait(20) == 3

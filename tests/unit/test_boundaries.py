@@ -56,7 +56,7 @@ def test_pure_modules_import_no_io_module():
 
 def test_only_the_cli_prints_or_exits():
     for path in (ROOT / "testbed").rglob("*.py"):
-        if path.name in ("cli.py", "__main__.py"):
+        if path.name in ("cli.py", "cli_devices.py", "__main__.py"):  # the CLI's modules
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):

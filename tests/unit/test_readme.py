@@ -22,5 +22,5 @@ def test_cli_help_lists_the_subcommands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("validate", "plan", "run", "report", "partition"):
+    for cmd in ("validate", "plan", "run", "report", "partition", "deploy", "preflight", "clean", "emulate"):
         assert cmd in out

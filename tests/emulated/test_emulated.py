@@ -1,0 +1,190 @@
+"""The real deploy path on one machine: network namespaces, sshd, SSH/SFTP deploy, tc, and clean.
+
+Needs root, iproute2 and openssh-server (`.ci/run` installs them); skips with the reason where absent.
+The emulation here has its own prefix, subnet and state directory, so it never touches one a user brought up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from testbed.emulate import missing_requirements
+
+from conftest import ROOT, write_experiment
+
+PREFIX, SUBNET = "tbt", "198.18.7"
+MISSING = missing_requirements()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"the emulation needs {', '.join(MISSING)}")
+DEVICES = {"mobile": "mobile-emu", "edge": "edge-emu", "cloud": "cloud-emu"}
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "testbed.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def netns_pids(tier: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", f"{PREFIX}-{tier}"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def agent_pids(tier: str) -> list[int]:
+    pids = []
+    for pid in netns_pids(tier):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"agents" in cmd and b"-m" in cmd:
+            pids.append(pid)
+    return pids
+
+
+def qdiscs(tier: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", f"{PREFIX}-{tier}", "tc", "qdisc", "show"], capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory):
+    base = tmp_path_factory.mktemp("emu")
+    state, inv = base / "state", base / "inventory.yaml"
+    common = ["--state-dir", str(state), "--prefix", PREFIX, "--subnet", SUBNET]
+    up = cli("emulate", "up", *common, "--inventory", str(inv))
+    assert up.returncode == 0, up.stderr + up.stdout
+    try:
+        yield base, inv
+    finally:
+        down = cli("emulate", "down", *common)
+        assert down.returncode == 0, down.stderr
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"{PREFIX}-" not in left, f"namespaces left behind: {left}"
+        assert not any(Path("/sys/fs/cgroup").glob(f"**/testbed-{PREFIX}")), "cgroups left behind"
+
+
+def experiment(path: Path, bundle: Path, **extra) -> Path:
+    doc = {"devices": DEVICES, "shaping": {"backend": "userspace",
+                                           "links": {"mobile-edge": {"delay_ms": 20, "rate_mbit": 10}}}}
+    return write_experiment(path, bundle, [{"name": "all-cloud"}], **(doc | extra))
+
+
+def test_unknown_host_keys_are_refused_until_trusted(emulation, tiny_bundle, tmp_path):
+    base, inv = emulation
+    data = yaml.safe_load(inv.read_text())
+    kh = tmp_path / "known_hosts"
+    data["defaults"]["known_hosts"] = str(kh)
+    inv2 = tmp_path / "inventory.yaml"
+    inv2.write_text(yaml.safe_dump(data))
+    exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root)
+    refused = cli("deploy", str(exp), "--inventory", str(inv2), "--results", str(tmp_path / "r"))
+    assert refused.returncode == 8, refused.stderr
+    text = " ".join(refused.stderr.split())
+    assert "mobile-emu" in text and "not in" in text and "SHA256:" in text and "--trust-new-hosts" in text
+    assert not kh.exists()
+    trusted = cli("deploy", str(exp), "--inventory", str(inv2), "--results", str(tmp_path / "r"), "--trust-new-hosts")
+    assert trusted.returncode == 0, trusted.stderr + trusted.stdout
+    assert len(kh.read_text().splitlines()) == 3  # one line per device host, now known
+
+
+def test_the_controller_refuses_addresses_that_would_leave_the_machine(emulation):
+    """From the root namespace the emulation's addresses follow the default route: refused, nothing sent."""
+    from testbed.config import load_inventory
+    from testbed.errors import RouteError
+    from testbed.routes import check_routes
+
+    inv = load_inventory(emulation[1])
+    with pytest.raises(RouteError):
+        check_routes(inv, {"mobile-emu": [inv.device("mobile-emu").host]})
+
+
+def test_run_deploys_over_ssh_shapes_the_link_and_skips_unchanged_files_the_second_time(emulation, tiny_bundle,
+                                                                                        tmp_path):
+    base, inv = emulation
+    exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=30)
+    results = tmp_path / "results"
+    manifests = []
+    for _ in range(2):
+        done = cli("run", str(exp), "--inventory", str(inv), "--results", str(results), "-q")
+        assert done.returncode == 0, done.stderr[-3000:]
+        run_dir = max(results.glob("t/*/manifest.json"), key=lambda p: p.stat().st_mtime).parent
+        manifests.append((run_dir, json.loads((run_dir / "manifest.json").read_text())))
+    (run1, m1), (run2, m2) = manifests
+    d1, d2 = m1["deploy"]["devices"], m2["deploy"]["devices"]
+    assert m1["deploy"]["method"] == "ssh" and set(d1) == set(DEVICES.values())
+    assert all(d["pushed"] for d in d1.values() if not d["skipped"])  # first deploy of this bundle: copied
+    assert any("bundles/tiny/mobile.onnx" in d["pushed"] + d["skipped"] for d in d1.values())
+    assert all(d["pushed"] == [] for d in d2.values()), d2  # second run: every file already matches
+    assert all(len(d["skipped"]) >= 8 for d in d2.values())
+    assert all(route.startswith("to-") for route in m2["deploy"]["routes"].values())
+    # the kernel rate is on both ends of mobile-edge, read back from tc
+    kernel = m2["shaping"]["kernel"]["mobile-edge"]
+    assert set(kernel) == {"mobile-emu", "edge-emu"}
+    assert any("htb" in line and "1:" in line for line in kernel["mobile-emu"]["tc_show"])
+    # measured, not assumed: the probe's throughput within 10% of 10 Mbit/s
+    probe = m2["shaping"]["probes"]["mobile-edge"]["mobile->edge"]
+    assert probe["throughput_mbit"] == pytest.approx(10.0, rel=0.10), probe
+    # the userspace delay is in the measured network time of the hop
+    rows = pd.read_parquet(run2 / "samples.parquet")
+    net = rows.loc[rows.phase == "measure", "net_ms_mobile_edge"].median()
+    assert 20.0 <= net <= 23.0, net
+    assert m2["shaping"]["backend"] == "userspace"
+    # the agents' logs came back; nothing is left running or shaped on the devices
+    assert all((run2 / "logs" / f"{d}.log").stat().st_size > 0 for d in DEVICES.values())
+    for tier in DEVICES:
+        assert agent_pids(tier) == []
+        assert "htb" not in qdiscs(tier)
+    owned = json.loads((run2 / "owned.json").read_text())["entries"]
+    assert {e["state"] for e in owned if e["kind"] in ("process", "qdisc")} == {"removed"}
+    # clean removes the run's directories on the devices; a second clean has nothing to do
+    assert cli("clean", str(run2)).returncode == 0
+    assert not any(e["state"] == "live" for e in json.loads((run2 / "owned.json").read_text())["entries"])
+    again = cli("clean", str(run2))
+    assert again.returncode == 0 and "nothing to clean" in again.stdout
+
+
+def test_killing_an_agent_on_its_host_ends_the_run_naming_it_and_clean_leaves_nothing(emulation, tiny_bundle,
+                                                                                      tmp_path):
+    base, inv = emulation
+    exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=60, warmup=0,
+                     run={"concurrency": 1, "flush_rows": 4})
+    results = tmp_path / "results"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(exp), "--inventory", str(inv),
+                             "--results", str(results), "-q"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(results.glob("t/*/samples.parts/part-*.parquet")) \
+                and proc.poll() is None:
+            time.sleep(0.05)
+        killed = agent_pids("edge")
+        assert killed, "the edge agent never started"
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 4, err[-2000:]
+    assert "edge-emu" in err
+    run_dir = next(results.glob("t/*/manifest.json")).parent
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "failed" and "edge-emu" in m["error"]
+    assert len(pd.read_parquet(run_dir / "samples.parquet")) > 0  # rows measured before the kill are kept
+    done = cli("clean", str(run_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for tier in DEVICES:
+        assert agent_pids(tier) == [], tier
+        assert "htb" not in qdiscs(tier)
+    assert not any(e["state"] == "live" for e in json.loads((run_dir / "owned.json").read_text())["entries"])

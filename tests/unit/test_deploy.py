@@ -1,0 +1,171 @@
+"""Deploy logic on scripted SSH fakes (any unprepared command fails the test) and on this machine's own shell."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from testbed import deploy
+from testbed.config import DeviceSpec
+from testbed.errors import DeployError
+from testbed.owned import GONE, REMOVED, Ownership
+from testbed.ssh import CmdResult, LocalRemote, SshTarget
+
+
+class ScriptedRemote:
+    """A Remote that answers only the commands it was told about, in order; anything else fails."""
+
+    def __init__(self, script):
+        self.target = SshTarget("pi-1", "10.0.0.2", 22, "pi", None, None)
+        self.script = list(script)  # (predicate(line), CmdResult)
+        self.ran: list[str] = []
+        self.put_files: list[tuple[Path, str]] = []
+        self.dirs: set[str] = {"/home", "/home/pi"}
+
+    def run(self, cmd, *, check=True, timeout=60.0, stdin=None):
+        line = cmd if isinstance(cmd, str) else shlex.join(cmd)
+        self.ran.append(line)
+        assert self.script, f"unprepared command: {line[:120]}"
+        pred, res = self.script.pop(0)
+        assert pred(line, stdin), f"unexpected command: {line[:160]}"
+        if check and res.rc != 0:
+            raise DeployError(f"status {res.rc}: {res.err}")
+        return res
+
+    def makedirs(self, d):
+        made = []
+        parts = d.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            p = "/" + "/".join(parts[:i])
+            if p not in self.dirs:
+                self.dirs.add(p)
+                made.append(p)
+        return made
+
+    def put(self, local, remote):
+        self.put_files.append((local, remote))
+
+    def get(self, remote, local):
+        raise AssertionError("unprepared get")
+
+    def exchange(self, argv, rounds):
+        return [(1_000, 1_500, 2_000)] * rounds  # remote clock 0.5 us... at the midpoint: offset 0
+
+    def watch(self, argv):
+        raise AssertionError("unprepared watch")
+
+    def close(self):
+        pass
+
+
+def helper(script):
+    return lambda line, stdin: script in line
+
+
+def ok(obj) -> CmdResult:
+    return CmdResult(0, json.dumps(obj) + "\n", "")
+
+
+PI = DeviceSpec(id="pi-1", tier="mobile", host="10.0.0.2", launcher="ssh", user="pi", python="/usr/bin/python3",
+                workdir="/home/pi/tb")
+
+
+def facts(**kw):
+    base = {"python": "3.11.2", "python_ok": True, "modules": {"onnxruntime": "1.17"}, "missing": [],
+            "workdir": "/home/pi/tb", "workdir_writable": True, "disk_free_bytes": 10**10, "setsid": "/usr/bin/setsid",
+            "tc": "/sbin/tc", "netem": True, "meters": ["pmic"], "kernel": "6.1", "time_ns": 0}
+    return base | kw
+
+
+def test_preflight_names_everything_missing_at_once():
+    problems = deploy.preflight_problems(PI, facts(python_ok=False, python="3.7.3",
+                                                   missing=["onnxruntime (ModuleNotFoundError: x)", "zmq (...)"],
+                                                   disk_free_bytes=10**6, netem=False, clock_offset_ms=250.0),
+                                         need_bytes=50 * 10**6, max_clock_offset_ms=100, backend="netem")
+    text = "\n".join(problems)
+    assert len(problems) == 5
+    assert "Python 3.7.3" in text and "devices[id=pi-1].python" in text
+    assert "lacks onnxruntime" in text and "pip install" in text
+    assert "MB free" in text and "+250.0 ms" in text and "sch_netem" in text
+    assert deploy.preflight_problems(PI, facts(clock_offset_ms=1.0), 10**6, 100, "userspace") == []
+
+
+def test_push_skips_files_whose_sha256_matches_and_records_what_it_copies(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "m.onnx"
+    a.write_text("print(1)")
+    b.write_bytes(b"\0" * 100)
+    files = {"agents/a.py": (a, "sha-a"), "bundles/x/m.onnx": (b, "sha-b")}
+    remote = ScriptedRemote([(helper(deploy.HASHES_PY), ok({"agents/a.py": "sha-a", "bundles/x/m.onnx": "old"}))])
+    owned = Ownership(tmp_path / "run")
+    rep = deploy.push(remote, PI, "/home/pi/tb", files, owned)
+    assert rep.skipped == ["agents/a.py"] and rep.pushed == ["bundles/x/m.onnx"] and rep.bytes_pushed == 100
+    assert remote.put_files == [(b, "/home/pi/tb/bundles/x/m.onnx")]
+    kinds = [(e["kind"], e["path"]) for e in owned.entries]
+    assert kinds == [("dir", "/home/pi/tb"), ("dir", "/home/pi/tb/bundles"), ("dir", "/home/pi/tb/bundles/x"),
+                     ("file", "/home/pi/tb/bundles/x/m.onnx")]
+    assert owned.entries[-1]["sha256"] == "sha-b" and owned.entries[-1]["where"]["host"] == "10.0.0.2"
+
+
+def test_push_through_a_real_shell_copies_then_skips(tmp_path):
+    """The real helpers (hash script, atomic copy) against this machine's own shell: second push skips all."""
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {}
+    for name, data in (("agents/x.py", b"x = 1\n"), ("bundles/b/m.onnx", b"\1" * 4096)):
+        p = src / name.replace("/", "_")
+        p.write_bytes(data)
+        files[name] = (p, deploy.sha256_file(p))
+    dev = PI.model_copy(update={"python": None})
+    import sys
+
+    dev = dev.model_copy(update={"python": sys.executable})
+    wd = str(tmp_path / "device")
+    first = deploy.push(LocalRemote("pi-1"), dev, wd, files, Ownership(tmp_path / "r1"))
+    assert sorted(first.pushed) == sorted(files) and first.skipped == []
+    assert (tmp_path / "device" / "bundles" / "b" / "m.onnx").read_bytes() == b"\1" * 4096
+    assert not list((tmp_path / "device").rglob("*.part"))
+    second = deploy.push(LocalRemote("pi-1"), dev, wd, files, Ownership(tmp_path / "r2"))
+    assert second.pushed == [] and sorted(second.skipped) == sorted(files)
+    assert Ownership(tmp_path / "r2").entries == []  # nothing created, nothing owned
+
+
+def test_kernel_steps_stop_at_the_first_failure_and_name_it():
+    remote = ScriptedRemote([(helper(deploy.STEPS_PY), ok({"steps": [
+        {"argv": ["tc", "qdisc", "replace", "dev", "wlan0", "root", "handle", "1:", "htb"], "rc": 0, "err": ""},
+        {"argv": ["tc", "qdisc", "replace", "dev", "wlan0", "parent", "1:1", "netem"], "rc": 2,
+         "err": "Error: Specified qdisc kind is unknown."}], "show": ""}))])
+    with pytest.raises(DeployError, match="pi-1.*parent 1:1 netem.*status 2.*qdisc kind is unknown"):
+        deploy.run_steps(remote, "python3", [["tc"]], None)
+
+
+def test_undo_removes_only_what_is_still_ours():
+    where = {"host": "10.0.0.2"}
+    qd = {"kind": "qdisc", "where": where, "dev": "wlan0", "qdisc": "htb", "handle": "1:"}
+    r = ScriptedRemote([
+        (lambda line, _: "grep -qF 'qdisc htb 1: root'" in line and "tc qdisc del dev wlan0 root" in line,
+         CmdResult(0, "removed\n", "")),
+        (lambda line, _: "grep" in line, CmdResult(0, "gone\n", "")),
+        (lambda line, _: line.startswith("sha256sum /w/a.py"), CmdResult(0, "ffff  /w/a.py\n", "")),
+        (lambda line, _: line.startswith("sha256sum /w/a.py"), CmdResult(0, "abcd  /w/a.py\n", "")),
+        (lambda line, _: line == "rm -f /w/a.py", CmdResult(0, "", "")),
+        (helper("os.killpg"), ok({"pid": 7, "alive": True, "ours": False, "starttime": "99"})),
+    ])
+    assert deploy.undo_remote(qd, r) == REMOVED
+    assert deploy.undo_remote(qd, r) == GONE  # a second clean: the qdisc is not there (or not ours) any more
+    f = {"kind": "file", "where": where, "path": "/w/a.py", "sha256": "abcd"}
+    assert deploy.undo_remote(f, r) == GONE  # changed since: someone else's file now
+    assert deploy.undo_remote(f, r) == REMOVED
+    assert deploy.undo_remote({"kind": "process", "where": where, "pid": 7, "starttime": "12"}, r) == GONE
+    assert r.script == []
+
+
+def test_clock_offset_takes_the_round_with_the_smallest_round_trip():
+    class R(ScriptedRemote):
+        def exchange(self, argv, rounds):
+            # (sent, remote clock, received) in ns: the 2nd round is tight, its midpoint says +5 ms
+            return [(0, 90_000_000, 100_000_000), (200_000_000, 206_000_000, 202_000_000),
+                    (300_000_000, 300_000_000, 340_000_000)]
+
+    off, rtt = deploy.clock_offset(R([]), "python3")
+    assert off == pytest.approx(5.0) and rtt == pytest.approx(2.0)

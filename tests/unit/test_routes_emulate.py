@@ -1,0 +1,73 @@
+"""Network safety checks and the emulation's pure parts: golden command lists, its inventory, sshd config."""
+
+import pytest
+import yaml
+
+from testbed import emulate
+from testbed.config import Inventory, load_inventory
+from testbed.errors import RouteError
+from testbed.routes import check_routes, parse_route_dev
+
+
+def inv(route_via=("to-mobile",)):
+    return Inventory.model_validate({"controller": {"bind": "0.0.0.0", "route_via": list(route_via)},
+                                     "devices": [{"id": "m", "tier": "mobile", "host": "198.18.0.2"}]})
+
+
+def test_route_parsing():
+    assert parse_route_dev("198.18.0.2 dev to-mobile src 198.18.0.1 uid 0\n    cache") == ("to-mobile", None)
+    assert parse_route_dev("198.18.0.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0") == ("eth0", "192.0.2.1")
+
+
+def test_an_address_that_would_leave_the_machine_is_refused_before_any_connection():
+    leaving = lambda addr: f"{addr} via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n"  # noqa: E731
+    with pytest.raises(RouteError, match=r"device m: 198\.18\.0\.2 routes via 192\.0\.2\.1 through 'eth0'.*leave"):
+        check_routes(inv(), {"m": ["198.18.0.2"]}, leaving)
+    inside = lambda addr: f"{addr} dev to-mobile src 198.18.0.1 uid 0\n"  # noqa: E731
+    assert check_routes(inv(), {"m": ["198.18.0.2"]}, inside) == {"198.18.0.2": "to-mobile"}
+    # a lab inventory names no emulation links: its routes are its own
+    assert check_routes(Inventory.model_validate({"devices": [{"id": "m", "tier": "mobile"}]}),
+                        {"m": ["10.1.1.1"]}, leaving) == {}
+
+
+def test_link_plan_is_golden():
+    cmds = emulate.link_plan("tb", "198.18.0")
+    assert cmds[:4] == [["ip", "netns", "add", f"tb-{n}"] for n in ("ctl", "mobile", "edge", "cloud")]
+    assert ["ip", "link", "add", "to-edge", "netns", "tb-mobile", "type", "veth", "peer", "name", "to-mobile",
+            "netns", "tb-edge"] in cmds
+    assert ["ip", "-n", "tb-mobile", "addr", "add", "198.18.0.13/30", "dev", "to-edge"] in cmds
+    assert ["ip", "-n", "tb-edge", "addr", "add", "198.18.0.14/30", "dev", "to-mobile"] in cmds
+    assert not any("default" in c for c in cmds)  # no namespace gets a default route: nothing can leave
+    assert len([c for c in cmds if c[:3] == ["ip", "link", "add"]]) == 5
+
+
+def test_emulation_inventory_loads_and_routes_each_hop_over_its_own_link(tmp_path):
+    data = emulate.inventory(tmp_path, "tb", "198.18.0", "/venv/bin/python", emulate.DEFAULT_CPU, True)
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(data))
+    loaded = load_inventory(path)
+    edge = loaded.device("edge-emu")
+    assert edge.launcher == "ssh" and edge.key_file == str(tmp_path / "id_ed25519")  # from defaults
+    assert edge.host == "198.18.0.6" and edge.controller_host == "198.18.0.5"
+    assert edge.data_host == "198.18.0.14"  # on the mobile-edge link, where the mobile agent sends
+    assert edge.interface_to("mobile") == "to-mobile" and edge.interface_to("cloud") == "to-cloud"
+    assert loaded.controller.netns == "tb-ctl" and set(loaded.controller.route_via) == {"to-mobile", "to-edge",
+                                                                                         "to-cloud"}
+    assert loaded.device("mobile-emu").facts["cpu_quota_cores"] < loaded.device("cloud-emu").facts["cpu_quota_cores"]
+
+
+def test_sshd_config_allows_only_the_emulation_key(tmp_path):
+    conf = emulate.sshd_config(tmp_path, "edge", "198.18.0.6")
+    assert "ListenAddress 198.18.0.6:22" in conf and "PasswordAuthentication no" in conf
+    assert f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}" in conf
+    assert f"HostKey {tmp_path / 'edge' / 'ssh_host_ed25519_key'}" in conf
+
+
+def test_defaults_fill_devices_but_never_override_them(tmp_path):
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump({"defaults": {"launcher": "ssh", "user": "pi", "key_file": "~/.ssh/id",
+                                                 "meter": {"kind": "model", "idle_w": 2.0, "busy_w": 5.0}},
+                                    "devices": [{"id": "m", "tier": "mobile", "host": "10.0.0.2", "user": "root",
+                                                 "meter": {"busy_w": 6.0}}]}))
+    d = load_inventory(path).device("m")
+    assert d.launcher == "ssh" and d.user == "root" and d.meter.kind == "model" and d.meter.busy_w == 6.0
