@@ -16,6 +16,7 @@ import math
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -302,7 +303,10 @@ class Controller:
         for k in range(PINGS):
             for a in self._agents.values():
                 sent[(a.device_id, k)] = self.clock.time_ns()
-                self._transport.send(a.device_id, p.Ping(k))
+                try:
+                    self._transport.send(a.device_id, p.Ping(k))
+                except TestbedError as e:
+                    raise self._lost(a, e) from e
             self._await("Pong", self.timeouts.hello_s,
                         lambda k=k: all(len(a.pings) > k for a in self._agents.values()), on_msg)
         for a in self._agents.values():
@@ -434,8 +438,22 @@ class Controller:
         if now - self._last_hb_sent_ns >= int(self.timeouts.heartbeat_s * NS):
             for a in self._agents.values():
                 if a.hello is not None:  # the ROUTER cannot address an agent before it connects
-                    self._transport.send(a.device_id, p.Heartbeat("controller", self.clock.time_ns()))
+                    try:
+                        self._transport.send(a.device_id, p.Heartbeat("controller", self.clock.time_ns()))
+                    except TestbedError as e:
+                        raise self._lost(a, e) from e
             self._last_hb_sent_ns = now
+
+    def _lost(self, a: _Agent, e: Exception) -> AgentLostError:
+        """The error for an agent whose connection is gone: with its exit status once its host reports it."""
+        deadline = time.monotonic() + 2.0  # a real process on a real host: real time
+        code = a.handle.returncode()
+        while code is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            code = a.handle.returncode()
+        why = (f"process exited with status {code} during the run" if code is not None
+               else f"its connection to the controller is gone ({e})")
+        return AgentLostError(a.device_id, why, a.handle.log_tail())
 
     # ------------------------------------------------------------------ teardown
 
