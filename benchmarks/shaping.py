@@ -1,6 +1,14 @@
-"""Configured vs measured link delay under the userspace backend, on the loopback tiers.
+"""Configured vs measured link delay and rate: loopback tiers, or the emulated testbed over SSH.
 
     python benchmarks/shaping.py [--samples 60] [--bundle partitions/minilm-sentiment]
+    python benchmarks/shaping.py --emulated [--samples 60]      # root: namespaces, sshd, tc htb
+
+--emulated brings up an emulation of its own (prefix tbb, 198.18.9.0/24), deploys a tiny
+bundle over SSH, and for each (delay, rate) profile on mobile-edge reads the measured rate
+from the run's probes (both directions) and the hop's median net time from the rows, against
+the configured delay plus the unshaped hop's median plus the payload's time at the rate.
+Target: delay within 5% or 0.3 ms, rate within 10%. Last lines ``worst_delay_error_ms=``
+and ``worst_rate_error_pct=``.
 
 For each profile (delay, jitter) on the mobile-edge hop, runs all-cloud samples and compares
 the median measured mobile-edge time with the configured delay plus the unshaped hop's own
@@ -45,12 +53,83 @@ def run(tmp: Path, bundle: Path, samples: int, delay: float, jitter: float) -> n
     return df[df.phase == "measure"]["net_ms_mobile_edge"].to_numpy()
 
 
+EMULATED = [(0.0, None), (5.0, 10.0), (20.0, 10.0), (50.0, 10.0), (20.0, 1.0), (5.0, 100.0)]
+
+
+def emulated(samples: int) -> None:
+    """The emulated testbed: configured vs measured delay (rows) and rate (probes)."""
+    import json
+    import subprocess
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tinybundle import make_tiny_bundle
+
+    def tb(*a: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "testbed.cli", *a], cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"testbed {' '.join(a[:2])} failed ({done.returncode}): {done.stderr[-2000:]}")
+        return done
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        bundle = make_tiny_bundle(tmp / "tiny")
+        common = ["--state-dir", str(tmp / "state"), "--prefix", "tbb", "--subnet", "198.18.9"]
+        inv = tmp / "inventory.yaml"
+        tb("emulate", "up", *common, "--inventory", str(inv))
+        try:
+            rows = []
+            for delay, rate in EMULATED:
+                name = f"emu-{delay:g}-{rate or 0:g}"
+                link = {"delay_ms": delay} | ({"rate_mbit": rate} if rate else {})
+                doc = {"name": name, "bundle": str(bundle.root),
+                       "devices": {"mobile": "mobile-emu", "edge": "edge-emu", "cloud": "cloud-emu"},
+                       "samples": {"split": "test", "count": min(samples, 60), "warmup": 5},
+                       "policies": [{"name": "all-cloud"}], "energy": {"idle_s": 0},
+                       "shaping": {"backend": "userspace", "links": {"mobile-edge": link}} if delay or rate
+                       else {"backend": "none"}}
+                exp = tmp / f"{name}.yaml"
+                exp.write_text(yaml.safe_dump(doc))
+                tb("run", str(exp), "--inventory", str(inv), "--results", str(tmp / "results"), "-q")
+                run_dir = next((tmp / "results" / name).glob("*/manifest.json")).parent
+                m = json.loads((run_dir / "manifest.json").read_text())
+                df = pd.read_parquet(run_dir / "samples.parquet")
+                df = df[df.phase == "measure"]
+                probes = (m["shaping"].get("probes") or {}).get("mobile-edge", {})
+                rows.append((delay, rate, df["net_ms_mobile_edge"].to_numpy(), float(df["bytes_mobile_edge"].median()),
+                             {k: v["throughput_mbit"] for k, v in probes.items()}))
+            tb("clean", "--results", str(tmp / "results"))
+        finally:
+            tb("emulate", "down", *common)
+    base = float(np.median(rows[0][2]))
+    print(f"emulated testbed (SSH deploy, veth links, htb rate + userspace delay), all-cloud, "
+          f"{min(samples, 60)} samples per profile; unshaped mobile-edge hop median {base:.3f} ms")
+    print(f"{'delay ms':>9} {'rate Mbit':>9} {'expected':>9} {'median':>9} {'error ms':>9}  delay  "
+          f"{'m->e Mbit':>9} {'e->m Mbit':>9}  rate")
+    worst_d, worst_r = 0.0, 0.0
+    for delay, rate, net, nbytes, tput in rows[1:]:
+        want = delay + base + (nbytes * 8 / (rate * 1e3) if rate else 0.0)
+        err = float(np.median(net)) - want
+        ok_d = abs(err) <= max(0.3, 0.05 * delay)
+        worst_d = max(worst_d, abs(err))
+        errs = [abs(v - rate) / rate * 100 for v in tput.values()] if rate else []
+        worst_r = max([worst_r, *errs])
+        print(f"{delay:>9.1f} {rate or 0:>9.1f} {want:>9.3f} {np.median(net):>9.3f} {err:>+9.3f}  "
+              f"{'ok' if ok_d else 'MISSED':<5}  {tput.get('mobile->edge', float('nan')):>9.2f} "
+              f"{tput.get('edge->mobile', float('nan')):>9.2f}  {'ok' if all(e <= 10 for e in errs) else 'MISSED'}")
+    print(f"worst_delay_error_ms={worst_d:.3f}")
+    print(f"worst_rate_error_pct={worst_r:.2f}")
+
+
 def main() -> None:
     """Print a table of configured vs measured delay; last line the worst error."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=60)
     ap.add_argument("--bundle", type=Path, default=ROOT / "partitions" / "minilm-sentiment")
+    ap.add_argument("--emulated", action="store_true", help="the emulated testbed over SSH (needs root)")
     args = ap.parse_args()
+    if args.emulated:
+        emulated(args.samples)
+        return
     worst = 0.0
     with tempfile.TemporaryDirectory() as d, open("/dev/null", "w") as null:
         stdout, sys.stdout = sys.stdout, null  # the CLI's report of every run is not the point here

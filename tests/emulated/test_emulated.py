@@ -188,3 +188,33 @@ def test_killing_an_agent_on_its_host_ends_the_run_naming_it_and_clean_leaves_no
         assert agent_pids(tier) == [], tier
         assert "htb" not in qdiscs(tier)
     assert not any(e["state"] == "live" for e in json.loads((run_dir / "owned.json").read_text())["entries"])
+
+
+def test_ctrl_c_mid_run_stops_the_agents_and_removes_the_qdiscs(emulation, tiny_bundle, tmp_path):
+    base, inv = emulation
+    exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=60, warmup=0,
+                     run={"concurrency": 1, "flush_rows": 4})
+    results = tmp_path / "results"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(exp), "--inventory", str(inv),
+                             "--results", str(results), "-q"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(results.glob("t/*/samples.parts/part-*.parquet")) \
+                and proc.poll() is None:
+            time.sleep(0.05)
+        assert "htb" in qdiscs("mobile")  # shaped while it runs
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    run_dir = next(results.glob("t/*/manifest.json")).parent
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    for tier in DEVICES:
+        assert agent_pids(tier) == [], tier
+        assert "htb" not in qdiscs(tier), tier
+    entries = json.loads((run_dir / "owned.json").read_text())["entries"]
+    assert {e["state"] for e in entries if e["kind"] in ("process", "qdisc")} == {"removed"}
