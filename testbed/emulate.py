@@ -77,6 +77,10 @@ def link_plan(prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET) -> lis
                      "netns", nb])
         cmds += [["ip", "-n", na, "addr", "add", f"{ln.addr_a}/30", "dev", iface(ln.b)],
                  ["ip", "-n", nb, "addr", "add", f"{ln.addr_b}/30", "dev", iface(ln.a)],
+                 # MTU-sized packets, as on a real link: a rate limiter fed 64 KB GSO bursts lets the first
+                 # one through free and measures coarse (+25% at 1 Mbit/s on a 256 KB probe)
+                 ["ip", "-n", na, "link", "set", "dev", iface(ln.b), "gso_max_size", "1500", "gso_max_segs", "1"],
+                 ["ip", "-n", nb, "link", "set", "dev", iface(ln.a), "gso_max_size", "1500", "gso_max_segs", "1"],
                  ["ip", "-n", na, "link", "set", iface(ln.b), "up"],
                  ["ip", "-n", nb, "link", "set", iface(ln.a), "up"]]
     return cmds

@@ -37,6 +37,8 @@ def test_link_plan_is_golden():
             "netns", "tb-edge"] in cmds
     assert ["ip", "-n", "tb-mobile", "addr", "add", "198.18.0.13/30", "dev", "to-edge"] in cmds
     assert ["ip", "-n", "tb-edge", "addr", "add", "198.18.0.14/30", "dev", "to-mobile"] in cmds
+    assert ["ip", "-n", "tb-edge", "link", "set", "dev", "to-mobile", "gso_max_size", "1500", "gso_max_segs",
+            "1"] in cmds  # MTU-sized packets reach the rate limiter
     assert not any("default" in c for c in cmds)  # no namespace gets a default route: nothing can leave
     assert len([c for c in cmds if c[:3] == ["ip", "link", "add"]]) == 5
 
