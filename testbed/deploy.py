@@ -35,8 +35,22 @@ AGENT_MODULES = ("numpy", "onnxruntime", "zmq", "msgpack", "psutil")
 MIN_PYTHON = (3, 9)
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 
+# Shared by the device-side helpers below: answer one line (flushed), and a process's start time
+# (None when gone or a zombie), which with the pid identifies it.
+_PRELUDE = r"""
+import sys as _sys
+def say(x):
+    _sys.stdout.write(str(x) + "\n"); _sys.stdout.flush()
+def starttime(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f: s = f.read()
+        fields = s[s.rindex(")") + 2:].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, ValueError, IndexError): return None
+"""
+
 # Runs on the device: versions, disk, clock, CPU governor, thermal, shaping and meter support.
-PREFLIGHT_PY = r"""
+PREFLIGHT_PY = _PRELUDE + r"""
 import glob, importlib, json, os, platform, shutil, sys, time
 wd = os.path.abspath(os.path.expanduser(sys.argv[1]))
 out = {"python": platform.python_version(), "python_ok": sys.version_info >= tuple(json.loads(sys.argv[2])),
@@ -81,11 +95,11 @@ for h in glob.glob("/sys/class/hwmon/hwmon*/name"):
 if shutil.which("vcgencmd"): meters.append("pmic")
 out["meters"] = meters
 out["time_ns"] = time.time_ns()
-print(json.dumps(out))
+say(json.dumps(out))
 """
 
 # Runs on the device: sha256 of each relative path given on stdin (null when absent).
-HASHES_PY = r"""
+HASHES_PY = _PRELUDE + r"""
 import hashlib, json, os, sys
 wd = sys.argv[1]; out = {}
 for rel in json.load(sys.stdin):
@@ -97,21 +111,15 @@ for rel in json.load(sys.stdin):
         out[rel] = h.hexdigest()
     except OSError:
         out[rel] = None
-print(json.dumps(out))
+say(json.dumps(out))
 """
 
 # Runs on the device: is pid ours (same start time); signal its process group, and with "term"
 # wait for it to go (SIGKILL after the grace period). One SSH command per stop.
-PROCCTL_PY = r"""
+PROCCTL_PY = _PRELUDE + r"""
 import json, os, signal, sys, time
 action, pid, start = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 grace = float(sys.argv[4]) if len(sys.argv) > 4 else 5.0
-def starttime(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f: s = f.read()
-        fields = s[s.rindex(")") + 2:].split()
-        return None if fields[0] == "Z" else fields[19]
-    except (OSError, ValueError, IndexError): return None
 st = starttime(pid)
 out = {"pid": pid, "alive": st is not None, "ours": st is not None and (start == "-" or st == start), "starttime": st}
 if out["ours"] and action == "term":
@@ -124,20 +132,14 @@ if out["ours"] and action == "term":
         out["signalled"] = True
     except OSError as e:
         out["error"] = str(e)
-print(json.dumps(out))
+say(json.dumps(out))
 """
 
 # Runs on the device for the whole run: returns when the agent's process is gone, printing its
 # exit status (from the exit file its wrapper writes; -9 when it was killed before it could).
-WATCH_PY = r"""
+WATCH_PY = _PRELUDE + r"""
 import os, sys, time
 pid, start, exitfile = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-def starttime(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f: s = f.read()
-        fields = s[s.rindex(")") + 2:].split()
-        return None if fields[0] == "Z" else fields[19]
-    except (OSError, ValueError, IndexError): return None
 while starttime(pid) == start:
     time.sleep(0.2)
 code = "-9"
@@ -146,12 +148,12 @@ for _ in range(10):
         with open(exitfile) as f: code = f.read().strip() or code
         break
     except OSError: time.sleep(0.1)
-print(code, flush=True)
+say(code)
 """
 
 # Runs on the device: each argv in turn (stdin: JSON list), stopping at the first failure;
 # then the read-back command. One SSH command per device for all its tc steps.
-STEPS_PY = r"""
+STEPS_PY = _PRELUDE + r"""
 import json, subprocess, sys
 steps, show = json.load(sys.stdin)
 done = []
@@ -160,26 +162,26 @@ for argv in steps:
     done.append({"argv": argv, "rc": p.returncode, "err": p.stderr.strip()[-400:]})
     if p.returncode != 0: break
 shown = subprocess.run(show, capture_output=True, text=True).stdout if show else ""
-print(json.dumps({"steps": done, "show": shown}))
+say(json.dumps({"steps": done, "show": shown}))
 """
 
 
 # Runs on the receiving end of a probed link: accept one connection, count what arrives.
-SINK_PY = r"""
+SINK_PY = _PRELUDE + r"""
 import json, socket, sys, time
 srv = socket.socket(); srv.bind((sys.argv[1], 0)); srv.listen(1); srv.settimeout(float(sys.argv[2]))
-print(srv.getsockname()[1], flush=True)
+say(srv.getsockname()[1])
 conn, _ = srv.accept(); conn.settimeout(float(sys.argv[2]))
 n, first, last = 0, None, None
 while True:
     b = conn.recv(1 << 16)
     if not b: break
     now = time.monotonic_ns(); first = first or now; last = now; n += len(b)
-print(json.dumps({"bytes": n, "first_ns": first, "last_ns": last}), flush=True)
+say(json.dumps({"bytes": n, "first_ns": first, "last_ns": last}))
 """
 
 # Runs on the sending end: TCP connect times (kernel round trips), then a bulk send.
-SEND_PY = r"""
+SEND_PY = _PRELUDE + r"""
 import json, socket, sys, time
 host, port, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 t0 = time.monotonic_ns(); s = socket.create_connection((host, port), timeout=30); rtt = time.monotonic_ns() - t0
@@ -188,7 +190,7 @@ block = b"\0" * 65536; sent = 0; t1 = time.monotonic_ns()
 while sent < nbytes:
     sent += s.send(block[: min(len(block), nbytes - sent)])
 s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
-print(json.dumps({"connect_ms": rtt / 1e6, "sent": sent, "send_s": (time.monotonic_ns() - t1) / 1e9}))
+say(json.dumps({"connect_ms": rtt / 1e6, "sent": sent, "send_s": (time.monotonic_ns() - t1) / 1e9}))
 """
 
 
@@ -208,7 +210,7 @@ def target_of(device: DeviceSpec) -> SshTarget:
     return SshTarget(device.id, device.host, device.port, device.user, device.key_file, device.known_hosts)
 
 
-CLOCK_PY = "import sys, time\nfor _ in sys.stdin:\n    print(time.time_ns(), flush=True)\n"
+CLOCK_PY = _PRELUDE + "import time\nfor _ in _sys.stdin:\n    say(time.time_ns())\n"
 
 
 def clock_offset(remote: Remote, python: str, rounds: int = 8) -> tuple[float, float]:

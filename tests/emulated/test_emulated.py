@@ -73,6 +73,19 @@ def emulation(tmp_path_factory):
         assert not any(Path("/sys/fs/cgroup").glob(f"**/testbed-{PREFIX}")), "cgroups left behind"
 
 
+def start_run_until_rows(exp: Path, inv: Path, results: Path) -> subprocess.Popen[str]:
+    """Start `testbed run` in the background; return once its first rows are on disk (or it ended)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(exp), "--inventory", str(inv),
+                             "--results", str(results), "-q"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(results.glob("t/*/samples.parts/part-*.parquet")) \
+            and proc.poll() is None:
+        time.sleep(0.05)
+    return proc
+
+
 def experiment(path: Path, bundle: Path, **extra) -> Path:
     doc = {"devices": DEVICES, "shaping": {"backend": "userspace",
                                            "links": {"mobile-edge": {"delay_ms": 20, "rate_mbit": 10}}}}
@@ -159,15 +172,8 @@ def test_killing_an_agent_on_its_host_ends_the_run_naming_it_and_clean_leaves_no
     exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=60, warmup=0,
                      run={"concurrency": 1, "flush_rows": 4})
     results = tmp_path / "results"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(exp), "--inventory", str(inv),
-                             "--results", str(results), "-q"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_run_until_rows(exp, inv, results)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not list(results.glob("t/*/samples.parts/part-*.parquet")) \
-                and proc.poll() is None:
-            time.sleep(0.05)
         killed = agent_pids("edge")
         assert killed, "the edge agent never started"
         for pid in killed:
@@ -195,15 +201,8 @@ def test_ctrl_c_mid_run_stops_the_agents_and_removes_the_qdiscs(emulation, tiny_
     exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=60, warmup=0,
                      run={"concurrency": 1, "flush_rows": 4})
     results = tmp_path / "results"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(exp), "--inventory", str(inv),
-                             "--results", str(results), "-q"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_run_until_rows(exp, inv, results)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not list(results.glob("t/*/samples.parts/part-*.parquet")) \
-                and proc.poll() is None:
-            time.sleep(0.05)
         assert "htb" in qdiscs("mobile")  # shaped while it runs
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
