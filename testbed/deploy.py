@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,9 +432,6 @@ class DeployRecord:
                 "kernel": self.facts.get("kernel"), "clock_offset_ms": self.facts.get("clock_offset_ms"),
                 "netem": self.facts.get("netem"), "governor": self.facts.get("governor"),
                 "temp_c_max": self.facts.get("temp_c_max"), "meters": self.facts.get("meters")}
-
-
-Connect = Callable[[DeviceSpec], Remote]
 
 
 def deploy_device(remote: Remote, device: DeviceSpec, bundle: Bundle, owned: Ownership | None,

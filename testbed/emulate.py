@@ -219,11 +219,6 @@ class Emulation:
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.state_file)
 
-    def is_up(self) -> bool:
-        """True when the state says the emulation is up and its namespaces exist."""
-        state = self._load()
-        return bool(state.get("netns")) and all(Path("/run/netns", n).exists() for n in state["netns"])
-
     def up(self, inventory_path: Path, cpu: dict[str, float] | None = None,
            python: str | None = None) -> dict[str, Any]:
         """Create everything and write the inventory; on failure, remove what was made and raise."""

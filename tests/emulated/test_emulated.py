@@ -56,6 +56,13 @@ def qdiscs(tier: str) -> str:
                           text=True).stdout
 
 
+def assert_devices_bare() -> None:
+    """No agent runs and no qdisc of a run is left on any emulated device."""
+    for tier in DEVICES:
+        assert agent_pids(tier) == [], tier
+        assert "htb" not in qdiscs(tier), tier
+
+
 @pytest.fixture(scope="module")
 def emulation(tmp_path_factory):
     base = tmp_path_factory.mktemp("emu")
@@ -154,9 +161,7 @@ def test_run_deploys_over_ssh_shapes_the_link_and_skips_unchanged_files_the_seco
     assert m2["shaping"]["backend"] == "userspace"
     # the agents' logs came back; nothing is left running or shaped on the devices
     assert all((run2 / "logs" / f"{d}.log").stat().st_size > 0 for d in DEVICES.values())
-    for tier in DEVICES:
-        assert agent_pids(tier) == []
-        assert "htb" not in qdiscs(tier)
+    assert_devices_bare()
     owned = json.loads((run2 / "owned.json").read_text())["entries"]
     assert {e["state"] for e in owned if e["kind"] in ("process", "qdisc")} == {"removed"}
     # clean removes the run's directories on the devices; a second clean has nothing to do
@@ -190,9 +195,7 @@ def test_killing_an_agent_on_its_host_ends_the_run_naming_it_and_clean_leaves_no
     assert len(pd.read_parquet(run_dir / "samples.parquet")) > 0  # rows measured before the kill are kept
     done = cli("clean", str(run_dir))
     assert done.returncode == 0, done.stdout + done.stderr
-    for tier in DEVICES:
-        assert agent_pids(tier) == [], tier
-        assert "htb" not in qdiscs(tier)
+    assert_devices_bare()
     assert not any(e["state"] == "live" for e in json.loads((run_dir / "owned.json").read_text())["entries"])
 
 
@@ -212,8 +215,6 @@ def test_ctrl_c_mid_run_stops_the_agents_and_removes_the_qdiscs(emulation, tiny_
     assert proc.returncode == 130, err[-2000:]
     run_dir = next(results.glob("t/*/manifest.json")).parent
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
-    for tier in DEVICES:
-        assert agent_pids(tier) == [], tier
-        assert "htb" not in qdiscs(tier), tier
+    assert_devices_bare()
     entries = json.loads((run_dir / "owned.json").read_text())["entries"]
     assert {e["state"] for e in entries if e["kind"] in ("process", "qdisc")} == {"removed"}
