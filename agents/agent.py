@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -34,7 +35,8 @@ import zmq
 
 from agents import protocol as p
 from agents.facts import host_facts
-from agents.meters import EnergyMeter, MeterError, NullMeter, open_meter
+from agents.meters import EnergyDelta, EnergyMeter, MeterError, NullMeter, open_meter
+from agents.netio import ArrivalCounter, NicError
 from agents.runtime import Partition, PartitionError
 from agents.runtime import confidence as measure_confidence
 
@@ -55,6 +57,19 @@ class _Config:
     partition: Partition
     tier_final: bool
     msg: p.Configure
+    wire_in: ArrivalCounter | None = None
+
+
+@dataclass
+class _Window:
+    """An open energy window that spans several samples (batch windows)."""
+
+    batch: int
+    opened: float  # monotonic s
+    start_ns: int  # wall clock when the meter window began
+    end_ns: int = 0  # ... and when it ended (start + the meter's duration)
+    run_seqs: list[int] = dataclasses.field(default_factory=list)
+    compute_ns: list[int] = dataclasses.field(default_factory=list)
 
 
 class Agent:
@@ -71,6 +86,7 @@ class Agent:
         data_port: int = 0,
         timeouts: AgentTimeouts = AgentTimeouts(),
         meter: EnergyMeter | None = None,
+        rx_counter: type[ArrivalCounter] | Any = ArrivalCounter,
     ):
         if tier not in p.TIERS:
             raise ValueError(f"tier {tier!r} is not one of {', '.join(p.TIERS)}")
@@ -98,6 +114,9 @@ class Agent:
         # userspace link shaping: offloads held until due, in order (as over one TCP stream)
         self._held: collections.deque[tuple[float, list[Any]]] = collections.deque()
         self._shape_rng = random.Random(agent_id)
+        self._rx_counter = rx_counter  # (iface) -> ArrivalCounter; tests pass one with known steps
+        self._window: _Window | None = None
+        self._batches = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -188,8 +207,12 @@ class Agent:
             self._configure(msg)
         elif isinstance(msg, p.Ping):
             self._send(p.Pong(self.agent_id, msg.seq, time.time_ns()))
+        elif isinstance(msg, p.Flush):
+            self._close_window()
+            self._send(p.Flushed(self.agent_id, msg.seq))
         elif isinstance(msg, p.Stop):
             log.info("stop (%s) after %d samples", msg.reason, self.served)
+            self._close_window()
             self._send_timeline()
             self._send(p.Bye(self.agent_id, self.served))
             return True
@@ -209,6 +232,7 @@ class Agent:
                                   {r: np.asarray(v, np.float64) for r, v in rails.items()}))
 
     def _configure(self, msg: p.Configure) -> None:
+        self._close_window()  # a window never spans two configurations
         path = Path(msg.partition_path)
         if not path.is_absolute():
             path = self.workdir / path
@@ -227,7 +251,14 @@ class Agent:
             self._data_out = self._ctx.socket(zmq.PUSH)
             self._data_out.setsockopt(zmq.LINGER, 0)
             self._data_out.connect(msg.next_endpoint)
-        self._config = _Config(part, final, msg)
+        wire_in = None
+        if msg.wire_in_iface:
+            try:
+                wire_in = self._rx_counter(msg.wire_in_iface)
+            except NicError as e:
+                self._fail("configure", str(e))
+                return
+        self._config = _Config(part, final, msg, wire_in)
         log.info("loaded %s in %.1f ms (final=%s, next=%s)", path, part.load_ms, final, msg.next_endpoint or "-")
         if msg.idle_s > 0:
             # Ready goes out from the loop once the baseline window closes; heartbeats keep flowing meanwhile
@@ -267,19 +298,41 @@ class Agent:
         if cfg is None:
             self._fail("work", f"sample {work.sample_id} arrived before Configure")
             return
-        key = f"sample-{work.run_seq}"
-        self.meter.begin(key)
+        wire_in = cfg.wire_in.arrival() if cfg.wire_in is not None else -1
+        frame_bytes = sum(len(f) for f in frames)
+        batching = cfg.msg.batch_samples > 1 or cfg.msg.min_window_s > 0
+        if batching:
+            if self._window is None:
+                self._window = _Window(self._batches, time.monotonic(), time.time_ns())
+                self._batches += 1
+                self.meter.begin(f"batch-{self._window.batch}")
+            key = ""
+        else:
+            key = f"sample-{work.run_seq}"
+            self.meter.begin(key)
         start_ns = time.time_ns()
         try:
             outputs = cfg.partition.run(work.tensors)
         except Exception as e:  # onnxruntime raises untyped errors; report and keep serving
-            self.meter.end(key)
+            if key:
+                self.meter.end(key)
             self._fail("compute", f"sample {work.sample_id}: {e}")
             return
         end_ns = time.time_ns()
-        energy = self.meter.end(key)
-        energy_j = math.nan if energy.energy_j is None else energy.energy_j
-        net_j = energy_j - self.idle_w * energy.duration_s  # NaN propagates when either is unknown
+        closing: EnergyDelta | None = None
+        if batching:
+            w = self._window
+            assert w is not None
+            w.run_seqs.append(work.run_seq)
+            w.compute_ns.append(end_ns - start_ns)
+            energy_j, net_j, approx, batch = math.nan, math.nan, False, w.batch
+            if len(w.run_seqs) >= cfg.msg.batch_samples and time.monotonic() - w.opened >= cfg.msg.min_window_s:
+                closing = self.meter.end(f"batch-{w.batch}")
+        else:
+            energy = self.meter.end(key)
+            energy_j = math.nan if energy.energy_j is None else energy.energy_j
+            net_j = energy_j - self.idle_w * energy.duration_s  # NaN propagates when either is unknown
+            approx, batch = energy.approx, -1
         logits = outputs[cfg.msg.logits_name]
         confidence, prediction = measure_confidence(logits[0], work.measure)
         threshold = work.thresholds.get(self.tier, float("inf"))
@@ -287,13 +340,16 @@ class Agent:
         self.served += 1
         if exited:
             stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                            confidence, prediction, True, int(logits.nbytes), energy_j, energy.approx, net_j)
+                            confidence, prediction, True, int(logits.nbytes), energy_j, approx, net_j, frame_bytes,
+                            wire_in, batch)
             self._send(p.Result(self.agent_id, work.run_seq, work.sample_id, logits, [*work.stages, stage]))
+            if closing is not None:
+                self._send_window(closing)
             return
         tensors = {dst: outputs[src] if src in outputs else work.tensors[src] for src, dst in cfg.msg.offload.items()}
         nbytes = sum(int(t.nbytes) for t in tensors.values())
         stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                        confidence, prediction, False, nbytes, energy_j, energy.approx, net_j)
+                        confidence, prediction, False, nbytes, energy_j, approx, net_j, frame_bytes, wire_in, batch)
         assert self._data_out is not None
         frames = p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds, [*work.stages, stage],
                                  work.measure))
@@ -302,8 +358,26 @@ class Agent:
             hold = (msg.delay_ms + self._shape_rng.uniform(-msg.jitter_ms, msg.jitter_ms)) / 1e3
             due = max(time.monotonic() + max(0.0, hold), self._held[-1][0] if self._held else 0.0)
             self._held.append((due, frames))
-            return
-        self._data_out.send_multipart(frames, copy=False)
+        else:
+            self._data_out.send_multipart(frames, copy=False)
+        if closing is not None:  # after the offload left: the window report is not on the sample's path
+            self._send_window(closing)
+
+    def _send_window(self, delta: EnergyDelta) -> None:
+        """Report the just-closed batch window (``delta`` is its meter reading)."""
+        w = self._window
+        assert w is not None
+        self._window = None
+        w.end_ns = w.start_ns + int(delta.duration_s * 1e9)
+        energy_j = math.nan if delta.energy_j is None else delta.energy_j
+        net_j = energy_j - self.idle_w * delta.duration_s
+        self._send(p.EnergyWindow(self.agent_id, w.batch, w.start_ns, w.end_ns, energy_j, net_j, delta.approx,
+                                  w.run_seqs, w.compute_ns))
+
+    def _close_window(self) -> None:
+        """Close the open batch window, if any, and report it (Flush, Stop, a new Configure)."""
+        if self._window is not None:
+            self._send_window(self.meter.end(f"batch-{self._window.batch}"))
 
     def _release_due(self, now: float) -> None:
         """Send the held offloads whose time has come (userspace shaping)."""

@@ -21,6 +21,9 @@ Format history:
        multipart frames with tensors out of band.
     2: Work.measure: the confidence measure of the exit rule (``max`` softmax or ``entropy``).
     3: Configure.delay_ms / jitter_ms: userspace shaping of the agent's outgoing data link.
+    4: Stage.frame_bytes_in / wire_in_bytes / energy_batch; Configure.wire_in_iface /
+       batch_samples / min_window_s; Flush, EnergyWindow, Flushed: energy windows that span
+       several samples, and interface byte counters on the hop a sample arrived over.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
 TIERS = ("mobile", "edge", "cloud")
@@ -72,7 +75,13 @@ class Stage:
     """What one tier did to one sample; all times are ``time.time_ns`` on that agent.
 
     ``energy_j`` covers the compute window (start_ns to end_ns) on that device's meter;
-    ``energy_net_j`` is what it took above the device's measured idle power.
+    ``energy_net_j`` is what it took above the device's measured idle power. With batch
+    windows (``energy_batch`` >= 0) both are NaN here: the window's :class:`EnergyWindow`
+    carries the energy, and the controller shares it out.
+
+    ``frame_bytes_in`` is the whole message this tier received (all frames: header and
+    tensors); ``wire_in_bytes`` is what the interface this sample arrived through took in
+    since the previous arrival (-1: not measured, e.g. an interface shared with other traffic).
     """
 
     tier: str
@@ -88,6 +97,9 @@ class Stage:
     energy_j: float  # NaN when the device has no meter
     energy_approx: bool
     energy_net_j: float  # energy_j minus idle power over the window; NaN without a baseline
+    frame_bytes_in: int  # bytes of all frames of the Work message this tier received
+    wire_in_bytes: int  # interface rx bytes since the previous arrival on this hop; -1: not measured
+    energy_batch: int  # the agent's energy window holding this sample; -1: its own window (energy above)
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,9 @@ class Configure:
     idle_s: float = 0.0  # measure idle power this long before Ready (0: no baseline)
     delay_ms: float = 0.0  # userspace shaping: hold each offload this long before sending (kept in order)
     jitter_ms: float = 0.0  # ... plus a uniform draw in [-jitter, +jitter]
+    wire_in_iface: str = ""  # count rx bytes of this interface per arriving sample ("": do not)
+    batch_samples: int = 1  # samples per energy window (1 with min_window_s 0: one window per sample)
+    min_window_s: float = 0.0  # an energy window also stays open at least this long
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,46 @@ class Timeline:
 
 
 @dataclass(frozen=True)
+class Flush:
+    """Close the open energy window now; the agent answers with its window, then :class:`Flushed`."""
+
+    KIND: ClassVar[str] = "flush"
+    seq: int
+
+
+@dataclass(frozen=True)
+class EnergyWindow:
+    """One energy window of an agent that spans several samples (batch windows).
+
+    ``run_seqs`` and ``compute_ns`` list the samples computed in it and their onnxruntime
+    time; the controller shares ``energy_j`` out in proportion to ``compute_ns``.
+    ``start_ns``/``end_ns`` are the meter window on the agent's wall clock: it begins just before
+    the first sample's compute and ends after the last one's, or when a Flush, Stop or Configure
+    closes it, so the gaps between samples (and before a flush) are in it.
+    """
+
+    KIND: ClassVar[str] = "energy_window"
+    agent_id: str
+    batch: int
+    start_ns: int
+    end_ns: int
+    energy_j: float  # NaN without a meter
+    energy_net_j: float  # NaN without an idle baseline
+    approx: bool
+    run_seqs: list[int]
+    compute_ns: list[int]
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """Every window closed before this message has been sent."""
+
+    KIND: ClassVar[str] = "flushed"
+    agent_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class Stop:
     """Ask an agent to exit."""
 
@@ -240,7 +295,8 @@ class Bye:
 
 MESSAGES: dict[str, type] = {
     cls.KIND: cls
-    for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Stop, Bye)
+    for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Flush,
+                EnergyWindow, Flushed, Stop, Bye)
 }
 
 Frames = list[Any]  # bytes, memoryview or zmq.Frame: anything with the buffer protocol

@@ -174,6 +174,25 @@ def _render_report(run_dir: Path) -> None:
     for _, r in rep.hops.iterrows():
         hops.add_row(*[("-" if math.isnan(v) else f"{v:.3f}") if isinstance(v, float) else str(v) for v in r])
     out.print(hops)
+    if rep.energy is not None:
+        en = Table(title="energy per measured sample by tier, mJ (gross / net of idle); a tier a sample did not "
+                         "visit adds nothing")
+        en.add_column("policy")
+        for t in TIERS:
+            en.add_column(t, justify="right")
+        for _, r in rep.energy.iterrows():
+            en.add_row(str(r["policy"]), *[f"{_mj(r[f'energy_mj_{t}'])} / {_mj(r[f'energy_net_mj_{t}'])}"
+                                           for t in TIERS])
+        out.print(en)
+    if rep.bytes is not None and len(rep.bytes):
+        by = Table(title="bytes per offload (medians): tensors, whole message, on the wire (interface counter)")
+        for title in ("policy", "hop", "n", "tensor B", "message B", "wire B", "wire over tensors"):
+            by.add_column(title, justify="left" if title in ("policy", "hop") else "right")
+        for _, r in rep.bytes.iterrows():
+            by.add_row(str(r["policy"]), str(r["hop"]), str(r["samples"]), _b(r["payload_bytes_p50"]),
+                       _b(r["msg_bytes_p50"]), _b(r["wire_bytes_p50"]),
+                       "-" if math.isnan(r["wire_overhead_pct"]) else f"{r['wire_overhead_pct']:+.1f}%")
+        out.print(by)
     if rep.paper is not None and len(rep.paper):
         _print_paper(rep.paper, "paper cost model vs measurement (measured samples; reductions against all-cloud "
                                 "of the same run)")
@@ -194,6 +213,14 @@ def _render_report(run_dir: Path) -> None:
 
     for png in power_timelines(run_dir, run_dir / "plots"):
         out.print(f"plot: {png}")
+
+
+def _mj(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.2f}"
+
+
+def _b(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.0f}"
 
 
 def _fmt(v: object, kind: str) -> str:

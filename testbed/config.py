@@ -92,6 +92,10 @@ class EnergySpec(Strict):
     """Energy settings of a run."""
 
     idle_s: float = Field(2.0, ge=0, le=600, description="idle baseline per agent before samples; 0: none")
+    batch_samples: int = Field(1, ge=1, le=100_000, description="samples per energy window on each device; above 1 "
+                               "the window's energy is shared out by compute time (for meters slower than a sample)")
+    min_window_s: float = Field(0.0, ge=0, le=600, description="an energy window also stays open at least this "
+                                "long: set it to the slowest meter's update period so no window is approximate")
 
 
 class DeploySpec(Strict):

@@ -32,12 +32,13 @@ from testbed import __version__, policies
 from testbed.bundle import Bundle, Samples
 from testbed.clock import Clock, SystemClock
 from testbed.config import Experiment, Inventory, TimeoutSpec
+from testbed.energy import EnergyLedger, window_record
 from testbed.errors import AgentLostError, AgentStartError, RunProtocolError, TestbedError
 from testbed.fleet import Fleet
 from testbed.launch import AgentArgs, AgentHandle
 from testbed.owned import Ownership
 from testbed.replay import cost_model, policy_context, policy_record
-from testbed.results import RunWriter, new_run_id, write_power_timeline
+from testbed.results import RunWriter, new_run_id, write_energy_windows, write_power_timeline
 from testbed.rows import Issued, build_row, clock_offset_ns
 from testbed.schema import SCHEMA_VERSION
 from testbed.transport import Received, ZmqTransport
@@ -137,6 +138,11 @@ class Controller:
         self._seq = 0  # issue order over the whole run: the seq column
         self.trust_new_hosts = trust_new_hosts
         self._fleet: Fleet | None = None
+        self._ledger = EnergyLedger()
+        self._windows: list[dict[str, Any]] = []  # energy_windows.parquet
+        self._flush_seq = 0
+        self._flushed: set[str] = set()
+        self._window_sink: list[dict[str, Any]] | None = None  # rows completed while a Flush is awaited
 
     # ------------------------------------------------------------------ public
 
@@ -168,6 +174,7 @@ class Controller:
             self._align_clocks()
             self._manifest["agents"] = self._agent_records()
             self._manifest["energy"] = self._energy_record()
+            self._manifest["bytes_wire"] = {r.pop("hop"): r for r in self._wire_ifaces().values()}
             self._writer.write_manifest(self._manifest)
             pctx = policy_context(self.bundle, self.exp.samples.split, self.exp.seed,
                                   {s.name for s in self.exp.policies})
@@ -232,12 +239,14 @@ class Controller:
             got = self._transport.recv(0.05)
             if got is not None:
                 self._note_heard(got.agent_id)
-                on_msg(got)
+                if isinstance(got.msg, p.EnergyWindow):
+                    self._on_window(got.msg)
+                else:
+                    on_msg(got)
 
-    @staticmethod
-    def _phase_done(what: str, a: _Agent) -> bool:
+    def _phase_done(self, what: str, a: _Agent) -> bool:
         return {"Hello": a.hello is not None, "Ready": a.ready is not None,
-                "Pong": len(a.pings) >= PINGS}[what]
+                "Pong": len(a.pings) >= PINGS, "Flushed": a.device_id in self._flushed}[what]
 
     def _note_heard(self, agent_id: str) -> None:
         if agent_id in self._agents:
@@ -277,7 +286,9 @@ class Controller:
                 seq=seq, partition_path=a.handle.partition_path(file), sha256=sha,
                 logits_name=spec.logits, offload=dict(spec.offload), next_endpoint=nxt, threads=device.threads,
                 idle_s=self.exp.energy.idle_s if seq == 1 else 0.0,
-                delay_ms=link.delay_ms if link else 0.0, jitter_ms=link.jitter_ms if link else 0.0))
+                delay_ms=link.delay_ms if link else 0.0, jitter_ms=link.jitter_ms if link else 0.0,
+                wire_in_iface=self._wire_ifaces().get(tier, {}).get("interface", ""),
+                batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s))
 
         def on_msg(got: Received) -> None:
             agent_id, msg = got.agent_id, got.msg
@@ -321,8 +332,10 @@ class Controller:
         if getattr(policy, "needs_resources", False):
             self._run_adaptive(policy, rng, samples, count, max(warm, 3))
             return
-        plan = [("warmup", i % count) for i in range(warm)] + [("measure", i) for i in range(count)]
-        self._issue_all(policy, rng, samples, plan)
+        # warmup and measure run as two phases, so no batch energy window holds samples of both
+        if warm:
+            self._issue_all(policy, rng, samples, [("warmup", i % count) for i in range(warm)], (0, warm + count))
+        self._issue_all(policy, rng, samples, [("measure", i) for i in range(count)], (warm, warm + count))
 
     def _run_adaptive(self, policy: Any, rng: np.random.Generator, samples: Samples, count: int, warm: int) -> None:
         """Warm up on the full network through every tier, measure the resources, let the policy choose, run."""
@@ -349,8 +362,12 @@ class Controller:
                 self._configure(None, seq=3)
 
     def _issue_all(self, policy: policies.Policy, rng: np.random.Generator, samples: Samples,
-                   plan: list[tuple[str, int]]) -> list[dict[str, Any]]:
-        """Issue the plan's samples; returns the rows written (also flushed to the run directory)."""
+                   plan: list[tuple[str, int]], progress: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+        """Issue the plan's samples; returns the rows written (also flushed to the run directory).
+
+        ``progress`` is (samples of this policy done before, the policy's total) for the progress bar.
+        """
+        before, total = progress or (0, len(plan))
         assert self._transport is not None and self._writer is not None
         first = next(a for a in self._agents.values() if a.tier == p.TIERS[0])
         assert first.hello is not None
@@ -387,15 +404,62 @@ class Controller:
                 if issued is None:
                     continue  # a late answer to a sample this run already gave up on
                 row = build_row(msg, issued, got.mono_ns, got.wall_ns, offsets, exit_layers, ctx)
-                self._writer.append(row)
-                written.append(row)
+                written += self._write_rows(self._ledger.add_row(row))
                 policy.observe(issued.sample_id, {s.tier: s.confidence for s in msg.stages})
                 done += 1
-                self.on_progress(Progress(policy.name, issued.phase, done, len(plan)))
+                self.on_progress(Progress(policy.name, issued.phase, before + done, total))
+            elif isinstance(msg, p.EnergyWindow):
+                written += self._on_window(msg)
             elif isinstance(msg, p.Failure):
                 raise AgentLostError(agent_id, f"failed during the run ({msg.stage}): {msg.what}",
                                      self._agents[agent_id].handle.log_tail())
+        if self._ledger.pending:
+            written += self._flush_windows()
         return written
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert self._writer is not None
+        for row in rows:
+            self._writer.append(row)
+        return rows
+
+    def _on_window(self, msg: p.EnergyWindow) -> list[dict[str, Any]]:
+        """Keep a batch window (for energy_windows.parquet) and write the rows it completes."""
+        a = self._agents.get(msg.agent_id)
+        self._windows.append(window_record(msg, a.offset_ns if a else 0))
+        rows = self._write_rows(self._ledger.add_window(msg))
+        if self._window_sink is not None:
+            self._window_sink += rows
+        return rows
+
+    def _flush_windows(self) -> list[dict[str, Any]]:
+        """Ask every agent to close its open energy window and wait for their answers; returns the rows completed.
+
+        Called at the end of each phase that left rows waiting, so no window spans two policies.
+        """
+        assert self._transport is not None
+        self._flush_seq += 1
+        self._flushed.clear()
+        for a in self._agents.values():
+            try:
+                self._transport.send(a.device_id, p.Flush(self._flush_seq))
+            except TestbedError as e:
+                raise self._lost(a, e) from e
+        completed: list[dict[str, Any]] = []
+
+        def on_msg(got: Received) -> None:
+            if isinstance(got.msg, p.Flushed) and got.msg.seq == self._flush_seq:
+                self._flushed.add(got.agent_id)
+            elif isinstance(got.msg, p.Failure):
+                raise AgentLostError(got.agent_id, f"failed during the run ({got.msg.stage}): {got.msg.what}",
+                                     self._agents[got.agent_id].handle.log_tail())
+
+        self._window_sink = completed
+        try:
+            self._await("Flushed", self.timeouts.configure_s, lambda: len(self._flushed) == len(self._agents), on_msg)
+        finally:
+            self._window_sink = None
+        return completed
 
     def _keepalive(self, in_flight: dict[int, Issued]) -> None:
         """Send heartbeats; fail on a dead or silent agent, or a sample stuck too long."""
@@ -479,6 +543,8 @@ class Controller:
                     stopped[got.agent_id] = got.msg.served
                 elif got and isinstance(got.msg, p.Timeline):
                     self._save_timeline(got.msg)
+                elif got and isinstance(got.msg, p.EnergyWindow):
+                    self._on_window(got.msg)
         for a in self._agents.values():
             code = a.handle.stop(self.timeouts.stop_s)
             stopped.setdefault(a.device_id, None)
@@ -491,10 +557,45 @@ class Controller:
             if problems:
                 self._manifest["teardown_problems"] = problems
         assert self._writer is not None
+        self._finish_energy()
         self._writer.close()
         self._manifest.update({"status": status, "error": error, "ended_at": datetime.now(UTC).isoformat(),
                                "rows": self._writer.rows_written})
         self._writer.write_manifest(self._manifest)
+
+    def _finish_energy(self) -> None:
+        """Rows still waiting for a window go out with that energy null; the raw windows go beside the rows."""
+        assert self._writer is not None
+        left = self._ledger.drain()
+        self._write_rows(left)
+        if self._windows or left:
+            rec = self._manifest.setdefault("energy", {})
+            if not isinstance(rec, dict):
+                rec = self._manifest["energy"] = {}
+            rec["batch_windows"] = {"count": len(self._windows), "rows_without_their_window": len(left)}
+            if self._windows:
+                rec["batch_windows"]["file"] = write_energy_windows(self.run_dir, self._windows).name
+
+    def _wire_ifaces(self) -> dict[str, dict[str, str]]:
+        """Per receiving tier: the interface its hop from the previous tier arrives through, or why none is counted.
+
+        Only a dedicated link counts (one the hop's data alone uses); else bytes_wire stays null.
+        """
+        out: dict[str, dict[str, str]] = {}
+        by_tier = {a.tier: a.device_id for a in self._agents.values()}
+        for prev, tier in zip(p.TIERS, p.TIERS[1:], strict=False):
+            dev = self.inv.device(by_tier[tier])
+            iface = dev.interfaces.get(prev)
+            hop = f"{prev}_{tier}"
+            if not iface:
+                out[tier] = {"hop": hop, "why_not": f"{dev.id} has no interfaces.{prev} in the inventory "
+                             "(its link to the previous tier is not known to be its own)"}
+            elif iface == dev.interface_to("controller"):
+                out[tier] = {"hop": hop, "why_not": f"{dev.id}'s interface {iface} also carries its control "
+                             "traffic"}
+            else:
+                out[tier] = {"hop": hop, "device": dev.id, "interface": iface}
+        return out
 
     # ------------------------------------------------------------------ manifest
 
@@ -545,9 +646,16 @@ class Controller:
             assert a.hello is not None and a.ready is not None
             meters[a.device_id] = a.hello.facts.get("meter", {"source": "none"})
             idle[a.device_id] = None if math.isnan(a.ready.idle_w) else a.ready.idle_w
-        return {"meters": meters, "idle_baseline_s": self.exp.energy.idle_s, "idle_w": idle,
-                "window": "each tier's compute window per sample (onnxruntime run); idle time between samples "
-                          "is not attributed"}
+        e = self.exp.energy
+        batching = e.batch_samples > 1 or e.min_window_s > 0
+        window = ("each tier's compute window per sample (onnxruntime run); idle time between samples is not "
+                  "attributed") if not batching else (
+            f"batch windows of at least {e.batch_samples} samples and {e.min_window_s} s per device, from just "
+            "before the first sample's compute to the end of the last one's, or to the flush at the end of each "
+            "phase (the gaps between samples included); each sample gets a share in proportion to its compute "
+            "time (energy_batch_<tier>; raw windows in energy_windows.parquet)")
+        return {"meters": meters, "idle_baseline_s": e.idle_s, "idle_w": idle,
+                "batch_samples": e.batch_samples, "min_window_s": e.min_window_s, "window": window}
 
     def _agent_records(self) -> dict[str, Any]:
         out = {}

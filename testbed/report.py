@@ -21,6 +21,8 @@ class Report:
     notes: list[str]
     paper: pd.DataFrame | None = None
     sweep: pd.DataFrame | None = None
+    energy: pd.DataFrame | None = None
+    bytes: pd.DataFrame | None = None
 
 
 def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
@@ -73,7 +75,21 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
     cost_spec = manifest.get("experiment", {}).get("resolved", {}).get("cost") or {}
     if cm and (cost_spec.get("sweep_o") or cost_spec.get("sweep_lam")):
         sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
-    return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep)
+    energy = stats.energy_by_tier(df)
+    energy_cols = [c for c in energy.columns if c.startswith("energy_")]
+    if not len(energy) or energy[energy_cols].isna().all().all():
+        energy = None
+    wire = manifest.get("bytes_wire") or {}
+    for hop, rec in wire.items():
+        notes.append(f"bytes on the wire, {hop}: " + (f"rx counter of {rec['interface']} on {rec['device']}"
+                                                      if "interface" in rec else f"not counted: {rec['why_not']}"))
+    batch = manifest.get("energy", {}).get("batch_windows") if isinstance(manifest.get("energy"), dict) else None
+    if batch:
+        notes.append(f"energy windows: {batch['count']} batch windows shared out by compute time"
+                     + (f"; {batch['rows_without_their_window']} rows lost their window (energy null)"
+                        if batch.get("rows_without_their_window") else ""))
+    return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep, energy,
+                  stats.bytes_by_hop(df))
 
 
 def cost_sweep(df: pd.DataFrame, cost_record: dict[str, Any], sweep_o: list[float],

@@ -140,3 +140,19 @@ def write_power_timeline(run_dir: Path, device: str, t_unix_ns: list[int] | Any,
     path = run_dir / f"power_{device}.parquet"
     pq.write_table(table, path)
     return path
+
+
+ENERGY_WINDOWS = "energy_windows.parquet"
+_WINDOW_SCHEMA = pa.schema([
+    ("device", pa.string()), ("batch", pa.int64()), ("start_unix_ns", pa.int64()), ("end_unix_ns", pa.int64()),
+    ("duration_ms", pa.float64()), ("energy_j", pa.float64()), ("energy_net_j", pa.float64()),
+    ("energy_approx", pa.bool_()), ("samples", pa.int64()), ("compute_ms_sum", pa.float64()),
+    ("run_seqs", pa.list_(pa.int64())),
+])
+
+
+def write_energy_windows(run_dir: Path, windows: list[dict[str, Any]]) -> Path:
+    """``energy_windows.parquet``: each batch energy window as the device measured it (see testbed.energy)."""
+    path = run_dir / ENERGY_WINDOWS
+    pq.write_table(pa.Table.from_pylist(windows, schema=_WINDOW_SCHEMA), path)
+    return path

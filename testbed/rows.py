@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.protocol import TIERS, Result
-from testbed.schema import HOPS
+from testbed.schema import HOPS, MSG_HOPS, WIRE_HOPS
 
 NS_PER_MS = 1e6
 
@@ -61,11 +61,16 @@ def build_row(
         "t_issue_unix_ns": issued.issue_wall_ns,
     }
     for tier in TIERS:
-        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j", "energy_net_j", "energy_approx"):
+        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j", "energy_net_j", "energy_approx",
+                    "energy_batch"):
             row[f"{col}_{tier}"] = None
     for hop in HOPS:
         row[f"net_ms_{hop}"] = None
         row[f"bytes_{hop}"] = 0
+    for hop in MSG_HOPS:
+        row[f"bytes_msg_{hop}"] = None
+    for hop in WIRE_HOPS:
+        row[f"bytes_wire_{hop}"] = None
 
     def on_ctrl(stamp_ns: int, device: str) -> int:
         return stamp_ns - offsets_ns.get(device, 0)
@@ -76,6 +81,9 @@ def build_row(
         hop = "controller_mobile" if i == 0 else f"{stages[i - 1].tier}_{s.tier}"
         row[f"net_ms_{hop}"] = (on_ctrl(s.recv_ns, s.device) - prev_send) / NS_PER_MS
         row[f"bytes_{hop}"] = issued.bytes_in if i == 0 else stages[i - 1].bytes_out
+        row[f"bytes_msg_{hop}"] = s.frame_bytes_in
+        if i > 0 and s.wire_in_bytes >= 0:
+            row[f"bytes_wire_{hop}"] = s.wire_in_bytes
         queue = (s.start_ns - s.recv_ns) / NS_PER_MS
         queue_total += queue
         row[f"confidence_{s.tier}"] = s.confidence
@@ -85,17 +93,26 @@ def build_row(
         row[f"energy_j_{s.tier}"] = None if math.isnan(s.energy_j) else s.energy_j
         row[f"energy_net_j_{s.tier}"] = None if math.isnan(s.energy_net_j) else s.energy_net_j
         row[f"energy_approx_{s.tier}"] = s.energy_approx
+        if s.energy_batch >= 0:  # shared out of a batch window later (testbed.energy.EnergyLedger)
+            row[f"energy_batch_{s.tier}"] = s.energy_batch
+            row[f"energy_approx_{s.tier}"] = None
         prev_send = on_ctrl(s.send_ns, s.device)
     row["net_ms_return"] = (recv_wall_ns - prev_send) / NS_PER_MS
     row["bytes_return"] = last.bytes_out
     row["queue_ms"] = queue_total
-    for col in ("energy_j", "energy_net_j"):
-        parts = [row[f"{col}_{s.tier}"] for s in stages]
-        row[col] = None if any(e is None for e in parts) else sum(parts)
     sources = context.get("energy_sources", {})
     row["energy_source"] = "+".join(sorted({sources.get(s.device, "none") for s in stages}))
-    row["energy_approx"] = any(s.energy_approx for s in stages)
+    energy_totals(row)
     return row
+
+
+def energy_totals(row: dict[str, Any]) -> None:
+    """Set ``energy_j``, ``energy_net_j`` and ``energy_approx`` from the visited tiers' columns."""
+    tiers = row["tier_path"].split(">")
+    for col in ("energy_j", "energy_net_j"):
+        parts = [row[f"{col}_{t}"] for t in tiers]
+        row[col] = None if any(e is None for e in parts) else sum(parts)
+    row["energy_approx"] = any(bool(row[f"energy_approx_{t}"]) for t in tiers)
 
 
 def clock_offset_ns(samples: list[tuple[int, int, int]]) -> tuple[int, int]:

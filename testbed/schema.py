@@ -11,6 +11,8 @@ controller). Per-tier columns are null for tiers a sample did not visit.
 Format history:
     1: first version (2026-11-23).
     2: ``policy_choice`` (the arm or tier a learning or random policy chose).
+    3: ``bytes_msg_<hop>`` (whole message), ``bytes_wire_<hop>`` (interface counters) and
+       ``energy_batch_<tier>`` (the energy window a sample's energy was shared out of).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import pyarrow as pa
 
 from agents.protocol import TIERS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HOPS = ("controller_mobile", "mobile_edge", "edge_cloud", "return")
+# hops whose Work message an agent receives (bytes_msg), and those between devices (bytes_wire)
+MSG_HOPS = HOPS[:3]
+WIRE_HOPS = HOPS[1:3]
 PHASES = ("warmup", "measure")
 
 
@@ -70,10 +75,21 @@ def _columns() -> list[Column]:
                         f"energy_j_{t} above the {t} device's measured idle power (null: no baseline)", True))
         c.append(Column(f"energy_approx_{t}", pa.bool_(), "",
                         f"the {t} window was shorter than its meter's update period", True))
+        c.append(Column(f"energy_batch_{t}", pa.int64(), "",
+                        f"the {t} device's energy window (energy_windows.parquet) this sample's share came from; "
+                        "null: a window of its own", True))
     for h in HOPS:
         c.append(Column(f"net_ms_{h}", pa.float64(), "ms",
                         f"hop {h}: send to receive, clocks aligned by the measured offsets", True))
         c.append(Column(f"bytes_{h}", pa.int64(), "bytes", f"tensor payload bytes sent over hop {h}"))
+        if h in MSG_HOPS:
+            c.append(Column(f"bytes_msg_{h}", pa.int64(), "bytes",
+                            f"the whole Work message over hop {h} (tensors and protocol header), as received", True))
+        if h in WIRE_HOPS:
+            c.append(Column(f"bytes_wire_{h}", pa.int64(), "bytes",
+                            f"hop {h}: the receiving device's interface counter (rx bytes) since the previous "
+                            "arrival: message, ZMTP framing, TCP/IP and Ethernet headers, retransmits; "
+                            "null when that interface also carries other traffic", True))
     c += [
         Column("t_issue_unix_ns", pa.int64(), "ns", "controller wall clock when the sample was issued"),
         Column("energy_j", pa.float64(), "J", "sum of the tiers' compute-window energy (null when no meter)", True),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from agents.protocol import TIERS
-from testbed.schema import HOPS
+from testbed.schema import HOPS, WIRE_HOPS
 
 REFERENCE = "all-cloud"
 
@@ -71,6 +71,53 @@ def hop_summary(df: pd.DataFrame) -> pd.DataFrame:
         for h in HOPS:
             row[f"net_ms_{h}_p50"] = float(g[f"net_ms_{h}"].median())
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def energy_by_tier(df: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: energy per measured sample spent on each tier (mJ), gross and net of idle.
+
+    A tier a sample did not visit adds nothing to it; NaN where no sample has that tier's energy
+    (no meter there, or no sample visited it).
+    """
+    m = df[df["phase"] == "measure"]
+    rows = []
+    for policy, g in m.groupby("policy", sort=False):
+        row: dict[str, object] = {"policy": policy, "samples": len(g)}
+        for t in TIERS:
+            for col, name in ((f"energy_j_{t}", f"energy_mj_{t}"), (f"energy_net_j_{t}", f"energy_net_mj_{t}")):
+                have = g[col].notna() if col in g else pd.Series(False, index=g.index)
+                row[name] = float(g.loc[have, col].sum()) * 1e3 / len(g) if have.any() else float("nan")
+            row[f"visited_{t}"] = float(g[f"device_{t}"].notna().mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bytes_by_hop(df: pd.DataFrame) -> pd.DataFrame:
+    """Per policy and device-to-device hop the samples crossed: tensor, message and wire bytes.
+
+    Medians, and the wire's overhead over the tensors in total; wire columns are NaN where the
+    hop was not counted.
+    """
+    m = df[df["phase"] == "measure"]
+    rows = []
+    for policy, g in m.groupby("policy", sort=False):
+        for h in WIRE_HOPS:
+            crossed = g[g[f"bytes_{h}"] > 0]
+            if not len(crossed):
+                continue
+            payload = crossed[f"bytes_{h}"]
+            msg = crossed.get(f"bytes_msg_{h}", pd.Series(dtype=float)).dropna()
+            wire = crossed.get(f"bytes_wire_{h}", pd.Series(dtype=float)).dropna()
+            paired = payload[wire.index]
+            rows.append({
+                "policy": policy, "hop": h, "samples": len(crossed),
+                "payload_bytes_p50": float(payload.median()),
+                "msg_bytes_p50": float(msg.median()) if len(msg) else float("nan"),
+                "wire_bytes_p50": float(wire.median()) if len(wire) else float("nan"),
+                "wire_overhead_pct": float((wire.sum() - paired.sum()) / paired.sum() * 100) if len(wire)
+                else float("nan"),
+            })
     return pd.DataFrame(rows)
 
 

@@ -159,6 +159,17 @@ def test_run_deploys_over_ssh_shapes_the_link_and_skips_unchanged_files_the_seco
     net = rows.loc[rows.phase == "measure", "net_ms_mobile_edge"].median()
     assert 20.0 <= net <= 23.0, net
     assert m2["shaping"]["backend"] == "userspace"
+    # bytes on the wire, from the receiving host's own interface counter (psutil in its namespace): each message
+    # in full, plus ZMTP framing and TCP/IP/Ethernet headers, and not much more
+    edge = next(d for d in m2["inventory"]["resolved"]["devices"] if d["id"] == "edge-emu")
+    assert m2["bytes_wire"]["mobile_edge"] == {"device": "edge-emu", "interface": edge["interfaces"]["mobile"]}
+    for hop in ("mobile_edge", "edge_cloud"):
+        meas = rows[rows.phase == "measure"]
+        wire, msg, payload = meas[f"bytes_wire_{hop}"], meas[f"bytes_msg_{hop}"], meas[f"bytes_{hop}"]
+        assert wire.notna().all() and (msg > payload).all(), hop
+        assert (wire >= msg).all(), (hop, list(zip(wire, msg, strict=True)))
+        overhead = (wire - msg).median()
+        assert 0 < overhead <= 0.1 * msg.median() + 300, (hop, overhead, msg.median())
     # the agents' logs came back; nothing is left running or shaped on the devices
     assert all((run2 / "logs" / f"{d}.log").stat().st_size > 0 for d in DEVICES.values())
     assert_devices_bare()

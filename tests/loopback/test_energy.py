@@ -57,3 +57,40 @@ def test_external_meter_rows_manifest_and_timeline(tiny_bundle, tmp_path):
     assert report == 0
     png = run_dir / "plots" / "power_cloud-1.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+
+
+def test_batch_windows_share_energy_by_compute_time_and_never_span_phases(tiny_bundle, tmp_path):
+    script = tmp_path / "meter.py"
+    script.write_text(METER)
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-cloud"}], count=20, warmup=3,
+                           energy={"idle_s": 0.3, "batch_samples": 8})
+    inv = write_inventory(tmp_path / "inv.yaml",
+                          **{"cloud-1": {"meter": {"kind": "external", "command": [sys.executable, str(script)]}}})
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    run_dir = only_run(tmp_path / "results")
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    win = pd.read_parquet(run_dir / "energy_windows.parquet")
+    assert len(df) == 23 and df["energy_batch_cloud"].notna().all() and df["energy_j_cloud"].notna().all()
+    # the windows of every device: cloud's have its meter; mobile and edge have none (energy null)
+    cloud = win[win["device"] == "cloud-1"].set_index("batch").sort_index()
+    assert list(cloud["samples"]) == [3, 8, 8, 4]  # warmup flushed on its own; the last measure window flushed
+    assert win.loc[win["device"] != "cloud-1", "energy_j"].isna().all()
+    # each sample's share: window energy in proportion to compute time; shares sum to the window
+    sums = df.groupby("energy_batch_cloud")["energy_j_cloud"].sum()
+    assert np.allclose(sums.to_numpy(), cloud.loc[sums.index, "energy_j"].to_numpy(), rtol=1e-12, atol=0)
+    per_ms = df["energy_j_cloud"] / df["compute_ms_cloud"]
+    assert (per_ms.groupby(df["energy_batch_cloud"]).agg(lambda s: s.max() / s.min()) < 1 + 1e-9).all()
+    # constant 3 W: a window's energy is 3 W over its length, which covers the compute and the gaps between
+    assert np.allclose(cloud["energy_j"], 3.0 * cloud["duration_ms"] / 1e3, rtol=0.05)
+    assert (cloud["energy_j"] >= 3.0 * cloud["compute_ms_sum"] / 1e3 * (1 - 1e-9)).all()
+    assert (df.groupby("energy_batch_cloud")["phase"].nunique() == 1).all()
+    assert np.allclose(df["energy_net_j_cloud"], 0.0, atol=1e-9)
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["energy"]["batch_windows"] == {"count": len(win), "rows_without_their_window": 0,
+                                            "file": "energy_windows.parquet"}
+    assert "shared out" not in m["energy"]["window"] and "in proportion to its compute time" in m["energy"]["window"]
+    # message sizes as received; on loopback one interface carries everything, so no wire counts
+    assert (df["bytes_msg_mobile_edge"] > df["bytes_mobile_edge"]).all()
+    assert (df["bytes_msg_controller_mobile"] > df["bytes_controller_mobile"]).all()
+    assert df["bytes_wire_mobile_edge"].isna().all()
+    assert "no interfaces.mobile" in m["bytes_wire"]["mobile_edge"]["why_not"]

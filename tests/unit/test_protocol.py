@@ -6,7 +6,7 @@ from agents import protocol as p
 
 
 def _stage(tier="mobile"):
-    return p.Stage(tier, f"{tier}-1", 10, 20, 30, 40, 0.75, 2, False, 1234, 0.5, False, 0.25)
+    return p.Stage(tier, f"{tier}-1", 10, 20, 30, 40, 0.75, 2, False, 1234, 0.5, False, 0.25, 2000, 2100, -1)
 
 
 MESSAGES = [

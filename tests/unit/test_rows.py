@@ -14,9 +14,9 @@ def test_row_times_and_bytes_with_clock_offsets():
     off = {"mobile-1": -1 * MS, "edge-1": 5_000 * MS}
     t0 = 1_000_000 * MS
     mob = Stage("mobile", "mobile-1", t0 + 1 * MS - MS, t0 + 2 * MS - MS, t0 + 6 * MS - MS, t0 + 7 * MS - MS,
-                0.5, 1, False, 4000, 0.02, False, 0.015)
+                0.5, 1, False, 4000, 0.02, False, 0.015, 300, -1, -1)
     edge = Stage("edge", "edge-1", t0 + 9 * MS + 5_000 * MS, t0 + 10 * MS + 5_000 * MS, t0 + 14 * MS + 5_000 * MS,
-                 t0 + 15 * MS + 5_000 * MS, 0.9, 2, True, 12, 0.03, True, float("nan"))
+                 t0 + 15 * MS + 5_000 * MS, 0.9, 2, True, 12, 0.03, True, float("nan"), 4200, 4480, -1)
     res = Result("edge-1", 3, 7, np.array([[0.0, 0.1, 3.0]], np.float32), [mob, edge])
     issued = Issued(3, 7, 2, "measure", "early-exit", 500 * MS, t0, 64)
     row = build_row(res, issued, 500 * MS + 17 * MS, t0 + 17 * MS, off, {"mobile": 2, "edge": 4, "cloud": 6}, CTX)
@@ -38,10 +38,15 @@ def test_row_times_and_bytes_with_clock_offsets():
     assert row["energy_source"] == "model+rapl" and row["energy_approx"] is True
     assert row["energy_approx_mobile"] is False and row["energy_approx_edge"] is True
     assert row["energy_approx_cloud"] is None
+    # message sizes as received; the wire count only where the receiving agent measured one
+    assert (row["bytes_msg_controller_mobile"], row["bytes_msg_mobile_edge"], row["bytes_msg_edge_cloud"]) == (
+        300, 4200, None)
+    assert row["bytes_wire_mobile_edge"] == 4480 and row["bytes_wire_edge_cloud"] is None
+    assert row["energy_batch_mobile"] is None and row["energy_batch_edge"] is None
 
 
 def test_row_energy_is_null_when_a_visited_tier_has_no_meter():
-    stage = Stage("mobile", "mobile-1", 1, 2, 3, 4, 0.9, 0, True, 12, float("nan"), False, float("nan"))
+    stage = Stage("mobile", "mobile-1", 1, 2, 3, 4, 0.9, 0, True, 12, float("nan"), False, float("nan"), 100, -1, -1)
     res = Result("mobile-1", 1, 1, np.array([[1.0, 0.0]], np.float32), [stage])
     row = build_row(res, Issued(1, 1, 0, "measure", "all-mobile", 0, 0, 8), 10, 10, {}, {"mobile": 2},
                     {"run_id": "r", "experiment": "e", "split": "test"})

@@ -41,3 +41,38 @@ def test_quality_checks_flag_drift_and_small_samples():
     small = df[df.index < 10]
     assert any("only" in a for a in stats.quality_checks(small))
     assert not np.isnan(stats.summarise(df)["latency_ms_p50"]).any()
+
+
+def test_energy_by_tier_is_per_measured_sample_and_skips_unvisited_tiers():
+    from testbed.stats import energy_by_tier
+
+    df = pd.DataFrame({
+        "policy": ["p"] * 4, "phase": ["warmup", "measure", "measure", "measure"],
+        "device_mobile": ["m"] * 4, "energy_j_mobile": [9.0, 0.001, 0.002, 0.003],
+        "energy_net_j_mobile": [9.0, 0.0005, 0.001, 0.0015],
+        "device_edge": [None, "e", None, "e"], "energy_j_edge": [None, 0.010, None, 0.020],
+        "energy_net_j_edge": [None, None, None, None],
+        "device_cloud": [None] * 4, "energy_j_cloud": [None] * 4, "energy_net_j_cloud": [None] * 4})
+    r = energy_by_tier(df).iloc[0]
+    assert r["samples"] == 3
+    assert r["energy_mj_mobile"] == pytest.approx(2.0) and r["energy_net_mj_mobile"] == pytest.approx(1.0)
+    assert r["energy_mj_edge"] == pytest.approx(10.0)  # 30 mJ over 3 samples; one did not visit the edge
+    assert np.isnan(r["energy_net_mj_edge"]) and np.isnan(r["energy_mj_cloud"])
+    assert r["visited_edge"] == pytest.approx(2 / 3)
+
+
+def test_bytes_by_hop_compares_wire_to_tensors_where_counted():
+    from testbed.stats import bytes_by_hop
+
+    df = pd.DataFrame({
+        "policy": ["p"] * 3, "phase": ["measure"] * 3,
+        "bytes_mobile_edge": [1000, 1000, 0], "bytes_msg_mobile_edge": [1100, 1100, None],
+        "bytes_wire_mobile_edge": [1200, 1300, None],
+        "bytes_edge_cloud": [500, 0, 0], "bytes_msg_edge_cloud": [560, None, None],
+        "bytes_wire_edge_cloud": [None, None, None]})
+    out = bytes_by_hop(df).set_index("hop")
+    assert list(out.index) == ["mobile_edge", "edge_cloud"]
+    me = out.loc["mobile_edge"]
+    assert me["samples"] == 2 and me["payload_bytes_p50"] == 1000 and me["msg_bytes_p50"] == 1100
+    assert me["wire_bytes_p50"] == 1250 and me["wire_overhead_pct"] == pytest.approx(25.0)
+    assert np.isnan(out.loc["edge_cloud", "wire_overhead_pct"])  # not counted on that hop
