@@ -10,7 +10,7 @@ Back ends here:
     rapl   Intel/AMD RAPL through powercap sysfs (package and DRAM domains), counter
            wraparound handled with ``max_energy_range_uj``. ``root`` is a constructor
            argument so tests point it at a fake sysfs tree.
-    ina    Jetson-style INA3221/INA238 rails through hwmon sysfs, read as power and
+    ina    Jetson-style INA3221/INA238 rails through hwmon sysfs (or iio, on older L4T), read as power and
            integrated over a background sampling timeline (:class:`PowerTimelineMeter`).
     pmic   Raspberry Pi 5 PMIC rails via ``vcgencmd pmic_read_adc`` (volts x amps per rail),
            sampled on the power timeline.
@@ -41,6 +41,7 @@ from typing import Protocol
 
 RAPL_ROOT = Path("/sys/class/powercap")
 HWMON_ROOT = Path("/sys/class/hwmon")
+IIO_ROOT = Path("/sys/bus/iio/devices")
 INA_CHIPS = ("ina3221", "ina238", "ina226", "ina219")
 
 
@@ -451,22 +452,50 @@ def find_ina_rails(root: Path = HWMON_ROOT) -> dict[str, tuple[Path, ...]]:
     return rails
 
 
+def find_ina_iio_rails(root: Path = IIO_ROOT) -> dict[str, tuple[Path, ...]]:
+    """INA rails under iio (Jetson TX2/Xavier on L4T 32, driver ``ina3221x``).
+
+    Labels come from ``rail_name_<n>``; power from ``in_power<n>_input`` (mW), else
+    ``in_voltage<n>_input`` (mV) times ``in_current<n>_input`` (mA).
+    """
+    rails: dict[str, tuple[Path, ...]] = {}
+    for dev in sorted(root.glob("iio:device*")):
+        try:
+            chip = (dev / "name").read_text().strip()
+        except OSError:
+            continue
+        if chip.rstrip("x") not in INA_CHIPS:
+            continue
+        for label_file in sorted(dev.glob("rail_name_*")):
+            n = label_file.name.rsplit("_", 1)[1]
+            label = label_file.read_text().strip() or f"{dev.name}.{n}"
+            power = dev / f"in_power{n}_input"
+            volts, amps = dev / f"in_voltage{n}_input", dev / f"in_current{n}_input"
+            if power.is_file():
+                rails[label] = (power,)
+            elif volts.is_file() and amps.is_file():
+                rails[label] = (volts, amps)
+    return rails
+
+
 def read_ina_watts(rails: dict[str, tuple[Path, ...]]) -> dict[str, float]:
-    """Watts per rail: power in uW, or millivolts times milliamps."""
+    """Watts per rail: power in uW (hwmon) or mW (iio ``in_power``), or millivolts times milliamps."""
     out = {}
     for label, files in rails.items():
         if len(files) == 1:
-            out[label] = int(files[0].read_text()) / 1e6
+            scale = 1e3 if files[0].name.startswith("in_power") else 1e6
+            out[label] = int(files[0].read_text()) / scale
         else:
             out[label] = int(files[0].read_text()) * int(files[1].read_text()) / 1e6
     return out
 
 
-def ina_meter(root: Path = HWMON_ROOT, period_s: float = 0.005, **kwargs) -> PowerTimelineMeter:
-    """A timeline meter over every INA rail found under ``root``."""
-    rails = find_ina_rails(root)
+def ina_meter(root: Path = HWMON_ROOT, period_s: float = 0.005, iio_root: Path = IIO_ROOT,
+              **kwargs) -> PowerTimelineMeter:
+    """A timeline meter over every INA rail found under ``root`` (hwmon), else under ``iio_root``."""
+    rails = find_ina_rails(root) or find_ina_iio_rails(iio_root)
     if not rails:
-        raise MeterError(f"no INA3221/INA238 power rail under {root}")
+        raise MeterError(f"no INA3221/INA238 power rail under {root} or {iio_root}")
     return PowerTimelineMeter("ina", lambda: read_ina_watts(rails), period_s, **kwargs)
 
 
@@ -657,7 +686,7 @@ def _import_pynvml() -> object:
 
 def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | None = None,
                busy_w: float | None = None, hwmon_root: Path = HWMON_ROOT,
-               command: list[str] | None = None) -> EnergyMeter:
+               command: list[str] | None = None, iio_root: Path = IIO_ROOT) -> EnergyMeter:
     """The meter ``kind`` names; ``auto`` probes rapl, nvml, ina, pmic, then model (if calibrated), then none.
 
     ``external`` runs ``command`` and is never probed: it has to be named.
@@ -682,7 +711,7 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
                 raise
     if kind in ("ina", "auto"):
         try:
-            return ina_meter(hwmon_root)
+            return ina_meter(hwmon_root, iio_root=iio_root)
         except MeterError:
             if kind == "ina":
                 raise

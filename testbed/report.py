@@ -141,8 +141,15 @@ def meter_line(device: str, meter: dict[str, Any], df: pd.DataFrame) -> str:
     period = meter.get("update_period_s")
     if period:
         text += f", update period {period * 1e3:.2f} ms"
-    flags = [df.loc[df[f"device_{t}"] == device, f"energy_approx_{t}"]
-             for t in ("mobile", "edge", "cloud") if f"energy_approx_{t}" in df]
+    flags = []
+    for t in ("mobile", "edge", "cloud"):
+        if f"energy_approx_{t}" not in df:
+            continue
+        mine = df[df[f"device_{t}"] == device]
+        batch = mine.get(f"energy_batch_{t}")
+        if batch is not None and batch.notna().any():  # batch windows: one flag per window, not per sample
+            mine = mine[batch.notna()].drop_duplicates(f"energy_batch_{t}")
+        flags.append(mine[f"energy_approx_{t}"])
     windows = pd.concat(flags).dropna() if flags else pd.Series(dtype=bool)
     if source != "none" and len(windows):
         text += f", {windows.astype(bool).mean():.1%} of {len(windows)} windows approximate"

@@ -14,6 +14,7 @@ from agents.meters import (
     NvmlMeter,
     RaplMeter,
     detect_update_period,
+    find_ina_iio_rails,
     find_ina_rails,
     find_rapl_domains,
     ina_meter,
@@ -153,14 +154,15 @@ def test_null_meter_gives_no_energy():
 
 
 def test_open_meter_probes_in_order(tmp_path):
-    none = {"rapl_root": tmp_path / "absent", "hwmon_root": tmp_path / "absent"}  # and no vcgencmd here
+    none = {"rapl_root": tmp_path / "absent", "hwmon_root": tmp_path / "absent",
+            "iio_root": tmp_path / "absent"}  # and no vcgencmd here
     assert open_meter("auto", **none).source == "none"
     assert open_meter("auto", idle_w=1, busy_w=2, **none).source == "model"
     assert open_meter("auto", rapl_root=fake_rapl(tmp_path / "rapl"), hwmon_root=tmp_path / "absent").source == "rapl"
     with pytest.raises(MeterError, match="no readable RAPL"):
         open_meter("rapl", rapl_root=tmp_path / "absent")
     with pytest.raises(MeterError, match="no INA"):
-        open_meter("ina", hwmon_root=tmp_path / "absent")
+        open_meter("ina", hwmon_root=tmp_path / "absent", iio_root=tmp_path / "absent")
     with pytest.raises(MeterError, match="needs idle_w and busy_w"):
         open_meter("model")
     with pytest.raises(MeterError, match="unknown meter"):
@@ -401,3 +403,33 @@ def test_nvml_power_timeline_from_counter_differences():
     tl.sample_once()
     times, rails = m.snapshot()
     assert times == pytest.approx([100.25]) and rails == {"gpu0": pytest.approx([200.0]), "gpu1": pytest.approx([0.0])}
+
+
+def test_ina_rails_under_iio_on_older_jetsons(tmp_path):
+    """L4T 32 (TX2, Xavier): ina3221x under iio, power in mW, or mV x mA where no power file exists."""
+    dev = tmp_path / "iio" / "iio:device0"
+    dev.mkdir(parents=True)
+    (dev / "name").write_text("ina3221x\n")
+    for n, (label, mw, mv, ma) in enumerate([("VDD_IN", 5200, None, None), ("VDD_SYS_GPU", None, 19000, 100)]):
+        (dev / f"rail_name_{n}").write_text(label + "\n")
+        if mw is not None:
+            (dev / f"in_power{n}_input").write_text(f"{mw}\n")
+        else:
+            (dev / f"in_voltage{n}_input").write_text(f"{mv}\n")
+            (dev / f"in_current{n}_input").write_text(f"{ma}\n")
+    other = tmp_path / "iio" / "iio:device1"
+    other.mkdir()
+    (other / "name").write_text("bmi160\n")
+    rails = find_ina_iio_rails(tmp_path / "iio")
+    assert sorted(rails) == ["VDD_IN", "VDD_SYS_GPU"]
+    assert read_ina_watts(rails) == {"VDD_IN": 5.2, "VDD_SYS_GPU": 1.9}
+    clock = Clock()
+    m = open_meter("ina", hwmon_root=tmp_path / "absent", iio_root=tmp_path / "iio")
+    m.close()
+    m = ina_meter(tmp_path / "absent", period_s=0.01, iio_root=tmp_path / "iio", clock=clock, background=False)
+    m.begin("w")
+    for _ in range(10):
+        clock.t += 0.01
+        m.sample_once()
+    d = m.end("w")
+    assert d.source == "ina" and d.energy_j == pytest.approx((5.2 + 1.9) * 0.1)

@@ -14,3 +14,9 @@ def test_meter_line_gives_source_period_and_approx_share():
     assert report.meter_line("mobile-1", {"source": "model"}, df) == (
         "mobile-1: model (MODELLED, not measured), 0.0% of 4 windows approximate")
     assert report.meter_line("x", {"source": "none"}, df) == "x: none"
+
+
+def test_meter_line_counts_batch_windows_once_each():
+    df = pd.DataFrame({"device_mobile": ["mobile-1"] * 5, "energy_approx_mobile": [True, True, False, False, False],
+                       "energy_batch_mobile": [0, 0, 1, 1, 1]})
+    assert report.meter_line("mobile-1", {"source": "ina"}, df) == "mobile-1: ina, 50.0% of 2 windows approximate"
