@@ -116,6 +116,7 @@ class Agent:
         self._shape_rng = random.Random(agent_id)
         self._rx_counter = rx_counter  # (iface) -> ArrivalCounter; tests pass one with known steps
         self._window: _Window | None = None
+        self._delay_ms = self._jitter_ms = 0.0  # userspace shaping in force (Configure, then Shape steps)
         self._batches = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -207,6 +208,9 @@ class Agent:
             self._configure(msg)
         elif isinstance(msg, p.Ping):
             self._send(p.Pong(self.agent_id, msg.seq, time.time_ns()))
+        elif isinstance(msg, p.Shape):
+            log.info("link schedule: offloads now held %.3f ms +- %.3f ms", msg.delay_ms, msg.jitter_ms)
+            self._delay_ms, self._jitter_ms = msg.delay_ms, msg.jitter_ms
         elif isinstance(msg, p.Flush):
             self._close_window()
             self._send(p.Flushed(self.agent_id, msg.seq))
@@ -259,6 +263,7 @@ class Agent:
                 self._fail("configure", str(e))
                 return
         self._config = _Config(part, final, msg, wire_in)
+        self._delay_ms, self._jitter_ms = msg.delay_ms, msg.jitter_ms
         log.info("loaded %s in %.1f ms (final=%s, next=%s)", path, part.load_ms, final, msg.next_endpoint or "-")
         if msg.idle_s > 0:
             # Ready goes out from the loop once the baseline window closes; heartbeats keep flowing meanwhile
@@ -353,9 +358,8 @@ class Agent:
         assert self._data_out is not None
         frames = p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds, [*work.stages, stage],
                                  work.measure))
-        msg = cfg.msg
-        if msg.delay_ms or msg.jitter_ms:
-            hold = (msg.delay_ms + self._shape_rng.uniform(-msg.jitter_ms, msg.jitter_ms)) / 1e3
+        if self._delay_ms or self._jitter_ms:
+            hold = (self._delay_ms + self._shape_rng.uniform(-self._jitter_ms, self._jitter_ms)) / 1e3
             due = max(time.monotonic() + max(0.0, hold), self._held[-1][0] if self._held else 0.0)
             self._held.append((due, frames))
         else:

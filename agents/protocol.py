@@ -23,7 +23,8 @@ Format history:
     3: Configure.delay_ms / jitter_ms: userspace shaping of the agent's outgoing data link.
     4: Stage.frame_bytes_in / wire_in_bytes / energy_batch; Configure.wire_in_iface /
        batch_samples / min_window_s; Flush, EnergyWindow, Flushed: energy windows that span
-       several samples, and interface byte counters on the hop a sample arrived over.
+       several samples, and interface byte counters on the hop a sample arrived over;
+       Shape: a link schedule's new userspace delay and jitter, mid-run.
 """
 
 from __future__ import annotations
@@ -237,6 +238,16 @@ class Timeline:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """A link schedule step: from now on, hold each offload ``delay_ms`` (+- ``jitter_ms``) before sending."""
+
+    KIND: ClassVar[str] = "shape"
+    seq: int
+    delay_ms: float
+    jitter_ms: float
+
+
+@dataclass(frozen=True)
 class Flush:
     """Close the open energy window now; the agent answers with its window, then :class:`Flushed`."""
 
@@ -295,7 +306,7 @@ class Bye:
 
 MESSAGES: dict[str, type] = {
     cls.KIND: cls
-    for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Flush,
+    for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Shape, Flush,
                 EnergyWindow, Flushed, Stop, Bye)
 }
 

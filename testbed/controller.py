@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from agents import protocol as p
-from testbed import __version__, policies
+from testbed import __version__, policies, shaping
 from testbed.bundle import Bundle, Samples
 from testbed.clock import Clock, SystemClock
 from testbed.config import Experiment, Inventory, TimeoutSpec
@@ -141,6 +141,8 @@ class Controller:
         self._ledger = EnergyLedger()
         self._windows: list[dict[str, Any]] = []  # energy_windows.parquet
         self._flush_seq = 0
+        self._samples_t0_ns: int | None = None  # when the first sample was issued: link schedules count from it
+        self._steps_applied: set[tuple[str, int]] = set()
         self._flushed: set[str] = set()
         self._window_sink: list[dict[str, Any]] | None = None  # rows completed while a Flush is awaited
 
@@ -281,7 +283,8 @@ class Controller:
             nxt = by_tier[p.TIERS[i + 1]].hello.data_endpoint if i + 1 < len(p.TIERS) else ""  # type: ignore[union-attr]
             device = self.inv.device(a.device_id)
             assert self._fleet is not None
-            link = self._fleet.userspace_link(f"{tier}-{p.TIERS[i + 1]}") if i + 1 < len(p.TIERS) else None
+            link = (self._fleet.userspace_link(f"{tier}-{p.TIERS[i + 1]}", self._schedule_t())
+                    if i + 1 < len(p.TIERS) else None)
             self._transport.send(a.device_id, p.Configure(
                 seq=seq, partition_path=a.handle.partition_path(file), sha256=sha,
                 logits_name=spec.logits, offload=dict(spec.offload), next_endpoint=nxt, threads=device.threads,
@@ -368,6 +371,8 @@ class Controller:
         ``progress`` is (samples of this policy done before, the policy's total) for the progress bar.
         """
         before, total = progress or (0, len(plan))
+        if self._samples_t0_ns is None:
+            self._samples_t0_ns = self.clock.monotonic_ns()
         assert self._transport is not None and self._writer is not None
         first = next(a for a in self._agents.values() if a.tier == p.TIERS[0])
         assert first.hello is not None
@@ -380,6 +385,7 @@ class Controller:
         written: list[dict[str, Any]] = []
         nxt, done = 0, 0
         while done < len(plan):
+            self._apply_schedule()
             while nxt < len(plan) and len(in_flight) < self.exp.run.concurrency:
                 phase, idx = plan[nxt]
                 tensors = samples.tensors(idx)
@@ -416,6 +422,37 @@ class Controller:
         if self._ledger.pending:
             written += self._flush_windows()
         return written
+
+    def _schedule_t(self) -> float:
+        """Seconds since the first sample was issued (0 before): the time base of link schedules."""
+        return 0.0 if self._samples_t0_ns is None else (self.clock.monotonic_ns() - self._samples_t0_ns) / NS
+
+    def _apply_schedule(self) -> None:
+        """Apply the link schedule steps that are due: the sending agent's delay (userspace), tc on the devices."""
+        links = self.exp.shaping.links
+        if not any(prof.schedule for prof in links.values()) or self._fleet is None or self._fleet.backend == "none":
+            return
+        assert self._transport is not None
+        t = self._schedule_t()
+        for hop, i, profile in shaping.due_steps(links, t, self._steps_applied):
+            self._steps_applied |= {(hop, j) for j in range(i + 1)}
+            rec: dict[str, Any] = {"hop": hop, "step": i, "at_s": links[hop].schedule[i].at_s,  # type: ignore[index]
+                                   "applied_at_s": round(t, 6), "unix_ns": self.clock.time_ns(),
+                                   "profile": profile.model_dump(exclude={"schedule"})}
+            if self._fleet.backend == "userspace":
+                sender = next(a for a in self._agents.values() if a.tier == hop.split("-")[0])
+                try:
+                    self._transport.send(sender.device_id, p.Shape(i, profile.delay_ms, profile.jitter_ms))
+                except TestbedError as e:
+                    raise self._lost(sender, e) from e
+                rec["userspace"] = {"device": sender.device_id, "delay_ms": profile.delay_ms,
+                                    "jitter_ms": profile.jitter_ms}
+            kernel = self._fleet.reshape(hop, profile)
+            if kernel:
+                rec["kernel"] = kernel
+            self._manifest["shaping"].setdefault("schedule_applied", []).append(rec)
+            assert self._writer is not None
+            self._writer.write_manifest(self._manifest)
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         assert self._writer is not None

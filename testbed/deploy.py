@@ -160,7 +160,7 @@ for argv in steps:
     p = subprocess.run(argv, capture_output=True, text=True)
     done.append({"argv": argv, "rc": p.returncode, "err": p.stderr.strip()[-400:]})
     if p.returncode != 0: break
-shown = subprocess.run(show, capture_output=True, text=True).stdout if show else ""
+shown = "".join(subprocess.run(a, capture_output=True, text=True).stdout for a in show or [])
 say(json.dumps({"steps": done, "show": shown}))
 """
 
@@ -447,8 +447,11 @@ def deploy_device(remote: Remote, device: DeviceSpec, bundle: Bundle, owned: Own
     return DeployRecord(device.id, device.host, "ssh+sftp", facts["workdir"], facts, report)
 
 
-def run_steps(remote: Remote, python: str, steps: list[list[str]], show: list[str] | None) -> dict[str, Any]:
-    """Run ``steps`` on the device in one SSH command, stopping at the first failure; raise naming it."""
+def run_steps(remote: Remote, python: str, steps: list[list[str]], show: list[list[str]] | None) -> dict[str, Any]:
+    """Run ``steps`` on the device in one SSH command, stopping at the first failure; raise naming it.
+
+    ``show``: commands whose output (concatenated) comes back as ``show``: the state read back.
+    """
     got = _py(remote, python, STEPS_PY, stdin=json.dumps([steps, show]).encode())
     for step in got["steps"]:
         if step["rc"] != 0:

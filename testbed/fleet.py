@@ -114,10 +114,14 @@ class Fleet:
 
     # ------------------------------------------------------------------ shaping
 
-    def kernel_plans(self) -> list[tuple[str, str, str, list[shaping.Step]]]:
-        """(hop, device id, interface, steps) of the kernel's part of the shaping, both ends of each hop."""
+    def kernel_plans(self, links: dict[str, LinkProfile] | None = None) -> list[tuple[str, str, str,
+                                                                                    list[shaping.Step]]]:
+        """(hop, device id, interface, steps) of the kernel's part of the shaping, both ends of each hop.
+
+        ``links``: the profiles to plan (default: the experiment's, as they start).
+        """
         out = []
-        for hop, profile in self.exp.shaping.links.items():
+        for hop, profile in (self.exp.shaping.links if links is None else links).items():
             if hop.startswith("controller"):
                 continue
             for me, peer in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
@@ -137,24 +141,38 @@ class Fleet:
         if not self.remote or self.backend == "none":
             return {}
         for hop, dev_id, ifname, steps in self.kernel_plans():
-            remote = self.remotes[dev_id]
+            self.shaping_readback.setdefault(hop, {})[dev_id] = self._apply_kernel(hop, dev_id, ifname, steps)
+        return self.shaping_readback
+
+    def reshape(self, hop: str, profile: LinkProfile) -> dict[str, Any]:
+        """A schedule step: apply the kernel part of ``profile`` to ``hop`` now (tc replace on both ends).
+
+        Returns per device what ran and the qdisc state read back; empty when the kernel has no
+        part in it (loopback, or a userspace step of delay and jitter only).
+        """
+        if not self.remote or self.backend == "none":
+            return {}
+        return {dev_id: self._apply_kernel(h, dev_id, ifname, steps)
+                for h, dev_id, ifname, steps in self.kernel_plans({hop: profile})}
+
+    def _apply_kernel(self, hop: str, dev_id: str, ifname: str, steps: list[shaping.Step]) -> dict[str, Any]:
+        remote = self.remotes[dev_id]
+        if not any(d == dev_id and i == ifname for _, d, i in self.qdiscs):
             root = steps[0].argv
             qdisc, handle = root[root.index("handle") + 2], root[root.index("handle") + 1]
             # recorded before it exists: clean checks the interface's root qdisc is this one before removing it
             idx = self.owned.add("qdisc", remote.target.to_dict(), device=dev_id, dev=ifname, qdisc=qdisc,
                                  handle=handle, hop=hop, argv=[s.argv for s in steps])
             self.qdiscs.append((idx, dev_id, ifname))
-            got = run_steps(remote, self.devices_by_id[dev_id].python or "python3", [s.argv for s in steps],
-                            shaping.show(ifname).argv)
-            self.shaping_readback.setdefault(hop, {})[dev_id] = {
-                "interface": ifname, "applied": [s.argv for s in steps], "tc_show": got["show"].strip().splitlines()}
-        return self.shaping_readback
+        got = run_steps(remote, self.devices_by_id[dev_id].python or "python3", [s.argv for s in steps],
+                        [shaping.show(ifname).argv, shaping.show_class(ifname).argv])
+        return {"interface": ifname, "applied": [s.argv for s in steps], "tc_show": got["show"].strip().splitlines()}
 
     def probe(self) -> dict[str, Any]:
         """Configured vs measured, per shaped hop and direction: throughput at the receiver, TCP connect time.
 
         The userspace delay is not in these numbers (the agents add it to their messages); it is
-        measured in the rows' net_ms columns, and :meth:`fidelity` puts the two side by side.
+        measured in the rows' net_ms columns; the report's fidelity lines put the two side by side.
         """
         if not self.remote or self.backend == "none":
             return {}
@@ -181,11 +199,15 @@ class Fleet:
         """
         return (device.facts.get("addresses") or {}).get(peer) or device.data_host or device.host
 
-    def userspace_link(self, hop: str) -> LinkProfile | None:
-        """The profile the sending agent of ``hop`` applies itself (userspace backend), else None."""
+    def userspace_link(self, hop: str, t_s: float = 0.0) -> LinkProfile | None:
+        """The profile the sending agent of ``hop`` applies itself (userspace backend), else None.
+
+        ``t_s``: seconds into the run's samples, for links with a schedule.
+        """
         if self.backend != "userspace":
             return None
-        return self.exp.shaping.links.get(hop)
+        profile = self.exp.shaping.links.get(hop)
+        return shaping.at(profile, t_s) if profile is not None else None
 
     # ------------------------------------------------------------------ teardown
 

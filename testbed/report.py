@@ -75,6 +75,7 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
     cost_spec = manifest.get("experiment", {}).get("resolved", {}).get("cost") or {}
     if cm and (cost_spec.get("sweep_o") or cost_spec.get("sweep_lam")):
         sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
+    notes += fidelity_lines(df, manifest)
     energy = stats.energy_by_tier(df)
     energy_cols = [c for c in energy.columns if c.startswith("energy_")]
     if not len(energy) or energy[energy_cols].isna().all().all():
@@ -132,6 +133,53 @@ def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any], summary: pd
         base = float(ref[c].iloc[0]) if len(ref) else float("nan")
         out[name] = [reduction(v, base) for v in out[c]]
     return out
+
+
+def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
+    """Configured vs measured, per shaped hop and per schedule segment.
+
+    The hop's median net time over the measured rows issued while that profile was in force,
+    beside the probes' throughput (measured before the samples).
+    """
+    shaping = manifest.get("shaping") or {}
+    links = shaping.get("links") or {}
+    if shaping.get("backend") in (None, "none", "pending") or not links:
+        return []
+    applied = shaping.get("schedule_applied") or []
+    lines = []
+    for hop, base in links.items():
+        col = f"net_ms_{hop.replace('-', '_')}"
+        if col not in df:
+            continue
+        segments = [(0, base)] + [(int(a["unix_ns"]), a["profile"]) for a in applied if a["hop"] == hop]
+        for k, (t0, prof) in enumerate(segments):
+            t1 = segments[k + 1][0] if k + 1 < len(segments) else None
+            sel = (df["phase"] == "measure") & (df["t_issue_unix_ns"] >= t0) & df[col].notna()
+            if t1 is not None:
+                sel &= df["t_issue_unix_ns"] < t1
+            net = df.loc[sel, col]
+            conf = f"{prof.get('delay_ms', 0):g}" + (f" +- {prof['jitter_ms']:g}" if prof.get("jitter_ms") else "")
+            rate = f", {prof['rate_mbit']:g} Mbit/s" if prof.get("rate_mbit") else ""
+            if len(segments) == 1:
+                when = ""
+            else:
+                when = " (as the run started)" if k == 0 else f" (schedule step from {applied_at(applied, hop, t0)})"
+            text = f"fidelity {hop}{when}: configured {conf} ms{rate}; "
+            text += (f"measured net median {net.median():.2f} ms (p5 {net.quantile(0.05):.2f}, p95 "
+                     f"{net.quantile(0.95):.2f}) over {len(net)} rows" if len(net) else "no measured rows crossed it")
+            probes = (shaping.get("probes") or {}).get(hop) or {}
+            if k == 0 and probes:
+                text += "; probes " + ", ".join(f"{d} {v['throughput_mbit']:.2f} Mbit/s" for d, v in probes.items())
+            lines.append(text)
+    return lines
+
+
+def applied_at(applied: list[dict[str, Any]], hop: str, unix_ns: int) -> str:
+    """How far into the samples a schedule step of ``hop`` was applied, for the fidelity line."""
+    for a in applied:
+        if a["hop"] == hop and int(a["unix_ns"]) == unix_ns:
+            return f"{a['applied_at_s']:.2f} s, step at_s {a['at_s']:g}"
+    return "?"
 
 
 def meter_line(device: str, meter: dict[str, Any], df: pd.DataFrame) -> str:

@@ -80,6 +80,11 @@ def show(dev: str) -> Step:
     return Step(["tc", "-s", "qdisc", "show", "dev", dev], "read the qdisc state back")
 
 
+def show_class(dev: str) -> Step:
+    """The command that reads the htb classes (their rates) back, beside :func:`show`."""
+    return Step(["tc", "-s", "class", "show", "dev", dev], "read the rate classes back")
+
+
 def userspace_params(profile: LinkProfile, backend: str) -> dict[str, float]:
     """What the agent applies to its outgoing messages: nothing under netem (the kernel does it)."""
     if backend != "userspace":
@@ -95,6 +100,21 @@ def at(profile: LinkProfile, t_s: float) -> LinkProfile:
         if step.at_s <= t_s:
             current |= {k: v for k, v in step.model_dump(exclude={"at_s"}).items() if v is not None}
     return LinkProfile.model_validate(current)
+
+
+def due_steps(links: dict[str, LinkProfile], t_s: float, applied: set[tuple[str, int]]
+              ) -> list[tuple[str, int, LinkProfile]]:
+    """Schedule steps due at ``t_s`` not yet in ``applied`` (hop, step index): (hop, index, profile now).
+
+    Where several steps of one hop fell due at once, only the latest is returned (it includes
+    the others' values); steps come in time order, so the caller marks every index up to it.
+    """
+    out: dict[str, tuple[str, int, LinkProfile]] = {}
+    for hop, profile in links.items():
+        for i, step in enumerate(profile.schedule or []):
+            if step.at_s <= t_s and (hop, i) not in applied:
+                out[hop] = (hop, i, at(profile, step.at_s))
+    return list(out.values())
 
 
 def applicable(links: dict[str, LinkProfile], backend: str, remote: bool) -> tuple[str, list[str]]:
@@ -124,6 +144,11 @@ def applicable(links: dict[str, LinkProfile], backend: str, remote: bool) -> tup
             problems.append(f"shaping.links.{name}.loss_pct: loss needs netem (a lost TCP segment is a retransmission, "
                             "not a lost message, so the agents do not fake it); use backend: netem on kernels that "
                             "have it, or drop loss_pct")
-        if p.schedule:
-            problems.append(f"shaping.links.{name}.schedule: schedules are not applied yet")
+        for i, step in enumerate(p.schedule or []):
+            where = f"shaping.links.{name}.schedule[{i}]"
+            if not remote and (step.rate_mbit or step.loss_pct):
+                problems.append(f"{where}: rate_mbit and loss_pct need the kernel on the devices' own interfaces; "
+                                "loopback agents share lo (use SSH devices, e.g. `testbed emulate up`)")
+            elif remote and step.loss_pct and chosen == "userspace":
+                problems.append(f"{where}.loss_pct: loss needs netem; use backend: netem, or drop loss_pct")
     return chosen, problems

@@ -131,7 +131,10 @@ def test_the_controller_refuses_addresses_that_would_leave_the_machine(emulation
 def test_run_deploys_over_ssh_shapes_the_link_and_skips_unchanged_files_the_second_time(emulation, tiny_bundle,
                                                                                         tmp_path):
     base, inv = emulation
-    exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=30)
+    # the rate steps down 10 -> 5 Mbit/s 0.3 s into the samples (tc class replace on both ends, read back)
+    exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=30, shaping={
+        "backend": "userspace", "links": {"mobile-edge": {"delay_ms": 20, "rate_mbit": 10,
+                                                          "schedule": [{"at_s": 0.3, "rate_mbit": 5}]}}})
     results = tmp_path / "results"
     manifests = []
     for _ in range(2):
@@ -154,6 +157,10 @@ def test_run_deploys_over_ssh_shapes_the_link_and_skips_unchanged_files_the_seco
     # measured, not assumed: the probe's throughput within 10% of 10 Mbit/s
     probe = m2["shaping"]["probes"]["mobile-edge"]["mobile->edge"]
     assert probe["throughput_mbit"] == pytest.approx(10.0, rel=0.10), probe
+    step, = m2["shaping"]["schedule_applied"]
+    assert step["profile"]["rate_mbit"] == 5 and step["userspace"]["delay_ms"] == 20
+    assert set(step["kernel"]) == {"mobile-emu", "edge-emu"}
+    assert any("rate 5Mbit" in line for line in step["kernel"]["edge-emu"]["tc_show"]), step["kernel"]
     # the userspace delay is in the measured network time of the hop
     rows = pd.read_parquet(run2 / "samples.parquet")
     net = rows.loc[rows.phase == "measure", "net_ms_mobile_edge"].median()
@@ -175,6 +182,7 @@ def test_run_deploys_over_ssh_shapes_the_link_and_skips_unchanged_files_the_seco
     assert_devices_bare()
     owned = json.loads((run2 / "owned.json").read_text())["entries"]
     assert {e["state"] for e in owned if e["kind"] in ("process", "qdisc")} == {"removed"}
+    assert len([e for e in owned if e["kind"] == "qdisc"]) == 2  # the step changed them; it added none
     # clean removes the run's directories on the devices; a second clean has nothing to do
     assert cli("clean", str(run2)).returncode == 0
     assert not any(e["state"] == "live" for e in json.loads((run2 / "owned.json").read_text())["entries"])

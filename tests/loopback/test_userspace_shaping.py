@@ -34,3 +34,22 @@ def test_mobile_edge_delay_and_jitter_show_up_in_net_ms(tiny_bundle, tmp_path):
     assert manifest["shaping"]["backend"] == "userspace"
     assert manifest["shaping"]["links"]["mobile-edge"]["delay_ms"] == 20.0
     assert main(["report", str(run_dir)]) == 0
+
+
+def test_a_link_schedule_changes_the_delay_mid_run(tiny_bundle, tmp_path):
+    """mobile-edge: no delay, then 25 ms from 0.2 s into the samples; rows issued after the step pay it."""
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-cloud"}, {"name": "all-edge"}],
+                           count=60, warmup=0,
+                           name="scheduled", shaping={"backend": "userspace", "links": {
+                               "mobile-edge": {"delay_ms": 0, "schedule": [{"at_s": 0.2, "delay_ms": 25}]}}})
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    run_dir = only_run(tmp_path / "results")
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    step, = json.loads((run_dir / "manifest.json").read_text())["shaping"]["schedule_applied"]
+    assert step["hop"] == "mobile-edge" and step["at_s"] == 0.2 and step["applied_at_s"] >= 0.2
+    assert step["userspace"] == {"device": "mobile-1", "delay_ms": 25.0, "jitter_ms": 0.0}
+    before, after = df[df.t_issue_unix_ns < step["unix_ns"]], df[df.t_issue_unix_ns > step["unix_ns"]]
+    assert len(before) >= 5 and len(after) >= 5, (len(before), len(after))
+    assert before.net_ms_mobile_edge.median() < 10.0
+    assert after.net_ms_mobile_edge.min() >= 24.9  # every offload after the step is held at least 25 ms

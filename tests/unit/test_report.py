@@ -20,3 +20,17 @@ def test_meter_line_counts_batch_windows_once_each():
     df = pd.DataFrame({"device_mobile": ["mobile-1"] * 5, "energy_approx_mobile": [True, True, False, False, False],
                        "energy_batch_mobile": [0, 0, 1, 1, 1]})
     assert report.meter_line("mobile-1", {"source": "ina"}, df) == "mobile-1: ina, 50.0% of 2 windows approximate"
+
+
+def test_fidelity_lines_split_rows_by_schedule_step():
+    df = pd.DataFrame({"phase": ["measure"] * 6, "t_issue_unix_ns": [10, 20, 30, 110, 120, 130],
+                       "net_ms_mobile_edge": [1.0, 1.2, 1.1, 26.0, 25.5, 25.8]})
+    manifest = {"shaping": {"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 0, "jitter_ms": 0}},
+                            "schedule_applied": [{"hop": "mobile-edge", "unix_ns": 100, "at_s": 1, "applied_at_s": 1.02,
+                                                  "profile": {"delay_ms": 25, "jitter_ms": 0, "rate_mbit": 5}}]}}
+    first, second = report.fidelity_lines(df, manifest)
+    assert first == ("fidelity mobile-edge (as the run started): configured 0 ms; measured net median 1.10 ms "
+                     "(p5 1.01, p95 1.19) over 3 rows")
+    assert second.startswith("fidelity mobile-edge (schedule step from 1.02 s, step at_s 1): configured 25 ms, "
+                             "5 Mbit/s; measured net median 25.80 ms") and second.endswith("over 3 rows")
+    assert report.fidelity_lines(df, {"shaping": {"backend": "none"}}) == []

@@ -44,6 +44,7 @@ def test_userspace_backend_keeps_rate_in_the_kernel_and_delay_in_the_agent():
     assert shaping.plan("veth-e", LinkProfile(delay_ms=3), "userspace") == []
     assert shaping.teardown("veth-e").argv == ["tc", "qdisc", "del", "dev", "veth-e", "root"]
     assert shaping.show("veth-e").argv == ["tc", "-s", "qdisc", "show", "dev", "veth-e"]
+    assert shaping.show_class("veth-e").argv == ["tc", "-s", "class", "show", "dev", "veth-e"]
     with pytest.raises(ValueError, match="backend"):
         shaping.plan("x", p, "fq")
 
@@ -87,3 +88,30 @@ def test_plan_prints_the_commands_and_run_refuses_to_pretend(tiny_bundle, tmp_pa
     assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "r"), "-q"]) == 2
     assert "rate_mbit and loss_pct need the kernel" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "r").exists()
+
+
+def test_due_steps_come_once_each_and_the_latest_wins_when_several_fell_due():
+    links = {"mobile-edge": LinkProfile(delay_ms=5, schedule=[{"at_s": 1, "delay_ms": 10},
+                                                              {"at_s": 2, "jitter_ms": 1}, {"at_s": 9, "delay_ms": 0}]),
+             "edge-cloud": LinkProfile(delay_ms=1)}
+    applied: set = set()
+    assert shaping.due_steps(links, 0.5, applied) == []
+    (hop, i, prof), = shaping.due_steps(links, 2.5, applied)  # steps 0 and 1 both due: one change, step 1's
+    assert (hop, i, prof.delay_ms, prof.jitter_ms) == ("mobile-edge", 1, 10, 1)
+    applied |= {(hop, j) for j in range(i + 1)}
+    assert shaping.due_steps(links, 3.0, applied) == []
+    (_, i, prof), = shaping.due_steps(links, 9.0, applied)
+    assert i == 2 and prof.delay_ms == 0 and prof.jitter_ms == 1
+
+
+def test_schedules_are_applicable_except_what_the_backend_cannot_do():
+    sched = LinkProfile(delay_ms=5, schedule=[{"at_s": 1, "delay_ms": 30}])
+    assert shaping.applicable({"mobile-edge": sched}, "userspace", remote=False) == ("userspace", [])
+    rate = LinkProfile(delay_ms=5, schedule=[{"at_s": 1, "rate_mbit": 1}])
+    _, problems = shaping.applicable({"mobile-edge": rate}, "userspace", remote=False)
+    assert problems and "schedule[0]: rate_mbit and loss_pct need the kernel" in problems[0]
+    assert shaping.applicable({"mobile-edge": rate}, "userspace", remote=True) == ("userspace", [])
+    loss = LinkProfile(schedule=[{"at_s": 1, "loss_pct": 1}])
+    _, problems = shaping.applicable({"mobile-edge": loss}, "userspace", remote=True)
+    assert problems == ["shaping.links.mobile-edge.schedule[0].loss_pct: loss needs netem; use backend: netem, "
+                        "or drop loss_pct"]
