@@ -118,7 +118,8 @@ class Fleet:
                                                                                     list[shaping.Step]]]:
         """(hop, device id, interface, steps) of the kernel's part of the shaping, both ends of each hop.
 
-        ``links``: the profiles to plan (default: the experiment's, as they start).
+        ``links``: the profiles to plan (default: the experiment's, as they start); interfaces this
+        run has shaped already get the change form of the plan.
         """
         out = []
         for hop, profile in (self.exp.shaping.links if links is None else links).items():
@@ -127,7 +128,9 @@ class Fleet:
             for me, peer in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
                 dev = self.devices[me]
                 ifname = dev.interface_to(peer)
-                steps = shaping.plan(ifname or "<interface>", profile, self.backend) if self.backend != "none" else []
+                change = any(d == dev.id and i == ifname for _, d, i in self.qdiscs)
+                steps = (shaping.plan(ifname or "<interface>", profile, self.backend, change)
+                         if self.backend != "none" else [])
                 if steps and not ifname:
                     raise ConfigError("inventory", [f"devices[id={dev.id}].interface: shaping {hop} needs the "
                                                     f"interface {dev.id} sends to {peer} through; set interface or "

@@ -34,11 +34,11 @@ class Step:
     why: str
 
 
-def _rate(dev: str, rate_mbit: float) -> list[Step]:
+def _rate(dev: str, rate_mbit: float, change: bool) -> list[Step]:
     rate = f"{_num(rate_mbit)}mbit"
-    return [
-        Step(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
-             "htb root: every packet goes to class 1:1"),
+    root = [] if change else [Step(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default",
+                                    "1"], "htb root: every packet goes to class 1:1")]
+    return root + [
         Step(["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "ceil",
               rate], f"rate limit {rate}"),
     ]
@@ -53,14 +53,18 @@ def _netem_args(p: LinkProfile) -> list[str]:
     return args
 
 
-def plan(dev: str, profile: LinkProfile, backend: str) -> list[Step]:
-    """Commands that shape the egress of interface ``dev`` with ``profile`` under ``backend``."""
+def plan(dev: str, profile: LinkProfile, backend: str, change: bool = False) -> list[Step]:
+    """Commands that shape the egress of interface ``dev`` with ``profile`` under ``backend``.
+
+    ``change``: a schedule step on an interface this run already shaped; the htb root stays
+    (htb cannot be replaced in place), its class and the netem under it are replaced.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: one of {BACKENDS}")
     delayed = bool(profile.delay_ms or profile.jitter_ms or profile.loss_pct)
     steps: list[Step] = []
     if profile.rate_mbit:
-        steps += _rate(dev, profile.rate_mbit)
+        steps += _rate(dev, profile.rate_mbit, change)
         if backend == "netem" and delayed:
             steps.append(Step(["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:",
                                *_netem_args(profile)], "netem under the rate class: delay, jitter, loss"))

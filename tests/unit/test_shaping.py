@@ -44,6 +44,10 @@ def test_userspace_backend_keeps_rate_in_the_kernel_and_delay_in_the_agent():
     assert shaping.plan("veth-e", LinkProfile(delay_ms=3), "userspace") == []
     assert shaping.teardown("veth-e").argv == ["tc", "qdisc", "del", "dev", "veth-e", "root"]
     assert shaping.show("veth-e").argv == ["tc", "-s", "qdisc", "show", "dev", "veth-e"]
+    # a schedule step on an interface already shaped: the htb root stays, its class changes
+    assert [s.argv for s in shaping.plan("veth-e", LinkProfile(rate_mbit=5), "userspace", change=True)] == [
+        ["tc", "class", "replace", "dev", "veth-e", "parent", "1:", "classid", "1:1", "htb", "rate", "5mbit", "ceil",
+         "5mbit"]]
     assert shaping.show_class("veth-e").argv == ["tc", "-s", "class", "show", "dev", "veth-e"]
     with pytest.raises(ValueError, match="backend"):
         shaping.plan("x", p, "fq")
