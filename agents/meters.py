@@ -430,26 +430,41 @@ class CounterTimeline(PowerTimelineMeter):
         self._prev = (t, reading)
 
 
-def find_ina_rails(root: Path = HWMON_ROOT) -> dict[str, tuple[Path, ...]]:
-    """INA power rails under hwmon: label -> (power_uW file,) or (millivolt file, milliamp file)."""
+# Where INA rails live: (device glob, label glob, rail number from the label file's name, fallback label prefix,
+# power file, millivolt file, milliamp file); hwmon power is in uW, iio ``in_power`` in mW.
+_INA_LAYOUTS: dict[str, tuple[str, str, Callable[[str], str], str, str, str, str]] = {
+    "hwmon": ("hwmon*", "in*_label", lambda name: name[2:-6], "in", "power{n}_input", "in{n}_input",
+              "curr{n}_input"),
+    "iio": ("iio:device*", "rail_name_*", lambda name: name.rsplit("_", 1)[1], "", "in_power{n}_input",
+            "in_voltage{n}_input", "in_current{n}_input"),
+}
+
+
+def _find_rails(root: Path, layout: str) -> dict[str, tuple[Path, ...]]:
+    dev_glob, label_glob, number, prefix, power_f, volts_f, amps_f = _INA_LAYOUTS[layout]
     rails: dict[str, tuple[Path, ...]] = {}
-    for hw in sorted(root.glob("hwmon*")):
+    for dev in sorted(root.glob(dev_glob)):
         try:
-            chip = (hw / "name").read_text().strip()
+            chip = (dev / "name").read_text().strip()
         except OSError:
             continue
-        if chip not in INA_CHIPS:
+        if chip.rstrip("x") not in INA_CHIPS:  # iio's driver is ina3221x
             continue
-        for label_file in sorted(hw.glob("in*_label")):
-            n = label_file.name[2:-6]
-            label = label_file.read_text().strip() or f"{hw.name}.in{n}"
-            power = hw / f"power{n}_input"
-            volts, amps = hw / f"in{n}_input", hw / f"curr{n}_input"
+        for label_file in sorted(dev.glob(label_glob)):
+            n = number(label_file.name)
+            label = label_file.read_text().strip() or f"{dev.name}.{prefix}{n}"
+            power = dev / power_f.format(n=n)
+            volts, amps = dev / volts_f.format(n=n), dev / amps_f.format(n=n)
             if power.is_file():
                 rails[label] = (power,)
             elif volts.is_file() and amps.is_file():
                 rails[label] = (volts, amps)
     return rails
+
+
+def find_ina_rails(root: Path = HWMON_ROOT) -> dict[str, tuple[Path, ...]]:
+    """INA power rails under hwmon: label -> (power_uW file,) or (millivolt file, milliamp file)."""
+    return _find_rails(root, "hwmon")
 
 
 def find_ina_iio_rails(root: Path = IIO_ROOT) -> dict[str, tuple[Path, ...]]:
@@ -458,24 +473,7 @@ def find_ina_iio_rails(root: Path = IIO_ROOT) -> dict[str, tuple[Path, ...]]:
     Labels come from ``rail_name_<n>``; power from ``in_power<n>_input`` (mW), else
     ``in_voltage<n>_input`` (mV) times ``in_current<n>_input`` (mA).
     """
-    rails: dict[str, tuple[Path, ...]] = {}
-    for dev in sorted(root.glob("iio:device*")):
-        try:
-            chip = (dev / "name").read_text().strip()
-        except OSError:
-            continue
-        if chip.rstrip("x") not in INA_CHIPS:
-            continue
-        for label_file in sorted(dev.glob("rail_name_*")):
-            n = label_file.name.rsplit("_", 1)[1]
-            label = label_file.read_text().strip() or f"{dev.name}.{n}"
-            power = dev / f"in_power{n}_input"
-            volts, amps = dev / f"in_voltage{n}_input", dev / f"in_current{n}_input"
-            if power.is_file():
-                rails[label] = (power,)
-            elif volts.is_file() and amps.is_file():
-                rails[label] = (volts, amps)
-    return rails
+    return _find_rails(root, "iio")
 
 
 def read_ina_watts(rails: dict[str, tuple[Path, ...]]) -> dict[str, float]:

@@ -276,6 +276,7 @@ class Controller:
         by_tier = {a.tier: a for a in self._agents.values()}
         for a in self._agents.values():
             a.ready = None
+        wire = self._wire_ifaces()
         for i, tier in enumerate(p.TIERS):
             spec = self.bundle.tier(tier)
             file, sha = (files or {}).get(tier, (spec.file, spec.sha256))
@@ -290,7 +291,7 @@ class Controller:
                 logits_name=spec.logits, offload=dict(spec.offload), next_endpoint=nxt, threads=device.threads,
                 idle_s=self.exp.energy.idle_s if seq == 1 else 0.0,
                 delay_ms=link.delay_ms if link else 0.0, jitter_ms=link.jitter_ms if link else 0.0,
-                wire_in_iface=self._wire_ifaces().get(tier, {}).get("interface", ""),
+                wire_in_iface=wire.get(tier, {}).get("interface", ""),
                 batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s))
 
         def on_msg(got: Received) -> None:
