@@ -164,8 +164,9 @@ class Agent:
                 self._finish_baseline()
             self._release_due(now)
             if self._held and self._held[0][0] - now <= 0.002:
-                # poll() counts whole milliseconds: sleep the last ones so a held offload leaves on time
-                time.sleep(max(0.0, self._held[0][0] - now))
+                # poll() counts whole milliseconds and a sleeping thread wakes 0.1-0.2 ms late on a busy
+                # host: sleep to within SPIN_S of the due time, then spin, so a held offload leaves on time
+                _wait_until(self._held[0][0])
                 continue
             wake = min(next_hb, self._baseline_due or next_hb, self._held[0][0] - 0.001 if self._held else next_hb)
             events = dict(poller.poll(timeout=max(1, int((wake - now) * 1000))))
@@ -389,6 +390,18 @@ class Agent:
             _, frames = self._held.popleft()
             assert self._data_out is not None
             self._data_out.send_multipart(frames, copy=False)
+
+
+SPIN_S = 0.0005  # the last part of a userspace hold is spun, not slept: sleep wakes late by up to this much
+
+
+def _wait_until(due: float) -> None:
+    """Return at ``due`` (``time.monotonic()`` seconds) within microseconds: sleep, then spin the rest."""
+    rest = due - time.monotonic()
+    if rest > SPIN_S:
+        time.sleep(rest - SPIN_S)
+    while time.monotonic() < due:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
