@@ -17,12 +17,10 @@ controller never leaves agents behind.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import logging
 import math
 import os
-import random
 import shlex
 import signal
 import time
@@ -39,6 +37,7 @@ from agents.meters import EnergyDelta, EnergyMeter, MeterError, NullMeter, open_
 from agents.netio import ArrivalCounter, NicError
 from agents.runtime import Partition, PartitionError
 from agents.runtime import confidence as measure_confidence
+from agents.shaper import HeldLink
 
 log = logging.getLogger("agents")
 
@@ -111,12 +110,13 @@ class Agent:
         self._data_in = self._ctx.socket(zmq.PULL)
         self._data_in.setsockopt(zmq.LINGER, 0)
         self._data_out: zmq.Socket | None = None
-        # userspace link shaping: offloads held until due, in order (as over one TCP stream)
-        self._held: collections.deque[tuple[float, list[Any]]] = collections.deque()
-        self._shape_rng = random.Random(agent_id)
+        # userspace link shaping (Configure, then Shape steps): offloads held until due, in order; on the
+        # first tier also the controller link: Work held before it counts as received, Results before they leave
+        self._out = HeldLink(f"{agent_id}/data-out")
+        self._ctl_in = HeldLink(f"{agent_id}/controller-in")
+        self._ctl_out = HeldLink(f"{agent_id}/controller-out")
         self._rx_counter = rx_counter  # (iface) -> ArrivalCounter; tests pass one with known steps
         self._window: _Window | None = None
-        self._delay_ms = self._jitter_ms = 0.0  # userspace shaping in force (Configure, then Shape steps)
         self._batches = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -163,12 +163,14 @@ class Agent:
             if self._baseline_due is not None and now >= self._baseline_due:
                 self._finish_baseline()
             self._release_due(now)
-            if self._held and self._held[0][0] - now <= 0.002:
+            due = min((d for d in (self._out.next_due(), self._ctl_out.next_due(), self._ctl_in.next_due())
+                       if d is not None), default=None)
+            if due is not None and due - now <= 0.002:
                 # poll() counts whole milliseconds and a sleeping thread wakes 0.1-0.2 ms late on a busy
-                # host: sleep to within SPIN_S of the due time, then spin, so a held offload leaves on time
-                _wait_until(self._held[0][0])
+                # host: sleep to within SPIN_S of the due time, then spin, so a held message moves on time
+                _wait_until(due)
                 continue
-            wake = min(next_hb, self._baseline_due or next_hb, self._held[0][0] - 0.001 if self._held else next_hb)
+            wake = min(next_hb, self._baseline_due or next_hb, due - 0.001 if due is not None else next_hb)
             events = dict(poller.poll(timeout=max(1, int((wake - now) * 1000))))
             if self._ctrl in events:
                 last_heard = time.monotonic()
@@ -176,7 +178,11 @@ class Agent:
                 if self._on_control(self._ctrl.recv_multipart(copy=False)):
                     return 0
             if self._data_in in events:
-                self._on_work(self._data_in.recv_multipart(copy=False))
+                frames = self._data_in.recv_multipart(copy=False)
+                if self._ctl_in.active:  # first tier, shaped controller link: received when the delay is over
+                    self._ctl_in.hold(frames, time.monotonic())
+                else:
+                    self._on_work(frames)
         log.info("stopped by signal after %d samples", self.served)
         return 0
 
@@ -209,14 +215,19 @@ class Agent:
             self._configure(msg)
         elif isinstance(msg, p.Ping):
             self._send(p.Pong(self.agent_id, msg.seq, time.time_ns()))
+        elif isinstance(msg, p.Shape) and msg.link not in p.LINKS:
+            self._fail("shape", f"link {msg.link!r} is none of {p.LINKS}; the controller and agent disagree")
         elif isinstance(msg, p.Shape):
-            log.info("link schedule: offloads now held %.3f ms +- %.3f ms", msg.delay_ms, msg.jitter_ms)
-            self._delay_ms, self._jitter_ms = msg.delay_ms, msg.jitter_ms
+            links = [self._out] if msg.link == "data" else [self._ctl_in, self._ctl_out]
+            log.info("link schedule: %s link now held %.3f ms +- %.3f ms", msg.link, msg.delay_ms, msg.jitter_ms)
+            for link in links:
+                link.set(msg.delay_ms, msg.jitter_ms)
         elif isinstance(msg, p.Flush):
             self._close_window()
             self._send(p.Flushed(self.agent_id, msg.seq))
         elif isinstance(msg, p.Stop):
             log.info("stop (%s) after %d samples", msg.reason, self.served)
+            self._release_all()
             self._close_window()
             self._send_timeline()
             self._send(p.Bye(self.agent_id, self.served))
@@ -264,7 +275,9 @@ class Agent:
                 self._fail("configure", str(e))
                 return
         self._config = _Config(part, final, msg, wire_in)
-        self._delay_ms, self._jitter_ms = msg.delay_ms, msg.jitter_ms
+        self._out.set(msg.delay_ms, msg.jitter_ms)
+        self._ctl_in.set(msg.ctl_delay_ms, msg.ctl_jitter_ms)
+        self._ctl_out.set(msg.ctl_delay_ms, msg.ctl_jitter_ms)
         log.info("loaded %s in %.1f ms (final=%s, next=%s)", path, part.load_ms, final, msg.next_endpoint or "-")
         if msg.idle_s > 0:
             # Ready goes out from the loop once the baseline window closes; heartbeats keep flowing meanwhile
@@ -348,7 +361,11 @@ class Agent:
             stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
                             confidence, prediction, True, int(logits.nbytes), energy_j, approx, net_j, frame_bytes,
                             wire_in, batch)
-            self._send(p.Result(self.agent_id, work.run_seq, work.sample_id, logits, [*work.stages, stage]))
+            result = p.encode(p.Result(self.agent_id, work.run_seq, work.sample_id, logits, [*work.stages, stage]))
+            if self._ctl_out.active:
+                self._ctl_out.hold(result, time.monotonic())
+            else:
+                self._ctrl.send_multipart(result, copy=False)
             if closing is not None:
                 self._send_window(closing)
             return
@@ -359,10 +376,8 @@ class Agent:
         assert self._data_out is not None
         frames = p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds, [*work.stages, stage],
                                  work.measure))
-        if self._delay_ms or self._jitter_ms:
-            hold = (self._delay_ms + self._shape_rng.uniform(-self._jitter_ms, self._jitter_ms)) / 1e3
-            due = max(time.monotonic() + max(0.0, hold), self._held[-1][0] if self._held else 0.0)
-            self._held.append((due, frames))
+        if self._out.active:
+            self._out.hold(frames, time.monotonic())
         else:
             self._data_out.send_multipart(frames, copy=False)
         if closing is not None:  # after the offload left: the window report is not on the sample's path
@@ -385,11 +400,21 @@ class Agent:
             self._send_window(self.meter.end(f"batch-{self._window.batch}"))
 
     def _release_due(self, now: float) -> None:
-        """Send the held offloads whose time has come (userspace shaping)."""
-        while self._held and self._held[0][0] <= now:
-            _, frames = self._held.popleft()
+        """Move the held messages whose time has come (userspace shaping): sends first, then arrivals."""
+        for frames in self._out.pop_due(now):
             assert self._data_out is not None
             self._data_out.send_multipart(frames, copy=False)
+        for frames in self._ctl_out.pop_due(now):
+            self._ctrl.send_multipart(frames, copy=False)
+        for frames in self._ctl_in.pop_due(now):
+            self._on_work(frames)
+
+    def _release_all(self) -> None:
+        """Stopping: held Results leave now, before Bye; held offloads and arrivals are dropped."""
+        self._out.drain()  # offloads of a stopped run: the next tier is stopping too
+        for frames in self._ctl_out.drain():
+            self._ctrl.send_multipart(frames, copy=False)
+        self._ctl_in.drain()  # arrived after the controller stopped the run: not served
 
 
 SPIN_S = 0.0005  # the last part of a userspace hold is spun, not slept: sleep wakes late by up to this much

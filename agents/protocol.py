@@ -25,6 +25,8 @@ Format history:
        batch_samples / min_window_s; Flush, EnergyWindow, Flushed: energy windows that span
        several samples, and interface byte counters on the hop a sample arrived over;
        Shape: a link schedule's new userspace delay and jitter, mid-run.
+    5: Configure.ctl_delay_ms / ctl_jitter_ms and Shape.link: userspace shaping of the first
+       tier's link with the controller (Work held on arrival, Results held before they leave).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
+LINKS = ("data", "controller")  # what a Shape message reshapes
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
 TIERS = ("mobile", "edge", "cloud")
@@ -147,6 +150,10 @@ class Configure:
     wire_in_iface: str = ""  # count rx bytes of this interface per arriving sample ("": do not)
     batch_samples: int = 1  # samples per energy window (1 with min_window_s 0: one window per sample)
     min_window_s: float = 0.0  # an energy window also stays open at least this long
+    # userspace shaping of the link with the controller (first tier only: its data socket hears the controller):
+    # each Work counts as received ctl_delay_ms (+- ctl_jitter_ms) after it arrived, each Result leaves as late
+    ctl_delay_ms: float = 0.0
+    ctl_jitter_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -239,12 +246,17 @@ class Timeline:
 
 @dataclass(frozen=True)
 class Shape:
-    """A link schedule step: from now on, hold each offload ``delay_ms`` (+- ``jitter_ms``) before sending."""
+    """A link schedule step: from now on, hold messages ``delay_ms`` (+- ``jitter_ms``).
+
+    ``link``: ``data``, the offloads to the next tier; ``controller``, both directions of the
+    first tier's link with the controller (as :class:`Configure`'s ``ctl_delay_ms``).
+    """
 
     KIND: ClassVar[str] = "shape"
     seq: int
     delay_ms: float
     jitter_ms: float
+    link: str = "data"
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,23 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
                   + (f", schedule of {len(prof.schedule)} steps" if prof.schedule else ""), highlight=False)
         for end in ends:
             if end == "controller":
-                out.print("  controller: its egress to mobile is shaped by the mobile side only", highlight=False)
+                peer_id = exp.devices[ends[1]]
+                iface = inv.controller.interfaces.get(peer_id)
+                steps = shaping.plan(iface or "<interface>", prof, backend)
+                if steps and not iface:
+                    out.print(f"  controller: needs controller.interfaces.{peer_id} in the inventory (its own "
+                              f"interface toward {peer_id}) for {' '.join(steps[0].argv[:3])}", markup=False,
+                              highlight=False)
+                elif steps:
+                    for step in steps:
+                        out.print(f"  controller (here): {' '.join(step.argv)}   # {step.why}", markup=False,
+                                  highlight=False)
+                    out.print(f"  controller at the end: {' '.join(shaping.teardown(iface).argv)}", markup=False,
+                              highlight=False)
+                params = shaping.userspace_params(prof, backend)
+                if params:
+                    out.print(f"  {peer_id}: agent holds the Work it receives and the Results it sends {params}",
+                              markup=False, highlight=False)
                 continue
             dev = inv.device(exp.devices[end])
             peer = ends[1] if end == ends[0] else ends[0]
@@ -136,7 +152,7 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
                 out.print(f"  {dev.id} ({where}): {' '.join(step.argv)}   # {step.why}", markup=False,
                           highlight=False)
             params = shaping.userspace_params(prof, backend)
-            if params:
+            if params and peer != "controller":
                 out.print(f"  {dev.id}: agent delays its outgoing messages {params}", markup=False, highlight=False)
             out.print(f"  {dev.id} at the end: {' '.join(shaping.teardown(iface).argv)}", markup=False,
                       highlight=False)

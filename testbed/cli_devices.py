@@ -205,7 +205,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     """`testbed clean [RUN_DIR]`: undo what the run's ownership record says it made, and nothing else."""
     from testbed.deploy import undo_remote
     from testbed.owned import RECORD, Ownership, clean, undo_local
-    from testbed.ssh import SshRemote, SshTarget
+    from testbed.ssh import LocalRemote, SshRemote, SshTarget
 
     dirs = record_dirs(args.run_dir, args.results)
     if args.run_dir is not None and not (args.run_dir / RECORD).is_file():
@@ -215,6 +215,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     def undo(entry: dict[str, Any]) -> str:
         where = entry["where"]
+        if where.get("local") and entry["kind"] == "qdisc":  # the controller's end of its link with a device
+            return undo_remote(entry, LocalRemote("controller"))
         if where.get("local"):
             return undo_local(entry)
         key = (where["host"], where["port"], where.get("user"))

@@ -221,6 +221,9 @@ class ControllerSpec(Strict):
                               "the CLI enters it")
     route_via: list[str] | None = Field(None, description="interfaces every device address must route through "
                                         "(checked with `ip route get` before any connection)")
+    interfaces: dict[str, str] = Field(default_factory=dict, description="device id -> the controller's own "
+                                       "interface toward it: a rate on the controller-mobile link shapes its egress "
+                                       "here with tc (needs root; the emulation names its veths)")
 
 
 class Inventory(Strict):

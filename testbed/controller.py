@@ -286,11 +286,13 @@ class Controller:
             assert self._fleet is not None
             link = (self._fleet.userspace_link(f"{tier}-{p.TIERS[i + 1]}", self._schedule_t())
                     if i + 1 < len(p.TIERS) else None)
+            ctl = self._fleet.userspace_link(f"controller-{tier}", self._schedule_t()) if i == 0 else None
             self._transport.send(a.device_id, p.Configure(
                 seq=seq, partition_path=a.handle.partition_path(file), sha256=sha,
                 logits_name=spec.logits, offload=dict(spec.offload), next_endpoint=nxt, threads=device.threads,
                 idle_s=self.exp.energy.idle_s if seq == 1 else 0.0,
                 delay_ms=link.delay_ms if link else 0.0, jitter_ms=link.jitter_ms if link else 0.0,
+                ctl_delay_ms=ctl.delay_ms if ctl else 0.0, ctl_jitter_ms=ctl.jitter_ms if ctl else 0.0,
                 wire_in_iface=wire.get(tier, {}).get("interface", ""),
                 batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s))
 
@@ -441,13 +443,17 @@ class Controller:
                                    "applied_at_s": round(t, 6), "unix_ns": self.clock.time_ns(),
                                    "profile": profile.model_dump(exclude={"schedule"})}
             if self._fleet.backend == "userspace":
-                sender = next(a for a in self._agents.values() if a.tier == hop.split("-")[0])
+                # the sending agent of a device hop; the first tier for its link with the controller (both ways)
+                a, b = hop.split("-")
+                ctl = a == "controller"
+                sender = next(x for x in self._agents.values() if x.tier == (b if ctl else a))
                 try:
-                    self._transport.send(sender.device_id, p.Shape(i, profile.delay_ms, profile.jitter_ms))
+                    self._transport.send(sender.device_id, p.Shape(i, profile.delay_ms, profile.jitter_ms,
+                                                                   "controller" if ctl else "data"))
                 except TestbedError as e:
                     raise self._lost(sender, e) from e
-                rec["userspace"] = {"device": sender.device_id, "delay_ms": profile.delay_ms,
-                                    "jitter_ms": profile.jitter_ms}
+                rec["userspace"] = {"device": sender.device_id, "link": "controller" if ctl else "data",
+                                    "delay_ms": profile.delay_ms, "jitter_ms": profile.jitter_ms}
             kernel = self._fleet.reshape(hop, profile)
             if kernel:
                 rec["kernel"] = kernel

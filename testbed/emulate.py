@@ -124,7 +124,8 @@ def inventory(state: Path, prefix: str, subnet: str, python: str, cpu: dict[str,
                                     if n == tier}}})
     return {
         "controller": {"bind": "0.0.0.0", "netns": netns_name(prefix, CONTROLLER),
-                       "route_via": [iface(t) for t in TIERS]},
+                       "route_via": [iface(t) for t in TIERS],
+                       "interfaces": {f"{t}-emu": iface(t) for t in TIERS}},
         "defaults": {"launcher": "ssh", "port": 22, "user": "root", "key_file": str(state / "id_ed25519"),
                      "known_hosts": str(state / "known_hosts"), "python": python, "threads": 1,
                      "meter": {"kind": "model", "idle_w": 1.0, "busy_w": 4.0}},

@@ -11,6 +11,7 @@ file and qdisc it makes is in the run's ownership record before the next step.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +26,13 @@ from testbed.errors import ConfigError, DeployError, TestbedError
 from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
 from testbed.owned import REMOVED, Ownership, proc_starttime
 from testbed.routes import check_routes
-from testbed.ssh import Remote, SshRemote
+from testbed.ssh import LocalRemote, Remote, SshRemote
+
+CONTROLLER = "controller"  # the controller's end of a controller-<tier> link: tc runs here, not over SSH
 
 
 def hop_ends(hop: str) -> tuple[str, str]:
-    """``mobile-edge`` -> (mobile, edge)."""
+    """``mobile-edge`` -> (mobile, edge); ``controller-mobile`` -> (controller, mobile)."""
     a, b = hop.split("-")
     return a, b
 
@@ -123,21 +126,34 @@ class Fleet:
         """
         out = []
         for hop, profile in (self.exp.shaping.links if links is None else links).items():
-            if hop.startswith("controller"):
-                continue
             for me, peer in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
-                dev = self.devices[me]
-                ifname = dev.interface_to(peer)
-                change = any(d == dev.id and i == ifname for _, d, i in self.qdiscs)
+                if me == CONTROLLER:  # this machine's own interface toward the device, named in the inventory
+                    dev_id = CONTROLLER
+                    ifname = self.inv.controller.interfaces.get(self.devices[peer].id)
+                    missing = (f"controller.interfaces.{self.devices[peer].id}: shaping {hop} needs the "
+                               f"controller's own interface toward {self.devices[peer].id} (tc runs here, as root); "
+                               "name it, or shape delay and jitter only (backend userspace)")
+                else:
+                    dev = self.devices[me]
+                    dev_id, ifname = dev.id, dev.interface_to(peer)
+                    missing = (f"devices[id={dev.id}].interface: shaping {hop} needs the interface {dev.id} sends "
+                               f"to {peer} through; set interface or interfaces.{peer}")
+                change = any(d == dev_id and i == ifname for _, d, i in self.qdiscs)
                 steps = (shaping.plan(ifname or "<interface>", profile, self.backend, change)
                          if self.backend != "none" else [])
                 if steps and not ifname:
-                    raise ConfigError("inventory", [f"devices[id={dev.id}].interface: shaping {hop} needs the "
-                                                    f"interface {dev.id} sends to {peer} through; set interface or "
-                                                    f"interfaces.{peer}"])
+                    raise ConfigError("inventory", [missing])
                 if steps:
-                    out.append((hop, dev.id, ifname, steps))
+                    out.append((hop, dev_id, ifname, steps))
         return out
+
+    def _remote_of(self, dev_id: str) -> tuple[Remote, str]:
+        """Where a tc plan or probe end runs, and its Python: the device over SSH, or here for the controller."""
+        if dev_id == CONTROLLER:
+            if CONTROLLER not in self.remotes:
+                self.remotes[CONTROLLER] = LocalRemote(CONTROLLER)
+            return self.remotes[CONTROLLER], sys.executable
+        return self.remotes[dev_id], self.devices_by_id[dev_id].python or "python3"
 
     def shape(self) -> dict[str, Any]:
         """Apply the kernel part on the devices over SSH; read every qdisc back. Returns the manifest record."""
@@ -159,15 +175,16 @@ class Fleet:
                 for h, dev_id, ifname, steps in self.kernel_plans({hop: profile})}
 
     def _apply_kernel(self, hop: str, dev_id: str, ifname: str, steps: list[shaping.Step]) -> dict[str, Any]:
-        remote = self.remotes[dev_id]
+        remote, python = self._remote_of(dev_id)
         if not any(d == dev_id and i == ifname for _, d, i in self.qdiscs):
             root = steps[0].argv
             qdisc, handle = root[root.index("handle") + 2], root[root.index("handle") + 1]
             # recorded before it exists: clean checks the interface's root qdisc is this one before removing it
-            idx = self.owned.add("qdisc", remote.target.to_dict(), device=dev_id, dev=ifname, qdisc=qdisc,
+            where = {"local": True} if dev_id == CONTROLLER else remote.target.to_dict()
+            idx = self.owned.add("qdisc", where, device=dev_id, dev=ifname, qdisc=qdisc,
                                  handle=handle, hop=hop, argv=[s.argv for s in steps])
             self.qdiscs.append((idx, dev_id, ifname))
-        got = run_steps(remote, self.devices_by_id[dev_id].python or "python3", [s.argv for s in steps],
+        got = run_steps(remote, python, [s.argv for s in steps],
                         [shaping.show(ifname).argv, shaping.show_class(ifname).argv])
         return {"interface": ifname, "applied": [s.argv for s in steps], "tc_show": got["show"].strip().splitlines()}
 
@@ -181,18 +198,26 @@ class Fleet:
             return {}
         out: dict[str, Any] = {}
         for hop, profile in self.exp.shaping.links.items():
-            if hop.startswith("controller"):
-                continue
             rate = profile.rate_mbit
             nbytes = int(min(16e6, max(256e3, (rate or 100.0) * 1e6 / 8 * 0.8)))
             for src, dst in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
-                a, b = self.devices[src], self.devices[dst]
-                got = probe_link(self.remotes[a.id], a.python or "python3", self.remotes[b.id], b.python or "python3",
-                                 self._address_toward(b, src), nbytes)
+                (s_remote, s_py), (r_remote, r_py) = self._remote_of(self._end_id(src)), self._remote_of(
+                    self._end_id(dst))
+                addr = (self._controller_address(self.devices[src]) if dst == CONTROLLER
+                        else self._address_toward(self.devices[dst], src))
+                got = probe_link(s_remote, s_py, r_remote, r_py, addr, nbytes)
                 got["configured_rate_mbit"] = rate
                 got["rate_error_pct"] = (round(100 * (got["throughput_mbit"] - rate) / rate, 2) if rate else None)
                 out.setdefault(hop, {})[f"{src}->{dst}"] = got
         return out
+
+    def _end_id(self, end: str) -> str:
+        """The device id at one end of a hop (``controller`` for the controller)."""
+        return CONTROLLER if end == CONTROLLER else self.devices[end].id
+
+    def _controller_address(self, device: DeviceSpec) -> str:
+        """The controller's address on its link to ``device``: what the device's agent connects to."""
+        return device.controller_host or self.inv.controller.advertise or self.inv.controller.bind
 
     @staticmethod
     def _address_toward(device: DeviceSpec, peer: str) -> str:
@@ -222,7 +247,7 @@ class Fleet:
             if entry["state"] != "live":
                 continue
             try:
-                self.owned.mark(idx, undo_remote(entry, self.remotes[dev_id]))
+                self.owned.mark(idx, undo_remote(entry, self._remote_of(dev_id)[0]))
             except TestbedError as e:
                 problems.append(f"{dev_id} {ifname}: {e}")
         return problems

@@ -147,14 +147,21 @@ def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
         return []
     applied = shaping.get("schedule_applied") or []
     lines = []
-    for hop, base in links.items():
-        col = f"net_ms_{hop.replace('-', '_')}"
+    measured = []  # (hop, label, column, rows it applies to)
+    for hop in links:
+        measured.append((hop, hop, f"net_ms_{hop.replace('-', '_')}", None))
+        if hop.startswith("controller-"):  # its other direction: the answers of the samples that exited there
+            measured.append((hop, f"{hop} (answers back)", "net_ms_return", hop.split("-", 1)[1]))
+    for hop, label, col, exit_tier in measured:
+        base = links[hop]
         if col not in df:
             continue
         segments = [(0, base)] + [(int(a["unix_ns"]), a["profile"]) for a in applied if a["hop"] == hop]
         for k, (t0, prof) in enumerate(segments):
             t1 = segments[k + 1][0] if k + 1 < len(segments) else None
             sel = (df["phase"] == "measure") & (df["t_issue_unix_ns"] >= t0) & df[col].notna()
+            if exit_tier is not None:
+                sel &= df["exit_tier"] == exit_tier
             if t1 is not None:
                 sel &= df["t_issue_unix_ns"] < t1
             net = df.loc[sel, col]
@@ -164,11 +171,11 @@ def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
                 when = ""
             else:
                 when = " (as the run started)" if k == 0 else f" (schedule step from {applied_at(applied, hop, t0)})"
-            text = f"fidelity {hop}{when}: configured {conf} ms{rate}; "
+            text = f"fidelity {label}{when}: configured {conf} ms{rate}; "
             text += (f"measured net median {net.median():.2f} ms (p5 {net.quantile(0.05):.2f}, p95 "
                      f"{net.quantile(0.95):.2f}) over {len(net)} rows" if len(net) else "no measured rows crossed it")
             probes = (shaping.get("probes") or {}).get(hop) or {}
-            if k == 0 and probes:
+            if k == 0 and probes and label == hop:
                 text += "; probes " + ", ".join(f"{d} {v['throughput_mbit']:.2f} Mbit/s" for d, v in probes.items())
             lines.append(text)
     return lines

@@ -138,8 +138,6 @@ def applicable(links: dict[str, LinkProfile], backend: str, remote: bool) -> tup
                         "sharing lo, which must not be shaped; use backend: userspace, or SSH devices (`testbed "
                         "emulate up` makes some)")
     for name, p in links.items():
-        if name.startswith("controller"):
-            problems.append(f"shaping.links.{name}: the controller's link is not shaped yet; remove it")
         if not remote and (p.rate_mbit or p.loss_pct):
             problems.append(f"shaping.links.{name}: rate_mbit and loss_pct need the kernel on the devices' own "
                             "interfaces; loopback agents share lo, which must not be shaped (use SSH devices, "

@@ -237,3 +237,40 @@ def test_ctrl_c_mid_run_stops_the_agents_and_removes_the_qdiscs(emulation, tiny_
     assert_devices_bare()
     entries = json.loads((run_dir / "owned.json").read_text())["entries"]
     assert {e["state"] for e in entries if e["kind"] in ("process", "qdisc")} == {"removed"}
+
+
+def test_the_controller_link_is_shaped_at_both_ends_and_probed(emulation, tiny_bundle, tmp_path):
+    """controller-mobile at 20 Mbit/s and 5 ms: tc on the controller's own veth and on the mobile's, both read
+    back and probed; the mobile agent holds the Work it receives and the answers it sends."""
+    base, inv = emulation
+    exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=20, shaping={
+        "backend": "userspace", "links": {"controller-mobile": {"delay_ms": 5, "rate_mbit": 20}}})
+    doc = yaml.safe_load(exp.read_text()) | {"policies": [{"name": "all-mobile"}]}
+    exp.write_text(yaml.safe_dump(doc))
+    results = tmp_path / "results"
+    done = cli("run", str(exp), "--inventory", str(inv), "--results", str(results), "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = next(results.glob("t/*/manifest.json")).parent
+    m = json.loads((run_dir / "manifest.json").read_text())
+    kernel = m["shaping"]["kernel"]["controller-mobile"]
+    assert set(kernel) == {"controller", "mobile-emu"}
+    assert kernel["controller"]["interface"] == "to-mobile" and kernel["mobile-emu"]["interface"] == "to-ctl"
+    assert all(any("rate 20Mbit" in line for line in k["tc_show"]) for k in kernel.values()), kernel
+    probes = m["shaping"]["probes"]["controller-mobile"]
+    assert set(probes) == {"controller->mobile", "mobile->controller"}
+    for direction, got in probes.items():
+        assert got["throughput_mbit"] == pytest.approx(20.0, rel=0.10), (direction, got)
+    rows = pd.read_parquet(run_dir / "samples.parquet")
+    meas = rows[rows.phase == "measure"]
+    assert (meas.exit_tier == "mobile").all()
+    assert meas.net_ms_controller_mobile.min() >= 4.9 and meas.net_ms_controller_mobile.median() <= 8.0
+    assert meas.net_ms_return.min() >= 4.9 and meas.net_ms_return.median() <= 8.0
+    # the controller's qdisc is recorded as local, removed at the end; nothing is left on either end
+    owned = json.loads((run_dir / "owned.json").read_text())["entries"]
+    mine = [e for e in owned if e["kind"] == "qdisc"]
+    assert sorted(e["device"] for e in mine) == ["controller", "mobile-emu"] and {e["state"] for e in mine} == {
+        "removed"}
+    assert next(e for e in mine if e["device"] == "controller")["where"] == {"local": True}
+    assert "htb" not in qdiscs("ctl")
+    assert_devices_bare()
+    assert cli("clean", str(run_dir)).returncode == 0

@@ -51,8 +51,35 @@ def test_a_link_schedule_changes_the_delay_mid_run(tiny_bundle, tmp_path):
     df = pd.read_parquet(run_dir / "samples.parquet")
     step, = json.loads((run_dir / "manifest.json").read_text())["shaping"]["schedule_applied"]
     assert step["hop"] == "mobile-edge" and step["at_s"] == 0.3 and step["applied_at_s"] >= 0.3
-    assert step["userspace"] == {"device": "mobile-1", "delay_ms": 40.0, "jitter_ms": 0.0}
+    assert step["userspace"] == {"device": "mobile-1", "link": "data", "delay_ms": 40.0, "jitter_ms": 0.0}
     before, after = df[df.t_issue_unix_ns < step["unix_ns"]], df[df.t_issue_unix_ns > step["unix_ns"]]
     assert len(before) >= 2 and len(after) >= 20, (len(before), len(after))
     assert before.net_ms_mobile_edge.min() >= 9.9 and before.net_ms_mobile_edge.median() < 35.0
     assert after.net_ms_mobile_edge.min() >= 39.9  # every offload after the step is held at least 40 ms
+
+
+def test_the_controller_link_delays_work_in_and_answers_back_and_follows_its_schedule(tiny_bundle, tmp_path):
+    """controller-mobile: 15 ms each way, then 5 ms from 0.3 s; the mobile agent holds both directions.
+
+    All-mobile, one sample at a time: each sample pays at least 30 ms, so 30 samples outlast the step.
+    """
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-mobile"}], count=30, warmup=0,
+                           name="ctl", shaping={"backend": "userspace", "links": {
+                               "controller-mobile": {"delay_ms": 15, "schedule": [{"at_s": 0.3, "delay_ms": 5}]}}})
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    run_dir = only_run(tmp_path / "results")
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    step, = json.loads((run_dir / "manifest.json").read_text())["shaping"]["schedule_applied"]
+    assert step["userspace"] == {"device": "mobile-1", "link": "controller", "delay_ms": 5.0, "jitter_ms": 0.0}
+    before = df[df.t_issue_unix_ns < step["unix_ns"]]
+    after = df[df.t_issue_unix_ns > step["unix_ns"] + 50_000_000]  # the Shape message has surely arrived
+    assert len(before) >= 3 and len(after) >= 5, (len(before), len(after))
+    assert (df.exit_tier == "mobile").all()
+    # the Work waited on its way in, the answer on its way back: both count as network time
+    assert before.net_ms_controller_mobile.min() >= 14.9 and before.net_ms_return.iloc[:-1].min() >= 14.9
+    assert before.latency_ms.min() >= 29.9
+    assert after.net_ms_controller_mobile.min() >= 4.9 and after.net_ms_controller_mobile.median() < 12.0
+    assert after.net_ms_return.min() >= 4.9 and after.net_ms_return.median() < 12.0
+    assert df.net_ms_mobile_edge.isna().all()  # nothing went further
+    assert main(["report", str(run_dir)]) == 0

@@ -34,3 +34,18 @@ def test_fidelity_lines_split_rows_by_schedule_step():
     assert second.startswith("fidelity mobile-edge (schedule step from 1.02 s, step at_s 1): configured 25 ms, "
                              "5 Mbit/s; measured net median 25.80 ms") and second.endswith("over 3 rows")
     assert report.fidelity_lines(df, {"shaping": {"backend": "none"}}) == []
+
+
+def test_fidelity_of_the_controller_link_covers_both_directions():
+    df = pd.DataFrame({"phase": ["measure"] * 4, "t_issue_unix_ns": [10, 20, 30, 40],
+                       "exit_tier": ["mobile", "mobile", "cloud", "mobile"],
+                       "net_ms_controller_mobile": [15.2, 15.4, 15.3, 15.6],
+                       "net_ms_return": [15.1, 15.3, 0.4, 15.2]})
+    manifest = {"shaping": {"backend": "userspace", "links": {"controller-mobile": {"delay_ms": 15}},
+                            "probes": {"controller-mobile": {"controller->mobile": {"throughput_mbit": 19.5}}}}}
+    there, back = report.fidelity_lines(df, manifest)
+    assert there == ("fidelity controller-mobile: configured 15 ms; measured net median 15.35 ms (p5 15.21, p95 "
+                     "15.57) over 4 rows; probes controller->mobile 19.50 Mbit/s")
+    # only the answers that came back over that link (exits on mobile): the cloud's comes over its own
+    assert back.startswith("fidelity controller-mobile (answers back): configured 15 ms; measured net median "
+                           "15.20 ms") and back.endswith("over 3 rows")

@@ -119,3 +119,65 @@ def test_schedules_are_applicable_except_what_the_backend_cannot_do():
     _, problems = shaping.applicable({"mobile-edge": loss}, "userspace", remote=True)
     assert problems == ["shaping.links.mobile-edge.schedule[0].loss_pct: loss needs netem; use backend: netem, "
                         "or drop loss_pct"]
+
+
+def _controller_link_fleet(tiny_bundle, tmp_path, controller_ifaces):
+    import yaml
+
+    from testbed.bundle import Bundle
+    from testbed.fleet import Fleet
+    from testbed.owned import Ownership
+
+    devices = [{"id": f"{t}-1", "tier": t, "host": "127.0.0.1", "launcher": "local",
+                "interfaces": {"controller": f"{t}-c"}} for t in ("mobile", "edge", "cloud")]
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump({"controller": {"interfaces": controller_ifaces}, "devices": devices}))
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-mobile"}], shaping={
+        "backend": "userspace", "links": {"controller-mobile": {"delay_ms": 5, "rate_mbit": 20}}})
+    e, i = _load_all(exp, inv)
+    fleet = Fleet(e, i, Bundle.load(tiny_bundle.root), tmp_path, "r1", Ownership(tmp_path))
+    fleet.backend = "userspace"
+    return fleet
+
+
+def test_the_controller_link_is_shaped_at_both_ends_the_controller_end_on_its_own_interface(tiny_bundle, tmp_path):
+    fleet = _controller_link_fleet(tiny_bundle, tmp_path, {"mobile-1": "veth-cm"})
+    plans = [(hop, dev, ifname, argv(steps)) for hop, dev, ifname, steps in fleet.kernel_plans()]
+    rate = ["htb", "rate", "20mbit", "ceil", "20mbit"]
+    assert plans == [
+        ("controller-mobile", "controller", "veth-cm",
+         [["tc", "qdisc", "replace", "dev", "veth-cm", "root", "handle", "1:", "htb", "default", "1"],
+          ["tc", "class", "replace", "dev", "veth-cm", "parent", "1:", "classid", "1:1", *rate]]),
+        ("controller-mobile", "mobile-1", "mobile-c",
+         [["tc", "qdisc", "replace", "dev", "mobile-c", "root", "handle", "1:", "htb", "default", "1"],
+          ["tc", "class", "replace", "dev", "mobile-c", "parent", "1:", "classid", "1:1", *rate]])]
+    # the controller's end is probed and shaped here, not over SSH; the mobile agent holds both directions itself
+    assert fleet.userspace_link("controller-mobile").delay_ms == 5.0
+    assert shaping.applicable(fleet.exp.shaping.links, "userspace", remote=True) == ("userspace", [])
+
+
+def test_a_rate_on_the_controller_link_needs_the_controllers_interface_named(tiny_bundle, tmp_path):
+    fleet = _controller_link_fleet(tiny_bundle, tmp_path, {"edge-1": "veth-ce"})
+    with pytest.raises(ConfigError) as e:
+        fleet.kernel_plans()
+    text = " ".join(str(e.value).split())
+    assert "controller.interfaces.mobile-1: shaping controller-mobile needs the controller's own interface" in text
+    # delay and jitter alone need no interface: the mobile agent applies them (and loopback takes them)
+    delay_only = {"controller-mobile": LinkProfile(delay_ms=5)}
+    assert fleet.kernel_plans(delay_only) == []
+    assert shaping.applicable(delay_only, "userspace", remote=False) == ("userspace", [])
+
+
+def test_plan_shows_the_controllers_own_commands(tiny_bundle, tmp_path, capsys):
+    import yaml
+
+    inv = write_inventory(tmp_path / "inv.yaml", **{"mobile-1": {"interfaces": {"controller": "m-c"}}})
+    doc = yaml.safe_load(inv.read_text()) | {"controller": {"interfaces": {"mobile-1": "veth-cm"}}}
+    inv.write_text(yaml.safe_dump(doc))
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-mobile"}], shaping={
+        "backend": "userspace", "links": {"controller-mobile": {"delay_ms": 5, "rate_mbit": 20}}})
+    assert main(["plan", str(exp), "--inventory", str(inv)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "controller (here): tc class replace dev veth-cm parent 1: classid 1:1 htb rate 20mbit" in text
+    assert "controller at the end: tc qdisc del dev veth-cm root" in text
+    assert "mobile-1: agent holds the Work it receives and the Results it sends {'delay_ms': 5.0}" in text

@@ -1,0 +1,42 @@
+"""The agents' userspace link: hold for delay +- jitter, release in order, change mid-run, drain."""
+
+import pytest
+
+from agents.shaper import HeldLink
+
+
+def test_messages_are_held_their_delay_and_leave_in_order():
+    link = HeldLink("x", delay_ms=10)
+    assert link.active and link.next_due() is None
+    assert link.hold("a", 1.000) == pytest.approx(1.010)
+    assert link.hold("b", 1.002) == pytest.approx(1.012)
+    assert link.pop_due(1.0099) == []
+    assert link.pop_due(1.010) == ["a"] and link.next_due() == pytest.approx(1.012)
+    assert link.pop_due(5.0) == ["b"] and len(link) == 0
+
+
+def test_jitter_spreads_the_holds_within_its_band_but_never_reorders():
+    link = HeldLink("seeded", delay_ms=10, jitter_ms=4)
+    dues = [link.hold(i, 1.0 + i * 1e-4) for i in range(200)]
+    assert dues == sorted(dues)  # a short draw waits for the message before it, as on one TCP stream
+    holds = [d - (1.0 + i * 1e-4) for i, d in enumerate(dues)]
+    assert min(holds) >= 0.006 - 1e-9 and max(holds) <= 0.014 + 2e-2  # the band, or the wait behind another
+    firsts = [HeldLink(f"s{k}", 10, 4).hold(0, 0.0) for k in range(50)]
+    assert all(0.006 <= f <= 0.014 for f in firsts) and max(firsts) - min(firsts) > 0.004
+    assert link.pop_due(10.0) == list(range(200))
+    # the same seed draws the same holds: a run's shaping can be repeated
+    again = HeldLink("seeded", delay_ms=10, jitter_ms=4)
+    assert [again.hold(i, 1.0 + i * 1e-4) for i in range(200)] == dues
+
+
+def test_a_new_delay_applies_to_what_is_held_from_then_on():
+    link = HeldLink("x", delay_ms=40)
+    link.hold("old", 0.0)
+    link.set(5.0, 0.0)
+    assert link.hold("new", 0.001) == pytest.approx(0.040)  # it may not overtake the message before it
+    assert link.hold("later", 0.100) == pytest.approx(0.105)
+    link.set(0.0, 0.0)
+    assert not link.active and len(link) == 3
+    assert link.drain() == ["old", "new", "later"] and link.next_due() is None
+    with pytest.raises(ValueError, match="must not be negative"):
+        link.set(-1.0, 0.0)
