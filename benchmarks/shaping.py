@@ -10,6 +10,8 @@ median net time from the rows (controller-mobile: the Work going in and the answ
 all-mobile samples coming back), against the configured delay plus the same median in an
 unshaped run (the tiny bundle's few hundred bytes per message fit the rate limiter's burst,
 so they pay no serialisation time).
+The probe's rate is the payload it read over the steady 10-90% of its stream, scaled to the
+link layer (x (MSS + 66) / MSS: IPv4, TCP with timestamps and Ethernet headers), as htb counts.
 Target: delay within 5% or 0.3 ms, rate within 10%. Last lines ``worst_delay_error_ms=``
 and ``worst_rate_error_pct=``.
 
@@ -107,7 +109,8 @@ def emulated(samples: int) -> None:
                 df = pd.read_parquet(run_dir / "samples.parquet")
                 df = df[df.phase == "measure"]
                 probes = (m["shaping"].get("probes") or {}).get(hop, {})
-                rows.append((hop, delay, rate, df, {k: v["throughput_mbit"] for k, v in probes.items()}))
+                rows.append((hop, delay, rate, df, {k: v.get("link_mbit", v["throughput_mbit"])
+                                                    for k, v in probes.items()}))
             tb("clean", "--results", str(tmp / "results"))
         finally:
             tb("emulate", "down", *common)
@@ -119,7 +122,7 @@ def emulated(samples: int) -> None:
     print(f"emulated testbed (SSH deploy, veth links, htb rate + userspace delay), {count} samples per profile; "
           "expected = configured delay + the unshaped run's median on the same column")
     print(f"{'hop':>17} {'column':>24} {'delay ms':>8} {'rate':>5} {'expected':>9} {'median':>9} {'error ms':>9}  "
-          f"delay  {'probe Mbit/s (each direction)':<30} rate")
+          f"delay  {'probe link Mbit/s (each direction)':<30} rate")
     worst_d, worst_r = 0.0, 0.0
     for hop, delay, rate, df, tput in rows[1:]:
         errs = [abs(v - rate) / rate * 100 for v in tput.values()] if rate else []

@@ -171,12 +171,18 @@ import json, socket, sys, time
 srv = socket.socket(); srv.bind((sys.argv[1], 0)); srv.listen(1); srv.settimeout(float(sys.argv[2]))
 say(srv.getsockname()[1])
 conn, _ = srv.accept(); conn.settimeout(float(sys.argv[2]))
-n, first, last = 0, None, None
+expect = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+marks = [expect // 10, expect - expect // 10]  # 10% and 90% of the stream: past the start-up burst, before the tail
+n, first, last, at = 0, None, None, []
 while True:
     b = conn.recv(1 << 16)
     if not b: break
     now = time.monotonic_ns(); first = first or now; last = now; n += len(b)
-say(json.dumps({"bytes": n, "first_ns": first, "last_ns": last}))
+    while len(at) < 2 and expect and n >= marks[len(at)]:
+        at.append((n, now))
+try: mss = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+except OSError: mss = 0
+say(json.dumps({"bytes": n, "first_ns": first, "last_ns": last, "marks": at, "mss": mss}))
 """
 
 # Runs on the sending end: TCP connect times (kernel round trips), then a bulk send.
@@ -460,10 +466,15 @@ def run_steps(remote: Remote, python: str, steps: list[list[str]], show: list[li
     return got
 
 
+# Bytes a full TCP segment carries on an Ethernet link besides its payload: IPv4 20, TCP 20 with the
+# timestamp option 12, Ethernet header 14. htb and netem rates count these; the probe reads payload.
+L2_OVERHEAD_BYTES = 66
+
+
 def probe_link(sender: Remote, sender_python: str, receiver: Remote, receiver_python: str, receiver_addr: str,
                nbytes: int, timeout_s: float = 30.0) -> dict[str, Any]:
     """Measure one direction of a link: TCP connect time and bulk throughput at the receiver."""
-    sink = receiver.watch([receiver_python, "-c", SINK_PY, receiver_addr, str(timeout_s)])
+    sink = receiver.watch([receiver_python, "-c", SINK_PY, receiver_addr, str(timeout_s), str(nbytes)])
     try:
         deadline = time.monotonic() + timeout_s
         while "\n" not in sink.output_so_far() and time.monotonic() < deadline and not sink.finished():
@@ -478,8 +489,21 @@ def probe_link(sender: Remote, sender_python: str, receiver: Remote, receiver_py
     finally:
         sink.close()
     span_s = max(1e-9, (got["last_ns"] - got["first_ns"]) / 1e9)
-    return {"bytes": got["bytes"], "throughput_mbit": round(got["bytes"] * 8 / span_s / 1e6, 3),
-            "tcp_connect_ms": round(sent["connect_ms"], 3)}
+    whole = got["bytes"] * 8 / span_s / 1e6
+    marks = got.get("marks") or []
+    if len(marks) == 2 and marks[1][1] > marks[0][1]:
+        # the steady part: from 10% to 90% of the bytes (leaves out the rate limiter's initial burst, TCP's start
+        # and the last reads of a receiver whose CPU cap paused it)
+        mid = (marks[1][0] - marks[0][0]) * 8 / ((marks[1][1] - marks[0][1]) / 1e9) / 1e6
+    else:
+        mid = whole
+    out = {"bytes": got["bytes"], "throughput_mbit": round(mid, 3), "throughput_whole_mbit": round(whole, 3),
+           "tcp_connect_ms": round(sent["connect_ms"], 3)}
+    mss = int(got.get("mss") or 0)
+    if mss > 0:  # what a rate limiter counts: every segment's payload plus its headers on the link
+        out["mss_bytes"] = mss
+        out["link_mbit"] = round(mid * (mss + L2_OVERHEAD_BYTES) / mss, 3)
+    return out
 
 
 def undo_remote(entry: dict[str, Any], remote: Remote) -> str:

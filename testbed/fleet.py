@@ -207,7 +207,8 @@ class Fleet:
                         else self._address_toward(self.devices[dst], src))
                 got = probe_link(s_remote, s_py, r_remote, r_py, addr, nbytes)
                 got["configured_rate_mbit"] = rate
-                got["rate_error_pct"] = (round(100 * (got["throughput_mbit"] - rate) / rate, 2) if rate else None)
+                on_link = got.get("link_mbit", got["throughput_mbit"])  # the rate counts headers too
+                got["rate_error_pct"] = round(100 * (on_link - rate) / rate, 2) if rate else None
                 out.setdefault(hop, {})[f"{src}->{dst}"] = got
         return out
 

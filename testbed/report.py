@@ -176,7 +176,9 @@ def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
                      f"{net.quantile(0.95):.2f}) over {len(net)} rows" if len(net) else "no measured rows crossed it")
             probes = (shaping.get("probes") or {}).get(hop) or {}
             if k == 0 and probes and label == hop:
-                text += "; probes " + ", ".join(f"{d} {v['throughput_mbit']:.2f} Mbit/s" for d, v in probes.items())
+                text += "; probes " + ", ".join(
+                    f"{d} {v['link_mbit']:.2f} Mbit/s on the link ({v['throughput_mbit']:.2f} of payload)"
+                    if "link_mbit" in v else f"{d} {v['throughput_mbit']:.2f} Mbit/s" for d, v in probes.items())
             lines.append(text)
     return lines
 

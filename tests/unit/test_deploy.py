@@ -169,3 +169,20 @@ def test_clock_offset_takes_the_round_with_the_smallest_round_trip():
 
     off, rtt = deploy.clock_offset(R([]), "python3")
     assert off == pytest.approx(5.0) and rtt == pytest.approx(2.0)
+
+
+def test_the_link_probe_really_streams_and_reads_the_steady_part(tmp_path):
+    """The probe's helper scripts on this machine (127.0.0.1, unshaped): every byte arrives, rates are positive."""
+    import sys
+
+    from testbed.deploy import probe_link
+    from testbed.ssh import LocalRemote
+
+    got = probe_link(LocalRemote("sender"), sys.executable, LocalRemote("receiver"), sys.executable, "127.0.0.1",
+                     4_000_000)
+    assert got["bytes"] == 4_000_000
+    assert got["throughput_mbit"] > 0 and got["throughput_whole_mbit"] > 0 and got["tcp_connect_ms"] >= 0
+    # scaled to what a rate limiter counts: payload plus 66 B of headers per segment of the MSS the kernel used
+    assert got["mss_bytes"] > 0
+    assert got["link_mbit"] == pytest.approx(got["throughput_mbit"] * (got["mss_bytes"] + 66) / got["mss_bytes"],
+                                             rel=1e-3)

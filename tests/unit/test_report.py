@@ -49,3 +49,11 @@ def test_fidelity_of_the_controller_link_covers_both_directions():
     # only the answers that came back over that link (exits on mobile): the cloud's comes over its own
     assert back.startswith("fidelity controller-mobile (answers back): configured 15 ms; measured net median "
                            "15.20 ms") and back.endswith("over 3 rows")
+
+
+def test_fidelity_probes_give_the_link_rate_beside_the_payload_rate():
+    df = pd.DataFrame({"phase": ["measure"], "t_issue_unix_ns": [10], "net_ms_mobile_edge": [20.5]})
+    manifest = {"shaping": {"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 20, "rate_mbit": 10}},
+                            "probes": {"mobile-edge": {"mobile->edge": {"throughput_mbit": 9.56, "link_mbit": 9.996}}}}}
+    line, = report.fidelity_lines(df, manifest)
+    assert line.endswith("probes mobile->edge 10.00 Mbit/s on the link (9.56 of payload)")
