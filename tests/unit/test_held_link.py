@@ -40,3 +40,14 @@ def test_a_new_delay_applies_to_what_is_held_from_then_on():
     assert link.drain() == ["old", "new", "later"] and link.next_due() is None
     with pytest.raises(ValueError, match="must not be negative"):
         link.set(-1.0, 0.0)
+
+
+def test_the_agents_wait_never_returns_before_the_due_time():
+    import time
+
+    from agents.agent import _wait_until
+
+    for ahead in (0.0, 0.0002, 0.003):
+        due = time.monotonic() + ahead
+        _wait_until(due)
+        assert time.monotonic() >= due
