@@ -110,8 +110,9 @@ class Agent:
         self._data_in = self._ctx.socket(zmq.PULL)
         self._data_in.setsockopt(zmq.LINGER, 0)
         self._data_out: zmq.Socket | None = None
-        # userspace link shaping (Configure, then Shape steps): offloads held until due, in order; on the
-        # first tier also the controller link: Work held before it counts as received, Results before they leave
+        # userspace link shaping (Configure, then Shape steps): offloads held until due, in order; the
+        # controller link: Results held before they leave, and on the first tier Work held before it counts
+        # as received
         self._out = HeldLink(f"{agent_id}/data-out")
         self._ctl_in = HeldLink(f"{agent_id}/controller-in")
         self._ctl_out = HeldLink(f"{agent_id}/controller-out")
@@ -218,7 +219,7 @@ class Agent:
         elif isinstance(msg, p.Shape) and msg.link not in p.LINKS:
             self._fail("shape", f"link {msg.link!r} is none of {p.LINKS}; the controller and agent disagree")
         elif isinstance(msg, p.Shape):
-            links = [self._out] if msg.link == "data" else [self._ctl_in, self._ctl_out]
+            links = [self._out] if msg.link == "data" else self._ctl_links()
             log.info("link schedule: %s link now held %.3f ms +- %.3f ms", msg.link, msg.delay_ms, msg.jitter_ms)
             for link in links:
                 link.set(msg.delay_ms, msg.jitter_ms)
@@ -276,8 +277,9 @@ class Agent:
                 return
         self._config = _Config(part, final, msg, wire_in)
         self._out.set(msg.delay_ms, msg.jitter_ms)
-        self._ctl_in.set(msg.ctl_delay_ms, msg.ctl_jitter_ms)
-        self._ctl_out.set(msg.ctl_delay_ms, msg.ctl_jitter_ms)
+        self._ctl_in.set(0.0, 0.0)
+        for link in self._ctl_links():
+            link.set(msg.ctl_delay_ms, msg.ctl_jitter_ms)
         log.info("loaded %s in %.1f ms (final=%s, next=%s)", path, part.load_ms, final, msg.next_endpoint or "-")
         if msg.idle_s > 0:
             # Ready goes out from the loop once the baseline window closes; heartbeats keep flowing meanwhile
@@ -285,6 +287,14 @@ class Agent:
             self._baseline_due = time.monotonic() + msg.idle_s
         else:
             self._ready()
+
+    def _ctl_links(self) -> list[HeldLink]:
+        """What a delay on this tier's controller link holds.
+
+        The Results it sends, and on the first tier (the only one the controller issues Work to)
+        the Work arriving on the data socket.
+        """
+        return [self._ctl_in, self._ctl_out] if self.tier == p.TIERS[0] else [self._ctl_out]
 
     def _ready(self) -> None:
         assert self._config is not None

@@ -27,6 +27,9 @@ Format history:
        Shape: a link schedule's new userspace delay and jitter, mid-run.
     5: Configure.ctl_delay_ms / ctl_jitter_ms and Shape.link: userspace shaping of the first
        tier's link with the controller (Work held on arrival, Results held before they leave).
+    6: ctl_delay_ms on the other tiers too: each tier holds the Results it sends the controller;
+       only the first tier also holds the Work arriving on its data socket (a version-5 edge agent
+       would have held the offloads it received).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 LINKS = ("data", "controller")  # what a Shape message reshapes
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
@@ -150,8 +153,8 @@ class Configure:
     wire_in_iface: str = ""  # count rx bytes of this interface per arriving sample ("": do not)
     batch_samples: int = 1  # samples per energy window (1 with min_window_s 0: one window per sample)
     min_window_s: float = 0.0  # an energy window also stays open at least this long
-    # userspace shaping of the link with the controller (first tier only: its data socket hears the controller):
-    # each Work counts as received ctl_delay_ms (+- ctl_jitter_ms) after it arrived, each Result leaves as late
+    # userspace shaping of the tier's link with the controller: each Result leaves ctl_delay_ms (+- ctl_jitter_ms)
+    # late; on the first tier (whose data socket hears the controller) each Work also counts as received as late
     ctl_delay_ms: float = 0.0
     ctl_jitter_ms: float = 0.0
 
@@ -248,8 +251,9 @@ class Timeline:
 class Shape:
     """A link schedule step: from now on, hold messages ``delay_ms`` (+- ``jitter_ms``).
 
-    ``link``: ``data``, the offloads to the next tier; ``controller``, both directions of the
-    first tier's link with the controller (as :class:`Configure`'s ``ctl_delay_ms``).
+    ``link``: ``data``, the offloads to the next tier; ``controller``, the tier's link with the
+    controller (as :class:`Configure`'s ``ctl_delay_ms``: the Results, and on the first tier the
+    Work arriving too).
     """
 
     KIND: ClassVar[str] = "shape"

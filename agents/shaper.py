@@ -2,8 +2,8 @@
 
 Kernels without netem (these CI machines) shape the rate with htb and leave delay and
 jitter to the agents. One :class:`HeldLink` is one direction of one link; the agent keeps
-three: its outgoing data link (offloads to the next tier) and, on the first tier, the two
-directions of its link with the controller (Work arriving, Results leaving).
+three: its outgoing data link (offloads to the next tier), the Results it sends the controller,
+and, on the first tier, the Work arriving from the controller.
 
 Messages leave in the order they were held, as over one TCP stream: a message whose draw
 of jitter is short waits for the one before it. Times are ``time.monotonic()`` seconds.

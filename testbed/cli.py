@@ -137,8 +137,9 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
                               highlight=False)
                 params = shaping.userspace_params(prof, backend)
                 if params:
-                    out.print(f"  {peer_id}: agent holds the Work it receives and the Results it sends {params}",
-                              markup=False, highlight=False)
+                    what = ("the Work it receives and the Results it sends" if ends[1] == TIERS[0]
+                            else "the Results it sends (the controller issues Work to the first tier only)")
+                    out.print(f"  {peer_id}: agent holds {what} {params}", markup=False, highlight=False)
                 continue
             dev = inv.device(exp.devices[end])
             peer = ends[1] if end == ends[0] else ends[0]

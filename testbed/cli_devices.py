@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_preflight(args: argparse.Namespace) -> int:
     """`testbed preflight`: per device, what a run needs and what the device has; non-zero if a check fails."""
     from testbed import shaping
-    from testbed.deploy import HASHES_PY, _py, deploy_files, preflight, preflight_problems, target_of
+    from testbed.deploy import HASHES_PY, _py, deploy_files, preflight, preflight_problems, shaping_facts, target_of
+    from testbed.fleet import controller_problems
     from testbed.routes import check_routes
     from testbed.ssh import LocalRemote, SshRemote
 
@@ -179,6 +181,18 @@ def cmd_preflight(args: argparse.Namespace) -> int:
             f"{facts['temp_c_max']:.0f} C" if facts.get("temp_c_max") is not None else "-",
             "yes" if facts.get("netem") else "no", ", ".join(facts.get("meters") or []) or "none (model/null)",
             "[red]FAIL[/red]" if problems else "[green]ok[/green]")
+    ssh_run = any(inv.device(d).launcher == "ssh" for d in exp.devices.values())
+    if ssh_run and want_backend and shaping.controller_needs(exp.shaping.links, want_backend):
+        # the controller's own end of its shaped links: tc here
+        try:
+            facts = shaping_facts(LocalRemote("controller"), sys.executable)
+            problems = controller_problems(facts, exp.shaping.links, want_backend)
+        except TestbedError as e:
+            facts, problems = {}, [f"controller (this machine): {e}"]
+        failed += problems
+        table.add_row("controller (here)", "-", "local", platform.python_version(), "", "", "", "", "", "",
+                      "yes" if facts.get("netem") else "no", "",
+                      "[red]FAIL[/red]" if problems else "[green]ok[/green]")
     out.print(table)
     for f in failed:
         err.print(f"  {f}", markup=False, highlight=False)

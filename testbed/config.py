@@ -132,7 +132,7 @@ class ShapingSpec(Strict):
                          description="netem: tc on the devices; userspace: tbf/htb rate in the kernel, delay, jitter "
                                      "and loss in the agents; auto: netem where the kernel has it")
     links: dict[str, LinkProfile] = Field(default_factory=dict, description="mobile-edge, edge-cloud, "
-                                          "controller-mobile -> profile")
+                                          "controller-mobile, controller-edge, controller-cloud -> profile")
 
 
 class CostSpec(Strict):
@@ -222,7 +222,7 @@ class ControllerSpec(Strict):
     route_via: list[str] | None = Field(None, description="interfaces every device address must route through "
                                         "(checked with `ip route get` before any connection)")
     interfaces: dict[str, str] = Field(default_factory=dict, description="device id -> the controller's own "
-                                       "interface toward it: a rate on the controller-mobile link shapes its egress "
+                                       "interface toward it: a rate on a controller-<tier> link shapes its egress "
                                        "here with tc (needs root; the emulation names its veths)")
 
 
@@ -242,6 +242,19 @@ class Inventory(Strict):
             if d.id == device_id:
                 return d
         raise KeyError(device_id)
+
+    def controller_address(self, device: DeviceSpec) -> str:
+        """The address ``device`` reaches the controller at (its agent connects there; probes too).
+
+        ``controller_host``, else ``controller.advertise``, else ``controller.bind``; a wildcard
+        bind means 127.0.0.1 for a local agent (an SSH device without either key is refused
+        when the inventory is loaded).
+        """
+        host = device.controller_host or self.controller.advertise or self.controller.bind
+        return "127.0.0.1" if host in WILDCARDS else host
+
+
+WILDCARDS = ("0.0.0.0", "*", "::", "")  # bind addresses nothing can connect to
 
 
 # --------------------------------------------------------------------------- YAML + errors
@@ -385,6 +398,12 @@ def load_inventory(path: Path) -> Inventory:
         if d.launcher == "ssh" and d.host in ("127.0.0.1", "localhost") and not d.key_file:
             problems.append(f"devices[{i}]: launcher ssh to {d.host} without key_file; give the private key the "
                             "device accepts (key auth only), or use launcher: local")
+        if d.launcher == "ssh" and inv.controller.bind in WILDCARDS and not (d.controller_host
+                                                                              or inv.controller.advertise):
+            problems.append(f"devices[{i}] ({d.id}): controller.bind is {inv.controller.bind!r}, which no device "
+                            "can connect to, and neither controller.advertise nor this device's controller_host "
+                            "says where it reaches the controller; set one to the controller's address on the "
+                            "device's network")
         for peer in d.interfaces:
             if peer not in (*TIERS, "controller"):
                 problems.append(f"devices[{i}].interfaces.{peer}: not a tier or 'controller'"
@@ -457,7 +476,7 @@ def check_experiment(exp: Experiment, inv: Inventory, policy_problems: Any, base
     return problems
 
 
-SHAPED_LINKS = ("controller-mobile", "mobile-edge", "edge-cloud")
+SHAPED_LINKS = ("controller-mobile", "controller-edge", "controller-cloud", "mobile-edge", "edge-cloud")
 
 
 def _shaping_problems(shaping: ShapingSpec) -> list[str]:

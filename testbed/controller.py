@@ -205,15 +205,12 @@ class Controller:
         assert self._transport is not None and self._writer is not None
         assert self._fleet is not None
         port = self._transport.endpoint.rsplit(":", 1)[1]
-        bind = self.inv.controller.bind
         owned: list[dict[str, Any]] = []
         self._manifest["owned"] = {"record": self._fleet.owned.path.name, "processes": owned}
         for tier in reversed(p.TIERS):
             device = self.inv.device(self.exp.devices[tier])
-            host = device.controller_host or self.inv.controller.advertise or (
-                bind if bind not in ("0.0.0.0", "*") else "127.0.0.1")
-            args = AgentArgs(f"tcp://{host}:{port}", self.timeouts.heartbeat_s, self.timeouts.liveness,
-                             self.timeouts.hello_s)
+            args = AgentArgs(f"tcp://{self.inv.controller_address(device)}:{port}", self.timeouts.heartbeat_s,
+                             self.timeouts.liveness, self.timeouts.hello_s)
             handle = self._fleet.start(device, args)
             self._agents[device.id] = _Agent(device.id, tier, handle, last_heard_ns=self.clock.monotonic_ns())
             # recorded the moment it exists, so cleanup knows it even if the next start fails
@@ -286,7 +283,7 @@ class Controller:
             assert self._fleet is not None
             link = (self._fleet.userspace_link(f"{tier}-{p.TIERS[i + 1]}", self._schedule_t())
                     if i + 1 < len(p.TIERS) else None)
-            ctl = self._fleet.userspace_link(f"controller-{tier}", self._schedule_t()) if i == 0 else None
+            ctl = self._fleet.userspace_link(f"controller-{tier}", self._schedule_t())
             self._transport.send(a.device_id, p.Configure(
                 seq=seq, partition_path=a.handle.partition_path(file), sha256=sha,
                 logits_name=spec.logits, offload=dict(spec.offload), next_endpoint=nxt, threads=device.threads,
@@ -443,7 +440,8 @@ class Controller:
                                    "applied_at_s": round(t, 6), "unix_ns": self.clock.time_ns(),
                                    "profile": profile.model_dump(exclude={"schedule"})}
             if self._fleet.backend == "userspace":
-                # the sending agent of a device hop; the first tier for its link with the controller (both ways)
+                # the sending agent of a device hop; for a controller link the tier's agent (Results, and on the
+                # first tier the Work arriving too)
                 a, b = hop.split("-")
                 ctl = a == "controller"
                 sender = next(x for x in self._agents.values() if x.tier == (b if ctl else a))

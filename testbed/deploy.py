@@ -48,6 +48,27 @@ def starttime(pid):
     except (OSError, ValueError, IndexError): return None
 """
 
+# What the kernel can shape with (tc, netem, htb): part of the preflight, and asked alone of the
+# controller's own machine when it shapes its end of a controller link. Fills ``out``.
+_SHAPING_FACTS = r"""
+def _read(p):
+    try:
+        with open(p) as f: return f.read().strip()
+    except OSError: return None
+import glob as _glob, os as _os, platform as _platform, shutil as _shutil
+_rel = _platform.release()
+out["kernel"] = _rel
+out["tc"] = _shutil.which("tc") or (_os.path.exists("/sbin/tc") and "/sbin/tc") or None
+_builtin = _read("/lib/modules/%s/modules.builtin" % _rel) or ""
+out["netem"] = bool(_os.path.exists("/sys/module/sch_netem") or "sch_netem" in _builtin
+                    or _glob.glob("/lib/modules/%s/kernel/net/sched/sch_netem.ko*" % _rel))
+out["htb"] = bool(_os.path.exists("/sys/module/sch_htb") or "sch_htb" in _builtin
+                  or _glob.glob("/lib/modules/%s/kernel/net/sched/sch_htb.ko*" % _rel))
+"""
+
+# Runs on the controller's machine: the shaping facts alone.
+SHAPING_PY = "import json\nout = {}" + _SHAPING_FACTS + "print(json.dumps(out))\n"
+
 # Runs on the device: versions, disk, clock, CPU governor, thermal, shaping and meter support.
 PREFLIGHT_PY = _PRELUDE + r"""
 import glob, importlib, json, os, platform, shutil, sys, time
@@ -78,14 +99,8 @@ temps = [int(t) / 1000 for t in temps if t and t.lstrip("-").isdigit()]
 out["temp_c_max"] = max(temps) if temps else None
 throttled = read("/sys/devices/platform/soc/soc:firmware/get_throttled")
 out["throttled"] = throttled
-rel = platform.release()
-out["tc"] = shutil.which("tc") or (os.path.exists("/sbin/tc") and "/sbin/tc") or None
 out["setsid"] = shutil.which("setsid")
-builtin = read("/lib/modules/%s/modules.builtin" % rel) or ""
-out["netem"] = bool(os.path.exists("/sys/module/sch_netem") or "sch_netem" in builtin
-                    or glob.glob("/lib/modules/%s/kernel/net/sched/sch_netem.ko*" % rel))
-out["htb"] = bool(os.path.exists("/sys/module/sch_htb") or "sch_htb" in builtin
-                  or glob.glob("/lib/modules/%s/kernel/net/sched/sch_htb.ko*" % rel))
+""" + _SHAPING_FACTS + r"""
 meters = []
 if glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"): meters.append("rapl")
 if glob.glob("/dev/nvidia[0-9]*"): meters.append("nvml")
@@ -235,6 +250,11 @@ def preflight(remote: Remote, device: DeviceSpec) -> dict[str, Any]:
                 json.dumps(list(MIN_PYTHON)), json.dumps(list(AGENT_MODULES)))
     facts["clock_offset_ms"], facts["clock_rtt_ms"] = clock_offset(remote, device.python or "python3")
     return facts
+
+
+def shaping_facts(remote: Remote, python: str) -> dict[str, Any]:
+    """What the kernel at ``remote`` can shape with: ``kernel``, ``tc`` (its path or None), ``netem``, ``htb``."""
+    return _py(remote, python, SHAPING_PY)
 
 
 def preflight_problems(device: DeviceSpec, facts: dict[str, Any], need_bytes: int = 0,

@@ -21,7 +21,16 @@ from agents.protocol import TIERS
 from testbed import shaping
 from testbed.bundle import Bundle
 from testbed.config import DeviceSpec, Experiment, Inventory, LinkProfile
-from testbed.deploy import DeployRecord, deploy_device, probe_link, run_steps, start_agent, target_of, undo_remote
+from testbed.deploy import (
+    DeployRecord,
+    deploy_device,
+    probe_link,
+    run_steps,
+    shaping_facts,
+    start_agent,
+    target_of,
+    undo_remote,
+)
 from testbed.errors import ConfigError, DeployError, TestbedError
 from testbed.launch import AgentArgs, AgentHandle, LocalLauncher
 from testbed.owned import REMOVED, Ownership, proc_starttime
@@ -35,6 +44,26 @@ def hop_ends(hop: str) -> tuple[str, str]:
     """``mobile-edge`` -> (mobile, edge); ``controller-mobile`` -> (controller, mobile)."""
     a, b = hop.split("-")
     return a, b
+
+
+def controller_problems(facts: dict[str, Any], links: dict[str, LinkProfile], backend: str) -> list[str]:
+    """What this machine's kernel lacks for its end of the shaped controller links, each with what to do.
+
+    ``facts``: :func:`testbed.deploy.shaping_facts` of this machine; ``backend``: the run's.
+    """
+    problems = []
+    for what, hops in shaping.controller_needs(links, backend).items():
+        if facts.get(what):
+            continue
+        names = ", ".join(f"shaping.links.{h}" for h in hops)
+        if what == "tc":
+            problems.append(f"controller (this machine): no tc, which {names} needs to shape the controller's end; "
+                            "install iproute2, or shape delay and jitter only (backend userspace)")
+        else:
+            problems.append(f"controller (this machine, kernel {facts.get('kernel')}): no sch_{what}, which {names} "
+                            f"needs at the controller's end under backend {backend}; load it (modprobe sch_{what})"
+                            + (" or use shaping.backend: userspace" if what == "netem" else ""))
+    return problems
 
 
 class Fleet:
@@ -58,6 +87,7 @@ class Fleet:
         self.qdiscs: list[tuple[int, str, str]] = []  # (ownership index, device id, interface)
         self.shaping_readback: dict[str, Any] = {}
         self.backend = "none"
+        self.controller_facts: dict[str, Any] | None = None  # this machine's kernel, when it shapes its own end
 
     @property
     def remote(self) -> bool:
@@ -94,14 +124,23 @@ class Fleet:
             self.backend = "none"
         elif backend != "auto":
             self.backend = backend
-        elif self.remote and self.deploys and all(r.facts.get("netem") for r in self.deploys.values()):
-            self.backend = "netem"
+        elif self.remote and self.deploys and all(r.facts.get("netem") for r in self.deploys.values()) and (
+                "netem" not in shaping.controller_needs(links, "netem") or self._controller_kernel().get("netem")):
+            self.backend = "netem"  # the controller's own end too, where a controller link is shaped
         else:
             self.backend = "userspace"
         _, problems = shaping.applicable(links, self.backend, self.remote)
+        if self.remote and shaping.controller_needs(links, self.backend):
+            problems += controller_problems(self._controller_kernel(), links, self.backend)
         if problems:
             raise ConfigError(str(self.exp_path or self.exp.name), problems)
         return self.backend
+
+    def _controller_kernel(self) -> dict[str, Any]:
+        """tc, netem and htb on this machine (read once): the controller's end of its links is shaped here."""
+        if self.controller_facts is None:
+            self.controller_facts = shaping_facts(*self._remote_of(CONTROLLER))
+        return self.controller_facts
 
     def start(self, device: DeviceSpec, args: AgentArgs) -> AgentHandle:
         """Start one device's agent; recorded in the ownership record at once."""
@@ -199,11 +238,12 @@ class Fleet:
         out: dict[str, Any] = {}
         for hop, profile in self.exp.shaping.links.items():
             rate = profile.rate_mbit
-            nbytes = int(min(16e6, max(256e3, (rate or 100.0) * 1e6 / 8 * 0.8)))
+            nbytes = int(min(16e6, max(256e3, (rate or 100.0) * 1e6 / 8 * 1.5)))  # 1.5 s at the rate: a capped
+            # device may be throttled a period or two while its probe starts (interpreter, SSH session)
             for src, dst in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
                 (s_remote, s_py), (r_remote, r_py) = self._remote_of(self._end_id(src)), self._remote_of(
                     self._end_id(dst))
-                addr = (self._controller_address(self.devices[src]) if dst == CONTROLLER
+                addr = (self.inv.controller_address(self.devices[src]) if dst == CONTROLLER
                         else self._address_toward(self.devices[dst], src))
                 got = probe_link(s_remote, s_py, r_remote, r_py, addr, nbytes)
                 got["configured_rate_mbit"] = rate
@@ -215,10 +255,6 @@ class Fleet:
     def _end_id(self, end: str) -> str:
         """The device id at one end of a hop (``controller`` for the controller)."""
         return CONTROLLER if end == CONTROLLER else self.devices[end].id
-
-    def _controller_address(self, device: DeviceSpec) -> str:
-        """The controller's address on its link to ``device``: what the device's agent connects to."""
-        return device.controller_host or self.inv.controller.advertise or self.inv.controller.bind
 
     @staticmethod
     def _address_toward(device: DeviceSpec, peer: str) -> str:
@@ -275,4 +311,5 @@ class Fleet:
         """The deploy part of the manifest."""
         return {"method": "ssh" if self.remote else "local", "routes": self.routes,
                 "devices": {k: v.to_dict() for k, v in self.deploys.items()},
+                **({"controller_kernel": self.controller_facts} if self.controller_facts else {}),
                 "ownership_record": self.owned.path.name, "at": time.time()}

@@ -147,8 +147,10 @@ def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
         return []
     applied = shaping.get("schedule_applied") or []
     lines = []
+    probed: set[str] = set()  # hops whose probes are printed already (on their first line)
     measured = []  # (hop, label, column, rows it applies to)
     for hop in links:
+        # controller-edge and controller-cloud carry no Work, only the answers: no column of their own
         measured.append((hop, hop, f"net_ms_{hop.replace('-', '_')}", None))
         if hop.startswith("controller-"):  # its other direction: the answers of the samples that exited there
             measured.append((hop, f"{hop} (answers back)", "net_ms_return", hop.split("-", 1)[1]))
@@ -175,7 +177,8 @@ def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
             text += (f"measured net median {net.median():.2f} ms (p5 {net.quantile(0.05):.2f}, p95 "
                      f"{net.quantile(0.95):.2f}) over {len(net)} rows" if len(net) else "no measured rows crossed it")
             probes = (shaping.get("probes") or {}).get(hop) or {}
-            if k == 0 and probes and label == hop:
+            if k == 0 and probes and hop not in probed:
+                probed.add(hop)
                 text += "; probes " + ", ".join(
                     f"{d} {v['link_mbit']:.2f} Mbit/s on the link ({v['throughput_mbit']:.2f} of payload)"
                     if "link_mbit" in v else f"{d} {v['throughput_mbit']:.2f} Mbit/s" for d, v in probes.items())

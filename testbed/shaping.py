@@ -106,6 +106,24 @@ def at(profile: LinkProfile, t_s: float) -> LinkProfile:
     return LinkProfile.model_validate(current)
 
 
+def controller_needs(links: dict[str, LinkProfile], backend: str) -> dict[str, list[str]]:
+    """What the controller's own kernel must have for its end of the ``controller-<tier>`` links.
+
+    ``tc``, ``htb`` (a rate) and ``netem`` (delay, jitter or loss under the netem backend), each
+    with the links that need it, over the profile as it starts and every schedule step.
+    """
+    need: dict[str, list[str]] = {}
+    for hop, prof in links.items():
+        if not hop.startswith("controller-"):
+            continue
+        for p in [prof, *(at(prof, s.at_s) for s in prof.schedule or [])]:
+            for step in plan("-", p, backend):
+                for what in ("tc", "htb", "netem"):
+                    if (what == "tc" or what in step.argv) and hop not in need.setdefault(what, []):
+                        need[what].append(hop)
+    return {k: v for k, v in need.items() if v}
+
+
 def due_steps(links: dict[str, LinkProfile], t_s: float, applied: set[tuple[str, int]]
               ) -> list[tuple[str, int, LinkProfile]]:
     """Schedule steps due at ``t_s`` not yet in ``applied`` (hop, step index): (hop, index, profile now).

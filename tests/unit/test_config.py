@@ -84,6 +84,28 @@ def test_unknown_tier_in_inventory_suggests(tmp_path):
     assert "devices[1].cpus: [4096] is not a non-empty list of CPU ids" in str(e.value)
 
 
+def test_a_wildcard_bind_needs_an_address_ssh_devices_can_reach(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    ssh = "launcher: ssh\n    host: 10.0.0.2\n    key_file: k\n    user: pi"
+    inv.write_text(f"controller: {{bind: 0.0.0.0}}\ndevices:\n  - id: pi-1\n    tier: mobile\n    {ssh}\n"
+                   f"  - id: jet-1\n    tier: edge\n    {ssh}\n    controller_host: 10.0.0.1\n"
+                   "  - id: here\n    tier: cloud\n")
+    with pytest.raises(ConfigError) as e:
+        load_inventory(inv)
+    text = " ".join(str(e.value).split())
+    assert ("devices[0] (pi-1): controller.bind is '0.0.0.0', which no device can connect to, and neither "
+            "controller.advertise nor this device's controller_host says where it reaches the controller") in text
+    assert "devices[1]" not in text and "devices[2]" not in text  # jet-1 says where; a local agent uses 127.0.0.1
+    inv.write_text(inv.read_text().replace("bind: 0.0.0.0", "bind: 0.0.0.0, advertise: 10.0.0.1"))
+    loaded = load_inventory(inv)
+    assert [loaded.controller_address(d) for d in loaded.devices] == ["10.0.0.1", "10.0.0.1", "10.0.0.1"]
+    inv.write_text(inv.read_text().replace(", advertise: 10.0.0.1", ""))
+    with pytest.raises(ConfigError):
+        load_inventory(inv)
+    inv.write_text("controller: {bind: 0.0.0.0}\ndevices:\n  - id: here\n    tier: cloud\n")
+    assert load_inventory(inv).controller_address(load_inventory(inv).device("here")) == "127.0.0.1"
+
+
 def test_yaml_syntax_error_names_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\npolicies: [\n  - a\n")

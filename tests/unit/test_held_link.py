@@ -51,3 +51,23 @@ def test_the_agents_wait_never_returns_before_the_due_time():
         due = time.monotonic() + ahead
         _wait_until(due)
         assert time.monotonic() >= due
+
+
+@pytest.mark.parametrize("tier, holds_arrivals", [("mobile", True), ("edge", False), ("cloud", False)])
+def test_a_controller_link_delay_holds_the_answers_and_only_the_first_tier_holds_arrivals(tmp_path, tier,
+                                                                                          holds_arrivals):
+    """A Shape on the controller link: every tier holds its Results; only the mobile, which the
+    controller issues Work to, holds what arrives on its data socket (the edge's arrivals are offloads)."""
+    from agents import protocol as p
+    from agents.agent import Agent
+
+    agent = Agent(f"{tier}-1", tier, "tcp://127.0.0.1:1", tmp_path)
+    try:
+        assert agent._on_control(p.encode(p.Shape(0, 12.0, 2.0, "controller"))) is False
+        assert agent._ctl_out.active and agent._ctl_out.delay_ms == 12.0 and agent._ctl_out.jitter_ms == 2.0
+        assert agent._ctl_in.active is holds_arrivals
+        assert not agent._out.active  # the data link is another link
+        agent._on_control(p.encode(p.Shape(1, 0.0, 0.0, "controller")))
+        assert not agent._ctl_out.active and not agent._ctl_in.active
+    finally:
+        agent._close()

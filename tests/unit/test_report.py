@@ -51,6 +51,17 @@ def test_fidelity_of_the_controller_link_covers_both_directions():
                            "15.20 ms") and back.endswith("over 3 rows")
 
 
+def test_fidelity_of_an_answers_only_controller_link_carries_its_probes():
+    """controller-edge carries no Work (no column of its own): one line, the answers back, with the probes."""
+    df = pd.DataFrame({"phase": ["measure"] * 3, "t_issue_unix_ns": [10, 20, 30],
+                       "exit_tier": ["edge", "cloud", "edge"], "net_ms_return": [8.3, 0.4, 8.5]})
+    manifest = {"shaping": {"backend": "userspace", "links": {"controller-edge": {"delay_ms": 8}},
+                            "probes": {"controller-edge": {"edge->controller": {"throughput_mbit": 49.0}}}}}
+    line, = report.fidelity_lines(df, manifest)
+    assert line == ("fidelity controller-edge (answers back): configured 8 ms; measured net median 8.40 ms (p5 8.31, "
+                    "p95 8.49) over 2 rows; probes edge->controller 49.00 Mbit/s")
+
+
 def test_fidelity_probes_give_the_link_rate_beside_the_payload_rate():
     df = pd.DataFrame({"phase": ["measure"], "t_issue_unix_ns": [10], "net_ms_mobile_edge": [20.5]})
     manifest = {"shaping": {"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 20, "rate_mbit": 10}},

@@ -121,19 +121,20 @@ def test_schedules_are_applicable_except_what_the_backend_cannot_do():
                         "or drop loss_pct"]
 
 
-def _controller_link_fleet(tiny_bundle, tmp_path, controller_ifaces):
+def _controller_link_fleet(tiny_bundle, tmp_path, controller_ifaces, links=None, launcher="local", backend="userspace"):
     import yaml
 
     from testbed.bundle import Bundle
     from testbed.fleet import Fleet
     from testbed.owned import Ownership
 
-    devices = [{"id": f"{t}-1", "tier": t, "host": "127.0.0.1", "launcher": "local",
+    ssh = {"key_file": str(tmp_path / "id_ed25519"), "user": "root"} if launcher == "ssh" else {}
+    devices = [{"id": f"{t}-1", "tier": t, "host": "127.0.0.1", "launcher": launcher, **ssh,
                 "interfaces": {"controller": f"{t}-c"}} for t in ("mobile", "edge", "cloud")]
     inv = tmp_path / "inv.yaml"
     inv.write_text(yaml.safe_dump({"controller": {"interfaces": controller_ifaces}, "devices": devices}))
     exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-mobile"}], shaping={
-        "backend": "userspace", "links": {"controller-mobile": {"delay_ms": 5, "rate_mbit": 20}}})
+        "backend": backend, "links": links or {"controller-mobile": {"delay_ms": 5, "rate_mbit": 20}}})
     e, i = _load_all(exp, inv)
     fleet = Fleet(e, i, Bundle.load(tiny_bundle.root), tmp_path, "r1", Ownership(tmp_path))
     fleet.backend = "userspace"
@@ -154,6 +155,65 @@ def test_the_controller_link_is_shaped_at_both_ends_the_controller_end_on_its_ow
     # the controller's end is probed and shaped here, not over SSH; the mobile agent holds both directions itself
     assert fleet.userspace_link("controller-mobile").delay_ms == 5.0
     assert shaping.applicable(fleet.exp.shaping.links, "userspace", remote=True) == ("userspace", [])
+
+
+def test_the_controller_links_of_edge_and_cloud_are_shaped_at_both_ends_too(tiny_bundle, tmp_path):
+    fleet = _controller_link_fleet(tiny_bundle, tmp_path, {"edge-1": "veth-ce", "cloud-1": "veth-cc"}, links={
+        "controller-edge": {"delay_ms": 8, "rate_mbit": 50}, "controller-cloud": {"delay_ms": 30}})
+    plans = [(hop, dev, ifname, argv(steps)[-1]) for hop, dev, ifname, steps in fleet.kernel_plans()]
+    rate = ["htb", "rate", "50mbit", "ceil", "50mbit"]
+    assert plans == [
+        ("controller-edge", "controller", "veth-ce",
+         ["tc", "class", "replace", "dev", "veth-ce", "parent", "1:", "classid", "1:1", *rate]),
+        ("controller-edge", "edge-1", "edge-c",
+         ["tc", "class", "replace", "dev", "edge-c", "parent", "1:", "classid", "1:1", *rate])]
+    # delay alone (controller-cloud) is the agents' part: nothing for the kernel under userspace
+    assert fleet.userspace_link("controller-cloud").delay_ms == 30.0
+    assert fleet.userspace_link("controller-edge").delay_ms == 8.0
+    fleet.backend = "netem"  # under netem the kernel delays it on both ends
+    netem = [(dev, argv(steps)[-1][-3:]) for hop, dev, _, steps in fleet.kernel_plans() if hop == "controller-cloud"]
+    assert netem == [("controller", ["netem", "delay", "30ms"]), ("cloud-1", ["netem", "delay", "30ms"])]
+
+
+def test_what_the_controllers_own_kernel_needs_for_its_end_of_the_links():
+    links = {"controller-edge": LinkProfile(delay_ms=8, schedule=[{"at_s": 5, "rate_mbit": 2}]),
+             "controller-cloud": LinkProfile(delay_ms=30), "mobile-edge": LinkProfile(delay_ms=5, rate_mbit=10)}
+    # userspace: the agents delay; the kernel here only rates (a schedule step brings one in)
+    assert shaping.controller_needs(links, "userspace") == {"tc": ["controller-edge"], "htb": ["controller-edge"]}
+    assert shaping.controller_needs(links, "netem") == {"tc": ["controller-edge", "controller-cloud"],
+                                                         "htb": ["controller-edge"],
+                                                         "netem": ["controller-edge", "controller-cloud"]}
+    assert shaping.controller_needs({"mobile-edge": LinkProfile(delay_ms=5)}, "netem") == {}
+
+
+@pytest.mark.parametrize("controller_netem, chosen", [(True, "netem"), (False, "userspace")])
+def test_auto_picks_netem_only_where_the_controllers_kernel_has_it_too(tiny_bundle, tmp_path, controller_netem,
+                                                                        chosen):
+    from types import SimpleNamespace
+
+    fleet = _controller_link_fleet(tiny_bundle, tmp_path, {"edge-1": "veth-ce"}, launcher="ssh", backend="auto",
+                                   links={"controller-edge": {"delay_ms": 8}})
+    fleet.deploys = {d: SimpleNamespace(facts={"netem": True}, to_dict=dict) for d in ("mobile-1", "edge-1", "cloud-1")}
+    fleet.controller_facts = {"kernel": "6.1", "tc": "/sbin/tc", "netem": controller_netem, "htb": True}
+    assert fleet.choose_backend() == chosen
+    assert fleet.record()["controller_kernel"]["netem"] is controller_netem  # the manifest says why
+
+
+def test_backend_netem_refuses_a_controller_without_netem_naming_the_link(tiny_bundle, tmp_path):
+    fleet = _controller_link_fleet(tiny_bundle, tmp_path, {"cloud-1": "veth-cc"}, launcher="ssh", backend="netem",
+                                   links={"controller-cloud": {"delay_ms": 30}, "mobile-edge": {"delay_ms": 5}})
+    fleet.controller_facts = {"kernel": "6.18-fc", "tc": "/sbin/tc", "netem": False, "htb": True}
+    with pytest.raises(ConfigError) as e:
+        fleet.choose_backend()
+    text = " ".join(str(e.value).split())
+    assert ("controller (this machine, kernel 6.18-fc): no sch_netem, which shaping.links.controller-cloud needs at "
+            "the controller's end under backend netem; load it (modprobe sch_netem) or use shaping.backend: "
+            "userspace") in text
+    assert "mobile-edge" not in text  # the devices' kernels are the preflight's business
+    fleet.controller_facts["tc"] = None
+    # a delay alone is the agents' part under userspace: the controller's kernel needs nothing
+    fleet.exp = fleet.exp.model_copy(update={"shaping": fleet.exp.shaping.model_copy(update={"backend": "userspace"})})
+    assert fleet.choose_backend() == "userspace"
 
 
 def test_a_rate_on_the_controller_link_needs_the_controllers_interface_named(tiny_bundle, tmp_path):
@@ -181,3 +241,8 @@ def test_plan_shows_the_controllers_own_commands(tiny_bundle, tmp_path, capsys):
     assert "controller (here): tc class replace dev veth-cm parent 1: classid 1:1 htb rate 20mbit" in text
     assert "controller at the end: tc qdisc del dev veth-cm root" in text
     assert "mobile-1: agent holds the Work it receives and the Results it sends {'delay_ms': 5.0}" in text
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-mobile"}], shaping={
+        "backend": "userspace", "links": {"controller-cloud": {"delay_ms": 30}}})
+    assert main(["plan", str(exp), "--inventory", str(inv)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "cloud-1: agent holds the Results it sends (the controller issues Work to the first tier only)" in text
