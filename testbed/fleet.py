@@ -88,6 +88,7 @@ class Fleet:
         self.shaping_readback: dict[str, Any] = {}
         self.backend = "none"
         self.controller_facts: dict[str, Any] | None = None  # this machine's kernel, when it shapes its own end
+        self._kernel_in_force: dict[str, tuple[float | None, ...]] = {}  # hop -> what tc applies there now
 
     @property
     def remote(self) -> bool:
@@ -200,16 +201,22 @@ class Fleet:
             return {}
         for hop, dev_id, ifname, steps in self.kernel_plans():
             self.shaping_readback.setdefault(hop, {})[dev_id] = self._apply_kernel(hop, dev_id, ifname, steps)
+        self._kernel_in_force = {hop: shaping.kernel_part(p, self.backend) for hop, p in self.exp.shaping.links.items()}
         return self.shaping_readback
 
     def reshape(self, hop: str, profile: LinkProfile) -> dict[str, Any]:
         """A schedule step: apply the kernel part of ``profile`` to ``hop`` now (tc replace on both ends).
 
         Returns per device what ran and the qdisc state read back; empty when the kernel has no
-        part in it (loopback, or a userspace step of delay and jitter only).
+        part in it (loopback), or its part is unchanged (under userspace: a step of delay and
+        jitter only, which the agents apply).
         """
         if not self.remote or self.backend == "none":
             return {}
+        part = shaping.kernel_part(profile, self.backend)
+        if self._kernel_in_force.get(hop) == part:
+            return {}
+        self._kernel_in_force[hop] = part
         return {dev_id: self._apply_kernel(h, dev_id, ifname, steps)
                 for h, dev_id, ifname, steps in self.kernel_plans({hop: profile})}
 

@@ -89,6 +89,17 @@ def show_class(dev: str) -> Step:
     return Step(["tc", "-s", "class", "show", "dev", dev], "read the rate classes back")
 
 
+def kernel_part(profile: LinkProfile, backend: str) -> tuple[float | None, ...]:
+    """The values of ``profile`` the kernel applies under ``backend``.
+
+    The rate, and under netem delay, jitter and loss too. A schedule step that leaves them as
+    they are runs no tc.
+    """
+    if backend == "netem":
+        return profile.rate_mbit, profile.delay_ms, profile.jitter_ms, profile.loss_pct
+    return (profile.rate_mbit,)
+
+
 def userspace_params(profile: LinkProfile, backend: str) -> dict[str, float]:
     """What the agent applies to its outgoing messages: nothing under netem (the kernel does it)."""
     if backend != "userspace":

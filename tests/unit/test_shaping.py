@@ -246,3 +246,22 @@ def test_plan_shows_the_controllers_own_commands(tiny_bundle, tmp_path, capsys):
     assert main(["plan", str(exp), "--inventory", str(inv)]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "cloud-1: agent holds the Results it sends (the controller issues Work to the first tier only)" in text
+
+
+def test_a_schedule_step_runs_tc_only_where_the_kernels_part_changes(tiny_bundle, tmp_path):
+    """Under userspace a delay-only step is the agents' business: no SSH round trip, no tc."""
+    fleet = _controller_link_fleet(tiny_bundle, tmp_path, {}, launcher="ssh", links={
+        "mobile-edge": {"delay_ms": 5, "rate_mbit": 10}})
+    fleet.devices["mobile"] = fleet.devices["mobile"].model_copy(update={"interface": "m-e"})
+    fleet.devices["edge"] = fleet.devices["edge"].model_copy(update={"interface": "e-m"})
+    ran = []
+    fleet._apply_kernel = lambda hop, dev, ifname, steps: ran.append((dev, ifname)) or {"interface": ifname}
+    fleet.shape()
+    assert ran == [("mobile-1", "m-e"), ("edge-1", "e-m")]
+    ran.clear()
+    assert fleet.reshape("mobile-edge", LinkProfile(delay_ms=0, rate_mbit=10)) == {}  # delay only: the agents'
+    assert ran == []
+    assert set(fleet.reshape("mobile-edge", LinkProfile(delay_ms=0, rate_mbit=5))) == {"mobile-1", "edge-1"}
+    assert ran == [("mobile-1", "m-e"), ("edge-1", "e-m")]
+    assert shaping.kernel_part(LinkProfile(delay_ms=5, rate_mbit=5), "netem") != shaping.kernel_part(
+        LinkProfile(delay_ms=0, rate_mbit=5), "netem")  # under netem the delay is the kernel's too
