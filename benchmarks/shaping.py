@@ -9,7 +9,8 @@ links with the mobile and the edge reads the measured rate from the run's probes
 directions) and the median net time from the rows (controller-mobile: the Work going in and
 the answers of all-mobile samples coming back; controller-edge: the answers of all-edge
 samples). In each run a link schedule turns the delay on and off every ~10 samples (the rate
-stays), and the median of the on segments is compared with the configured delay plus the
+stays; samples are paced, run.interval_ms, so both kinds of segment see the same spacing),
+and the median of the on segments is compared with the configured delay plus the
 median of the off segments of the same run: a reference interleaved in time, where a separate
 unshaped run moved 0.3-0.75 ms from run to run on this VM. The sample in flight at each step
 and the first after it are left out. (The tiny bundle's few hundred bytes per message fit the
@@ -74,11 +75,18 @@ MEASURED = {"mobile-edge": ([("net_ms_mobile_edge", "all-cloud")], 1),
 SEGMENT_SAMPLES = 10  # samples per on or off segment of a run (on: the delay; off: none, the same run's reference)
 
 
+def interval_ms(delay: float, crossings: int) -> float:
+    """The pacing of a run: a sample with the delay on fits in it with room to spare (the tiny bundle's
+    compute and hops take a few ms), so on and off samples leave equally spaced, and meet equally idle
+    tiers and equally full token buckets (at 1 Mbit/s back-to-back samples would drain htb's burst)."""
+    return crossings * delay + 15.0
+
+
 def toggled(delay: float, rate: float | None, count: int, crossings: int) -> dict:
-    """The link profile of one emulated run: the delay on, then off, on, off... in segments of about
-    SEGMENT_SAMPLES samples each (the rate stays), so the reference is measured in the same run,
+    """The link profile of one emulated run: the delay on, then off, on, off... in segments of
+    SEGMENT_SAMPLES paced samples each (the rate stays), so the reference is measured in the same run,
     interleaved with the shaped samples, not in another run that a VM's drift moves 0.3-0.7 ms."""
-    per_sample_s = (crossings * delay + 6.0) / 1e3  # the tiny bundle's compute and hops: a few ms
+    per_sample_s = interval_ms(delay, crossings) / 1e3
     period = round(SEGMENT_SAMPLES * per_sample_s, 3)
     steps = int(count * per_sample_s / period) + 2
     return {"delay_ms": delay, **({"rate_mbit": rate} if rate else {}),
@@ -119,7 +127,7 @@ def emulated(samples: int) -> None:
     count = samples
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        bundle = make_tiny_bundle(tmp / "tiny")
+        bundle = make_tiny_bundle(tmp / "tiny", n_test=count)
         common = ["--state-dir", str(tmp / "state"), "--prefix", "tbb", "--subnet", "198.18.9"]
         inv = tmp / "inventory.yaml"
         tb("emulate", "up", *common, "--inventory", str(inv))
@@ -131,6 +139,7 @@ def emulated(samples: int) -> None:
                 doc = {"name": name, "bundle": str(bundle.root),
                        "devices": {"mobile": "mobile-emu", "edge": "edge-emu", "cloud": "cloud-emu"},
                        "samples": {"split": "test", "count": count, "warmup": 5},
+                       "run": {"concurrency": 1, "interval_ms": interval_ms(delay, crossings)},
                        "policies": [{"name": pol} for pol in sorted({pol for _, pol in cols})], "energy": {"idle_s": 0},
                        "shaping": {"backend": "userspace", "links": {hop: toggled(delay, rate, count, crossings)}}}
                 exp = tmp / f"{name}.yaml"
@@ -149,9 +158,9 @@ def emulated(samples: int) -> None:
         finally:
             tb("emulate", "down", *common)
 
-    print(f"emulated testbed (SSH deploy, veth links, htb rate + userspace delay), {count} samples per run; the "
-          f"delay toggles on and off every ~{SEGMENT_SAMPLES} samples; expected = configured delay + the median of "
-          "the same run's off segments")
+    print(f"emulated testbed (SSH deploy, veth links, htb rate + userspace delay), {count} paced samples per run; "
+          f"the delay toggles on and off every {SEGMENT_SAMPLES} samples; expected = configured delay + the median "
+          "of the same run's off segments")
     print(f"{'hop':>17} {'column':>24} {'delay ms':>8} {'rate':>5} {'n on/off':>8} {'expected':>9} {'median':>9} "
           f"{'error ms':>9}  delay  {'probe link Mbit/s (each direction)':<30} rate")
     worst_d, worst_r = 0.0, 0.0

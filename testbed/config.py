@@ -74,6 +74,9 @@ class RunSpec(Strict):
     """How samples are issued and rows written."""
 
     concurrency: int = Field(1, ge=1, le=64, description="samples in flight at once")
+    interval_ms: float = Field(0.0, ge=0, description="at least this long between issuing two samples (0: as soon "
+                               "as a slot is free); paced samples meet the same idle tiers and token buckets "
+                               "whatever the links' delays")
     flush_rows: int = Field(64, ge=1, description="rows per parquet part written during the run")
 
 

@@ -142,6 +142,7 @@ class Controller:
         self._windows: list[dict[str, Any]] = []  # energy_windows.parquet
         self._flush_seq = 0
         self._samples_t0_ns: int | None = None  # when the first sample was issued: link schedules count from it
+        self._next_issue_ns = 0  # run.interval_ms: the next sample leaves no earlier than this (monotonic)
         self._steps_applied: set[tuple[str, int]] = set()
         self._flushed: set[str] = set()
         self._window_sink: list[dict[str, Any]] | None = None  # rows completed while a Flush is awaited
@@ -384,9 +385,11 @@ class Controller:
         in_flight: dict[int, Issued] = {}
         written: list[dict[str, Any]] = []
         nxt, done = 0, 0
+        gap_ns = int(self.exp.run.interval_ms * 1e6)
         while done < len(plan):
             self._apply_schedule()
-            while nxt < len(plan) and len(in_flight) < self.exp.run.concurrency:
+            while nxt < len(plan) and len(in_flight) < self.exp.run.concurrency and (
+                    self.clock.monotonic_ns() >= self._next_issue_ns):
                 phase, idx = plan[nxt]
                 tensors = samples.tensors(idx)
                 sample_id = int(samples.sample_id[idx])
@@ -396,10 +399,14 @@ class Controller:
                                 self.clock.monotonic_ns(), self.clock.time_ns(),
                                 sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id))
                 self._seq += 1
+                self._next_issue_ns = issued.issue_mono_ns + gap_ns
                 in_flight[work.run_seq] = issued
                 self._transport.issue(first.hello.data_endpoint, work)
                 nxt += 1
-            got = self._transport.recv(min(0.05, self.timeouts.heartbeat_s / 2))
+            wait_s = min(0.05, self.timeouts.heartbeat_s / 2)
+            if nxt < len(plan) and len(in_flight) < self.exp.run.concurrency:  # paced: up to the next issue
+                wait_s = min(wait_s, max(0.0, (self._next_issue_ns - self.clock.monotonic_ns()) / NS))
+            got = self._transport.recv(wait_s)
             self._keepalive(in_flight)
             if got is None:
                 continue

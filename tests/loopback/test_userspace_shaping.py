@@ -103,3 +103,17 @@ def test_the_edge_and_cloud_controller_links_delay_their_answers_and_nothing_els
     assert df.net_ms_controller_mobile.median() < 5.0 and df.net_ms_mobile_edge.median() < 5.0
     assert cloud.net_ms_edge_cloud.median() < 5.0
     assert main(["report", str(run_dir)]) == 0
+
+
+def test_paced_samples_leave_at_least_the_interval_apart_whatever_the_delay(tiny_bundle, tmp_path):
+    """run.interval_ms: the controller issues no faster than that, so on and off segments of a toggled link
+    see the same spacing; a 15 ms delay inside a 40 ms interval does not change it."""
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-cloud"}], count=12, warmup=2,
+                           name="paced", run={"concurrency": 1, "interval_ms": 40},
+                           shaping={"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 15}}})
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    df = pd.read_parquet(only_run(tmp_path / "results") / "samples.parquet").sort_values("t_issue_unix_ns")
+    gaps_ms = np.diff(df.t_issue_unix_ns.to_numpy()) / 1e6
+    assert len(df) == 14 and gaps_ms.min() >= 39.0, gaps_ms  # wall clock: allow a step of NTP slew
+    assert df.net_ms_mobile_edge.min() >= 14.9
