@@ -94,7 +94,7 @@ def toggled(delay: float, rate: float | None, count: int, crossings: int) -> dic
                          for k in range(steps)]}
 
 
-def segments(df: pd.DataFrame, applied: list[dict], hop: str, delay: float) -> tuple[pd.Series, pd.Series]:
+def segments(df: pd.DataFrame, applied: list[dict], hop: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of the on and off segments, leaving out the sample in flight at each step and the first one
     after it (the Shape message and the Work travel on different sockets: either may arrive first)."""
     stamps = sorted(int(a["unix_ns"]) for a in applied if a["hop"] == hop)
@@ -170,7 +170,7 @@ def emulated(samples: int) -> None:
         probes = ", ".join(f"{k} {v:.2f}" for k, v in tput.items())
         for col, policy in MEASURED[hop][0]:
             mine = df[(df.policy == policy) & (df.exit_tier == policy.split("-")[1])]
-            on, off = segments(mine, applied, hop, delay)
+            on, off = segments(mine, applied, hop)
             want = delay + float(off[col].median())  # tiny payloads fit the token bucket's burst: no serialisation
             got = float(on[col].median())
             err = got - want
