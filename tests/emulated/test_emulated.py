@@ -279,11 +279,12 @@ def test_the_controller_link_is_shaped_at_both_ends_and_probed(emulation, tiny_b
 
 def test_the_controller_edge_link_shapes_the_answers_and_preflight_checks_the_controllers_end(emulation,
                                                                                               tiny_bundle, tmp_path):
-    """controller-edge at 20 Mbit/s and 8 ms: only the answers travel it (the controller issues to the mobile);
+    """controller-edge at 10 Mbit/s and 8 ms (10: a 0.5-core edge keeps up with its probe on a loaded CI VM):
+    only the answers travel it (the controller issues to the mobile);
     htb on both ends, both directions probed; the edge agent holds its Results, not the offloads it receives."""
     base, inv = emulation
     exp = experiment(tmp_path / "exp.yaml", tiny_bundle.root, count=20, shaping={
-        "backend": "userspace", "links": {"controller-edge": {"delay_ms": 8, "rate_mbit": 20}}})
+        "backend": "userspace", "links": {"controller-edge": {"delay_ms": 8, "rate_mbit": 10}}})
     doc = yaml.safe_load(exp.read_text()) | {"policies": [{"name": "all-edge"}]}
     exp.write_text(yaml.safe_dump(doc))
     pre = cli("preflight", str(exp), "--inventory", str(inv))
@@ -296,18 +297,18 @@ def test_the_controller_edge_link_shapes_the_answers_and_preflight_checks_the_co
     m = json.loads((run_dir / "manifest.json").read_text())
     kernel = m["shaping"]["kernel"]["controller-edge"]
     assert kernel["controller"]["interface"] == "to-edge" and kernel["edge-emu"]["interface"] == "to-ctl"
-    assert all(any("rate 20Mbit" in line for line in k["tc_show"]) for k in kernel.values()), kernel
+    assert all(any("rate 10Mbit" in line for line in k["tc_show"]) for k in kernel.values()), kernel
     assert m["deploy"]["controller_kernel"]["htb"] is True
     probes = m["shaping"]["probes"]["controller-edge"]
     assert set(probes) == {"controller->edge", "edge->controller"}
     for direction, got in probes.items():
-        assert got["link_mbit"] == pytest.approx(20.0, rel=0.10), (direction, got)
+        assert got["link_mbit"] == pytest.approx(10.0, rel=0.10), (direction, got)
     meas = pd.read_parquet(run_dir / "samples.parquet").query("phase == 'measure'")
     assert (meas.exit_tier == "edge").all()
     assert meas.net_ms_return.min() >= 7.9 and meas.net_ms_return.median() <= 11.0
     assert meas.net_ms_mobile_edge.median() < 4.0  # what arrives at the edge is not held
     assert meas.net_ms_controller_mobile.median() < 4.0
     report = cli("report", str(run_dir))
-    assert "fidelity controller-edge (answers back): configured 8 ms, 20 Mbit/s" in report.stdout, report.stdout
+    assert "fidelity controller-edge (answers back): configured 8 ms, 10 Mbit/s" in report.stdout, report.stdout
     assert "htb" not in qdiscs("ctl")
     assert_devices_bare()
