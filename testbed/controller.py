@@ -44,7 +44,8 @@ from testbed.schema import SCHEMA_VERSION
 from testbed.transport import Received, ZmqTransport
 
 NS = 1_000_000_000
-PINGS = 8
+PINGS = 16  # clock-offset round trips per agent
+PING_GAP_S = 0.003  # between them
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,12 @@ class Controller:
             owned.append({"device": device.id, "host": device.host, "pid": handle.pid, "log": str(handle.log_path)})
             self._writer.write_manifest(self._manifest)
 
-    def _await(self, what: str, timeout_s: float, done: Callable[[], bool], on_msg: Callable[[Received], None]) -> None:
-        """Pump control messages until ``done()`` or the timeout; dead agents fail fast."""
+    def _await(self, what: str, timeout_s: float, done: Callable[[], bool], on_msg: Callable[[Received], None],
+               poll_s: float = 0.05) -> None:
+        """Pump control messages until ``done()`` or the timeout; dead agents fail fast.
+
+        ``done()`` is asked again at least every ``poll_s``, also when no message arrives.
+        """
         assert self._transport is not None
         deadline = self.clock.monotonic_ns() + int(timeout_s * NS)
         while not done():
@@ -236,7 +241,7 @@ class Controller:
                                       f"(timeouts.{'hello_s' if what == 'Hello' else 'configure_s'} in "
                                       f"{self.exp_path}); their logs:\n{tails}")
             self._heartbeat()  # agents give up on a silent controller, also while they load or measure idle
-            got = self._transport.recv(0.05)
+            got = self._transport.recv(poll_s)
             if got is not None:
                 self._note_heard(got.agent_id)
                 if isinstance(got.msg, p.EnergyWindow):
@@ -305,6 +310,12 @@ class Controller:
                     lambda: all(a.ready for a in self._agents.values()), on_msg)
 
     def _align_clocks(self) -> None:
+        """Estimate each agent's clock offset from PINGS round trips, one agent at a time, PING_GAP_S apart.
+
+        The min-RTT round trip wins (its error is at most half of it). One agent at a time, so no Pong
+        waits behind another's decode; spread out, so a CPU-capped agent (throttled for a while after
+        loading its partition) answers some of them right away.
+        """
         assert self._transport is not None
         sent: dict[tuple[str, int], int] = {}
 
@@ -315,16 +326,18 @@ class Controller:
                 if t0 is not None:
                     self._agents[got.agent_id].pings.append((t0, msg.t_ns, got.wall_ns))
 
-        for k in range(PINGS):
-            for a in self._agents.values():
+        for a in self._agents.values():
+            for k in range(PINGS):
+                if k:
+                    pause = self.clock.monotonic_ns() + int(PING_GAP_S * NS)
+                    self._await("Pong", self.timeouts.hello_s, lambda pause=pause: self.clock.monotonic_ns() >= pause,
+                                on_msg, poll_s=PING_GAP_S / 3)
                 sent[(a.device_id, k)] = self.clock.time_ns()
                 try:
                     self._transport.send(a.device_id, p.Ping(k))
                 except TestbedError as e:
                     raise self._lost(a, e) from e
-            self._await("Pong", self.timeouts.hello_s,
-                        lambda k=k: all(len(a.pings) > k for a in self._agents.values()), on_msg)
-        for a in self._agents.values():
+                self._await("Pong", self.timeouts.hello_s, lambda a=a, k=k: len(a.pings) > k, on_msg)
             a.offset_ns, a.rtt_ns = clock_offset_ns(a.pings)
 
     # ------------------------------------------------------------------ samples
@@ -714,5 +727,5 @@ class Controller:
                                 "protocol_version": a.hello.protocol_version, "data_endpoint": a.hello.data_endpoint,
                                 "facts": a.hello.facts, "load_ms": a.ready.load_ms, "providers": a.ready.providers,
                                 "idle_w": None if math.isnan(a.ready.idle_w) else a.ready.idle_w,
-                                "clock_offset_ns": a.offset_ns, "clock_rtt_ns": a.rtt_ns}
+                                "clock_offset_ns": a.offset_ns, "clock_rtt_ns": a.rtt_ns, "clock_pings": len(a.pings)}
         return out

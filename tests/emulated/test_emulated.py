@@ -264,8 +264,10 @@ def test_the_controller_link_is_shaped_at_both_ends_and_probed(emulation, tiny_b
     rows = pd.read_parquet(run_dir / "samples.parquet")
     meas = rows[rows.phase == "measure"]
     assert (meas.exit_tier == "mobile").all()
-    assert meas.net_ms_controller_mobile.min() >= 4.9 and meas.net_ms_controller_mobile.median() <= 8.0
-    assert meas.net_ms_return.min() >= 4.9 and meas.net_ms_return.median() <= 8.0
+    # both columns cross clocks: the offset estimate is off by at most half its ping's round trip
+    slack_ms = m["agents"]["mobile-emu"]["clock_rtt_ns"] / 2e6 + 0.02
+    assert meas.net_ms_controller_mobile.min() >= 5.0 - slack_ms and meas.net_ms_controller_mobile.median() <= 8.0
+    assert meas.net_ms_return.min() >= 5.0 - slack_ms and meas.net_ms_return.median() <= 8.0
     # the controller's qdisc is recorded as local, removed at the end; nothing is left on either end
     owned = json.loads((run_dir / "owned.json").read_text())["entries"]
     mine = [e for e in owned if e["kind"] == "qdisc"]

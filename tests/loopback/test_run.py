@@ -8,6 +8,7 @@ import pytest
 
 from testbed import policies
 from testbed.cli import main
+from testbed.controller import PINGS
 from testbed.schema import SCHEMA_VERSION
 
 from conftest import ROOT, write_experiment, write_inventory
@@ -102,6 +103,9 @@ def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
     assert m["experiment"]["yaml"] == exp.read_text() and m["inventory"]["yaml"] == inv.read_text()
     assert m["bundle"]["sha256"]["mobile.onnx"] == tiny_bundle.tier("mobile").sha256
     assert set(m["agents"]) == {"mobile-1", "edge-1", "cloud-1"}
+    for rec in m["agents"].values():  # one clock here: the estimate is within its bound of the true offset, 0
+        assert rec["clock_pings"] == PINGS and 0 < rec["clock_rtt_ns"] and abs(rec["clock_offset_ns"]) <= rec[
+            "clock_rtt_ns"] / 2
     facts = m["agents"]["edge-1"]["facts"]
     assert facts["onnxruntime"] and facts["cpu_cores_logical"] >= 1 and facts["memory_total_bytes"] > 0
     assert "CPUExecutionProvider" in facts["onnxruntime_providers"]
