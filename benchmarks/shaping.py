@@ -152,8 +152,9 @@ def emulated(samples: int) -> None:
                 probes = (m["shaping"].get("probes") or {}).get(hop, {})
                 applied = m["shaping"].get("schedule_applied") or []
                 kernel_steps = sum(1 for a in applied if a.get("kernel"))
-                rows.append((hop, delay, rate, df, applied, kernel_steps,
-                             {k: v.get("link_mbit", v["throughput_mbit"]) for k, v in probes.items()}))
+                read = {k: v.get("link_capacity_mbit", v.get("link_mbit", v["throughput_mbit"]))
+                        for k, v in probes.items()}
+                rows.append((hop, delay, rate, df, applied, kernel_steps, read))
             tb("clean", "--results", str(tmp / "results"))
         finally:
             tb("emulate", "down", *common)

@@ -187,13 +187,13 @@ srv = socket.socket(); srv.bind((sys.argv[1], 0)); srv.listen(1); srv.settimeout
 say(srv.getsockname()[1])
 conn, _ = srv.accept(); conn.settimeout(float(sys.argv[2]))
 expect = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-marks = [expect // 10, expect - expect // 10]  # 10% and 90% of the stream: past the start-up burst, before the tail
+marks = [expect * k // 20 for k in range(2, 19)]  # every 5% from 10% to 90%: past the start-up burst, before the tail
 n, first, last, at = 0, None, None, []
 while True:
     b = conn.recv(1 << 16)
     if not b: break
     now = time.monotonic_ns(); first = first or now; last = now; n += len(b)
-    while len(at) < 2 and expect and n >= marks[len(at)]:
+    while len(at) < len(marks) and expect and n >= marks[len(at)]:
         at.append((n, now))
 try: mss = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
 except OSError: mss = 0
@@ -510,20 +510,43 @@ def probe_link(sender: Remote, sender_python: str, receiver: Remote, receiver_py
         sink.close()
     span_s = max(1e-9, (got["last_ns"] - got["first_ns"]) / 1e9)
     whole = got["bytes"] * 8 / span_s / 1e6
-    marks = got.get("marks") or []
-    if len(marks) == 2 and marks[1][1] > marks[0][1]:
-        # the steady part: from 10% to 90% of the bytes (leaves out the rate limiter's initial burst, TCP's start
-        # and the last reads of a receiver whose CPU cap paused it)
-        mid = (marks[1][0] - marks[0][0]) * 8 / ((marks[1][1] - marks[0][1]) / 1e9) / 1e6
-    else:
-        mid = whole
-    out = {"bytes": got["bytes"], "throughput_mbit": round(mid, 3), "throughput_whole_mbit": round(whole, 3),
+    mean, best = stream_rates([tuple(m) for m in got.get("marks") or []])
+    mean = mean or whole
+    out = {"bytes": got["bytes"], "throughput_mbit": round(mean, 3), "throughput_whole_mbit": round(whole, 3),
            "tcp_connect_ms": round(sent["connect_ms"], 3)}
     mss = int(got.get("mss") or 0)
+    scale = (mss + L2_OVERHEAD_BYTES) / mss if mss > 0 else 1.0
     if mss > 0:  # what a rate limiter counts: every segment's payload plus its headers on the link
         out["mss_bytes"] = mss
-        out["link_mbit"] = round(mid * (mss + L2_OVERHEAD_BYTES) / mss, 3)
+        out["link_mbit"] = round(mean * scale, 3)
+    if best is not None:
+        out["link_capacity_mbit"] = round(best * scale, 3)
     return out
+
+
+CAPACITY_WINDOW = 6  # marks are 5% of the stream apart: the capacity is the fastest 30% stretch
+
+
+def stream_rates(marks: list[tuple[int, int]], window: int = CAPACITY_WINDOW) -> tuple[float | None, float | None]:
+    """(mean, best) Mbit/s of a stream from its receiver's marks ``(bytes so far, monotonic ns)``.
+
+    ``mean``: from the first mark to the last (the steady part: past the rate limiter's initial
+    burst and TCP's start, before the last reads of a receiver whose CPU cap paused it).
+    ``best``: the fastest stretch of ``window`` consecutive mark intervals, the link's capacity. A
+    shaper never passes more than its rate (bar a burst of a packet or two, nothing over 30% of the
+    stream), while a busy or throttled end, or a host that steals the VM's CPU, only ever slows a
+    stream down; so the best stretch reads the link, the mean reads what the ends got through it.
+    None where the marks do not allow it.
+    """
+    def rate(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+        return (b[0] - a[0]) * 8 / ((b[1] - a[1]) / 1e9) / 1e6 if b[1] > a[1] else None
+
+    if len(marks) < 2:
+        return None, None
+    mean = rate(marks[0], marks[-1])
+    spans = [rate(marks[i], marks[i + window]) for i in range(len(marks) - window)]
+    best = max((r for r in spans if r is not None), default=None)
+    return mean, best
 
 
 def undo_remote(entry: dict[str, Any], remote: Remote) -> str:

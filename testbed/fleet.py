@@ -38,6 +38,8 @@ from testbed.routes import check_routes
 from testbed.ssh import LocalRemote, Remote, SshRemote
 
 CONTROLLER = "controller"  # the controller's end of a controller-<tier> link: tc runs here, not over SSH
+PROBE_ATTEMPTS = 3  # a probe reading the link short of its rate is repeated, the best attempt kept
+PROBE_SHORT_PCT = 5.0  # ... short: more than this under the configured rate
 
 
 def hop_ends(hop: str) -> tuple[str, str]:
@@ -237,6 +239,11 @@ class Fleet:
     def probe(self) -> dict[str, Any]:
         """Configured vs measured, per shaped hop and direction: throughput at the receiver, TCP connect time.
 
+        A probe that reads the link more than PROBE_SHORT_PCT under its rate is repeated, up to
+        PROBE_ATTEMPTS in all, and the best attempt is kept (a shaper never passes more than its
+        rate; a busy end or a host stealing a VM's CPU only slows a stream down); every attempt's
+        capacity is recorded.
+
         The userspace delay is not in these numbers (the agents add it to their messages); it is
         measured in the rows' net_ms columns; the report's fidelity lines put the two side by side.
         """
@@ -252,10 +259,23 @@ class Fleet:
                     self._end_id(dst))
                 addr = (self.inv.controller_address(self.devices[src]) if dst == CONTROLLER
                         else self._address_toward(self.devices[dst], src))
-                got = probe_link(s_remote, s_py, r_remote, r_py, addr, nbytes)
+                got: dict[str, Any] = {}
+                tries: list[float] = []
+                for _ in range(PROBE_ATTEMPTS):
+                    one = probe_link(s_remote, s_py, r_remote, r_py, addr, nbytes)
+                    # the rate counts headers too; the capacity (fastest stretch) is what the shaper lets through
+                    capacity = one.get("link_capacity_mbit", one.get("link_mbit", one["throughput_mbit"]))
+                    tries.append(capacity)
+                    if not got or capacity > got["_capacity"]:
+                        got = one | {"_capacity": capacity}
+                    if not rate or capacity >= rate * (1 - PROBE_SHORT_PCT / 100):
+                        break
+                capacity = got.pop("_capacity")
+                on_link = got.get("link_mbit", got["throughput_mbit"])
                 got["configured_rate_mbit"] = rate
-                on_link = got.get("link_mbit", got["throughput_mbit"])  # the rate counts headers too
-                got["rate_error_pct"] = round(100 * (on_link - rate) / rate, 2) if rate else None
+                got["rate_error_pct"] = round(100 * (capacity - rate) / rate, 2) if rate else None
+                got["mean_rate_error_pct"] = round(100 * (on_link - rate) / rate, 2) if rate else None
+                got["attempts_capacity_mbit"] = tries
                 out.setdefault(hop, {})[f"{src}->{dst}"] = got
         return out
 

@@ -179,11 +179,19 @@ def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
             probes = (shaping.get("probes") or {}).get(hop) or {}
             if k == 0 and probes and hop not in probed:
                 probed.add(hop)
-                text += "; probes " + ", ".join(
-                    f"{d} {v['link_mbit']:.2f} Mbit/s on the link ({v['throughput_mbit']:.2f} of payload)"
-                    if "link_mbit" in v else f"{d} {v['throughput_mbit']:.2f} Mbit/s" for d, v in probes.items())
+                text += "; probes " + ", ".join(probe_text(d, v) for d, v in probes.items())
             lines.append(text)
     return lines
+
+
+def probe_text(direction: str, probe: dict[str, Any]) -> str:
+    """One probe on a fidelity line: the link's capacity, its mean rate, and the payload's."""
+    if "link_mbit" not in probe:
+        return f"{direction} {probe['throughput_mbit']:.2f} Mbit/s"
+    if "link_capacity_mbit" not in probe:
+        return f"{direction} {probe['link_mbit']:.2f} Mbit/s on the link ({probe['throughput_mbit']:.2f} of payload)"
+    return (f"{direction} {probe['link_capacity_mbit']:.2f} Mbit/s on the link at its fastest 30% (mean "
+            f"{probe['link_mbit']:.2f}; {probe['throughput_mbit']:.2f} of payload)")
 
 
 def applied_at(applied: list[dict[str, Any]], hop: str, unix_ns: int) -> str:

@@ -186,3 +186,19 @@ def test_the_link_probe_really_streams_and_reads_the_steady_part(tmp_path):
     assert got["mss_bytes"] > 0
     assert got["link_mbit"] == pytest.approx(got["throughput_mbit"] * (got["mss_bytes"] + 66) / got["mss_bytes"],
                                              rel=1e-3)
+    assert got["link_capacity_mbit"] >= got["link_mbit"] * 0.999  # the fastest 30% is at least the mean
+
+
+def test_stream_rates_read_the_capacity_past_a_stall():
+    """17 marks 5% of 10 MB apart at 8 Mbit/s (1 MB/s), with one 0.3 s stall: the mean drops, the capacity does not."""
+    from testbed.deploy import stream_rates
+
+    step, marks, t = 500_000, [], 0
+    for k in range(17):
+        marks.append((step * (k + 2), t))
+        t += int(0.5e9) + (int(0.3e9) if k == 12 else 0)  # the stall: between marks 12 and 13
+    mean, best = stream_rates(marks)
+    assert best == pytest.approx(8.0)
+    assert mean == pytest.approx(16 * step * 8 / 8.3 / 1e6) and mean < best
+    assert stream_rates(marks[:1]) == (None, None)
+    assert stream_rates(marks[:5]) == (pytest.approx(8.0), None)  # too few marks for a 30% window

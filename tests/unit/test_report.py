@@ -68,3 +68,7 @@ def test_fidelity_probes_give_the_link_rate_beside_the_payload_rate():
                             "probes": {"mobile-edge": {"mobile->edge": {"throughput_mbit": 9.56, "link_mbit": 9.996}}}}}
     line, = report.fidelity_lines(df, manifest)
     assert line.endswith("probes mobile->edge 10.00 Mbit/s on the link (9.56 of payload)")
+    manifest["shaping"]["probes"]["mobile-edge"]["mobile->edge"]["link_capacity_mbit"] = 10.02
+    line, = report.fidelity_lines(df, manifest)
+    assert line.endswith("probes mobile->edge 10.02 Mbit/s on the link at its fastest 30% (mean 10.00; 9.56 of "
+                         "payload)")

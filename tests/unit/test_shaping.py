@@ -265,3 +265,26 @@ def test_a_schedule_step_runs_tc_only_where_the_kernels_part_changes(tiny_bundle
     assert ran == [("mobile-1", "m-e"), ("edge-1", "e-m")]
     assert shaping.kernel_part(LinkProfile(delay_ms=5, rate_mbit=5), "netem") != shaping.kernel_part(
         LinkProfile(delay_ms=0, rate_mbit=5), "netem")  # under netem the delay is the kernel's too
+
+
+def test_a_probe_short_of_the_rate_is_repeated_and_the_best_attempt_kept(tiny_bundle, tmp_path, monkeypatch):
+    """controller->mobile reads 14, then 19.9 (kept, within 5% of 20: no third try); mobile->controller 19.8 at once."""
+    import testbed.fleet as fleet_mod
+
+    fleet = _controller_link_fleet(tiny_bundle, tmp_path, {"mobile-1": "veth-cm"}, launcher="ssh")
+    mobile = object()
+    fleet.remotes = {"mobile-1": mobile}
+    reads = [14.0, 19.9, 30.0]  # received by the mobile; 30 would be a third try
+
+    def fake_probe(sender, s_py, receiver, r_py, addr, nbytes):
+        capacity = reads.pop(0) if receiver is mobile else 19.8
+        return {"bytes": nbytes, "throughput_mbit": capacity * 0.95, "link_mbit": capacity - 0.1,
+                "link_capacity_mbit": capacity, "tcp_connect_ms": 0.1}
+
+    monkeypatch.setattr(fleet_mod, "probe_link", fake_probe)
+    got = fleet.probe()["controller-mobile"]
+    down, up = got["controller->mobile"], got["mobile->controller"]
+    assert down["attempts_capacity_mbit"] == [14.0, 19.9] and down["link_capacity_mbit"] == 19.9
+    assert down["rate_error_pct"] == -0.5 and down["mean_rate_error_pct"] == -1.0
+    assert reads == [30.0]
+    assert up["attempts_capacity_mbit"] == [19.8] and up["rate_error_pct"] == -1.0
