@@ -46,6 +46,16 @@ def starttime(pid):
         fields = s[s.rindex(")") + 2:].split()
         return None if fields[0] == "Z" else fields[19]
     except (OSError, ValueError, IndexError): return None
+def cpu_ticks():
+    # (steal, total) jiffies of all CPUs; None without /proc/stat
+    try:
+        with open("/proc/stat") as f: v = [int(x) for x in f.readline().split()[1:]]
+        return (v[7] if len(v) > 7 else 0), sum(v[:8])
+    except (OSError, ValueError): return None
+def steal_pct(a, b):
+    # share of CPU time the hypervisor took from this (virtual) machine between two cpu_ticks()
+    if a is None or b is None or b[1] <= a[1]: return None
+    return round(100.0 * (b[0] - a[0]) / (b[1] - a[1]), 2)
 """
 
 # What the kernel can shape with (tc, netem, htb): part of the preflight, and asked alone of the
@@ -189,6 +199,7 @@ conn, _ = srv.accept(); conn.settimeout(float(sys.argv[2]))
 expect = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 marks = [expect * k // 20 for k in range(2, 19)]  # every 5% from 10% to 90%: past the start-up burst, before the tail
 n, first, last, at = 0, None, None, []
+ticks = cpu_ticks()
 while True:
     b = conn.recv(1 << 16)
     if not b: break
@@ -197,7 +208,8 @@ while True:
         at.append((n, now))
 try: mss = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
 except OSError: mss = 0
-say(json.dumps({"bytes": n, "first_ns": first, "last_ns": last, "marks": at, "mss": mss}))
+say(json.dumps({"bytes": n, "first_ns": first, "last_ns": last, "marks": at, "mss": mss,
+                "steal_pct": steal_pct(ticks, cpu_ticks())}))
 """
 
 # Runs on the sending end: TCP connect times (kernel round trips), then a bulk send.
@@ -206,11 +218,12 @@ import json, socket, sys, time
 host, port, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 t0 = time.monotonic_ns(); s = socket.create_connection((host, port), timeout=30); rtt = time.monotonic_ns() - t0
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-block = b"\0" * 65536; sent = 0; t1 = time.monotonic_ns()
+block = b"\0" * 65536; sent = 0; t1 = time.monotonic_ns(); ticks = cpu_ticks()
 while sent < nbytes:
     sent += s.send(block[: min(len(block), nbytes - sent)])
 s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
-say(json.dumps({"connect_ms": rtt / 1e6, "sent": sent, "send_s": (time.monotonic_ns() - t1) / 1e9}))
+say(json.dumps({"connect_ms": rtt / 1e6, "sent": sent, "send_s": (time.monotonic_ns() - t1) / 1e9,
+                "steal_pct": steal_pct(ticks, cpu_ticks())}))
 """
 
 
@@ -513,7 +526,10 @@ def probe_link(sender: Remote, sender_python: str, receiver: Remote, receiver_py
     mean, best = stream_rates([tuple(m) for m in got.get("marks") or []])
     mean = mean or whole
     out = {"bytes": got["bytes"], "throughput_mbit": round(mean, 3), "throughput_whole_mbit": round(whole, 3),
-           "tcp_connect_ms": round(sent["connect_ms"], 3)}
+           "tcp_connect_ms": round(sent["connect_ms"], 3),
+           # CPU time a hypervisor took from each end while the stream ran (VMs; 0 on bare metal, None: unknown):
+           # a shaper's timers fire late on a vCPU that is not running, and the link runs slower
+           "sender_steal_pct": sent.get("steal_pct"), "receiver_steal_pct": got.get("steal_pct")}
     mss = int(got.get("mss") or 0)
     scale = (mss + L2_OVERHEAD_BYTES) / mss if mss > 0 else 1.0
     if mss > 0:  # what a rate limiter counts: every segment's payload plus its headers on the link

@@ -185,13 +185,16 @@ def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
 
 
 def probe_text(direction: str, probe: dict[str, Any]) -> str:
-    """One probe on a fidelity line: the link's capacity, its mean rate, and the payload's."""
+    """One probe on a fidelity line: the link's capacity, its mean rate, the payload's, and CPU steal if any."""
+    steal = max((probe.get(k) or 0.0 for k in ("sender_steal_pct", "receiver_steal_pct")), default=0.0)
+    stolen = f", the host stole {steal:.1f}% of an end's CPU meanwhile" if steal >= 1.0 else ""
     if "link_mbit" not in probe:
-        return f"{direction} {probe['throughput_mbit']:.2f} Mbit/s"
+        return f"{direction} {probe['throughput_mbit']:.2f} Mbit/s{stolen}"
     if "link_capacity_mbit" not in probe:
-        return f"{direction} {probe['link_mbit']:.2f} Mbit/s on the link ({probe['throughput_mbit']:.2f} of payload)"
+        return (f"{direction} {probe['link_mbit']:.2f} Mbit/s on the link ({probe['throughput_mbit']:.2f} of "
+                f"payload{stolen})")
     return (f"{direction} {probe['link_capacity_mbit']:.2f} Mbit/s on the link at its fastest 30% (mean "
-            f"{probe['link_mbit']:.2f}; {probe['throughput_mbit']:.2f} of payload)")
+            f"{probe['link_mbit']:.2f}; {probe['throughput_mbit']:.2f} of payload{stolen})")
 
 
 def applied_at(applied: list[dict[str, Any]], hop: str, unix_ns: int) -> str:

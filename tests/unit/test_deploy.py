@@ -187,6 +187,8 @@ def test_the_link_probe_really_streams_and_reads_the_steady_part(tmp_path):
     assert got["link_mbit"] == pytest.approx(got["throughput_mbit"] * (got["mss_bytes"] + 66) / got["mss_bytes"],
                                              rel=1e-3)
     assert got["link_capacity_mbit"] >= got["link_mbit"] * 0.999  # the fastest 30% is at least the mean
+    for end in ("sender_steal_pct", "receiver_steal_pct"):  # None: the stream ended within one clock tick
+        assert got[end] is None or 0 <= got[end] <= 100, got
 
 
 def test_stream_rates_read_the_capacity_past_a_stall():
@@ -202,3 +204,15 @@ def test_stream_rates_read_the_capacity_past_a_stall():
     assert mean == pytest.approx(16 * step * 8 / 8.3 / 1e6) and mean < best
     assert stream_rates(marks[:1]) == (None, None)
     assert stream_rates(marks[:5]) == (pytest.approx(8.0), None)  # too few marks for a 30% window
+
+
+def test_the_probe_helpers_read_cpu_steal_from_proc_stat():
+    """steal_pct: the hypervisor's share of all CPU time between two (steal, total) readings."""
+    from testbed.deploy import _PRELUDE
+
+    ns: dict = {}
+    exec(_PRELUDE, ns)
+    assert ns["steal_pct"]((100, 1000), (130, 1200)) == 15.0
+    assert ns["steal_pct"]((100, 1000), (100, 1000)) is None and ns["steal_pct"](None, (1, 2)) is None
+    steal, total = ns["cpu_ticks"]()  # this machine's /proc/stat
+    assert 0 <= steal <= total

@@ -72,3 +72,7 @@ def test_fidelity_probes_give_the_link_rate_beside_the_payload_rate():
     line, = report.fidelity_lines(df, manifest)
     assert line.endswith("probes mobile->edge 10.02 Mbit/s on the link at its fastest 30% (mean 10.00; 9.56 of "
                          "payload)")
+    probe = manifest["shaping"]["probes"]["mobile-edge"]["mobile->edge"]
+    probe |= {"sender_steal_pct": 0.4, "receiver_steal_pct": 7.25}
+    line, = report.fidelity_lines(df, manifest)
+    assert line.endswith("(mean 10.00; 9.56 of payload, the host stole 7.2% of an end's CPU meanwhile)")
