@@ -57,6 +57,7 @@ class _Config:
     tier_final: bool
     msg: p.Configure
     wire_in: ArrivalCounter | None = None
+    batching: bool = False  # energy windows span several samples (asked once, not per sample)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Agent:
         self.data_port = data_port
         self.timeouts = timeouts
         self.meter: EnergyMeter = meter or NullMeter()
+        self._metered = not isinstance(self.meter, NullMeter)  # per-sample windows only where energy is read
         self.idle_w = math.nan
         self._baseline_due: float | None = None
         self.served = 0
@@ -275,7 +277,7 @@ class Agent:
             except NicError as e:
                 self._fail("configure", str(e))
                 return
-        self._config = _Config(part, final, msg, wire_in)
+        self._config = _Config(part, final, msg, wire_in, msg.batch_samples > 1 or msg.min_window_s > 0)
         self._out.set(msg.delay_ms, msg.jitter_ms)
         self._ctl_in.set(0.0, 0.0)
         for link in self._ctl_links():
@@ -328,17 +330,19 @@ class Agent:
             self._fail("work", f"sample {work.sample_id} arrived before Configure")
             return
         wire_in = cfg.wire_in.arrival() if cfg.wire_in is not None else -1
-        frame_bytes = sum(len(f) for f in frames)
-        batching = cfg.msg.batch_samples > 1 or cfg.msg.min_window_s > 0
+        frame_bytes = sum(map(len, frames))
+        batching = cfg.batching
         if batching:
             if self._window is None:
                 self._window = _Window(self._batches, time.monotonic(), time.time_ns())
                 self._batches += 1
                 self.meter.begin(f"batch-{self._window.batch}")
             key = ""
-        else:
+        elif self._metered:
             key = f"sample-{work.run_seq}"
             self.meter.begin(key)
+        else:
+            key = ""
         start_ns = time.time_ns()
         try:
             outputs = cfg.partition.run(work.tensors)
@@ -357,11 +361,13 @@ class Agent:
             energy_j, net_j, approx, batch = math.nan, math.nan, False, w.batch
             if len(w.run_seqs) >= cfg.msg.batch_samples and time.monotonic() - w.opened >= cfg.msg.min_window_s:
                 closing = self.meter.end(f"batch-{w.batch}")
-        else:
+        elif key:
             energy = self.meter.end(key)
             energy_j = math.nan if energy.energy_j is None else energy.energy_j
             net_j = energy_j - self.idle_w * energy.duration_s  # NaN propagates when either is unknown
             approx, batch = energy.approx, -1
+        else:  # no meter: nothing to read on the sample's path
+            energy_j, net_j, approx, batch = math.nan, math.nan, False, -1
         logits = outputs[cfg.msg.logits_name]
         confidence, prediction = measure_confidence(logits[0], work.measure)
         threshold = work.thresholds.get(self.tier, float("inf"))

@@ -11,7 +11,11 @@ travel as positional lists. ``decode`` checks every field at once and raises
 The per-sample path (Work, Result) runs right after onnxruntime has streamed a
 partition's weights through the CPU caches, where every Python step costs several
 times its warm price (measured: 219 vs 57 us for decode+encode); so converters are
-compiled once per field, not looked up per message.
+compiled once per field, not looked up per message, and Work and Result have a path
+of their own that makes no per-field calls: a well-formed one is built at once, and
+anything off in it goes through the per-field converters, which name every problem.
+The wire bytes are the same either way (measured after a partition's run: decode
+108 -> 87 us, decode + new stage + encode 190 -> 140 us).
 
 This module is the only one that ``testbed/`` imports from ``agents/``; it must stay
 free of anything but the standard library, numpy and msgpack.
@@ -36,10 +40,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import msgpack
 import numpy as np
@@ -77,9 +80,11 @@ def should_exit(threshold: float, confidence: float) -> bool:
 # --------------------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(NamedTuple):
     """What one tier did to one sample; all times are ``time.time_ns`` on that agent.
+
+    A named tuple, not a dataclass: immutable all the same, and built, packed and unpacked at
+    C speed on the per-sample path (it travels as the positional list it is).
 
     ``energy_j`` covers the compute window (start_ns to end_ns) on that device's meter;
     ``energy_net_j`` is what it took above the device's measured idle power. With batch
@@ -327,19 +332,19 @@ MESSAGES: dict[str, type] = {
 }
 
 Frames = list[Any]  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
-_STAGE_FIELDS = [f.name for f in dataclasses.fields(Stage)]
+_STAGE_FIELDS = list(Stage._fields)
 
 
 # --------------------------------------------------------------------------- encode
+
+
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
 def _pack_array(a: np.ndarray, frames: Frames) -> dict[str, Any]:
     a = np.ascontiguousarray(a)
     frames.append(memoryview(a).cast("B"))
     return {"dtype": a.dtype.str, "shape": a.shape, "frame": len(frames) - 1}
-
-
-_stage_values = operator.attrgetter(*_STAGE_FIELDS)
 
 
 def _to_wire(value: Any, frames: Frames) -> Any:
@@ -357,8 +362,8 @@ def _enc_arrays(value: dict[str, np.ndarray], frames: Frames) -> dict[str, Any]:
     return {k: _pack_array(v, frames) for k, v in value.items()}
 
 
-def _enc_stages(value: list[Stage], frames: Frames) -> list[tuple]:
-    return [_stage_values(s) for s in value]
+def _enc_stages(value: list[Stage], frames: Frames) -> list[Stage]:
+    return value  # tuples: msgpack packs them as the positional lists they are
 
 
 def _enc_plain(value: Any, frames: Frames) -> Any:
@@ -376,14 +381,43 @@ _ENCODERS: dict[str, list[tuple[str, Callable[[Any, Frames], Any]]]] = {
 }
 
 
+def _encode_work(msg: Work) -> Frames:
+    """:func:`encode` of a Work, field by field without the per-field encoder calls (the per-sample path)."""
+    frames: Frames = [b""]
+    body = {"run_seq": msg.run_seq, "sample_id": msg.sample_id,
+            "tensors": {k: _pack_array(v, frames) for k, v in msg.tensors.items()},
+            "thresholds": msg.thresholds, "stages": msg.stages, "measure": msg.measure}
+    frames[0] = _packb({"v": PROTOCOL_VERSION, "kind": "work", "body": body})
+    return frames
+
+
+def _encode_result(msg: Result) -> Frames:
+    """:func:`encode` of a Result, as :func:`_encode_work`."""
+    frames: Frames = [b""]
+    body = {"agent_id": msg.agent_id, "run_seq": msg.run_seq, "sample_id": msg.sample_id,
+            "logits": _pack_array(msg.logits, frames), "stages": msg.stages}
+    frames[0] = _packb({"v": PROTOCOL_VERSION, "kind": "result", "body": body})
+    return frames
+
+
 def encode(msg: Any) -> Frames:
     """Serialise a message dataclass to frames for ``send_multipart``."""
+    cls = type(msg)
+    if cls is Work:
+        return _encode_work(msg)
+    if cls is Result:
+        return _encode_result(msg)
+    return encode_generic(msg)
+
+
+def encode_generic(msg: Any) -> Frames:
+    """:func:`encode` through the per-field encoders, for every kind (Work and Result have faster twins)."""
     kind = getattr(msg, "KIND", None)
     if kind not in MESSAGES or not isinstance(msg, MESSAGES[kind]):
         raise ProtocolError(str(kind or type(msg).__name__), ["not a protocol message"])
     frames: Frames = [b""]
     body = {name: enc(getattr(msg, name), frames) for name, enc in _ENCODERS[kind]}
-    frames[0] = msgpack.packb({"v": PROTOCOL_VERSION, "kind": kind, "body": body}, use_bin_type=True)
+    frames[0] = _packb({"v": PROTOCOL_VERSION, "kind": kind, "body": body})
     return frames
 
 
@@ -402,11 +436,16 @@ _DTYPES: dict[str, np.dtype] = {}
 
 def _unpack_array(obj: Any, frames: Frames) -> np.ndarray:
     try:
-        dtype = _DTYPES.get(obj["dtype"]) or _DTYPES.setdefault(obj["dtype"], np.dtype(obj["dtype"]))
+        name = obj["dtype"]
+        dtype = _DTYPES.get(name) or _DTYPES.setdefault(name, np.dtype(name))
         shape = tuple(obj["shape"])
-        frame = frames[obj["frame"]]
-        if not all(type(n) is int and n >= 0 for n in shape):
-            raise ValueError(f"shape {shape} is not a list of sizes")
+        i = obj["frame"]
+        if type(i) is not int or i < 1:  # frame 0 is the header
+            raise ValueError(f"frame {i!r} is not a tensor frame")
+        frame = frames[i]
+        for n in shape:
+            if type(n) is not int or n < 0:
+                raise ValueError(f"shape {shape} is not a list of sizes")
     except (TypeError, ValueError, IndexError, KeyError) as e:
         raise ValueError(f"bad array header {obj!r}: expected dtype, shape and frame ({e})") from e
     buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
@@ -414,6 +453,52 @@ def _unpack_array(obj: Any, frames: Frames) -> np.ndarray:
     if buf.nbytes != expected:
         raise ValueError(f"{buf.nbytes} bytes for shape {shape} {dtype}, expected {expected}")
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def _fast_stages(value: Any) -> list[Stage] | None:
+    """The stages of a Work or Result when every one is a list of the right length; None otherwise."""
+    if type(value) is not list:
+        return None
+    n = len(_STAGE_FIELDS)
+    for s in value:
+        if type(s) is not list or len(s) != n:
+            return None
+    return [Stage(*s) for s in value]
+
+
+def _decode_work(body: dict[str, Any], frames: Frames) -> Work | None:
+    """A well-formed Work, checked as the generic path checks it, with no per-field calls.
+
+    The per-sample path. None when anything is off, so that the generic path names every problem.
+    """
+    try:
+        run_seq, sample_id, tensors, thresholds = body["run_seq"], body["sample_id"], body["tensors"], body[
+            "thresholds"]
+        stages = _fast_stages(body.get("stages", []))
+        measure = body.get("measure", "max")
+        if (type(run_seq) is not int or type(sample_id) is not int or type(tensors) is not dict
+                or type(thresholds) is not dict or stages is None or type(measure) is not str):
+            return None
+        return Work(run_seq, sample_id, {k: _unpack_array(v, frames) for k, v in tensors.items()}, thresholds,
+                    stages, measure)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _decode_result(body: dict[str, Any], frames: Frames) -> Result | None:
+    """A well-formed Result, as :func:`_decode_work`."""
+    try:
+        agent_id, run_seq, sample_id = body["agent_id"], body["run_seq"], body["sample_id"]
+        stages = _fast_stages(body["stages"])
+        if type(agent_id) is not str or type(run_seq) is not int or type(sample_id) is not int or stages is None:
+            return None
+        return Result(agent_id, run_seq, sample_id, _unpack_array(body["logits"], frames), stages)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+_FAST_DECODERS: dict[str, Callable[[dict[str, Any], Frames], Any]] = {"work": _decode_work,
+                                                                        "result": _decode_result}
 
 
 def _scalar(types: tuple[type, ...], name: str, to_float: bool = False) -> Converter:
@@ -480,19 +565,25 @@ _FIELDS: dict[str, dict[str, tuple[Converter, bool]]] = {
 }
 
 
-def decode(frames: Frames | bytes) -> Any:
+_SINGLE_FRAME = (bytes, bytearray, memoryview)
+
+
+def decode(frames: Frames | bytes, fast: bool = True) -> Any:
     """Parse frames (or a single bytes frame) into a message dataclass, checking every field.
+
+    ``fast``: a well-formed Work or Result takes a path with no per-field calls; anything off in
+    it falls back to the per-field converters, which name every problem (``False``: always them).
 
     Raises:
         ProtocolError: naming the kind and each missing or bad field, or a version mismatch.
     """
-    if isinstance(frames, bytes | bytearray | memoryview):
+    if isinstance(frames, _SINGLE_FRAME):
         frames = [frames]
     if not frames:
         raise ProtocolError("?", ["no frames"])
     head = frames[0]
     try:
-        frame = msgpack.unpackb(head.bytes if hasattr(head, "bytes") else head, raw=False)
+        frame = msgpack.unpackb(head.buffer if hasattr(head, "buffer") else head, raw=False)
     except Exception as e:  # msgpack raises several unrelated types
         raise ProtocolError("?", [f"not msgpack: {e}"]) from e
     if not isinstance(frame, dict) or "kind" not in frame or "body" not in frame:
@@ -506,6 +597,9 @@ def decode(frames: Frames | bytes) -> Any:
     body = frame["body"]
     if not isinstance(body, dict):
         raise ProtocolError(kind, ["body is not a map"])
+    quick = _FAST_DECODERS.get(kind) if fast else None
+    if quick is not None and (msg := quick(body, frames)) is not None:
+        return msg
     values: dict[str, Any] = {}
     problems: list[str] = []
     for name, (convert, required) in fields.items():

@@ -1,3 +1,5 @@
+import dataclasses
+
 import msgpack
 import numpy as np
 import pytest
@@ -94,6 +96,43 @@ def test_decode_rejects_other_version_and_unknown_kind_and_garbage():
                                     "logits": {"dtype": "<f4", "shape": [1], "frame": 5}})])
     with pytest.raises(p.ProtocolError, match="stages"):
         p.decode(_frame("work", {"run_seq": 1, "sample_id": 1, "tensors": {}, "thresholds": {}, "stages": [[1, 2]]}))
+
+
+def _sample_work(stages: int = 2) -> p.Work:
+    rng = np.random.default_rng(3)
+    stage = p.Stage("mobile", "mobile-1", 1, 2, 3, 4, 0.25, 2, False, 4608, float("nan"), False, float("nan"), 900, -1,
+                    -1)
+    return p.Work(7, 42, {"hidden": rng.standard_normal((1, 3, 384), dtype=np.float32),
+                          "attention_mask": np.ones((1, 3), np.int64)}, {"mobile": 0.9, "edge": 1.5},
+                  [stage._replace(tier=f"t{i}") for i in range(stages)], "entropy")
+
+
+@pytest.mark.parametrize("msg", [
+    _sample_work(0), _sample_work(2),
+    p.Result("cloud-1", 7, 42, np.arange(3, dtype=np.float32)[None, :], _sample_work(3).stages)])
+def test_the_fast_work_and_result_paths_match_the_per_field_ones_byte_for_byte(msg):
+    fast, generic = p.encode(msg), p.encode_generic(msg)
+    assert [bytes(f) for f in fast] == [bytes(f) for f in generic]
+    a, b = p.decode(fast), p.decode(fast, fast=False)
+    assert type(a) is type(b) and repr(a.stages) == repr(b.stages) and all(type(s) is p.Stage for s in a.stages)
+    arrays = (lambda m: m.tensors) if isinstance(msg, p.Work) else (lambda m: {"logits": m.logits})
+    assert all(np.array_equal(arrays(a)[k], arrays(b)[k]) and arrays(a)[k].dtype == arrays(b)[k].dtype
+               for k in arrays(b))
+    rest = [f.name for f in dataclasses.fields(b) if f.name not in ("tensors", "logits")]
+    assert repr([getattr(a, n) for n in rest]) == repr([getattr(b, n) for n in rest])  # NaN stages: by repr
+
+
+def test_a_bad_work_falls_back_to_the_checks_that_name_every_field():
+    """The fast path accepts only what the per-field path would; anything else gets every problem named."""
+    hidden = {"dtype": "<f4", "shape": [1, 2], "frame": 1}
+    body = {"run_seq": True, "sample_id": "42", "tensors": {"hidden": hidden}, "thresholds": {}, "stages": [[1, 2]]}
+    with pytest.raises(p.ProtocolError) as e:
+        p.decode([_frame("work", body), b"\x00" * 8])
+    assert e.value.kind == "work"
+    assert {x.split(":")[0] for x in e.value.problems} == {"run_seq", "sample_id", "stages"}
+    with pytest.raises(p.ProtocolError, match="tensors"):  # frame 0 is the header, never a tensor
+        p.decode([_frame("work", body | {"run_seq": 1, "sample_id": 1, "stages": [],
+                                         "tensors": {"hidden": hidden | {"frame": 0}}}), b"\x00" * 8])
 
 
 def test_encode_refuses_non_messages():
