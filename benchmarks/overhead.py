@@ -217,8 +217,29 @@ def bare_zmq_rtt_ms(payload: int, n: int, gap_ms: float = 0.0) -> np.ndarray:
     return np.array(times)
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (v[7] if len(v) > 7 else 0), sum(v[:8])
+
+
 def one_round(bundle: Bundle, n: int) -> dict[str, float]:
-    """raw compute, then the harness, then raw compute again, then a bare round trip; medians."""
+    """raw compute, then the harness, then raw compute again, then a bare round trip; medians.
+
+    Also the share of CPU time the hypervisor stole from this VM during the round (0 on bare metal).
+    """
+    t0 = cpu_ticks()
+    out = _one_round(bundle, n)
+    t1 = cpu_ticks()
+    out["steal_pct"] = 100 * (t1[0] - t0[0]) / (t1[1] - t0[1]) if t0 and t1 and t1[1] > t0[1] else float("nan")
+    return out
+
+
+def _one_round(bundle: Bundle, n: int) -> dict[str, float]:
     ids = list(range(n))
     before = raw_compute_ms(bundle, ids)
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,7 +303,8 @@ def main() -> None:
               f"bare pipeline {res['bare_pipeline_ms']:.3f} (its compute {res['bare_compute_ms']:.3f}) | "
               f"rtt {res['rtt_ms']:.3f} (hot {res['rtt_hot_ms']:.3f}) | hop {res['hop_own_ms']:.3f} "
               f"(bare pipeline {res['bare_hop_own_ms']:.3f}) ms | ratio {res['ratio']:.3f} "
-              f"(bare pipeline {res['bare_ratio']:.3f}; raw-compute formula {res['ratio_raw']:.3f})")
+              f"(bare pipeline {res['bare_ratio']:.3f}; raw-compute formula {res['ratio_raw']:.3f}) | "
+              f"CPU steal {res['steal_pct']:.1f}%")
     med = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
     ratios = [r["ratio"] for r in rounds]
     print(f"raw onnxruntime, 3 partitions in one process: median {med['raw_ms']:.3f} ms/sample")
@@ -310,6 +332,9 @@ def main() -> None:
     print(f"bare-pipeline hop over the round trip (what zero harness code scores): {med['bare_ratio']:.3f}")
     print(f"harness hop over a hot-loop round trip: {med['ratio_hot']:.3f}")
     print(f"raw-compute formula, (latency - raw compute) / 4 over the round trip: {med['ratio_raw']:.3f}")
+    steals = ", ".join(f"{r['steal_pct']:.1f}%" for r in rounds)
+    print(f"CPU time the hypervisor stole from this machine per round: {steals} (0 on bare metal; a vCPU that is "
+          "not running wakes late and cold, which inflates every hop, bare or not)")
     print(f"ratio per round: {', '.join(f'{x:.3f}' for x in ratios)} (target <= 1.5)")
     print(f"harness_vs_zmq_ratio={float(np.median(ratios)):.3f}")
 
