@@ -23,7 +23,8 @@ the vCPUs never go idle). The target is <= 1.5. The bare pipeline, scored with t
 (its stages time their own onnxruntime calls), shows what a hop costs with no harness code at all
 under the same conditions; the raw-compute formula of earlier versions is printed too.
 
-Usage: python benchmarks/overhead.py [--bundle partitions/minilm-sentiment] [--samples 300]
+Usage: python benchmarks/overhead.py [--bundle partitions/minilm-sentiment] [--samples 150] [--rounds 5]
+       [--wait spin] [--pin]
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ while True:
 
 
 PIN: dict[str, set[int] | None] = {"agents": None, "controller": None}
+WAIT = {"mode": "block"}  # run.wait of the harness runs
 
 
 def _pin_child() -> None:
@@ -130,7 +132,7 @@ def harness_rows(bundle: Bundle, n: int, tmp: Path) -> pd.DataFrame:
     exp = {"name": "overhead", "bundle": str(bundle.root),
            "devices": {"mobile": "mobile-1", "edge": "edge-1", "cloud": "cloud-1"},
            "samples": {"split": "test", "count": n, "warmup": 20}, "policies": [{"name": "all-cloud"}],
-           "run": {"concurrency": 1, "flush_rows": 256}}
+           "run": {"concurrency": 1, "flush_rows": 256, "wait": WAIT["mode"]}}
     (tmp / "exp.yaml").write_text(yaml.safe_dump(exp))
     pin = {"cpus": sorted(PIN["agents"])} if PIN["agents"] else {}
     inv = {"devices": [{"id": f"{t}-1", "tier": t, "threads": 1, **pin} for t in ("mobile", "edge", "cloud")]}
@@ -281,7 +283,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="independent rounds; the ratio is their median")
     ap.add_argument("--pin", action="store_true",
                     help="agents and bare peers on the last CPU, the controller on CPU 0 (inventory cpus)")
+    ap.add_argument("--wait", choices=("block", "spin"), default="block",
+                    help="run.wait of the harness: spin busy-polls the controller's socket for answers")
     args = ap.parse_args()
+    WAIT["mode"] = args.wait
     if args.pin:
         last = (os.cpu_count() or 1) - 1
         PIN["agents"], PIN["controller"] = {last}, {0}
@@ -293,7 +298,7 @@ def main() -> None:
     if args.pin:
         placement = f"agents and bare peers on CPU {sorted(PIN['agents'])}, controller on {sorted(PIN['controller'])}"
     print(f"bundle {bundle.root.name}: {n} samples x {args.rounds} rounds; all-cloud, 4 hops per sample; "
-          f"{os.cpu_count()} CPUs; {placement}")
+          f"{os.cpu_count()} CPUs; {placement}; run.wait {args.wait}")
     rounds = []
     for r in range(args.rounds):
         res = one_round(bundle, n)

@@ -14,7 +14,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -78,6 +78,11 @@ class RunSpec(Strict):
                                "as a slot is free); paced samples meet the same idle tiers and token buckets "
                                "whatever the links' delays")
     flush_rows: int = Field(64, ge=1, description="rows per parquet part written during the run")
+    wait: Literal["block", "spin"] = Field(
+        "block", description="how the controller waits for answers: block (sleeps in poll), or spin (busy-polls "
+        "its socket, so an answer is stamped as it lands instead of when a sleeping CPU wakes, about 0.1 ms per "
+        "answer on a VM; it keeps one CPU of the controller's machine busy for the run, so leave it off where "
+        "agents share that machine with a package-level energy meter); agents always block")
 
 
 class TimeoutSpec(Strict):

@@ -399,6 +399,7 @@ class Controller:
         written: list[dict[str, Any]] = []
         nxt, done = 0, 0
         gap_ns = int(self.exp.run.interval_ms * 1e6)
+        spin = self.exp.run.wait == "spin"
         while done < len(plan):
             self._apply_schedule()
             while nxt < len(plan) and len(in_flight) < self.exp.run.concurrency and (
@@ -419,7 +420,7 @@ class Controller:
             wait_s = min(0.05, self.timeouts.heartbeat_s / 2)
             if nxt < len(plan) and len(in_flight) < self.exp.run.concurrency:  # paced: up to the next issue
                 wait_s = min(wait_s, max(0.0, (self._next_issue_ns - self.clock.monotonic_ns()) / NS))
-            got = self._transport.recv(wait_s)
+            got = self._transport.recv(wait_s, spin=spin)
             self._keepalive(in_flight)
             if got is None:
                 continue

@@ -6,6 +6,7 @@ results). issue: one PUSH per first-tier agent, connected to its data socket.
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 import zmq
@@ -46,9 +47,18 @@ class ZmqTransport:
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
 
-    def recv(self, timeout_s: float) -> Received | None:
-        """Next control message, stamped on arrival (before decoding), or None after ``timeout_s``."""
-        if not self._poller.poll(max(0, int(timeout_s * 1000))):
+    def recv(self, timeout_s: float, spin: bool = False) -> Received | None:
+        """Next control message, stamped on arrival (before decoding), or None after ``timeout_s``.
+
+        ``spin``: busy-poll the socket instead of sleeping in poll (``run.wait: spin``); the deadline is
+        on the real monotonic clock, since the socket is real.
+        """
+        if spin:
+            end = time.monotonic_ns() + int(timeout_s * 1e9)
+            while not self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if time.monotonic_ns() >= end:
+                    return None
+        elif not self._poller.poll(max(0, int(timeout_s * 1000))):
             return None
         ident, *frames = self._router.recv_multipart(copy=False)
         mono_ns, wall_ns = self._clock.monotonic_ns(), self._clock.time_ns()

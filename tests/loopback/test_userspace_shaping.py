@@ -117,3 +117,31 @@ def test_paced_samples_leave_at_least_the_interval_apart_whatever_the_delay(tiny
     gaps_ms = np.diff(df.t_issue_unix_ns.to_numpy()) / 1e6
     assert len(df) == 14 and gaps_ms.min() >= 39.0, gaps_ms  # wall clock: allow a step of NTP slew
     assert df.net_ms_mobile_edge.min() >= 14.9
+
+
+def test_a_spinning_controller_runs_the_same_samples_and_says_so_in_the_manifest(tiny_bundle, tmp_path,
+                                                                                 monkeypatch):
+    """run.wait: spin: the controller busy-polls for answers; rows and answers are those of a blocking run."""
+    import json
+
+    from testbed.transport import ZmqTransport
+
+    spins: list[bool] = []
+    recv = ZmqTransport.recv
+
+    def spy(self, timeout_s, spin=False):
+        spins.append(spin)
+        return recv(self, timeout_s, spin)
+
+    monkeypatch.setattr(ZmqTransport, "recv", spy)
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-cloud"}], count=12, warmup=2,
+                           name="spin", run={"concurrency": 1, "wait": "spin"})
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    run_dir = only_run(tmp_path / "results")
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    assert len(df) == 14 and (df.exit_tier == "cloud").all() and df["seq"].is_unique
+    outside = df.latency_ms - df[["compute_ms_mobile", "compute_ms_edge", "compute_ms_cloud"]].sum(axis=1)
+    assert (outside > 0).all() and (df.net_ms_return > 0).all()
+    assert "wait: spin" in json.loads((run_dir / "manifest.json").read_text())["experiment"]["yaml"]
+    assert spins.count(True) >= 14 and False in spins  # every answer waited for spinning; setup waits block
