@@ -220,10 +220,11 @@ class Controller:
             self._writer.write_manifest(self._manifest)
 
     def _await(self, what: str, timeout_s: float, done: Callable[[], bool], on_msg: Callable[[Received], None],
-               poll_s: float = 0.05) -> None:
+               poll_s: float = 0.05, waiting_on: list[str] | None = None) -> None:
         """Pump control messages until ``done()`` or the timeout; dead agents fail fast.
 
         ``done()`` is asked again at least every ``poll_s``, also when no message arrives.
+        ``waiting_on``: the agents a timeout names (default: every agent whose ``what`` is not done).
         """
         assert self._transport is not None
         deadline = self.clock.monotonic_ns() + int(timeout_s * NS)
@@ -235,10 +236,10 @@ class Controller:
                                           f"waiting for {what}; last lines of {a.handle.log_path}:\n"
                                           f"{a.handle.log_tail()}")
             if self.clock.monotonic_ns() > deadline:
-                missing = [a.device_id for a in self._agents.values() if not self._phase_done(what, a)]
+                missing = waiting_on or [a.device_id for a in self._agents.values() if not self._phase_done(what, a)]
                 tails = "\n".join(f"--- {d}:\n{self._agents[d].handle.log_tail(8)}" for d in missing)
                 raise AgentStartError(f"no {what} from {', '.join(missing)} within {timeout_s:.0f} s "
-                                      f"(timeouts.{'hello_s' if what == 'Hello' else 'configure_s'} in "
+                                      f"(timeouts.{'hello_s' if what in ('Hello', 'Pong') else 'configure_s'} in "
                                       f"{self.exp_path}); their logs:\n{tails}")
             self._heartbeat()  # agents give up on a silent controller, also while they load or measure idle
             got = self._transport.recv(poll_s)
@@ -331,13 +332,14 @@ class Controller:
                 if k:
                     pause = self.clock.monotonic_ns() + int(PING_GAP_S * NS)
                     self._await("Pong", self.timeouts.hello_s, lambda pause=pause: self.clock.monotonic_ns() >= pause,
-                                on_msg, poll_s=PING_GAP_S / 3)
+                                on_msg, poll_s=PING_GAP_S / 3, waiting_on=[a.device_id])
                 sent[(a.device_id, k)] = self.clock.time_ns()
                 try:
                     self._transport.send(a.device_id, p.Ping(k))
                 except TestbedError as e:
                     raise self._lost(a, e) from e
-                self._await("Pong", self.timeouts.hello_s, lambda a=a, k=k: len(a.pings) > k, on_msg)
+                self._await("Pong", self.timeouts.hello_s, lambda a=a, k=k: len(a.pings) > k, on_msg,
+                            waiting_on=[a.device_id])
             a.offset_ns, a.rtt_ns = clock_offset_ns(a.pings)
 
     # ------------------------------------------------------------------ samples

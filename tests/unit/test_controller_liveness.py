@@ -91,3 +91,47 @@ def test_stuck_sample_times_out(ctrl):
     heard_at(20.2)
     with pytest.raises(AgentLostError, match="sample 33 .seq 7. has not come back after 20.2 s"):
         c._keepalive({7: stuck})
+
+
+def test_clock_pings_go_one_agent_at_a_time_and_a_silent_one_is_named(ctrl):
+    """edge-1 answers all PINGS pings (3 ms apart on the fake clock); cloud-1 never does: the error names it alone."""
+    from testbed.controller import PING_GAP_S, PINGS
+    from testbed.errors import AgentStartError
+    from testbed.transport import Received
+
+    c, clock = ctrl
+    c._agents["cloud-1"].hello = p.Hello("cloud-1", "cloud", p.AGENT_VERSION, p.PROTOCOL_VERSION, "tcp://x:1", {})
+
+    class Pinged(Transport):
+        def __init__(self):
+            super().__init__()
+            self.due = []  # (agent, seq) pinged and not yet answered
+            self.at = []  # fake time of each ping to edge-1
+
+        def send(self, agent_id, msg):
+            super().send(agent_id, msg)
+            if isinstance(msg, p.Ping):
+                self.due.append((agent_id, msg.seq))
+                if agent_id == "edge-1":
+                    self.at.append(clock.now)
+
+        def recv(self, timeout_s, spin=False):
+            clock.advance(timeout_s)
+            for agent_id, seq in self.due:
+                if agent_id == "edge-1":
+                    self.due.remove((agent_id, seq))
+                    return Received("edge-1", p.Pong("edge-1", seq, clock.now + 1000), clock.now, clock.now + 500)
+            return None
+
+    c._transport = Pinged()
+    with pytest.raises(AgentStartError) as e:
+        c._align_clocks()
+    assert "no Pong from cloud-1 within" in str(e.value) and "edge-1" not in str(e.value).split("within")[0]
+    assert "timeouts.hello_s" in str(e.value)
+    pings = [(a, k) for a, k in c._transport.sent if k == "ping"]
+    assert pings[:PINGS] == [("edge-1", "ping")] * PINGS and pings[PINGS:] == [("cloud-1", "ping")]
+    gaps = [b - a for a, b in zip(c._transport.at, c._transport.at[1:], strict=False)]
+    assert len(gaps) == PINGS - 1 and min(gaps) >= PING_GAP_S * 1e9
+    # each Pong lands one 50 ms poll after its ping, stamped 500 ns later, with the agent's clock 1000 ns ahead
+    edge = c._agents["edge-1"]
+    assert len(edge.pings) == PINGS and edge.rtt_ns == 50_000_500 and edge.offset_ns == 25_000_750
