@@ -338,7 +338,9 @@ _STAGE_FIELDS = list(Stage._fields)
 # --------------------------------------------------------------------------- encode
 
 
-_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+def _packb(obj: Any) -> bytes:
+    # a Packer per call (msgpack.packb): a shared one would be state that two threads could interleave
+    return msgpack.packb(obj, use_bin_type=True)
 
 
 def _pack_array(a: np.ndarray, frames: Frames) -> dict[str, Any]:
