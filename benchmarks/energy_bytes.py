@@ -5,7 +5,7 @@
 Times, in this process:
   - one interface counter read per arriving sample (``agents.netio.ArrivalCounter``: psutil,
     ``/proc/net/dev`` of this network namespace), which a receiving agent does on its data path;
-  - the controller's ledger (``testbed.energy.EnergyLedger``): build a row's shares from batch
+  - the controller's ledger (``testbed.run.energy.EnergyLedger``): build a row's shares from batch
     windows of ``--batch`` samples on two tiers, and complete the rows.
 Target: each under 100 us per sample, against samples of several ms. Last lines
 ``counter_read_us=`` and ``ledger_us_per_row=``.
@@ -21,8 +21,8 @@ import numpy as np
 
 from agents.netio import ArrivalCounter
 from agents.protocol import EnergyWindow, Result, Stage
-from testbed.energy import EnergyLedger
-from testbed.rows import Issued, build_row
+from testbed.run.energy import EnergyLedger
+from testbed.run.rows import Issued, build_row
 
 CTX = {"run_id": "b", "experiment": "b", "split": "test", "energy_sources": {"mobile-1": "rapl", "edge-1": "rapl"}}
 

@@ -47,9 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents.runtime import Partition  # noqa: E402
-from testbed.bundle import Bundle  # noqa: E402
-from testbed.config import load_experiment, load_inventory  # noqa: E402
-from testbed.controller import Controller  # noqa: E402
+from testbed.core.config import load_experiment, load_inventory  # noqa: E402
+from testbed.formats.bundle import Bundle  # noqa: E402
+from testbed.run.controller import Controller  # noqa: E402
 
 # A zero-overhead pipeline: the same partitions, raw frames, no protocol, no checks, no bookkeeping.
 STAGE = """

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents.runtime import Partition  # noqa: E402
-from testbed.bundle import Bundle  # noqa: E402
+from testbed.formats.bundle import Bundle  # noqa: E402
 
 
 def _feeds(bundle: Bundle, batch: int) -> dict[str, np.ndarray]:
@@ -74,7 +74,7 @@ def main() -> None:
         import os
         import tempfile
 
-        from testbed.partition import build_bundle, load_spec
+        from testbed.build.pipeline import build_bundle, load_spec
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         spec = load_spec(args.build)

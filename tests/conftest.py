@@ -23,7 +23,7 @@ def tiny_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_bundle():
-    from testbed.bundle import Bundle
+    from testbed.formats.bundle import Bundle
 
     if not (REAL_BUNDLE / "bundle.yaml").is_file():
         pytest.skip("the default bundle is not built; `make bundle` (make test builds it first)")

@@ -19,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agents.protocol import TIERS
 from agents.runtime import Partition, sha256_file
-from testbed.bundle import BUNDLE_FORMAT, Bundle
-from testbed.partition import Encoded, exit_table
-from testbed.tiers import make_cut
+from testbed.build.tiers import make_cut
+from testbed.build.transformer import Encoded, exit_table
+from testbed.formats.bundle import BUNDLE_FORMAT, Bundle
 
 VOCAB, HIDDEN, CLASSES = 64, 8, 3
 

@@ -13,14 +13,14 @@ Names, as in experiment files and the ``policy`` column: ``all-mobile``,
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from agents.protocol import MEASURES, TIERS, should_exit
-from testbed import costmodel
-from testbed.config import PolicySpec, suggest
-from testbed.policies.context import PolicyContext
+from testbed.core import costmodel
+from testbed.core.config import PolicySpec, suggest
+from testbed.policies.context import PolicyContext, for_bundle
 from testbed.policies.learned import (
     AdaptiveResNetPolicy,
     CartographyPolicy,
@@ -28,6 +28,9 @@ from testbed.policies.learned import (
     RandomPolicy,
     SplitEEPolicy,
 )
+
+if TYPE_CHECKING:
+    from testbed.formats.bundle import Bundle
 
 NEVER = float("inf")
 ALWAYS = 0.0
@@ -194,3 +197,28 @@ def make(spec: PolicySpec, ctx: PolicyContext | None = None) -> Policy:
     return SplitEEPolicy(spec.key, ctx, float(param(spec, "alpha")), float(param(spec, "c")),  # type: ignore[arg-type]
                          float(param(spec, "lam")), float(param(spec, "o")), spec.name == "splitee-s",  # type: ignore[arg-type]
                          spec.measure or "max")
+
+
+def context_for(bundle: Bundle, split: str, seed: int, names: set[str]) -> PolicyContext:
+    """What the named policies need from ``bundle``'s split (tables are read only when a policy needs them)."""
+    need = set().union(*(NEEDS.get(n, set()) for n in names)) if names else set()
+    return for_bundle(bundle, split, seed, need)
+
+
+def record(policy: Policy) -> dict[str, Any]:
+    """What the manifest keeps of a policy after its run: fitted values, the bandit's state."""
+    rec: dict[str, Any] = {"class": type(policy).__name__}
+    if getattr(policy, "upper_bound", False):
+        rec["upper_bound"] = "uses the labels; not deployable"
+    if hasattr(policy, "record"):
+        rec |= policy.record
+    if isinstance(policy, SplitEEPolicy):
+        rec["arms"] = policy.arms
+        rec["arm_layers"] = {a: policy.layer[a] for a in policy.arms}
+        rec["pulls"] = policy.n.tolist()
+        rec["mean_reward"] = [float(s / n) if n else None for s, n in zip(policy.sum, policy.n, strict=True)]
+        rec["best_arm"] = policy.best_arm
+        rec["params"] = {k: getattr(policy, k) for k in ("alpha", "c", "lam", "o", "side_info")}
+    if isinstance(policy, StaticPolicy):
+        rec["thresholds"] = policy.thresholds(0, np.random.default_rng(0))
+    return rec

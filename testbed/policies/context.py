@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from testbed.formats.bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -29,3 +32,15 @@ class PolicyContext:
     val_exits: pd.DataFrame | None = None
     cartography: pd.DataFrame | None = None
     resnet_variants: list[dict[str, Any]] | None = None
+
+
+def for_bundle(bundle: Bundle, split: str, seed: int, need: set[str]) -> PolicyContext:
+    """What policies that ``need`` the named tables get from ``bundle`` (tables are read only when needed)."""
+    return PolicyContext(
+        seed=seed, layers={t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers},
+        exit_layers={t.tier: t.exit.layer for t in bundle.spec.tiers},
+        exits=bundle.exits(split) if "exits" in need else None,
+        val_exits=bundle.exits("val") if "val_exits" in need else None,
+        cartography=bundle.cartography() if "cartography" in need else None,
+        resnet_variants=list(bundle.spec.resnet_variants) or None,
+    )

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from agents.protocol import TIERS
-from testbed.costmodel import CostModel
+from testbed.core.costmodel import CostModel
 from testbed.policies.context import PolicyContext
 
 NEVER = float("inf")

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from testbed.bundle import Bundle
 from testbed.cli import main
+from testbed.formats.bundle import Bundle
 
 from conftest import write_experiment, write_inventory
 from loopback.helpers import only_run
@@ -248,8 +248,8 @@ ALL_POLICIES = [{"name": "all-cloud"}, {"name": "all-mobile"}, {"name": "random"
 
 
 def test_every_policy_live_equals_its_replay_and_the_report_puts_paper_beside_measured(bert_bundle, tmp_path, capsys):
-    from testbed import replay
-    from testbed.config import PolicySpec
+    from testbed.analysis import replay
+    from testbed.core.config import PolicySpec
 
     exp = write_experiment(tmp_path / "exp.yaml", bert_bundle.root, ALL_POLICIES, count=40, warmup=3, name="all",
                            cost={"preset": "dimee", "o": {"edge-cloud": 0.5}})

@@ -42,8 +42,8 @@ def test_export_of_the_shipped_minilm_matches_its_own_forward_on_a_padded_batch(
     """The builder's tier modules and ONNX export, on the pretrained MiniLM, against transformers' forward."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from testbed.partition import _export, _parity, _tier_modules
-    from testbed.tiers import make_cut
+    from testbed.build.tiers import make_cut
+    from testbed.build.transformer import _export, _parity, _tier_modules
 
     model = transformers.AutoModel.from_pretrained(real_bundle.spec.model["path"], attn_implementation="eager").eval()
     cut = make_cut({"mobile": (1, 2), "edge": (3, 4), "cloud": (5, 6)}, None, 6)

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from testbed.emulate import missing_requirements
+from testbed.devices.emulate import missing_requirements
 
 from conftest import ROOT, write_experiment
 
@@ -132,9 +132,9 @@ def test_unknown_host_keys_are_refused_until_trusted(emulation, tiny_bundle, tmp
 
 def test_the_controller_refuses_addresses_that_would_leave_the_machine(emulation):
     """From the root namespace the emulation's addresses follow the default route: refused, nothing sent."""
-    from testbed.config import load_inventory
-    from testbed.errors import RouteError
-    from testbed.routes import check_routes
+    from testbed.core.config import load_inventory
+    from testbed.core.errors import RouteError
+    from testbed.devices.routes import check_routes
 
     inv = load_inventory(emulation[1])
     with pytest.raises(RouteError):

@@ -10,12 +10,12 @@ import time
 import pandas as pd
 import pytest
 
-from testbed.bundle import Bundle
 from testbed.cli import main
-from testbed.config import load_experiment, load_inventory
-from testbed.controller import Controller
-from testbed.errors import AgentLostError, AgentStartError
-from testbed.results import load_samples
+from testbed.core.config import load_experiment, load_inventory
+from testbed.core.errors import AgentLostError, AgentStartError
+from testbed.formats.bundle import Bundle
+from testbed.formats.results import load_samples
+from testbed.run.controller import Controller
 
 from conftest import ROOT, write_experiment, write_inventory
 from loopback.helpers import agent_pids, assert_gone, env, only_run

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from agents.runtime import confidence, top1, top1_entropy
-from testbed import policies, replay
+from testbed import policies
+from testbed.analysis import replay
 from testbed.cli import main
-from testbed.config import PolicySpec
+from testbed.core.config import PolicySpec
 
 from conftest import write_experiment, write_inventory
 from loopback.helpers import only_run

@@ -8,8 +8,8 @@ import pytest
 
 from testbed import policies
 from testbed.cli import main
-from testbed.controller import PINGS
-from testbed.schema import SCHEMA_VERSION
+from testbed.formats.schema import SCHEMA_VERSION
+from testbed.run.controller import PINGS
 
 from conftest import ROOT, write_experiment, write_inventory
 from loopback.helpers import agent_pids, assert_gone, only_run

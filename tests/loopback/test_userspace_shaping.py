@@ -124,7 +124,7 @@ def test_a_spinning_controller_runs_the_same_samples_and_says_so_in_the_manifest
     """run.wait: spin: the controller busy-polls for answers; rows and answers are those of a blocking run."""
     import json
 
-    from testbed.transport import ZmqTransport
+    from testbed.run.transport import ZmqTransport
 
     spins: list[bool] = []
     recv = ZmqTransport.recv

@@ -1,25 +1,70 @@
-"""The rooms of DESIGN.md, checked on the source: who may import what, who may print."""
+"""The layer table of docs/design.md, checked on the source: who may import whom, no cycles, who may print."""
 
 import ast
+import graphlib
+import sys
 from pathlib import Path
 
 from conftest import ROOT
 
 AGENT_ALLOWED = {"numpy", "onnxruntime", "zmq", "msgpack", "psutil", "agents"}
 AGENT_OPTIONAL = {"pynvml"}  # energy back ends a device may lack: imported inside functions only
-PURE = ["config", "schema", "rows", "stats", "report", "clock", "policies/__init__", "policies/learned",
-        "policies/context", "costmodel", "calibrate", "tiers", "cartography", "shaping"]
-IO_MODULES = {"testbed.controller", "testbed.transport", "testbed.launch", "testbed.results", "testbed.replay",
-              "testbed.partition", "zmq", "subprocess"}
+
+CORE = {"testbed.core"}
+DATA = CORE | {"testbed.formats"}
+#: unit -> the testbed units it may import (its own unit always). A unit is a package or a top-level module.
+LAYERS: dict[str, set[str]] = {
+    "testbed.core": set(),
+    "testbed.formats": CORE,
+    "testbed.policies": DATA,
+    "testbed.build": DATA,
+    "testbed.devices": DATA,
+    "testbed.checks": DATA | {"testbed.policies"},
+    "testbed.analysis": DATA | {"testbed.policies"},
+    "testbed.run": DATA | {"testbed.policies", "testbed.devices"},
+    "testbed.cli": DATA | {"testbed.policies", "testbed.build", "testbed.devices", "testbed.checks",
+                           "testbed.analysis", "testbed.run"},
+    "testbed.__main__": {"testbed.cli"},
+    "testbed": set(),
+}
+#: every unit may read ``testbed.__version__``
+#: the only edges from testbed/ into agents/: the wire format everywhere, and the device's own runtime where the
+#: controller must compute exactly what a device computes (sha256 of the files it receives, onnxruntime parity)
+AGENT_EDGES = {
+    "agents.protocol": set(LAYERS),
+    "agents.runtime": {"testbed.formats", "testbed.build", "testbed.devices"},
+}
+#: units that do no I/O of their own (no sockets, no processes, no files written)
+PURE = ["testbed.core.clock", "testbed.core.costmodel", "testbed.formats.schema", "testbed.run.rows",
+        "testbed.analysis.stats", "testbed.analysis.report", "testbed.analysis.calibrate", "testbed.build.tiers",
+        "testbed.build.cartography", "testbed.devices.shaping", "testbed.policies", "testbed.policies.context",
+        "testbed.policies.learned"]
+IO_MODULES = {"testbed.run.controller", "testbed.run.transport", "testbed.devices.launch", "testbed.formats.results",
+              "testbed.analysis.replay", "testbed.build.pipeline", "zmq", "subprocess", "socket", "shutil"}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def unit_of(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else parts[0]
 
 
 def imports(path: Path) -> set[str]:
+    """Every module imported anywhere in the file: module level, inside functions, under TYPE_CHECKING."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}  # `from testbed import policies` names a module
     return out
 
 
@@ -34,11 +79,48 @@ def top_level_imports(path: Path) -> set[str]:
     return out
 
 
-def test_agents_import_only_their_light_dependencies():
-    import sys
+def source_graph() -> dict[str, set[str]]:
+    """testbed module -> the testbed and agents modules it imports."""
+    known = {module_name(p) for p in [*(ROOT / "testbed").rglob("*.py"), *(ROOT / "agents").rglob("*.py")]}
+    graph = {}
+    for path in (ROOT / "testbed").rglob("*.py"):
+        graph[module_name(path)] = {m for m in imports(path) if m in known and m != "agents"}
+    return graph
 
+
+def test_every_unit_is_in_the_layer_table():
+    units = {unit_of(m) for m in source_graph()}
+    assert units <= set(LAYERS), f"add {units - set(LAYERS)} to LAYERS and to docs/design.md"
+
+
+def test_each_unit_imports_only_the_units_below_it():
+    bad = []
+    for mod, deps in source_graph().items():
+        unit = unit_of(mod)
+        for dep in deps:
+            if dep.startswith("agents."):
+                if unit not in AGENT_EDGES.get(dep, set()):
+                    bad.append(f"{mod} imports {dep}")
+            elif dep != "testbed" and unit_of(dep) != unit and unit_of(dep) not in LAYERS[unit]:
+                bad.append(f"{mod} imports {dep} ({unit} may import {sorted(LAYERS[unit])})")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_no_import_cycles_between_modules():
+    graph = {m: {d for d in deps if d.startswith("testbed") and d != m} for m, deps in source_graph().items()}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
+
+
+def test_the_table_catches_an_upward_import():
+    # the check itself can fail: a core module importing the controller is reported
+    assert "testbed.run" not in LAYERS["testbed.core"]
+    assert unit_of("testbed.run.controller") == "testbed.run"
+    assert "agents.runtime" in imports(ROOT / "testbed" / "build" / "transformer.py")
+
+
+def test_agents_import_only_their_light_dependencies():
     std = sys.stdlib_module_names
-    for path in (ROOT / "agents").glob("*.py"):
+    for path in (ROOT / "agents").rglob("*.py"):
         for mod in imports(path):
             top = mod.split(".")[0]
             assert top in std or top in AGENT_ALLOWED | AGENT_OPTIONAL, f"{path.name} imports {mod}"
@@ -48,15 +130,15 @@ def test_agents_import_only_their_light_dependencies():
 
 
 def test_pure_modules_import_no_io_module():
+    paths = {module_name(p): p for p in (ROOT / "testbed").rglob("*.py")}
     for name in PURE:
-        path = ROOT / "testbed" / f"{name}.py"
-        bad = imports(path) & IO_MODULES
-        assert not bad, f"testbed/{name}.py imports {bad}"
+        bad = imports(paths[name]) & IO_MODULES
+        assert not bad, f"{name} imports {bad}"
 
 
 def test_only_the_cli_prints_or_exits():
     for path in (ROOT / "testbed").rglob("*.py"):
-        if path.name in ("cli.py", "cli_devices.py", "__main__.py"):  # the CLI's modules
+        if module_name(path).startswith("testbed.cli") or path.name == "__main__.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):

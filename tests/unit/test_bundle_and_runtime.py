@@ -5,8 +5,8 @@ import pytest
 
 from agents.runtime import Partition, PartitionError, top1
 from testbed import policies
-from testbed.bundle import Bundle
-from testbed.errors import BundleError
+from testbed.core.errors import BundleError
+from testbed.formats.bundle import Bundle
 
 
 def test_tiny_bundle_verifies_and_loads_samples(tiny_bundle):
@@ -83,7 +83,7 @@ def test_bundle_yaml_round_trips_through_the_schema(tiny_bundle, tmp_path):
 
     import yaml
 
-    from testbed.bundle import Bundle, BundleSpec
+    from testbed.formats.bundle import Bundle, BundleSpec
 
     doc = tiny_bundle.spec.model_dump()
     again = BundleSpec.model_validate(yaml.safe_load(yaml.safe_dump(doc, sort_keys=False)))

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from testbed.calibrate import fit, repredict
+from testbed.analysis.calibrate import fit, repredict
 
 LAYERS = {"mobile": 2, "edge": 2, "cloud": 2}
 

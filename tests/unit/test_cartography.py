@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from testbed.cartography import CARTOGRAPHY_COLUMNS, dynamics_table
+from testbed.build.cartography import CARTOGRAPHY_COLUMNS, dynamics_table
 
 
 def test_confidence_variability_correctness_per_sample_and_exit():

@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 
 from testbed import policies
-from testbed.cli import _load_all
-from testbed.config import check_experiment, load_experiment, load_inventory
-from testbed.errors import ConfigError
+from testbed.checks import check_experiment
+from testbed.cli.common import load_all
+from testbed.core.config import load_experiment, load_inventory
+from testbed.core.errors import ConfigError
 
 from conftest import ROOT, write_experiment, write_inventory
 
@@ -55,7 +56,7 @@ def test_semantic_errors_name_value_and_fix(tmp_path):
                    .replace("{mobile: 0.9}", "{mobile: 1.7, edge: 0.5}")
                    .replace("mobile: mobile-1,", "mobile: mobil-1,"))
     with pytest.raises(ConfigError) as e:
-        _load_all(exp, inv)
+        load_all(exp, inv)
     text = str(e.value)
     assert "devices.mobile: device 'mobil-1' is not in the inventory; did you mean 'mobile-1'?" in text
     assert "devices.edge: device 'edge-1' is a cloud device" in text
@@ -69,7 +70,7 @@ def test_inventory_and_experiment_errors_reported_together(tmp_path):
     exp = tmp_path / "exp.yaml"
     exp.write_text("name: x\nbundle: b\ndevices: {}\npolicies: []\nbogus: 1\n")
     with pytest.raises(ConfigError) as e:
-        _load_all(exp, inv)
+        load_all(exp, inv)
     text = str(e.value)
     assert "threads" in text and "bogus" in text and "policies" in text
 
@@ -130,13 +131,13 @@ def test_bundle_files_and_split_size_are_checked(tiny_bundle, tmp_path):
     inv = write_inventory(tmp_path / "inv.yaml")
     exp = write_experiment(tmp_path / "exp.yaml", copy, [{"name": "all-cloud"}], count=10_000)
     with pytest.raises(ConfigError) as e:
-        _load_all(exp, inv)
+        load_all(exp, inv)
     text = str(e.value)
     assert "lacks edge.onnx" in text and "samples.count: 10000 but split 'test' has 60 samples" in text
     exp = write_experiment(tmp_path / "exp2.yaml", tiny_bundle.root, [{"name": "all-cloud"}], count=5,
                            samples={"split": "tset"})
     with pytest.raises(ConfigError, match="did you mean 'test'"):
-        _load_all(exp, inv)
+        load_all(exp, inv)
 
 
 def test_policy_parameters_and_cost_model_are_checked_with_their_yaml_paths(tiny_bundle, tmp_path):
@@ -146,7 +147,7 @@ def test_policy_parameters_and_cost_model_are_checked_with_their_yaml_paths(tiny
         {"name": "cartography", "cost": "dimme"}, {"name": "splite"}],
         cost={"preset": "spliteee", "lam": {"mobil": 0.1}, "o": {"edge-cloud": -2}})
     with pytest.raises(ConfigError) as e:
-        _load_all(exp, inv)
+        load_all(exp, inv)
     text = " ".join(str(e.value).split())
     assert "policies[1].alpha: 1.2 is outside [0, 1]" in text and "policies[1].o: -1.0 is negative" in text
     assert "policies[3].cost: unknown cost preset 'dimme'; did you mean 'dimee'?" in text

@@ -3,11 +3,11 @@
 import pytest
 
 from agents import protocol as p
-from testbed.clock import FakeClock
-from testbed.config import load_experiment, load_inventory
-from testbed.controller import Controller, _Agent
-from testbed.errors import AgentLostError
-from testbed.rows import Issued
+from testbed.core.clock import FakeClock
+from testbed.core.config import load_experiment, load_inventory
+from testbed.core.errors import AgentLostError
+from testbed.run.controller import Controller, _Agent
+from testbed.run.rows import Issued
 
 from conftest import write_experiment, write_inventory
 
@@ -95,9 +95,9 @@ def test_stuck_sample_times_out(ctrl):
 
 def test_clock_pings_go_one_agent_at_a_time_and_a_silent_one_is_named(ctrl):
     """edge-1 answers all PINGS pings (3 ms apart on the fake clock); cloud-1 never does: the error names it alone."""
-    from testbed.controller import PING_GAP_S, PINGS
-    from testbed.errors import AgentStartError
-    from testbed.transport import Received
+    from testbed.core.errors import AgentStartError
+    from testbed.run.controller import PING_GAP_S, PINGS
+    from testbed.run.transport import Received
 
     c, clock = ctrl
     c._agents["cloud-1"].hello = p.Hello("cloud-1", "cloud", p.AGENT_VERSION, p.PROTOCOL_VERSION, "tcp://x:1", {})

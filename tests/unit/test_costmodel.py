@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from testbed.costmodel import PRESETS, CostModel, preset, reduction
+from testbed.core.costmodel import PRESETS, CostModel, preset, reduction
 
 LAYERS = {"mobile": 2, "edge": 2, "cloud": 2}
 
@@ -42,7 +42,7 @@ def test_bad_values_and_reduction():
 def test_cost_sweep_recomputes_reductions_on_the_measured_routes():
     import pandas as pd
 
-    from testbed.report import cost_sweep
+    from testbed.analysis.report import cost_sweep
 
     df = pd.DataFrame({"policy": ["all-cloud"] * 2 + ["ee"] * 2, "phase": "measure",
                        "exit_tier": ["cloud", "cloud", "mobile", "cloud"], "correct": [True, True, True, False]})

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from testbed.datasets import load_text_dataset, split_indices
-from testbed.errors import BuildError
+from testbed.build.datasets import load_text_dataset, split_indices
+from testbed.core.errors import BuildError
 
 
 def test_csv_with_string_labels(tmp_path):

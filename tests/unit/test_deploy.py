@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from testbed import deploy
-from testbed.config import DeviceSpec
-from testbed.errors import DeployError
-from testbed.owned import GONE, REMOVED, Ownership
-from testbed.ssh import CmdResult, LocalRemote, SshTarget
+from testbed.core.config import DeviceSpec
+from testbed.core.errors import DeployError
+from testbed.devices import deploy
+from testbed.devices.owned import GONE, REMOVED, Ownership
+from testbed.devices.ssh import CmdResult, LocalRemote, SshTarget
 
 
 class ScriptedRemote:
@@ -175,8 +175,8 @@ def test_the_link_probe_really_streams_and_reads_the_steady_part(tmp_path):
     """The probe's helper scripts on this machine (127.0.0.1, unshaped): every byte arrives, rates are positive."""
     import sys
 
-    from testbed.deploy import probe_link
-    from testbed.ssh import LocalRemote
+    from testbed.devices.deploy import probe_link
+    from testbed.devices.ssh import LocalRemote
 
     got = probe_link(LocalRemote("sender"), sys.executable, LocalRemote("receiver"), sys.executable, "127.0.0.1",
                      4_000_000)
@@ -193,7 +193,7 @@ def test_the_link_probe_really_streams_and_reads_the_steady_part(tmp_path):
 
 def test_stream_rates_read_the_capacity_past_a_stall():
     """17 marks 5% of 10 MB apart at 8 Mbit/s (1 MB/s), with one 0.3 s stall: the mean drops, the capacity does not."""
-    from testbed.deploy import stream_rates
+    from testbed.devices.deploy import stream_rates
 
     step, marks, t = 500_000, [], 0
     for k in range(17):
@@ -208,7 +208,7 @@ def test_stream_rates_read_the_capacity_past_a_stall():
 
 def test_the_probe_helpers_read_cpu_steal_from_proc_stat():
     """steal_pct: the hypervisor's share of all CPU time between two (steal, total) readings."""
-    from testbed.deploy import _PRELUDE
+    from testbed.devices.deploy import _PRELUDE
 
     ns: dict = {}
     exec(_PRELUDE, ns)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from agents.protocol import EnergyWindow, Result, Stage
-from testbed.energy import EnergyLedger, shares, window_record
-from testbed.rows import Issued, build_row
-from testbed.schema import check_row
+from testbed.formats.schema import check_row
+from testbed.run.energy import EnergyLedger, shares, window_record
+from testbed.run.rows import Issued, build_row
 
 NAN = float("nan")
 CTX = {"run_id": "r", "experiment": "e", "split": "test", "energy_sources": {"mobile-1": "rapl", "edge-1": "rapl"}}

@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from testbed.errors import BuildError
-from testbed.images import load_image_dataset, read_idx
+from testbed.build.images import load_image_dataset, read_idx
+from testbed.core.errors import BuildError
 
 
 def _write_idx(path, arr):

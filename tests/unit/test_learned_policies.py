@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from testbed import policies
-from testbed.config import PolicySpec
-from testbed.costmodel import preset
+from testbed.core.config import PolicySpec
+from testbed.core.costmodel import preset
 from testbed.policies.context import PolicyContext
 from testbed.policies.learned import SplitEEPolicy, best_thresholds, cartography_clusters, kmeans
 

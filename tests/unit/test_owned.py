@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from testbed.owned import FAILED, GONE, KEPT, REMOVED, Ownership, clean, proc_starttime, undo_local
+from testbed.devices.owned import FAILED, GONE, KEPT, REMOVED, Ownership, clean, proc_starttime, undo_local
 
 
 def test_record_survives_a_reload_and_clean_undoes_newest_first(tmp_path):

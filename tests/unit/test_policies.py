@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from testbed import policies
-from testbed.config import PolicySpec
+from testbed.core.config import PolicySpec
 
 CONF = np.array([
     [0.95, 0.50, 0.6],  # confident on mobile

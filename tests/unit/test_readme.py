@@ -1,4 +1,4 @@
-from testbed.schema import docs_table
+from testbed.formats.schema import docs_table
 
 from conftest import ROOT
 

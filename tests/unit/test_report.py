@@ -1,6 +1,6 @@
 import pandas as pd
 
-from testbed import report
+from testbed.analysis import report
 
 
 def test_meter_line_gives_source_period_and_approx_share():

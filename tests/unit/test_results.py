@@ -3,9 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from testbed.errors import ResultsError
-from testbed.results import PARTS, RunWriter, load_manifest, load_samples, new_run_id
-from testbed.schema import ARROW_SCHEMA, COLUMN_NAMES, SCHEMA_VERSION, check_row, docs_table
+from testbed.core.errors import ResultsError
+from testbed.formats.results import PARTS, RunWriter, load_manifest, load_samples, new_run_id
+from testbed.formats.schema import ARROW_SCHEMA, COLUMN_NAMES, SCHEMA_VERSION, check_row, docs_table
 
 
 def row(i, phase="measure"):

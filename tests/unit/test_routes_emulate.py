@@ -3,10 +3,10 @@
 import pytest
 import yaml
 
-from testbed import emulate
-from testbed.config import Inventory, load_inventory
-from testbed.errors import RouteError
-from testbed.routes import check_routes, parse_route_dev
+from testbed.core.config import Inventory, load_inventory
+from testbed.core.errors import RouteError
+from testbed.devices import emulate
+from testbed.devices.routes import check_routes, parse_route_dev
 
 
 def inv(route_via=("to-mobile",)):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from agents.protocol import Result, Stage
-from testbed.rows import Issued, build_row, clock_offset_ns
-from testbed.schema import check_row
+from testbed.formats.schema import check_row
+from testbed.run.rows import Issued, build_row, clock_offset_ns
 
 MS = 1_000_000
 CTX = {"run_id": "r", "experiment": "e", "split": "test", "energy_sources": {"mobile-1": "rapl", "edge-1": "model"}}

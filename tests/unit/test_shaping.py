@@ -2,10 +2,11 @@
 
 import pytest
 
-from testbed import shaping
-from testbed.cli import _load_all, main
-from testbed.config import LinkProfile
-from testbed.errors import ConfigError
+from testbed.cli import main
+from testbed.cli.common import load_all
+from testbed.core.config import LinkProfile
+from testbed.core.errors import ConfigError
+from testbed.devices import shaping
 
 from conftest import write_experiment, write_inventory
 
@@ -67,7 +68,7 @@ def test_bad_profiles_are_refused_with_their_yaml_paths(tiny_bundle, tmp_path):
             "mobile-egde": {"delay_ms": 5},
             "edge-cloud": {"delay_ms": 2, "jitter_ms": 5, "schedule": [{"at_s": 5}, {"at_s": 3}]}}})
     with pytest.raises(ConfigError) as e:
-        _load_all(exp, inv)
+        load_all(exp, inv)
     text = " ".join(str(e.value).split())
     assert "shaping.links.mobile-egde: not a link" in text and "did you mean 'mobile-edge'?" in text
     assert "shaping.links.edge-cloud.jitter_ms: 5.0 is larger than delay_ms 2.0" in text
@@ -75,7 +76,7 @@ def test_bad_profiles_are_refused_with_their_yaml_paths(tiny_bundle, tmp_path):
     bad = write_experiment(tmp_path / "bad.yaml", tiny_bundle.root, [{"name": "all-cloud"}],
                            shaping={"backend": "cake", "links": {"mobile-edge": {"loss_pct": 120}}})
     with pytest.raises(ConfigError) as e:
-        _load_all(bad, inv)
+        load_all(bad, inv)
     text = " ".join(str(e.value).split())
     assert "shaping.backend" in text and "shaping.links.mobile-edge.loss_pct" in text
 
@@ -124,9 +125,9 @@ def test_schedules_are_applicable_except_what_the_backend_cannot_do():
 def _controller_link_fleet(tiny_bundle, tmp_path, controller_ifaces, links=None, launcher="local", backend="userspace"):
     import yaml
 
-    from testbed.bundle import Bundle
-    from testbed.fleet import Fleet
-    from testbed.owned import Ownership
+    from testbed.devices.fleet import Fleet
+    from testbed.devices.owned import Ownership
+    from testbed.formats.bundle import Bundle
 
     ssh = {"key_file": str(tmp_path / "id_ed25519"), "user": "root"} if launcher == "ssh" else {}
     devices = [{"id": f"{t}-1", "tier": t, "host": "127.0.0.1", "launcher": launcher, **ssh,
@@ -135,7 +136,7 @@ def _controller_link_fleet(tiny_bundle, tmp_path, controller_ifaces, links=None,
     inv.write_text(yaml.safe_dump({"controller": {"interfaces": controller_ifaces}, "devices": devices}))
     exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-mobile"}], shaping={
         "backend": backend, "links": links or {"controller-mobile": {"delay_ms": 5, "rate_mbit": 20}}})
-    e, i = _load_all(exp, inv)
+    e, i = load_all(exp, inv)
     fleet = Fleet(e, i, Bundle.load(tiny_bundle.root), tmp_path, "r1", Ownership(tmp_path))
     fleet.backend = "userspace"
     return fleet
@@ -269,7 +270,7 @@ def test_a_schedule_step_runs_tc_only_where_the_kernels_part_changes(tiny_bundle
 
 def test_a_probe_short_of_the_rate_is_repeated_and_the_best_attempt_kept(tiny_bundle, tmp_path, monkeypatch):
     """controller->mobile reads 14, then 19.9 (kept, within 5% of 20: no third try); mobile->controller 19.8 at once."""
-    import testbed.fleet as fleet_mod
+    import testbed.devices.fleet as fleet_mod
 
     fleet = _controller_link_fleet(tiny_bundle, tmp_path, {"mobile-1": "veth-cm"}, launcher="ssh")
     mobile = object()

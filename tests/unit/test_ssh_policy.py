@@ -5,8 +5,8 @@ import subprocess
 import paramiko
 import pytest
 
-from testbed.errors import DeployError
-from testbed.ssh import SshTarget, UnknownHostPolicy, add_known_host, fingerprint, known_hosts_line
+from testbed.core.errors import DeployError
+from testbed.devices.ssh import SshTarget, UnknownHostPolicy, add_known_host, fingerprint, known_hosts_line
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from testbed import stats
+from testbed.analysis import stats
 
 
 def frame():
@@ -44,7 +44,7 @@ def test_quality_checks_flag_drift_and_small_samples():
 
 
 def test_energy_by_tier_is_per_measured_sample_and_skips_unvisited_tiers():
-    from testbed.stats import energy_by_tier
+    from testbed.analysis.stats import energy_by_tier
 
     df = pd.DataFrame({
         "policy": ["p"] * 4, "phase": ["warmup", "measure", "measure", "measure"],
@@ -62,7 +62,7 @@ def test_energy_by_tier_is_per_measured_sample_and_skips_unvisited_tiers():
 
 
 def test_bytes_by_hop_compares_wire_to_tensors_where_counted():
-    from testbed.stats import bytes_by_hop
+    from testbed.analysis.stats import bytes_by_hop
 
     df = pd.DataFrame({
         "policy": ["p"] * 3, "phase": ["measure"] * 3,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from testbed.tiers import CutError, exit_output, make_cut, parse_exits, parse_tiers
+from testbed.build.tiers import CutError, exit_output, make_cut, parse_exits, parse_tiers
 
 
 def test_parse_tiers_and_exits():

@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from agents import protocol as p
-from testbed.transport import ZmqTransport
+from testbed.run.transport import ZmqTransport
 
 
 @pytest.mark.parametrize("spin", [False, True])

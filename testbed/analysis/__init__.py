@@ -1,0 +1,1 @@
+"""Offline reading of runs and bundles: report, statistics, calibration, replay, plots."""

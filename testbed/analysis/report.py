@@ -1,0 +1,227 @@
+"""The report of a run: tables built from its rows and manifest. Pure: no printing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from testbed.analysis import stats
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``testbed report`` shows."""
+
+    title: str
+    summary: pd.DataFrame
+    hops: pd.DataFrame
+    advice: list[str]
+    notes: list[str]
+    paper: pd.DataFrame | None = None
+    sweep: pd.DataFrame | None = None
+    energy: pd.DataFrame | None = None
+    bytes: pd.DataFrame | None = None
+
+
+def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
+    """Summaries, hop medians, quality advice and notes about where numbers come from."""
+    notes = []
+    if not complete:
+        notes.append("INCOMPLETE run: rows come from parts flushed before the run stopped")
+    status = manifest.get("status")
+    if status != "complete":
+        notes.append(f"run status: {status}; error: {manifest.get('error')}")
+    exits = manifest.get("bundle", {}).get("exits", {})
+    if exits:
+        notes.append("bundle exit accuracy on its test split: "
+                     + ", ".join(f"{t} {e['test_accuracy']:.3f}" for t, e in exits.items()))
+    meters = manifest.get("energy", {}).get("meters", {})
+    for device, m in (meters.items() if isinstance(meters, dict) else []):
+        notes.append("energy meter " + meter_line(device, m, df))
+    notes.append(f"shaping: {manifest.get('shaping', {}).get('backend', 'none')}")
+    warm = int((df["phase"] == "warmup").sum())
+    notes.append(f"{len(df) - warm} measured rows, {warm} warmup rows (kept in the parquet, left out here)")
+    title = f"{manifest.get('experiment', {}).get('resolved', {}).get('name', '?')} / {manifest.get('run_id', '?')}"
+    summary = stats.summarise(df)
+    paper = None
+    cm = manifest.get("cost_model")
+    if cm:
+        paper = paper_vs_measured(df, cm, summary)
+        names = {p["label"] or p["name"]: p["name"]
+                 for p in manifest.get("experiment", {}).get("resolved", {}).get("policies", [])}
+        from testbed.core.costmodel import claim_line
+
+        for _, r in paper.iterrows():
+            line = claim_line(names.get(r["policy"], r["policy"]), r["policy"], float(r["cost_reduction"]),
+                              float(r["accuracy_drop_pt"]))
+            if line:
+                notes.append(line)
+        notes.append(f"cost model: preset {cm['name']} (lambda per layer {cm['lam']}, o per offload {cm['o']}, "
+                     f"processing charged on {cm['charge']}); {cm.get('notes', '')}")
+    for key, rec in (manifest.get("policies") or {}).items():
+        if rec.get("upper_bound"):
+            notes.append(f"{key}: UPPER BOUND ({rec['upper_bound']})")
+        if "best_arm" in rec:
+            notes.append(f"{key}: best arm {rec['best_arm']} (layer {rec['arm_layers'][rec['best_arm']]}), pulls "
+                         f"{dict(zip(rec['arms'], rec['pulls'], strict=True))}")
+        if "expected" in rec:
+            e = rec["expected"]
+            notes.append(f"{key}: thresholds {rec['thresholds']} fitted on val (expected accuracy {e['accuracy']:.3f}, "
+                         f"cost {e['cost']:.3f}, reward {e['reward']:.4f}); clusters "
+                         + ", ".join(f"{k} {v['size']}" for k, v in rec["clusters"].items()))
+    sweep = None
+    cost_spec = manifest.get("experiment", {}).get("resolved", {}).get("cost") or {}
+    if cm and (cost_spec.get("sweep_o") or cost_spec.get("sweep_lam")):
+        sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
+    notes += fidelity_lines(df, manifest)
+    energy = stats.energy_by_tier(df)
+    energy_cols = [c for c in energy.columns if c.startswith("energy_")]
+    if not len(energy) or energy[energy_cols].isna().all().all():
+        energy = None
+    wire = manifest.get("bytes_wire") or {}
+    for hop, rec in wire.items():
+        notes.append(f"bytes on the wire, {hop}: " + (f"rx counter of {rec['interface']} on {rec['device']}"
+                                                      if "interface" in rec else f"not counted: {rec['why_not']}"))
+    batch = manifest.get("energy", {}).get("batch_windows") if isinstance(manifest.get("energy"), dict) else None
+    if batch:
+        notes.append(f"energy windows: {batch['count']} batch windows shared out by compute time"
+                     + (f"; {batch['rows_without_their_window']} rows lost their window (energy null)"
+                        if batch.get("rows_without_their_window") else ""))
+    return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep, energy,
+                  stats.bytes_by_hop(df))
+
+
+def cost_sweep(df: pd.DataFrame, cost_record: dict[str, Any], sweep_o: list[float],
+               sweep_lam: list[float]) -> pd.DataFrame:
+    """Cost reduction against all-cloud per policy, with every o (or every lambda) set to each swept value.
+
+    Routes are the measured ones: a policy that would have routed differently under another
+    cost (SplitEE learns from o and lambda) needs its own run or ``testbed replay`` per point.
+    """
+    from testbed.core.costmodel import CostModel, paper_costs
+
+    base = CostModel(cost_record["name"], cost_record["lam"], cost_record["o"], tuple(cost_record["charge"]))
+    rows = []
+    points = [("o", v, base.with_values(o={h: v for h in base.o})) for v in sweep_o] + [
+        ("lambda", v, base.with_values(lam={t: v for t in base.lam})) for v in sweep_lam]
+    for what, v, cm in points:
+        pc = paper_costs(df, cost_record["layers"], cm)
+        rows += [{"swept": what, "value": v, "policy": r["policy"], "cost_paper": r["cost_paper"],
+                  "cost_reduction": r["cost_reduction"], "accuracy_drop_pt": r["accuracy_drop_pt"]}
+                 for _, r in pc.iterrows()]
+    return pd.DataFrame(rows)
+
+
+def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any], summary: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: accuracy and paper-unit cost beside measured latency, energy and bytes, each against all-cloud.
+
+    ``summary`` is :func:`testbed.analysis.stats.summarise` of the same rows (computed once by :func:`build`).
+    """
+    from testbed.core.costmodel import CostModel, paper_costs, reduction
+
+    cm = CostModel(cost_record["name"], cost_record["lam"], cost_record["o"], tuple(cost_record["charge"]))
+    paper = paper_costs(df, cost_record["layers"], cm)
+    allrow = summary[summary["tier"] == "all"].set_index("policy")
+    cols = ["latency_ms_mean", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "energy_j_per_sample",
+            "offload_bytes_per_sample"]
+    out = paper.join(allrow[cols], on="policy")
+    ref = out[out["policy"] == stats.REFERENCE]
+    for c, name in (("latency_ms_mean", "latency_reduction"), ("energy_j_per_sample", "energy_reduction"),
+                    ("offload_bytes_per_sample", "bytes_reduction")):
+        base = float(ref[c].iloc[0]) if len(ref) else float("nan")
+        out[name] = [reduction(v, base) for v in out[c]]
+    return out
+
+
+def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
+    """Configured vs measured, per shaped hop and per schedule segment.
+
+    The hop's median net time over the measured rows issued while that profile was in force,
+    beside the probes' throughput (measured before the samples).
+    """
+    shaping = manifest.get("shaping") or {}
+    links = shaping.get("links") or {}
+    if shaping.get("backend") in (None, "none", "pending") or not links:
+        return []
+    applied = shaping.get("schedule_applied") or []
+    lines = []
+    probed: set[str] = set()  # hops whose probes are printed already (on their first line)
+    measured = []  # (hop, label, column, rows it applies to)
+    for hop in links:
+        # controller-edge and controller-cloud carry no Work, only the answers: no column of their own
+        measured.append((hop, hop, f"net_ms_{hop.replace('-', '_')}", None))
+        if hop.startswith("controller-"):  # its other direction: the answers of the samples that exited there
+            measured.append((hop, f"{hop} (answers back)", "net_ms_return", hop.split("-", 1)[1]))
+    for hop, label, col, exit_tier in measured:
+        base = links[hop]
+        if col not in df:
+            continue
+        segments = [(0, base)] + [(int(a["unix_ns"]), a["profile"]) for a in applied if a["hop"] == hop]
+        for k, (t0, prof) in enumerate(segments):
+            t1 = segments[k + 1][0] if k + 1 < len(segments) else None
+            sel = (df["phase"] == "measure") & (df["t_issue_unix_ns"] >= t0) & df[col].notna()
+            if exit_tier is not None:
+                sel &= df["exit_tier"] == exit_tier
+            if t1 is not None:
+                sel &= df["t_issue_unix_ns"] < t1
+            net = df.loc[sel, col]
+            conf = f"{prof.get('delay_ms', 0):g}" + (f" +- {prof['jitter_ms']:g}" if prof.get("jitter_ms") else "")
+            rate = f", {prof['rate_mbit']:g} Mbit/s" if prof.get("rate_mbit") else ""
+            if len(segments) == 1:
+                when = ""
+            else:
+                when = " (as the run started)" if k == 0 else f" (schedule step from {applied_at(applied, hop, t0)})"
+            text = f"fidelity {label}{when}: configured {conf} ms{rate}; "
+            text += (f"measured net median {net.median():.2f} ms (p5 {net.quantile(0.05):.2f}, p95 "
+                     f"{net.quantile(0.95):.2f}) over {len(net)} rows" if len(net) else "no measured rows crossed it")
+            probes = (shaping.get("probes") or {}).get(hop) or {}
+            if k == 0 and probes and hop not in probed:
+                probed.add(hop)
+                text += "; probes " + ", ".join(probe_text(d, v) for d, v in probes.items())
+            lines.append(text)
+    return lines
+
+
+def probe_text(direction: str, probe: dict[str, Any]) -> str:
+    """One probe on a fidelity line: the link's capacity, its mean rate, the payload's, and CPU steal if any."""
+    steal = max((probe.get(k) or 0.0 for k in ("sender_steal_pct", "receiver_steal_pct")), default=0.0)
+    stolen = f", the host stole {steal:.1f}% of an end's CPU meanwhile" if steal >= 1.0 else ""
+    if "link_mbit" not in probe:
+        return f"{direction} {probe['throughput_mbit']:.2f} Mbit/s{stolen}"
+    if "link_capacity_mbit" not in probe:
+        return (f"{direction} {probe['link_mbit']:.2f} Mbit/s on the link ({probe['throughput_mbit']:.2f} of "
+                f"payload{stolen})")
+    return (f"{direction} {probe['link_capacity_mbit']:.2f} Mbit/s on the link at its fastest 30% (mean "
+            f"{probe['link_mbit']:.2f}; {probe['throughput_mbit']:.2f} of payload{stolen})")
+
+
+def applied_at(applied: list[dict[str, Any]], hop: str, unix_ns: int) -> str:
+    """How far into the samples a schedule step of ``hop`` was applied, for the fidelity line."""
+    for a in applied:
+        if a["hop"] == hop and int(a["unix_ns"]) == unix_ns:
+            return f"{a['applied_at_s']:.2f} s, step at_s {a['at_s']:g}"
+    return "?"
+
+
+def meter_line(device: str, meter: dict[str, Any], df: pd.DataFrame) -> str:
+    """One line per meter: source, update period, share of its windows that were approximate."""
+    source = meter.get("source", "none")
+    text = f"{device}: {source}" + (" (MODELLED, not measured)" if source == "model" else "")
+    period = meter.get("update_period_s")
+    if period:
+        text += f", update period {period * 1e3:.2f} ms"
+    flags = []
+    for t in ("mobile", "edge", "cloud"):
+        if f"energy_approx_{t}" not in df:
+            continue
+        mine = df[df[f"device_{t}"] == device]
+        batch = mine.get(f"energy_batch_{t}")
+        if batch is not None and batch.notna().any():  # batch windows: one flag per window, not per sample
+            mine = mine[batch.notna()].drop_duplicates(f"energy_batch_{t}")
+        flags.append(mine[f"energy_approx_{t}"])
+    windows = pd.concat(flags).dropna() if flags else pd.Series(dtype=bool)
+    if source != "none" and len(windows):
+        text += f", {windows.astype(bool).mean():.1%} of {len(windows)} windows approximate"
+    return text

@@ -1,0 +1,278 @@
+"""``testbed report``, ``replay`` and ``calibrate``: reading runs and bundles back, without devices."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from agents.protocol import TIERS
+from testbed import policies
+from testbed.cli.common import out
+from testbed.core.errors import ConfigError, TestbedError
+from testbed.formats.bundle import Bundle
+
+
+def render_report(run_dir: Path) -> None:
+    """Print the tables of a run and draw its power timelines."""
+    from testbed.analysis import report
+    from testbed.formats import results
+
+    df, complete = results.load_samples(run_dir)
+    manifest = results.load_manifest(run_dir)
+    rep = report.build(df, manifest, complete)
+    table = Table(title=f"{rep.title}: per policy and exit tier, measured samples; Δacc and lat/cloud against "
+                        "all-cloud; offload B, energy mJ and net mJ (above idle) per sample")
+    cols = [("policy", "policy"), ("tier", "exit tier"), ("samples", "n"), ("share", "share"),
+            ("accuracy", "accuracy"), ("accuracy_delta_pt", "Δacc pt"), ("latency_ms_p50", "p50 ms"),
+            ("latency_ms_p95", "p95 ms"), ("latency_ms_p99", "p99 ms"), ("latency_ratio", "lat/cloud"),
+            ("offload_bytes_per_sample", "offload B"), ("energy_j_per_sample", "energy mJ"),
+            ("energy_net_j_per_sample", "net mJ")]
+    for _, title in cols:
+        table.add_column(title, justify="left" if title in ("policy", "exit tier") else "right")
+    for _, r in rep.summary.iterrows():
+        cells = []
+        for key, _ in cols:
+            v = r[key]
+            if isinstance(v, float):
+                v = ("-" if math.isnan(v) else f"{v:.1%}" if key == "share" else f"{v * 1e3:.2f}"
+                     if key.startswith("energy") else f"{v:.3f}" if key in ("accuracy", "latency_ratio")
+                     else f"{v:.2f}")
+            cells.append(str(v))
+        table.add_row(*cells, style=None if r["tier"] == "all" else "dim")
+    out.print(table)
+    hops = Table(title="medians per hop (ms)")
+    for c in rep.hops.columns:
+        hops.add_column(c.replace("_p50", "").replace("compute_ms_", "compute ").replace("net_ms_", "net "))
+    for _, r in rep.hops.iterrows():
+        hops.add_row(*[("-" if math.isnan(v) else f"{v:.3f}") if isinstance(v, float) else str(v) for v in r])
+    out.print(hops)
+    if rep.energy is not None:
+        en = Table(title="energy per measured sample by tier, mJ (gross / net of idle); a tier a sample did not "
+                         "visit adds nothing")
+        en.add_column("policy")
+        for t in TIERS:
+            en.add_column(t, justify="right")
+        for _, r in rep.energy.iterrows():
+            en.add_row(str(r["policy"]), *[f"{_mj(r[f'energy_mj_{t}'])} / {_mj(r[f'energy_net_mj_{t}'])}"
+                                           for t in TIERS])
+        out.print(en)
+    if rep.bytes is not None and len(rep.bytes):
+        by = Table(title="bytes per offload (medians): tensors, whole message, on the wire (interface counter)")
+        for title in ("policy", "hop", "n", "tensor B", "message B", "wire B", "wire over tensors"):
+            by.add_column(title, justify="left" if title in ("policy", "hop") else "right")
+        for _, r in rep.bytes.iterrows():
+            by.add_row(str(r["policy"]), str(r["hop"]), str(r["samples"]), _b(r["payload_bytes_p50"]),
+                       _b(r["msg_bytes_p50"]), _b(r["wire_bytes_p50"]),
+                       "-" if math.isnan(r["wire_overhead_pct"]) else f"{r['wire_overhead_pct']:+.1f}%")
+        out.print(by)
+    if rep.paper is not None and len(rep.paper):
+        _print_paper(rep.paper, "paper cost model vs measurement (measured samples; reductions against all-cloud "
+                                "of the same run)")
+    if rep.sweep is not None and len(rep.sweep):
+        wide = rep.sweep.pivot_table(index="policy", columns=["swept", "value"], values="cost_reduction", sort=False)
+        sw = Table(title="cost reduction against all-cloud as o or lambda is swept (paper units, measured routes)")
+        sw.add_column("policy")
+        for what, v in wide.columns:
+            sw.add_column(f"{what}={v:g}", justify="right")
+        for policy, r in wide.iterrows():
+            sw.add_row(str(policy), *[_fmt(float(x), "pct") for x in r])
+        out.print(sw)
+    for note in rep.notes:
+        out.print(f"note: {note}")
+    for a in rep.advice:
+        out.print(f"[yellow]advice:[/yellow] {a}")
+    from testbed.analysis.plots import power_timelines
+
+    for png in power_timelines(run_dir, run_dir / "plots"):
+        out.print(f"plot: {png}")
+
+
+def _mj(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.2f}"
+
+
+def _b(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.0f}"
+
+
+def _fmt(v: object, kind: str) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    if math.isnan(v):
+        return "-"
+    return {"pct": f"{v:.1%}", "acc": f"{v:.3f}", "mj": f"{v * 1e3:.2f}"}.get(kind, f"{v:.2f}")
+
+
+def _print_paper(paper: object, title: str) -> None:
+    cols = [("policy", "policy", ""), ("samples", "n", ""), ("accuracy", "accuracy", "acc"),
+            ("accuracy_drop_pt", "drop pt", ""), ("cost_paper", "cost (paper)", "acc"),
+            ("cost_reduction", "cost red.", "pct"), ("latency_ms_mean", "lat mean ms", ""),
+            ("latency_ms_p50", "p50", ""), ("latency_ms_p95", "p95", ""), ("latency_ms_p99", "p99", ""),
+            ("latency_reduction", "lat red.", "pct"), ("energy_j_per_sample", "mJ/sample", "mj"),
+            ("energy_reduction", "energy red.", "pct"), ("offload_bytes_per_sample", "B/sample", ""),
+            ("bytes_reduction", "bytes red.", "pct")]
+    table = Table(title=title)
+    present = [c for c in cols if c[0] in paper.columns]  # type: ignore[attr-defined]
+    for _, name, _ in present:
+        wide = name == "policy"
+        table.add_column(name, justify="left" if wide else "right", min_width=11 if wide else None)
+    for _, r in paper.iterrows():  # type: ignore[attr-defined]
+        table.add_row(*[_fmt(r[k], kind) for k, _, kind in present])
+    out.print(table)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """`testbed replay`: policies on the bundle's stored exit table, no devices; beside a live run if given."""
+    import json
+
+    import pandas as pd
+    import yaml
+    from pydantic import ValidationError
+
+    from testbed.analysis import replay
+    from testbed.core import costmodel
+    from testbed.core.config import CostSpec, PolicySpec
+    from testbed.formats import results
+
+    bundle = Bundle.load(args.bundle)
+    split, count, warmup, seed = args.split, args.count, args.warmup, args.seed
+    cost = CostSpec(preset=args.cost, file=str(args.cost_file) if args.cost_file else None)
+    specs: list[PolicySpec] = []
+    live = None
+    if args.run:
+        manifest = results.load_manifest(args.run)
+        exp = manifest["experiment"]["resolved"]
+        specs = [PolicySpec.model_validate(p) for p in exp["policies"]]
+        sam = exp["samples"]
+        split, count, warmup, seed = sam["split"], sam["count"], sam["warmup"], exp["seed"]
+        cost = CostSpec.model_validate(exp.get("cost") or {})
+        if args.cost_file or args.cost != "dimee":
+            cost = CostSpec(preset=args.cost, file=str(args.cost_file) if args.cost_file else None)
+        live, _ = results.load_samples(args.run)
+    for text in args.policy or []:
+        try:
+            raw = yaml.safe_load(text)
+            specs.append(PolicySpec.model_validate({"name": raw} if isinstance(raw, str) else raw))
+        except (yaml.YAMLError, ValidationError) as e:
+            raise ConfigError("--policy", [f"{text!r}: {e}"]) from e
+    if not specs:
+        raise ConfigError("command line", ["give --policy NAME (or a YAML mapping like '{name: splitee, alpha: 0.8}'), "
+                                           "or --run RUN_DIR to replay a live run's policies"])
+    problems = [f"--policy {s.key}{p}" for s in specs for p in policies.check(s)]
+    if problems:
+        raise ConfigError("command line", problems)
+    rows, records = replay.replay(bundle, specs, split, count, seed, warmup)
+    layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
+    cm = costmodel.from_spec(cost)
+    paper = costmodel.paper_costs(rows, layers, cm)
+    _print_paper(paper, f"replay on {bundle.root} split {split} ({len(rows[rows.phase == 'measure']) // len(specs)} "
+                        f"samples per policy), cost preset {cm.name}")
+    if live is not None:
+        lm = live[live.phase == "measure"]
+        rm = rows[rows.phase == "measure"]
+        comp = Table(title="replay vs live, same samples")
+        for col in ("policy", "live acc", "replay acc", "live cost", "replay cost", "same exit tier"):
+            comp.add_column(col, justify="left" if col == "policy" else "right")
+        live_paper = costmodel.paper_costs(lm, layers, cm).set_index("policy")
+        for key, g in rm.groupby("policy", sort=False):
+            lg = lm[lm.policy == key]
+            merged = pd.merge(g[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
+                              lg[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
+                              on=["index", "sample_id"], suffixes=("_replay", "_live"))
+            same = float((merged.exit_tier_replay == merged.exit_tier_live).mean()) if len(merged) else float("nan")
+            lp = live_paper.loc[key] if key in live_paper.index else None
+            comp.add_row(key, _fmt(float(lp["accuracy"]), "acc") if lp is not None else "-",
+                         _fmt(float(g.correct.mean()), "acc"),
+                         _fmt(float(lp["cost_paper"]), "acc") if lp is not None else "-",
+                         _fmt(float(paper.set_index("policy").loc[key, "cost_paper"]), "acc"), _fmt(same, "pct"))
+        out.print(comp)
+    for key, rec in records.items():
+        if len(rec) > 1:
+            out.print(f"{key}: {json.dumps({k: v for k, v in rec.items() if k != 'class'}, default=str)}",
+                      highlight=False)
+    if args.out:
+        rows.to_parquet(args.out, index=False)
+        out.print(f"replay rows written to {args.out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """`testbed calibrate`: fit lambda and o from a run, write them as presets, re-predict every policy."""
+    import yaml
+
+    from testbed.analysis import calibrate
+    from testbed.formats import results
+
+    df, _ = results.load_samples(args.run_dir)
+    manifest = results.load_manifest(args.run_dir)
+    layers = (manifest.get("cost_model") or {}).get("layers")
+    if not layers:
+        raise TestbedError(f"{args.run_dir}: the manifest has no cost_model.layers (a run from an older testbed); "
+                           "rerun the experiment")
+    fitted = calibrate.fit(df, layers)
+    pred = calibrate.repredict(df, layers, fitted)
+    dest = args.out or args.run_dir / "cost_presets.yaml"
+    doc = {"from_run": str(args.run_dir), "layers": layers, "base_ms": fitted["base_ms"],
+           "per_byte": fitted["per_byte"], "presets": {k: v.record() for k, v in fitted["presets"].items()}}
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    for name, cm in fitted["presets"].items():
+        out.print(f"{name}: lambda per layer {{{', '.join(f'{t} {v:.4g}' for t, v in cm.lam.items())}}} {cm.unit}; "
+                  f"o per offload {{{', '.join(f'{h} {v:.4g}' for h, v in cm.o.items())}}} {cm.unit}", highlight=False)
+    for hop, fitb in fitted["per_byte"].items():
+        slope = fitb["ms_per_byte"]
+        out.print(f"{hop}: " + (f"{slope * 1e6:.3f} ms per MB + {fitb['ms_fixed']:.3f} ms" if slope is not None
+                                else fitb.get("note", "")) + f" ({fitb['samples']} offloads)", highlight=False)
+    out.print(f"base (controller hops, queueing, decode; not in the model): {fitted['base_ms']:.3f} ms")
+    table = Table(title="re-predicted from each policy's routes with the calibrated model vs measured (means)")
+    for col in ("policy", "n", "latency pred ms", "measured", "error", "energy pred mJ", "measured", "error"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for _, r in pred.iterrows():
+        table.add_row(r["policy"], str(r["samples"]), _fmt(r["latency_ms_predicted"], ""),
+                      _fmt(r["latency_ms_measured"], ""), _fmt(r["latency_error"], "pct"),
+                      _fmt(r["energy_j_predicted"], "mj"), _fmt(r["energy_j_measured"], "mj"),
+                      _fmt(r["energy_error"], "pct"))
+    out.print(table)
+    out.print(f"presets written to {dest}")
+    return 0
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`testbed report`: tables of one run (or the latest under an experiment directory)."""
+    from testbed.formats import results
+
+    run_dir: Path = args.run_dir
+    if not (run_dir / results.MANIFEST).is_file():
+        runs = results.find_runs(run_dir.parent, run_dir.name)
+        if not runs:
+            raise TestbedError(f"{run_dir}: not a run directory and holds no runs; give results/<experiment>/<run_id>")
+        run_dir = runs[-1]
+        out.print(f"latest run in {args.run_dir}: {run_dir.name}")
+    render_report(run_dir)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``report``, ``calibrate`` and ``replay`` to the subparsers ``sub``."""
+    rep = sub.add_parser("report", help="tables of a run: per policy and tier, against all-cloud")
+    rep.add_argument("run_dir", type=Path, help="results/<experiment>/<run_id> (or results/<experiment>: latest)")
+    rep.set_defaults(func=cmd_report)
+    cal = sub.add_parser("calibrate", help="fit the cost model (ms and J per layer, per offload) to a run")
+    cal.add_argument("run_dir", type=Path)
+    cal.add_argument("--out", type=Path, default=None, help="presets file (default: RUN_DIR/cost_presets.yaml)")
+    cal.set_defaults(func=cmd_calibrate)
+    rp = sub.add_parser("replay", help="evaluate policies on a bundle's stored exit table, without devices")
+    rp.add_argument("bundle", type=Path)
+    rp.add_argument("--policy", action="append", help="a policy name or a YAML mapping "
+                                                      "('{name: splitee-s, alpha: 0.8, o: 0.3}'); repeatable")
+    rp.add_argument("--run", type=Path, default=None, help="a live run: replay its policies and samples, side by side")
+    rp.add_argument("--split", default="test")
+    rp.add_argument("--count", type=int, default=None)
+    rp.add_argument("--warmup", type=int, default=0)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--cost", default="dimee", help="cost preset: dimee, dimec-dc, splitee (or one of --cost-file)")
+    rp.add_argument("--cost-file", type=Path, default=None, help="presets written by `testbed calibrate`")
+    rp.add_argument("--out", type=Path, default=None, help="write the replayed rows to this parquet file")
+    rp.set_defaults(func=cmd_replay)

@@ -1,0 +1,472 @@
+"""Experiment and inventory files: typed models, one validation pass, every error at once.
+
+Each problem names its YAML path (``policies[1].thresholds.mobile``), its line, the
+bad value and what to do; an unknown key gets a "did you mean". The structural pass
+is pydantic's; the semantic pass (:func:`testbed.checks.check_experiment`) checks what only the
+pair experiment + inventory can tell (devices exist, tiers match, policy names).
+This module reads files but keeps no state and starts nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.protocol import TIERS
+from testbed.core.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicySpec(Strict):
+    """One policy to run and its parameters (each policy takes only the ones it uses).
+
+    ``thresholds`` (early-exit): tier -> min confidence to exit. ``shares`` (random): tier ->
+    probability. ``alpha``, ``c``, ``lam``, ``o`` (splitee, splitee-s): exit confidence, UCB
+    exploration constant, cost per layer, cost per offload. ``mu`` (cartography): weight of
+    the normalised cost against accuracy; (adaptive-resnet) weight of latency in [0, 1].
+    ``cost``: the cost preset the policy optimises.
+    """
+
+    name: str
+    thresholds: dict[str, float] | None = None
+    shares: dict[str, float] | None = None
+    alpha: float | None = None
+    c: float | None = None
+    lam: float | None = None
+    o: float | None = None
+    mu: float | None = None
+    cost: str | None = None
+    measure: str | None = Field(None, description="confidence measure: max (softmax, default) or entropy")
+    label: str | None = Field(None, description="name in results; defaults to name")
+
+    @property
+    def key(self) -> str:
+        """The value of the ``policy`` column."""
+        return self.label or self.name
+
+
+class SampleSpec(Strict):
+    """Which samples the run draws from the bundle."""
+
+    split: str = "test"
+    count: int | None = Field(None, ge=1, description="first N of the split; all when absent")
+    warmup: int = Field(8, ge=0, description="warmup samples per policy, recorded with phase=warmup")
+
+
+class RunSpec(Strict):
+    """How samples are issued and rows written."""
+
+    concurrency: int = Field(1, ge=1, le=64, description="samples in flight at once")
+    interval_ms: float = Field(0.0, ge=0, description="at least this long between issuing two samples (0: as soon "
+                               "as a slot is free); paced samples meet the same idle tiers and token buckets "
+                               "whatever the links' delays")
+    flush_rows: int = Field(64, ge=1, description="rows per parquet part written during the run")
+    wait: Literal["block", "spin"] = Field(
+        "block", description="how the controller waits for answers: block (sleeps in poll), or spin (busy-polls "
+        "its socket, so an answer is stamped as it lands instead of when a sleeping CPU wakes, about 0.1 ms per "
+        "answer on a VM; it keeps one CPU of the controller's machine busy for the run, so leave it off where "
+        "agents share that machine with a package-level energy meter); agents always block")
+
+
+class TimeoutSpec(Strict):
+    """Timeouts, in seconds, and the heartbeat liveness count."""
+
+    hello_s: float = Field(60.0, gt=0)
+    configure_s: float = Field(60.0, gt=0)
+    heartbeat_s: float = Field(0.5, gt=0)
+    liveness: int = Field(6, ge=2)
+    sample_s: float = Field(30.0, gt=0)
+    stop_s: float = Field(5.0, gt=0)
+
+
+class EnergySpec(Strict):
+    """Energy settings of a run."""
+
+    idle_s: float = Field(2.0, ge=0, le=600, description="idle baseline per agent before samples; 0: none")
+    batch_samples: int = Field(1, ge=1, le=100_000, description="samples per energy window on each device; above 1 "
+                               "the window's energy is shared out by compute time (for meters slower than a sample)")
+    min_window_s: float = Field(0.0, ge=0, le=600, description="an energy window also stays open at least this "
+                                "long: set it to the slowest meter's update period so no window is approximate")
+
+
+class DeploySpec(Strict):
+    """Deploy and preflight settings of a run (SSH devices)."""
+
+    max_clock_offset_ms: float = Field(100.0, gt=0, description="refuse a device whose clock is further off the "
+                                       "controller's")
+
+
+class ShapeStep(Strict):
+    """A point of a link schedule: from ``at_s`` seconds into the run, these values replace the profile's."""
+
+    at_s: float = Field(ge=0)
+    delay_ms: float | None = Field(None, ge=0)
+    jitter_ms: float | None = Field(None, ge=0)
+    loss_pct: float | None = Field(None, ge=0, le=100)
+    rate_mbit: float | None = Field(None, gt=0)
+
+
+class LinkProfile(Strict):
+    """How one hop is shaped, in both directions: delay, jitter, loss, rate, optionally a schedule."""
+
+    delay_ms: float = Field(0.0, ge=0)
+    jitter_ms: float = Field(0.0, ge=0)
+    loss_pct: float = Field(0.0, ge=0, le=100)
+    rate_mbit: float | None = Field(None, gt=0, description="rate limit; none: unlimited")
+    schedule: list[ShapeStep] | None = None
+
+
+class ShapingSpec(Strict):
+    """Link shaping of a run: the backend and a profile per hop."""
+
+    backend: str = Field("auto", pattern=r"^(auto|netem|userspace|none)$",
+                         description="netem: tc on the devices; userspace: tbf/htb rate in the kernel, delay, jitter "
+                                     "and loss in the agents; auto: netem where the kernel has it")
+    links: dict[str, LinkProfile] = Field(default_factory=dict, description="mobile-edge, edge-cloud, "
+                                          "controller-mobile, controller-edge, controller-cloud -> profile")
+
+
+class CostSpec(Strict):
+    """The paper cost model the report predicts with: a preset, optionally with some values replaced."""
+
+    preset: str = Field("dimee", description="dimee, dimec-dc or splitee (testbed.core.costmodel.PRESETS), or a preset "
+                        "of ``file``")
+    file: str | None = Field(None, description="a presets file written by `testbed calibrate`")
+    lam: dict[str, float] | None = Field(None, description="tier -> cost per layer, replacing the preset's")
+    o: dict[str, float] | None = Field(None, description="hop (mobile-edge, edge-cloud) -> cost per offload")
+    sweep_o: list[float] | None = Field(None, description="report the cost reductions again with every hop's o set "
+                                        "to each of these (routes as measured)")
+    sweep_lam: list[float] | None = Field(None, description="... and with every tier's lambda set to each of these")
+
+
+class Experiment(Strict):
+    """``experiments/<name>.yaml``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    bundle: str
+    devices: dict[str, str] = Field(description="tier -> device id in the inventory")
+    samples: SampleSpec = SampleSpec()
+    policies: list[PolicySpec] = Field(min_length=1)
+    seed: int = 0
+    run: RunSpec = RunSpec()
+    energy: EnergySpec = EnergySpec()
+    timeouts: TimeoutSpec = TimeoutSpec()
+    cost: CostSpec = CostSpec()
+    shaping: ShapingSpec = ShapingSpec()
+    deploy: DeploySpec = DeploySpec()
+
+
+class MeterSpec(Strict):
+    """Which energy meter the agent opens; ``model`` needs calibrated idle and busy watts."""
+
+    kind: str = Field("auto", pattern=r"^(auto|rapl|nvml|ina|pmic|external|model|none)$")
+    idle_w: float | None = Field(None, ge=0)
+    busy_w: float | None = Field(None, ge=0)
+    command: list[str] | None = Field(None, description="external: argv of a command printing watts per line")
+
+
+class DeviceSpec(Strict):
+    """One device of ``inventory.yaml``.
+
+    ``launcher: local`` runs the agent as a process of this machine; ``launcher: ssh`` deploys
+    it over SSH (``host``, ``port``, ``user``, ``key_file``, host key checked against
+    ``known_hosts``) into ``workdir`` and starts it there with ``python``.
+    """
+
+    id: str
+    tier: str
+    host: str = "127.0.0.1"
+    launcher: str = Field("local", pattern=r"^(local|ssh)$")
+    port: int = Field(22, ge=1, le=65535, description="ssh port")
+    user: str | None = Field(None, description="ssh user; default: the controller's user")
+    key_file: str | None = Field(None, description="ssh private key (key auth only)")
+    known_hosts: str | None = Field(None, description="known_hosts file the host key is checked against; "
+                                    "default ~/.ssh/known_hosts")
+    workdir: str | None = None
+    python: str | None = None
+    threads: int = Field(1, ge=1, le=256)
+    cpus: list[int] | None = Field(None, description="CPU ids the agent is pinned to (local emulation)")
+    interface: str | None = Field(None, description="network interface shaping applies to")
+    interfaces: dict[str, str] = Field(default_factory=dict, description="peer (tier or 'controller') -> "
+                                       "interface toward it, where it differs from ``interface``")
+    data_host: str | None = Field(None, description="address the previous tier (or the controller, for the first "
+                                  "tier) reaches this agent's data socket at; default: host")
+    controller_host: str | None = Field(None, description="address this device reaches the controller at; "
+                                        "default: controller.advertise or controller.bind")
+    meter: MeterSpec = MeterSpec()
+    facts: dict[str, Any] = {}
+
+    def interface_to(self, peer: str) -> str | None:
+        """The interface this device sends to ``peer`` (a tier name or 'controller') through."""
+        return self.interfaces.get(peer, self.interface)
+
+
+class ControllerSpec(Strict):
+    """Where the controller listens, and where it may run."""
+
+    bind: str = Field("127.0.0.1", description="address the control socket binds to (0.0.0.0 only inside a "
+                      "namespace of the emulation)")
+    advertise: str | None = Field(None, description="address devices reach the controller at; default: bind")
+    netns: str | None = Field(None, description="network namespace the controller must run in (the emulation's); "
+                              "the CLI enters it")
+    route_via: list[str] | None = Field(None, description="interfaces every device address must route through "
+                                        "(checked with `ip route get` before any connection)")
+    interfaces: dict[str, str] = Field(default_factory=dict, description="device id -> the controller's own "
+                                       "interface toward it: a rate on a controller-<tier> link shapes its egress "
+                                       "here with tc (needs root; the emulation names its veths)")
+
+
+class Inventory(Strict):
+    """``inventory.yaml``: the devices a run may use.
+
+    ``defaults`` (ansible-style group vars) fill every key a device does not set itself.
+    """
+
+    controller: ControllerSpec = ControllerSpec()
+    defaults: dict[str, Any] = Field(default_factory=dict, description="keys every device inherits")
+    devices: list[DeviceSpec] = Field(min_length=1)
+
+    def device(self, device_id: str) -> DeviceSpec:
+        """The device with this id (KeyError when absent)."""
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+    def controller_address(self, device: DeviceSpec) -> str:
+        """The address ``device`` reaches the controller at (its agent connects there; probes too).
+
+        ``controller_host``, else ``controller.advertise``, else ``controller.bind``; a wildcard
+        bind means 127.0.0.1 for a local agent (an SSH device without either key is refused
+        when the inventory is loaded).
+        """
+        host = device.controller_host or self.controller.advertise or self.controller.bind
+        return "127.0.0.1" if host in WILDCARDS else host
+
+
+WILDCARDS = ("0.0.0.0", "*", "::", "")  # bind addresses nothing can connect to
+
+
+# --------------------------------------------------------------------------- YAML + errors
+
+Path_ = tuple[str | int, ...]
+
+
+def _line_map(text: str) -> dict[Path_, int]:
+    """1-based line of every key and item, by YAML path, from the composed node tree."""
+    lines: dict[Path_, int] = {}
+
+    def walk(node: yaml.Node, path: Path_) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def format_path(loc: Path_) -> str:
+    """``("policies", 1, "thresholds")`` -> ``policies[1].thresholds``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _model_at(root: type[BaseModel], loc: Path_) -> type[BaseModel] | None:
+    """The model class that holds the last key of ``loc``, to suggest its field names."""
+    current: Any = root
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            if typing.get_origin(current) in (list, dict):
+                current = typing.get_args(current)[-1]
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = field.annotation
+        while typing.get_origin(current) in (typing.Union, types.UnionType):
+            current = next(a for a in typing.get_args(current) if a is not type(None))
+        if typing.get_origin(current) in (list, dict):
+            current = typing.get_args(current)[-1]
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """`` did you mean 'x'?`` or the list of valid choices."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; valid: {', '.join(sorted(choices))}" if choices else ""
+
+
+def validation_problems(model: type[BaseModel], e: ValidationError, lines: dict[Path_, int]) -> list[str]:
+    """One line per pydantic error: YAML path, line, value, what is expected."""
+    problems = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        line = lines.get(loc) or lines.get(loc[:-1])
+        where = format_path(loc) + (f" (line {line})" if line else "")
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            names = list(parent.model_fields) if parent else []
+            problems.append(f"{where}: unknown key {loc[-1]!r}{suggest(str(loc[-1]), names)}")
+        elif err["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        else:
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+            problems.append(f"{where}: {err['msg'].lower()}, got {shown}")
+    return problems
+
+
+def read_yaml(path: Path) -> tuple[Any, str]:
+    """Parse a YAML file; returns (data, text). Raises ConfigError with the line on a syntax error."""
+    if not path.is_file():
+        raise ConfigError(str(path), ["file does not exist; check the path (commands take --inventory FILE)"])
+    text = path.read_text()
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from e
+
+
+def load_yaml_model(path: Path, model: type[M], prepare: Any = None) -> M:
+    """Load ``path`` into ``model``, raising one ConfigError that lists every problem.
+
+    ``prepare(data) -> data``, when given, rewrites the parsed mapping before validation.
+    """
+    data, text = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"expected a mapping at the top level, got {type(data).__name__}"])
+    if prepare is not None:
+        data = prepare(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(str(path), validation_problems(model, e, _line_map(text))) from e
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Load and check ``inventory.yaml`` (ids unique, tiers known, ``defaults`` applied)."""
+    inv = load_yaml_model(path, Inventory, _apply_defaults)
+    problems = []
+    seen: set[str] = set()
+    for i, d in enumerate(inv.devices):
+        if d.id in seen:
+            problems.append(f"devices[{i}].id: {d.id!r} appears twice; device ids must be unique")
+        seen.add(d.id)
+        if d.tier not in TIERS:
+            problems.append(f"devices[{i}].tier: {d.tier!r} is not a tier{suggest(d.tier, list(TIERS))}")
+        ncpu = os.cpu_count() or 1
+        bad = [c for c in d.cpus or [] if not 0 <= c < ncpu]
+        if bad or d.cpus == []:
+            problems.append(f"devices[{i}].cpus: {d.cpus} is not a non-empty list of CPU ids of this machine "
+                            f"(0..{ncpu - 1})")
+        m = d.meter
+        if m.kind == "model" and (m.idle_w is None or m.busy_w is None):
+            problems.append(f"devices[{i}].meter: kind 'model' needs idle_w and busy_w (watts), calibrated "
+                            "for this device with an external meter")
+        elif m.kind == "external" and not m.command:
+            problems.append(f"devices[{i}].meter: kind 'external' needs command: [argv of a program that prints "
+                            "one power reading per line]")
+        elif m.idle_w is not None and m.busy_w is not None and m.idle_w > m.busy_w:
+            problems.append(f"devices[{i}].meter: idle_w={m.idle_w} is above busy_w={m.busy_w}")
+        if d.launcher == "ssh" and d.host in ("127.0.0.1", "localhost") and not d.key_file:
+            problems.append(f"devices[{i}]: launcher ssh to {d.host} without key_file; give the private key the "
+                            "device accepts (key auth only), or use launcher: local")
+        if d.launcher == "ssh" and inv.controller.bind in WILDCARDS and not (d.controller_host
+                                                                              or inv.controller.advertise):
+            problems.append(f"devices[{i}] ({d.id}): controller.bind is {inv.controller.bind!r}, which no device "
+                            "can connect to, and neither controller.advertise nor this device's controller_host "
+                            "says where it reaches the controller; set one to the controller's address on the "
+                            "device's network")
+        for peer in d.interfaces:
+            if peer not in (*TIERS, "controller"):
+                problems.append(f"devices[{i}].interfaces.{peer}: not a tier or 'controller'"
+                                f"{suggest(peer, [*TIERS, 'controller'])}")
+    if problems:
+        raise ConfigError(str(path), problems)
+    return inv
+
+
+def _apply_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Every device gets the ``defaults`` keys it does not set (dicts merged one level deep)."""
+    defaults = data.get("defaults")
+    devices = data.get("devices")
+    if not isinstance(defaults, dict) or not isinstance(devices, list):
+        return data
+    merged = []
+    for dev in devices:
+        if isinstance(dev, dict):
+            out = dict(defaults)
+            for k, v in dev.items():
+                out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            dev = out
+        merged.append(dev)
+    return {**data, "devices": merged}
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Load ``experiments/<name>.yaml`` (structure only; see :func:`testbed.checks.check_experiment`)."""
+    return load_yaml_model(path, Experiment)
+
+
+def resolve(base: Path, value: str) -> Path:
+    """A path from a YAML file: absolute, or relative to the current directory."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+SHAPED_LINKS = ("controller-mobile", "controller-edge", "controller-cloud", "mobile-edge", "edge-cloud")
+
+
+def shaping_problems(shaping: ShapingSpec) -> list[str]:
+    """Problems of the shaping section that its models cannot see alone: link names, jitter, schedule order."""
+    problems = []
+    for name, prof in shaping.links.items():
+        if name not in SHAPED_LINKS:
+            problems.append(f"shaping.links.{name}: not a link; links are {list(SHAPED_LINKS)}"
+                            f"{suggest(name, list(SHAPED_LINKS))}")
+            continue
+        if prof.jitter_ms > prof.delay_ms:
+            problems.append(f"shaping.links.{name}.jitter_ms: {prof.jitter_ms} is larger than delay_ms "
+                            f"{prof.delay_ms}; a delay cannot go below zero: raise delay_ms or lower jitter_ms")
+        last = -1.0
+        for i, step in enumerate(prof.schedule or []):
+            if step.at_s <= last:
+                problems.append(f"shaping.links.{name}.schedule[{i}].at_s: {step.at_s} does not come after "
+                                f"{last}; give the steps in time order")
+            last = step.at_s
+    return problems

@@ -1,0 +1,342 @@
+"""The devices of a run: start their agents (locally or deployed over SSH) and shape their links.
+
+:class:`Fleet` is what the controller asks for agents. For ``launcher: local`` devices it
+starts processes here; for ``launcher: ssh`` devices it checks the route (when the inventory
+says which links are allowed), connects with the host key verified, runs the preflight,
+pushes what changed and starts the agent detached. With SSH devices it also applies the
+kernel's part of link shaping on each end of every shaped hop (htb rate, and netem where
+that backend is chosen), reads the qdiscs back, and removes them at the end. Every process,
+file and qdisc it makes is in the run's ownership record before the next step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agents.protocol import TIERS
+from testbed.core.config import DeviceSpec, Experiment, Inventory, LinkProfile
+from testbed.core.errors import ConfigError, DeployError, TestbedError
+from testbed.devices import shaping
+from testbed.devices.deploy import (
+    DeployRecord,
+    deploy_device,
+    probe_link,
+    run_steps,
+    shaping_facts,
+    start_agent,
+    target_of,
+    undo_remote,
+)
+from testbed.devices.launch import AgentArgs, AgentHandle, LocalLauncher
+from testbed.devices.owned import REMOVED, Ownership, proc_starttime
+from testbed.devices.routes import check_routes
+from testbed.devices.ssh import LocalRemote, Remote, SshRemote
+from testbed.formats.bundle import Bundle
+
+CONTROLLER = "controller"  # the controller's end of a controller-<tier> link: tc runs here, not over SSH
+PROBE_ATTEMPTS = 3  # a probe reading the link short of its rate is repeated, the best attempt kept
+PROBE_SHORT_PCT = 5.0  # ... short: more than this under the configured rate
+
+
+def hop_ends(hop: str) -> tuple[str, str]:
+    """``mobile-edge`` -> (mobile, edge); ``controller-mobile`` -> (controller, mobile)."""
+    a, b = hop.split("-")
+    return a, b
+
+
+def controller_problems(facts: dict[str, Any], links: dict[str, LinkProfile], backend: str) -> list[str]:
+    """What this machine's kernel lacks for its end of the shaped controller links, each with what to do.
+
+    ``facts``: :func:`testbed.devices.deploy.shaping_facts` of this machine; ``backend``: the run's.
+    """
+    problems = []
+    for what, hops in shaping.controller_needs(links, backend).items():
+        if facts.get(what):
+            continue
+        names = ", ".join(f"shaping.links.{h}" for h in hops)
+        if what == "tc":
+            problems.append(f"controller (this machine): no tc, which {names} needs to shape the controller's end; "
+                            "install iproute2, or shape delay and jitter only (backend userspace)")
+        else:
+            problems.append(f"controller (this machine, kernel {facts.get('kernel')}): no sch_{what}, which {names} "
+                            f"needs at the controller's end under backend {backend}; load it (modprobe sch_{what})"
+                            + (" or use shaping.backend: userspace" if what == "netem" else ""))
+    return problems
+
+
+class Fleet:
+    """Starts, shapes and stops the agents of one run."""
+
+    def __init__(self, exp: Experiment, inv: Inventory, bundle: Bundle, run_dir: Path, run_id: str,
+                 owned: Ownership, trust_new_hosts: bool = False,
+                 connect: Callable[[DeviceSpec], Remote] | None = None,
+                 route_get: Callable[[str], str] | None = None, exp_path: Path | None = None):
+        self.exp, self.inv, self.bundle = exp, inv, bundle
+        self.exp_path = exp_path
+        self.run_dir, self.run_id, self.owned = run_dir, run_id, owned
+        self.trust_new_hosts = trust_new_hosts
+        self._connect = connect or (lambda d: SshRemote(target_of(d), trust_new_hosts))
+        self._route_get = route_get
+        self.devices = {t: inv.device(exp.devices[t]) for t in TIERS}
+        self.devices_by_id = {d.id: d for d in self.devices.values()}
+        self.remotes: dict[str, Remote] = {}
+        self.deploys: dict[str, DeployRecord] = {}
+        self.routes: dict[str, str] = {}
+        self.qdiscs: list[tuple[int, str, str]] = []  # (ownership index, device id, interface)
+        self.shaping_readback: dict[str, Any] = {}
+        self.backend = "none"
+        self.controller_facts: dict[str, Any] | None = None  # this machine's kernel, when it shapes its own end
+        self._kernel_in_force: dict[str, tuple[float | None, ...]] = {}  # hop -> what tc applies there now
+
+    @property
+    def remote(self) -> bool:
+        """True when the agents are deployed over SSH."""
+        return any(d.launcher == "ssh" for d in self.devices.values())
+
+    def connect_all(self) -> None:
+        """Route check, then SSH to every ssh device, then preflight and push (one device at a time)."""
+        ssh_devs = [d for d in self.devices.values() if d.launcher == "ssh"]
+        if not ssh_devs:
+            return
+        addrs = {d.id: [d.host] + ([d.data_host] if d.tier == TIERS[0] and d.data_host else []) for d in ssh_devs}
+        kwargs = {"route_get": self._route_get} if self._route_get else {}
+        self.routes = check_routes(self.inv, addrs, **kwargs)
+        backend = self._requested_backend()
+        for d in ssh_devs:
+            remote = self._connect(d)
+            self.remotes[d.id] = remote
+            self.deploys[d.id] = deploy_device(remote, d, self.bundle, self.owned,
+                                               self.exp.deploy.max_clock_offset_ms, backend)
+            policy = getattr(remote, "policy", None)
+            self.deploys[d.id].host_key_recorded = getattr(policy, "recorded", None)
+
+    def _requested_backend(self) -> str | None:
+        links, backend = self.exp.shaping.links, self.exp.shaping.backend
+        if not links or backend == "none":
+            return None
+        return backend if backend != "auto" else None
+
+    def choose_backend(self) -> str:
+        """The shaping backend of this run: the experiment's, or with ``auto`` netem where every device has it."""
+        links, backend = self.exp.shaping.links, self.exp.shaping.backend
+        if not links or backend == "none":
+            self.backend = "none"
+        elif backend != "auto":
+            self.backend = backend
+        elif self.remote and self.deploys and all(r.facts.get("netem") for r in self.deploys.values()) and (
+                "netem" not in shaping.controller_needs(links, "netem") or self._controller_kernel().get("netem")):
+            self.backend = "netem"  # the controller's own end too, where a controller link is shaped
+        else:
+            self.backend = "userspace"
+        _, problems = shaping.applicable(links, self.backend, self.remote)
+        if self.remote and shaping.controller_needs(links, self.backend):
+            problems += controller_problems(self._controller_kernel(), links, self.backend)
+        if problems:
+            raise ConfigError(str(self.exp_path or self.exp.name), problems)
+        return self.backend
+
+    def _controller_kernel(self) -> dict[str, Any]:
+        """tc, netem and htb on this machine (read once): the controller's end of its links is shaped here."""
+        if self.controller_facts is None:
+            self.controller_facts = shaping_facts(*self._remote_of(CONTROLLER))
+        return self.controller_facts
+
+    def start(self, device: DeviceSpec, args: AgentArgs) -> AgentHandle:
+        """Start one device's agent; recorded in the ownership record at once."""
+        if device.launcher == "local":
+            handle = LocalLauncher(self.run_dir / "logs", bundle_root=self.bundle.root).start(device, args)
+            self.owned.add("process", {"local": True}, device=device.id, pid=handle.pid,
+                           starttime=proc_starttime(handle.pid), log=str(handle.log_path))
+            return handle
+        remote = self.remotes[device.id]
+        workdir = self.deploys[device.id].workdir
+        return start_agent(remote, device, args, workdir, self.run_id, self.owned,
+                           self.run_dir / "logs" / f"{device.id}.log", self.bundle.root.name)
+
+    # ------------------------------------------------------------------ shaping
+
+    def kernel_plans(self, links: dict[str, LinkProfile] | None = None) -> list[tuple[str, str, str,
+                                                                                    list[shaping.Step]]]:
+        """(hop, device id, interface, steps) of the kernel's part of the shaping, both ends of each hop.
+
+        ``links``: the profiles to plan (default: the experiment's, as they start); interfaces this
+        run has shaped already get the change form of the plan.
+        """
+        out = []
+        for hop, profile in (self.exp.shaping.links if links is None else links).items():
+            for me, peer in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
+                if me == CONTROLLER:  # this machine's own interface toward the device, named in the inventory
+                    dev_id = CONTROLLER
+                    ifname = self.inv.controller.interfaces.get(self.devices[peer].id)
+                    missing = (f"controller.interfaces.{self.devices[peer].id}: shaping {hop} needs the "
+                               f"controller's own interface toward {self.devices[peer].id} (tc runs here, as root); "
+                               "name it, or shape delay and jitter only (backend userspace)")
+                else:
+                    dev = self.devices[me]
+                    dev_id, ifname = dev.id, dev.interface_to(peer)
+                    missing = (f"devices[id={dev.id}].interface: shaping {hop} needs the interface {dev.id} sends "
+                               f"to {peer} through; set interface or interfaces.{peer}")
+                change = any(d == dev_id and i == ifname for _, d, i in self.qdiscs)
+                steps = (shaping.plan(ifname or "<interface>", profile, self.backend, change)
+                         if self.backend != "none" else [])
+                if steps and not ifname:
+                    raise ConfigError("inventory", [missing])
+                if steps:
+                    out.append((hop, dev_id, ifname, steps))
+        return out
+
+    def _remote_of(self, dev_id: str) -> tuple[Remote, str]:
+        """Where a tc plan or probe end runs, and its Python: the device over SSH, or here for the controller."""
+        if dev_id == CONTROLLER:
+            if CONTROLLER not in self.remotes:
+                self.remotes[CONTROLLER] = LocalRemote(CONTROLLER)
+            return self.remotes[CONTROLLER], sys.executable
+        return self.remotes[dev_id], self.devices_by_id[dev_id].python or "python3"
+
+    def shape(self) -> dict[str, Any]:
+        """Apply the kernel part on the devices over SSH; read every qdisc back. Returns the manifest record."""
+        if not self.remote or self.backend == "none":
+            return {}
+        for hop, dev_id, ifname, steps in self.kernel_plans():
+            self.shaping_readback.setdefault(hop, {})[dev_id] = self._apply_kernel(hop, dev_id, ifname, steps)
+        self._kernel_in_force = {hop: shaping.kernel_part(p, self.backend) for hop, p in self.exp.shaping.links.items()}
+        return self.shaping_readback
+
+    def reshape(self, hop: str, profile: LinkProfile) -> dict[str, Any]:
+        """A schedule step: apply the kernel part of ``profile`` to ``hop`` now (tc replace on both ends).
+
+        Returns per device what ran and the qdisc state read back; empty when the kernel has no
+        part in it (loopback), or its part is unchanged (under userspace: a step of delay and
+        jitter only, which the agents apply).
+        """
+        if not self.remote or self.backend == "none":
+            return {}
+        part = shaping.kernel_part(profile, self.backend)
+        if self._kernel_in_force.get(hop) == part:
+            return {}
+        self._kernel_in_force[hop] = part
+        return {dev_id: self._apply_kernel(h, dev_id, ifname, steps)
+                for h, dev_id, ifname, steps in self.kernel_plans({hop: profile})}
+
+    def _apply_kernel(self, hop: str, dev_id: str, ifname: str, steps: list[shaping.Step]) -> dict[str, Any]:
+        remote, python = self._remote_of(dev_id)
+        if not any(d == dev_id and i == ifname for _, d, i in self.qdiscs):
+            root = steps[0].argv
+            qdisc, handle = root[root.index("handle") + 2], root[root.index("handle") + 1]
+            # recorded before it exists: clean checks the interface's root qdisc is this one before removing it
+            where = {"local": True} if dev_id == CONTROLLER else remote.target.to_dict()
+            idx = self.owned.add("qdisc", where, device=dev_id, dev=ifname, qdisc=qdisc,
+                                 handle=handle, hop=hop, argv=[s.argv for s in steps])
+            self.qdiscs.append((idx, dev_id, ifname))
+        got = run_steps(remote, python, [s.argv for s in steps],
+                        [shaping.show(ifname).argv, shaping.show_class(ifname).argv])
+        return {"interface": ifname, "applied": [s.argv for s in steps], "tc_show": got["show"].strip().splitlines()}
+
+    def probe(self) -> dict[str, Any]:
+        """Configured vs measured, per shaped hop and direction: throughput at the receiver, TCP connect time.
+
+        A probe that reads the link more than PROBE_SHORT_PCT under its rate is repeated, up to
+        PROBE_ATTEMPTS in all, and the best attempt is kept (a shaper never passes more than its
+        rate; a busy end or a host stealing a VM's CPU only slows a stream down); every attempt's
+        capacity is recorded.
+
+        The userspace delay is not in these numbers (the agents add it to their messages); it is
+        measured in the rows' net_ms columns; the report's fidelity lines put the two side by side.
+        """
+        if not self.remote or self.backend == "none":
+            return {}
+        out: dict[str, Any] = {}
+        for hop, profile in self.exp.shaping.links.items():
+            rate = profile.rate_mbit
+            nbytes = int(min(16e6, max(256e3, (rate or 100.0) * 1e6 / 8 * 1.5)))  # 1.5 s at the rate: a capped
+            # device may be throttled a period or two while its probe starts (interpreter, SSH session)
+            for src, dst in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
+                (s_remote, s_py), (r_remote, r_py) = self._remote_of(self._end_id(src)), self._remote_of(
+                    self._end_id(dst))
+                addr = (self.inv.controller_address(self.devices[src]) if dst == CONTROLLER
+                        else self._address_toward(self.devices[dst], src))
+                got: dict[str, Any] = {}
+                tries: list[float] = []
+                for _ in range(PROBE_ATTEMPTS):
+                    one = probe_link(s_remote, s_py, r_remote, r_py, addr, nbytes)
+                    # the rate counts headers too; the capacity (fastest stretch) is what the shaper lets through
+                    capacity = one.get("link_capacity_mbit", one.get("link_mbit", one["throughput_mbit"]))
+                    tries.append(capacity)
+                    if not got or capacity > got["_capacity"]:
+                        got = one | {"_capacity": capacity}
+                    if not rate or capacity >= rate * (1 - PROBE_SHORT_PCT / 100):
+                        break
+                capacity = got.pop("_capacity")
+                on_link = got.get("link_mbit", got["throughput_mbit"])
+                got["configured_rate_mbit"] = rate
+                got["rate_error_pct"] = round(100 * (capacity - rate) / rate, 2) if rate else None
+                got["mean_rate_error_pct"] = round(100 * (on_link - rate) / rate, 2) if rate else None
+                got["attempts_capacity_mbit"] = tries
+                out.setdefault(hop, {})[f"{src}->{dst}"] = got
+        return out
+
+    def _end_id(self, end: str) -> str:
+        """The device id at one end of a hop (``controller`` for the controller)."""
+        return CONTROLLER if end == CONTROLLER else self.devices[end].id
+
+    @staticmethod
+    def _address_toward(device: DeviceSpec, peer: str) -> str:
+        """The address ``device`` has on its link to ``peer``.
+
+        From ``facts.addresses`` (the emulation writes them), else the device's data address.
+        """
+        return (device.facts.get("addresses") or {}).get(peer) or device.data_host or device.host
+
+    def userspace_link(self, hop: str, t_s: float = 0.0) -> LinkProfile | None:
+        """The profile the sending agent of ``hop`` applies itself (userspace backend), else None.
+
+        ``t_s``: seconds into the run's samples, for links with a schedule.
+        """
+        if self.backend != "userspace":
+            return None
+        profile = self.exp.shaping.links.get(hop)
+        return shaping.at(profile, t_s) if profile is not None else None
+
+    # ------------------------------------------------------------------ teardown
+
+    def unshape(self) -> list[str]:
+        """Remove the qdiscs this run installed; returns problems (never raises)."""
+        problems = []
+        for idx, dev_id, ifname in reversed(self.qdiscs):
+            entry = self.owned.entries[idx]
+            if entry["state"] != "live":
+                continue
+            try:
+                self.owned.mark(idx, undo_remote(entry, self._remote_of(dev_id)[0]))
+            except TestbedError as e:
+                problems.append(f"{dev_id} {ifname}: {e}")
+        return problems
+
+    def after_stop(self, handles: dict[str, AgentHandle]) -> list[str]:
+        """Fetch logs, mark stopped processes, close connections; returns problems (never raises)."""
+        problems = []
+        for dev_id, h in handles.items():
+            try:
+                h.fetch_log()
+            except DeployError as e:
+                problems.append(str(e))
+            if h.returncode() is not None:
+                for i, e in enumerate(self.owned.entries):
+                    if e["kind"] == "process" and e.get("pid") == h.pid and e["state"] == "live" and \
+                            (e["where"].get("local") or e["where"].get("device") == dev_id):
+                        self.owned.mark(i, REMOVED, "stopped at the end of the run")
+        problems += self.unshape()
+        for r in self.remotes.values():
+            r.close()
+        return problems
+
+    def record(self) -> dict[str, Any]:
+        """The deploy part of the manifest."""
+        return {"method": "ssh" if self.remote else "local", "routes": self.routes,
+                "devices": {k: v.to_dict() for k, v in self.deploys.items()},
+                **({"controller_kernel": self.controller_facts} if self.controller_facts else {}),
+                "ownership_record": self.owned.path.name, "at": time.time()}

@@ -1,0 +1,301 @@
+"""Read and verify a partition bundle: ``bundle.yaml`` plus its ``.onnx`` and data files.
+
+A bundle is what the builder (``testbed.build.pipeline``) writes and what deploy pushes:
+one ONNX file per tier, each with an exit head, and the data the run draws samples
+from. This module does no torch and no network; it only reads files.
+
+Format history:
+    1: tiers with layers, file, sha256, inputs/outputs, exit accuracy, offload map;
+       samples.parquet (tokenised splits) and exits.parquet (per-sample exit table).
+    2: exits at any layer (``exit_layers``, per tier ``exits``), ``offload`` (mode and bytes
+       per token), mobile-tier ``variants`` (fp16/int8), ``training`` settings,
+       cartography.parquet and the tokenizer files hashed, token_type_ids for sentence pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agents.protocol import TIERS
+from agents.runtime import sha256_file
+from testbed.core.errors import BundleError
+
+BUNDLE_FORMAT = 2
+REPLAY_TOLERANCE = 1e-4
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+class TensorSpec(BaseModel):
+    """Name, dtype and symbolic shape of a graph input or output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    dtype: str
+    shape: list[str | int]
+
+
+class ExitSpec(BaseModel):
+    """An exit head: after which layer, its ONNX output, and how accurate it is on each split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    layer: int
+    val_accuracy: float
+    test_accuracy: float
+    output: str = "logits"
+
+
+class VariantSpec(BaseModel):
+    """A lower-precision copy of one tier's partition (fp16 or int8) and what it costs in accuracy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    tier: str
+    file: str
+    sha256: str
+    size_bytes: int
+    exits: list[dict[str, float]]
+    final: dict[str, float]
+    max_confidence_diff: float
+
+
+class TierSpec(BaseModel):
+    """One tier's partition."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tier: str
+    layers: list[int]
+    runs_layers: list[int] | None = None
+    file: str
+    sha256: str
+    size_bytes: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    logits: str
+    exit: ExitSpec
+    exits: list[ExitSpec] = []
+    offload: dict[str, str]
+
+
+class BundleSpec(BaseModel):
+    """The whole ``bundle.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format_version: int
+    kind: str = "transformer"
+    name: str
+    model: dict[str, Any]
+    task: dict[str, Any]
+    offload: dict[str, Any]
+    exit_layers: list[int]
+    tiers: list[TierSpec]
+    variants: list[VariantSpec] = []
+    resnet_variants: list[dict[str, Any]] = []
+    connections: list[dict[str, Any]] = []
+    files: dict[str, str]
+    data: dict[str, Any]
+    training: dict[str, Any] = {}
+    parity: dict[str, Any]
+    build: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Tokenised samples of one split, unpadded, in the bundle's stored order."""
+
+    sample_id: np.ndarray
+    label: np.ndarray
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray] | None = None
+    images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+    def tensors(self, i: int) -> dict[str, np.ndarray]:
+        """The first tier's inputs for sample ``i`` (a batch of one, no padding)."""
+        if self.images is not None:
+            return {"pixels": self.images[i:i + 1]}
+        ids = self.input_ids[i].astype(np.int64)[None, :]
+        out = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if self.token_type_ids is not None:
+            out["token_type_ids"] = self.token_type_ids[i].astype(np.int64)[None, :]
+        return out
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle on disk: its directory and parsed ``bundle.yaml``."""
+
+    root: Path
+    spec: BundleSpec
+
+    @classmethod
+    def load(cls, root: Path | str) -> Bundle:
+        """Parse ``root/bundle.yaml``; checks the format, not the hashes (see :meth:`verify`)."""
+        root = Path(root)
+        path = root / "bundle.yaml"
+        if not path.is_file():
+            raise BundleError(
+                f"{path} does not exist: build the bundle first "
+                f"(`testbed partition --config partitions/specs/<name>.yaml`, or `make demo` for the default one)"
+            )
+        try:
+            raw = yaml.safe_load(path.read_text())
+            spec = BundleSpec.model_validate(raw)
+        except (yaml.YAMLError, ValidationError) as e:
+            raise BundleError(f"{path} is not a valid bundle.yaml: {e}") from e
+        if spec.format_version != BUNDLE_FORMAT:
+            raise BundleError(f"{path}: format_version {spec.format_version}, this testbed reads {BUNDLE_FORMAT}; "
+                              "rebuild the bundle")
+        tiers = [t.tier for t in spec.tiers]
+        if tiers != list(TIERS):
+            raise BundleError(f"{path}: tiers are {tiers}, expected {list(TIERS)} in that order")
+        return cls(root, spec)
+
+    def tier(self, name: str) -> TierSpec:
+        """The spec of one tier."""
+        for t in self.spec.tiers:
+            if t.tier == name:
+                return t
+        raise BundleError(f"bundle {self.root}: no tier {name!r}")
+
+    def device_files(self, tier: str) -> dict[str, str]:
+        """The files a device of ``tier`` needs (its partition and every variant of it): file -> sha256."""
+        out = {t.file: t.sha256 for t in self.spec.tiers if t.tier == tier}
+        out |= {v.file: v.sha256 for v in self.spec.variants if v.tier == tier}
+        out |= {v["files"][tier]: v["sha256"][tier] for v in self.spec.resnet_variants if tier in v["files"]}
+        return out
+
+    def missing_files(self) -> list[str]:
+        """Files that ``bundle.yaml`` names but that are absent."""
+        names = ([t.file for t in self.spec.tiers] + [v.file for v in self.spec.variants] + list(self.spec.files)
+                 + [f for v in self.spec.resnet_variants for f in v["files"].values()])
+        return [n for n in names if not (self.root / n).is_file()]
+
+    def verify(self) -> dict[str, str]:
+        """Check every file's sha256; returns {file: sha256}. Raises on the first mismatch."""
+        missing = self.missing_files()
+        if missing:
+            raise BundleError(f"bundle {self.root}: missing {', '.join(missing)}; rebuild it with `testbed partition`")
+        hashes = ({t.file: t.sha256 for t in self.spec.tiers} | {v.file: v.sha256 for v in self.spec.variants}
+                  | dict(self.spec.files)
+                  | {v["files"][t]: v["sha256"][t] for v in self.spec.resnet_variants for t in v["files"]})
+        for name, want in hashes.items():
+            got = sha256_file(self.root / name)
+            if got != want:
+                raise BundleError(f"bundle {self.root}: {name} has sha256 {got[:16]}…, bundle.yaml says {want[:16]}…; "
+                                  "the file changed after the build: rebuild the bundle")
+        return hashes
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names, index = class id."""
+        return list(self.spec.task["labels"])
+
+    def samples(self, split: str) -> Samples:
+        """Load the tokenised samples of ``split`` from ``samples.parquet``."""
+        df = pd.read_parquet(self.root / "samples.parquet", filters=[("split", "==", split)])
+        if df.empty:
+            raise BundleError(f"bundle {self.root}: split {split!r} has no samples; "
+                              f"splits: {sorted(self.spec.data.get('splits', {}))}")
+        df = df.sort_values("sample_id")
+        if "pixels" in df.columns:
+            shape = [len(df), *self.spec.task["input_shape"]]
+            images = np.stack(df["pixels"].to_numpy()).astype(np.float32).reshape(shape)
+            return Samples(df["sample_id"].to_numpy(np.int64), df["label"].to_numpy(np.int64), [], None, images)
+        types = ([np.asarray(x, dtype=np.int64) for x in df["token_type_ids"]]
+                 if "token_type_ids" in df.columns else None)
+        return Samples(df["sample_id"].to_numpy(np.int64), df["label"].to_numpy(np.int64),
+                       [np.asarray(x, dtype=np.int64) for x in df["input_ids"]], types)
+
+    def cartography(self) -> pd.DataFrame:
+        """The training dynamics (``cartography.parquet``) that the cartography policy is fitted on."""
+        path = self.root / "cartography.parquet"
+        if not path.is_file():
+            raise BundleError(f"bundle {self.root}: the cartography policy needs cartography.parquet (training "
+                              "dynamics); rebuild the bundle with this testbed's `testbed partition`")
+        return pd.read_parquet(path)
+
+    def exits(self, split: str) -> pd.DataFrame:
+        """The per-sample exit table (prediction and confidence at every exit) of ``split``."""
+        df = pd.read_parquet(self.root / "exits.parquet", filters=[("split", "==", split)])
+        return df.sort_values("sample_id").reset_index(drop=True)
+
+    @property
+    def offload_mode(self) -> str:
+        """``hidden`` (the next tier continues from the intermediate tensor) or ``input`` (it re-runs from tokens)."""
+        return str(self.spec.offload["mode"])
+
+    def offload_bytes(self, seq_len: int) -> int:
+        """Payload bytes of one offload of a sample of ``seq_len`` tokens, as the bundle states them."""
+        return int(self.spec.offload["bytes_per_token"]) * seq_len + int(self.spec.offload.get("bytes_fixed", 0))
+
+    def check_graphs(self) -> list[str]:
+        """Load every tier's ONNX file and compare its inputs and outputs with ``bundle.yaml``.
+
+        Returns one line per mismatch (name, dtype or rank); empty when all agree.
+        """
+        import onnxruntime as ort
+
+        problems = []
+        files = [(t.tier, t.file, t) for t in self.spec.tiers] + [
+            (f"{v.tier} ({v.name})", v.file, self.tier(v.tier)) for v in self.spec.variants]
+        for label, file, spec in files:
+            sess = ort.InferenceSession(str(self.root / file), providers=["CPUExecutionProvider"])
+            for kind, got, want in (("input", sess.get_inputs(), spec.inputs), ("output", sess.get_outputs(),
+                                                                                   spec.outputs)):
+                got_d = {a.name: a for a in got}
+                for w in want:
+                    g = got_d.get(w.name)
+                    if g is None:
+                        problems.append(f"{label}: {file} has no {kind} {w.name!r} (it has {sorted(got_d)})")
+                        continue
+                    dtype = ORT_DTYPES.get(g.type, g.type)
+                    if dtype != w.dtype:
+                        problems.append(f"{label}: {kind} {w.name!r} is {g.type}, bundle.yaml says {w.dtype}")
+                    if len(g.shape) != len(w.shape):
+                        problems.append(f"{label}: {kind} {w.name!r} has rank {len(g.shape)}, bundle.yaml says "
+                                        f"{len(w.shape)} ({w.shape})")
+                extra = sorted(set(got_d) - {w.name for w in want})
+                if extra:
+                    problems.append(f"{label}: {file} has {kind}s {extra} that bundle.yaml does not list")
+        return problems
+
+    def replay(self, split: str = "val", n: int = 32) -> float:
+        """Re-run the tier chain on ``n`` samples of ``split`` and compare with ``exits.parquet``.
+
+        Returns the largest difference between a recorded and a recomputed confidence; a
+        prediction that differs raises. This is the parity check that needs no torch.
+        """
+        from agents.runtime import Partition, top1
+
+        sessions = {t.tier: Partition.load(self.root / t.file, t.sha256, threads=1) for t in self.spec.tiers}
+        samples = self.samples(split)
+        table = self.exits(split).set_index("sample_id")
+        worst = 0.0
+        for i in range(min(n, len(samples))):
+            feed = samples.tensors(i)
+            cur = feed
+            sid = int(samples.sample_id[i])
+            for t in self.spec.tiers:
+                out = sessions[t.tier].run(cur)
+                for e in t.exits or [t.exit]:
+                    conf, pred = top1(out[e.output][0])
+                    col = f"L{e.layer}" if t.exits else t.tier
+                    want_p, want_c = table.at[sid, f"prediction_{col}"], table.at[sid, f"confidence_{col}"]
+                    if pred != want_p and abs(conf - want_c) > REPLAY_TOLERANCE:
+                        raise BundleError(f"bundle {self.root}: {split} sample {sid}, exit {col}: onnxruntime "
+                                          f"predicts {pred} ({conf:.4f}), exits.parquet says {want_p} "
+                                          f"({want_c:.4f}); the files do not belong together: rebuild")
+                    worst = max(worst, abs(conf - float(want_c)))
+                nxt = {dst: out[src] if src in out else cur[src] for src, dst in t.offload.items()}
+                cur = feed if self.offload_mode == "input" else nxt
+        return worst

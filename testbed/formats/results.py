@@ -1,0 +1,158 @@
+"""Run directories: ``results/<experiment>/<run_id>/{samples.parquet, manifest.json, logs/}``.
+
+Rows are written while the run goes, as complete parquet files of ``flush_rows``
+rows each under ``samples.parts/``; a crash loses at most the rows not yet flushed.
+``close()`` joins the parts into ``samples.parquet``. A run directory is never
+overwritten. A run whose parts were never joined still loads (marked incomplete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from testbed.core.errors import ResultsError
+from testbed.formats.schema import ARROW_SCHEMA, COLUMN_NAMES, SCHEMA_VERSION, check_row
+
+PARTS = "samples.parts"
+SAMPLES = "samples.parquet"
+MANIFEST = "manifest.json"
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``20261123T101500Z-3fa2``: sortable by time, unique by a random suffix."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class RunWriter:
+    """Writes one run directory: rows in flushed parts, and the manifest."""
+
+    def __init__(self, run_dir: Path, flush_rows: int = 64):
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+        except FileExistsError as e:
+            raise ResultsError(f"run directory {run_dir} already exists; a run is never overwritten") from e
+        (run_dir / PARTS).mkdir()
+        (run_dir / "logs").mkdir()
+        self.run_dir = run_dir
+        self.flush_rows = flush_rows
+        self.rows_written = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._parts = 0
+        self._closed = False
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add one row; flushes a part when ``flush_rows`` are buffered."""
+        problems = check_row(row)
+        if problems:
+            raise ResultsError(f"row for sample {row.get('sample_id')} does not fit schema v{SCHEMA_VERSION}: "
+                               + "; ".join(problems))
+        self._buffer.append(row)
+        if len(self._buffer) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one complete parquet part."""
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=ARROW_SCHEMA)
+        path = self.run_dir / PARTS / f"part-{self._parts:05d}.parquet"
+        pq.write_table(table, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+        self._parts += 1
+        self.rows_written += len(self._buffer)
+        self._buffer.clear()
+
+    def close(self) -> Path:
+        """Flush, join the parts into ``samples.parquet``, remove the parts; idempotent."""
+        if self._closed:
+            return self.run_dir / SAMPLES
+        self.flush()
+        parts = sorted((self.run_dir / PARTS).glob("part-*.parquet"))
+        table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else ARROW_SCHEMA.empty_table()
+        tmp = self.run_dir / (SAMPLES + ".tmp")
+        pq.write_table(table.replace_schema_metadata(ARROW_SCHEMA.metadata), tmp)
+        os.replace(tmp, self.run_dir / SAMPLES)
+        shutil.rmtree(self.run_dir / PARTS)
+        self._closed = True
+        return self.run_dir / SAMPLES
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write ``manifest.json`` atomically (called at start and again at the end)."""
+        _atomic_write(self.run_dir / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    """Read a run's manifest."""
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise ResultsError(f"{run_dir} is not a run directory (no {MANIFEST}); give results/<experiment>/<run_id>")
+    return json.loads(path.read_text())
+
+
+def load_samples(run_dir: Path) -> tuple[pd.DataFrame, bool]:
+    """A run's rows and whether they are complete (False: read from unjoined parts after a crash)."""
+    path = run_dir / SAMPLES
+    if path.is_file():
+        table = pq.read_table(path)
+        complete = True
+    else:
+        parts = sorted((run_dir / PARTS).glob("part-*.parquet"))
+        if not parts:
+            raise ResultsError(f"{run_dir} has no {SAMPLES} and no flushed parts: no row was measured")
+        table = pa.concat_tables([pq.read_table(p) for p in parts])
+        complete = False
+    version = (table.schema.metadata or {}).get(b"testbed.schema_version", b"1").decode()
+    if int(version) > SCHEMA_VERSION:
+        raise ResultsError(f"{run_dir}: schema v{version} is newer than this testbed (v{SCHEMA_VERSION}); upgrade it")
+    df = table.to_pandas()
+    return df[[c for c in COLUMN_NAMES if c in df.columns]], complete
+
+
+def find_runs(results: Path, experiment: str | None = None) -> list[Path]:
+    """Run directories under ``results/``, oldest first."""
+    pattern = f"{experiment}/*/{MANIFEST}" if experiment else f"*/*/{MANIFEST}"
+    return sorted((p.parent for p in results.glob(pattern)), key=lambda p: p.name)
+
+
+def write_power_timeline(run_dir: Path, device: str, t_unix_ns: list[int] | Any, rails_w: dict[str, Any],
+                         source: str) -> Path:
+    """``power_<device>.parquet``: controller-clock timestamps and watts per rail."""
+    columns = {"t_unix_ns": pa.array(t_unix_ns, pa.int64())}
+    columns |= {f"power_w_{rail}": pa.array(values, pa.float64()) for rail, values in rails_w.items()}
+    table = pa.table(columns).replace_schema_metadata({"testbed.device": device, "testbed.energy_source": source})
+    path = run_dir / f"power_{device}.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+ENERGY_WINDOWS = "energy_windows.parquet"
+_WINDOW_SCHEMA = pa.schema([
+    ("device", pa.string()), ("batch", pa.int64()), ("start_unix_ns", pa.int64()), ("end_unix_ns", pa.int64()),
+    ("duration_ms", pa.float64()), ("energy_j", pa.float64()), ("energy_net_j", pa.float64()),
+    ("energy_approx", pa.bool_()), ("samples", pa.int64()), ("compute_ms_sum", pa.float64()),
+    ("run_seqs", pa.list_(pa.int64())),
+])
+
+
+def write_energy_windows(run_dir: Path, windows: list[dict[str, Any]]) -> Path:
+    """``energy_windows.parquet``: each batch energy window as the device measured it (see testbed.run.energy)."""
+    path = run_dir / ENERGY_WINDOWS
+    pq.write_table(pa.Table.from_pylist(windows, schema=_WINDOW_SCHEMA), path)
+    return path

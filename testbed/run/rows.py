@@ -1,0 +1,126 @@
+"""Turn one finished sample (its stages and the controller's stamps) into a result row.
+
+Pure. Agents stamp with their own wall clock; ``offsets_ns[device]`` (agent clock
+minus controller clock, measured by ping at the start of the run) puts every stamp
+on the controller's clock before hop times are taken.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from agents.protocol import TIERS, Result
+from testbed.formats.schema import HOPS, MSG_HOPS, WIRE_HOPS
+
+NS_PER_MS = 1e6
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What the controller knows of a sample it issued."""
+
+    seq: int
+    sample_id: int
+    label: int
+    phase: str
+    policy: str
+    issue_mono_ns: int
+    issue_wall_ns: int
+    bytes_in: int
+    choice: str | None = None
+
+
+def build_row(
+    result: Result,
+    issued: Issued,
+    recv_mono_ns: int,
+    recv_wall_ns: int,
+    offsets_ns: dict[str, int],
+    exit_layers: dict[str, int],
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    """One row of the result schema.
+
+    ``context`` holds run_id, experiment, split and ``energy_sources`` (device -> meter source).
+    A row's energy is null unless every tier it visited had a meter.
+    """
+    stages = result.stages
+    last = stages[-1]
+    prediction = int(result.logits.argmax(axis=-1)[0])
+    row: dict[str, Any] = {
+        **{k: context[k] for k in ("run_id", "experiment", "split")},
+        "policy": issued.policy, "policy_choice": issued.choice,
+        "seq": issued.seq, "sample_id": issued.sample_id, "phase": issued.phase,
+        "exit_tier": last.tier, "exit_layer": exit_layers[last.tier],
+        "tier_path": ">".join(s.tier for s in stages),
+        "label": issued.label, "prediction": prediction, "correct": prediction == issued.label,
+        "confidence": last.confidence,
+        "latency_ms": (recv_mono_ns - issued.issue_mono_ns) / NS_PER_MS,
+        "t_issue_unix_ns": issued.issue_wall_ns,
+    }
+    for tier in TIERS:
+        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j", "energy_net_j", "energy_approx",
+                    "energy_batch"):
+            row[f"{col}_{tier}"] = None
+    for hop in HOPS:
+        row[f"net_ms_{hop}"] = None
+        row[f"bytes_{hop}"] = 0
+    for hop in MSG_HOPS:
+        row[f"bytes_msg_{hop}"] = None
+    for hop in WIRE_HOPS:
+        row[f"bytes_wire_{hop}"] = None
+
+    def on_ctrl(stamp_ns: int, device: str) -> int:
+        return stamp_ns - offsets_ns.get(device, 0)
+
+    prev_send = issued.issue_wall_ns
+    queue_total = 0.0
+    for i, s in enumerate(stages):
+        hop = "controller_mobile" if i == 0 else f"{stages[i - 1].tier}_{s.tier}"
+        row[f"net_ms_{hop}"] = (on_ctrl(s.recv_ns, s.device) - prev_send) / NS_PER_MS
+        row[f"bytes_{hop}"] = issued.bytes_in if i == 0 else stages[i - 1].bytes_out
+        row[f"bytes_msg_{hop}"] = s.frame_bytes_in
+        if i > 0 and s.wire_in_bytes >= 0:
+            row[f"bytes_wire_{hop}"] = s.wire_in_bytes
+        queue = (s.start_ns - s.recv_ns) / NS_PER_MS
+        queue_total += queue
+        row[f"confidence_{s.tier}"] = s.confidence
+        row[f"compute_ms_{s.tier}"] = (s.end_ns - s.start_ns) / NS_PER_MS
+        row[f"queue_ms_{s.tier}"] = queue
+        row[f"device_{s.tier}"] = s.device
+        row[f"energy_j_{s.tier}"] = None if math.isnan(s.energy_j) else s.energy_j
+        row[f"energy_net_j_{s.tier}"] = None if math.isnan(s.energy_net_j) else s.energy_net_j
+        row[f"energy_approx_{s.tier}"] = s.energy_approx
+        if s.energy_batch >= 0:  # shared out of a batch window later (testbed.run.energy.EnergyLedger)
+            row[f"energy_batch_{s.tier}"] = s.energy_batch
+            row[f"energy_approx_{s.tier}"] = None
+        prev_send = on_ctrl(s.send_ns, s.device)
+    row["net_ms_return"] = (recv_wall_ns - prev_send) / NS_PER_MS
+    row["bytes_return"] = last.bytes_out
+    row["queue_ms"] = queue_total
+    sources = context.get("energy_sources", {})
+    row["energy_source"] = "+".join(sorted({sources.get(s.device, "none") for s in stages}))
+    energy_totals(row)
+    return row
+
+
+def energy_totals(row: dict[str, Any]) -> None:
+    """Set ``energy_j``, ``energy_net_j`` and ``energy_approx`` from the visited tiers' columns."""
+    tiers = row["tier_path"].split(">")
+    for col in ("energy_j", "energy_net_j"):
+        parts = [row[f"{col}_{t}"] for t in tiers]
+        row[col] = None if any(e is None for e in parts) else sum(parts)
+    row["energy_approx"] = any(bool(row[f"energy_approx_{t}"]) for t in tiers)
+
+
+def clock_offset_ns(samples: list[tuple[int, int, int]]) -> tuple[int, int]:
+    """(offset, rtt) from ping samples (t_send, t_agent, t_recv), all ns: the min-RTT sample wins.
+
+    offset = t_agent - midpoint(t_send, t_recv), the NTP estimate; its error is at most rtt/2.
+    """
+    if not samples:
+        raise ValueError("no ping samples")
+    t0, ta, t1 = min(samples, key=lambda s: s[2] - s[0])
+    return ta - (t0 + t1) // 2, t1 - t0
