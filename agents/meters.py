@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 RAPL_ROOT = Path("/sys/class/powercap")
 HWMON_ROOT = Path("/sys/class/hwmon")
@@ -509,14 +509,14 @@ class NvmlMeter(CounterMeter):
     def __init__(self, nvml: object | None = None, indices: list[int] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self._nvml = nvml if nvml is not None else _import_pynvml()
-        n = self._nvml  # type: ignore[assignment]
+        n: Any = self._nvml
         try:
-            n.nvmlInit()  # type: ignore[attr-defined]
-            count = n.nvmlDeviceGetCount()  # type: ignore[attr-defined]
+            n.nvmlInit()
+            count = n.nvmlDeviceGetCount()
             self.indices = indices if indices is not None else list(range(count))
-            self._handles = {i: n.nvmlDeviceGetHandleByIndex(i) for i in self.indices}  # type: ignore[attr-defined]
+            self._handles = {i: n.nvmlDeviceGetHandleByIndex(i) for i in self.indices}
             for h in self._handles.values():
-                n.nvmlDeviceGetTotalEnergyConsumption(h)  # type: ignore[attr-defined]
+                n.nvmlDeviceGetTotalEnergyConsumption(h)
         except Exception as e:  # pynvml raises its own NVMLError subclasses
             raise MeterError(f"NVML energy counter unavailable: {e}") from e
         if not self._handles:
@@ -715,9 +715,9 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
                 raise
     if kind in ("pmic", "auto"):
         try:
-            meter = pmic_meter(background=False)
-            meter.sample_once()  # the command works and prints rails
-            meter.close()
+            probe = pmic_meter(background=False)
+            probe.sample_once()  # the command works and prints rails
+            probe.close()
             return pmic_meter()
         except MeterError:
             if kind == "pmic":

@@ -345,7 +345,7 @@ def _packb(obj: Any) -> bytes:
 
 def _pack_array(a: np.ndarray, frames: Frames) -> dict[str, Any]:
     a = np.ascontiguousarray(a)
-    frames.append(memoryview(a).cast("B"))
+    frames.append(memoryview(a.data).cast("B"))
     return {"dtype": a.dtype.str, "shape": a.shape, "frame": len(frames) - 1}
 
 
@@ -373,8 +373,10 @@ def _enc_plain(value: Any, frames: Frames) -> Any:
 
 
 def _encoder(type_name: str) -> Callable[[Any, Frames], Any]:
-    return {"np.ndarray": _pack_array, "dict[str, np.ndarray]": _enc_arrays, "list[Stage]": _enc_stages,
-            "str": _enc_plain, "int": _enc_plain, "float": _enc_plain, "bool": _enc_plain}.get(type_name, _to_wire)
+    table: dict[str, Callable[[Any, Frames], Any]] = {
+        "np.ndarray": _pack_array, "dict[str, np.ndarray]": _enc_arrays, "list[Stage]": _enc_stages,
+        "str": _enc_plain, "int": _enc_plain, "float": _enc_plain, "bool": _enc_plain}
+    return table.get(type_name, _to_wire)
 
 
 # Per kind: (field name, encoder); compiled once.
@@ -505,7 +507,8 @@ _FAST_DECODERS: dict[str, Callable[[dict[str, Any], Frames], Any]] = {"work": _d
 
 def _scalar(types: tuple[type, ...], name: str, to_float: bool = False) -> Converter:
     def convert(value: Any, frames: Frames) -> Any:
-        if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
             raise ValueError(f"expected {name}, got {type(value).__name__}")
         return float(value) if to_float else value
     return convert

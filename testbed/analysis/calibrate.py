@@ -27,7 +27,10 @@ def _hop_col(hop: str) -> str:
 def fit(df: pd.DataFrame, layers: dict[str, int]) -> dict[str, Any]:
     """Calibrated presets (``calibrated-ms``, ``calibrated-j``) and the fit's details from measured rows."""
     m = df[df["phase"] == "measure"]
-    lam_ms, lam_j, per_byte, o_ms = {}, {}, {}, {}
+    lam_ms: dict[str, float] = {}
+    lam_j: dict[str, float] = {}
+    o_ms: dict[str, float] = {}
+    per_byte: dict[str, dict[str, Any]] = {}
     for t in TIERS:
         ms = m[f"compute_ms_{t}"].dropna()
         lam_ms[t] = float(ms.median() / layers[t]) if len(ms) else 0.0

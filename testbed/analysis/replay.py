@@ -48,15 +48,17 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
                 raise BundleError(f"bundle {bundle.root}: exits.parquet has no entropy confidences (built by an older "
                                   "testbed); rebuild it to replay a policy with measure: entropy")
             conf = table[entropy_cols].to_numpy(np.float64)
+        sample_ids, labels = table["sample_id"].to_numpy(np.int64), table["label"].to_numpy(np.int64)
+        preds = {tier: table[f"prediction_{tier}"].to_numpy(np.int64) for tier in TIERS}
         for phase, r in plan:
-            sid = int(table["sample_id"].iat[r])
+            sid = int(sample_ids[r])
             th = policy.thresholds(sid, rng)
             t = int(policies.decide(th, conf[r:r + 1])[0])
             tier = TIERS[t]
             visited = {TIERS[j]: float(conf[r, j]) for j in range(t + 1)}
-            pred = int(table[f"prediction_{tier}"].iat[r])
+            pred = int(preds[tier][r])
             rows.append({"policy": spec.key, "phase": phase, "sample_id": sid, "exit_tier": tier, "prediction": pred,
-                         "label": int(table["label"].iat[r]), "correct": pred == int(table["label"].iat[r]),
+                         "label": int(labels[r]), "correct": pred == int(labels[r]),
                          "confidence": float(conf[r, t]), "policy_choice": policy.choice(sid)})
             policy.observe(sid, visited)
         records[spec.key] = policies.record(policy)

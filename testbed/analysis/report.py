@@ -76,10 +76,9 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
     if cm and (cost_spec.get("sweep_o") or cost_spec.get("sweep_lam")):
         sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
     notes += fidelity_lines(df, manifest)
-    energy = stats.energy_by_tier(df)
-    energy_cols = [c for c in energy.columns if c.startswith("energy_")]
-    if not len(energy) or energy[energy_cols].isna().all().all():
-        energy = None
+    by_tier = stats.energy_by_tier(df)
+    energy_cols = [c for c in by_tier.columns if c.startswith("energy_")]
+    energy = None if not len(by_tier) or by_tier[energy_cols].isna().all().all() else by_tier
     wire = manifest.get("bytes_wire") or {}
     for hop, rec in wire.items():
         notes.append(f"bytes on the wire, {hop}: " + (f"rx counter of {rec['interface']} on {rec['device']}"

@@ -88,8 +88,8 @@ def _folder(root: Path, size: int) -> ImageDataset:
     for i, name in enumerate(classes):
         for f in sorted((root / name).iterdir()):
             if f.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(f) as im:
-                    im = im.convert("RGB").resize((size, size))
+                with Image.open(f) as opened:
+                    im = opened.convert("RGB").resize((size, size))
                     xs.append(np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0)
                 ys.append(i)
     if not xs:

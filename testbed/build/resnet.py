@@ -91,7 +91,7 @@ class ResNetSpec(BaseModel):
     def cut(self) -> Cut:
         """Tiers over blocks; exits at the tier boundaries only."""
         n = 3 * self.blocks_per_stage
-        return make_cut({k: tuple(v) for k, v in self.tiers.items()}, [v[-1] for v in self.tiers.values()], n)
+        return make_cut({k: list(v) for k, v in self.tiers.items()}, [v[-1] for v in self.tiers.values()], n)
 
 
 def _net(spec: ResNetSpec, channels: int, n_classes: int) -> Any:
@@ -401,7 +401,7 @@ def build_resnet_bundle(spec: ResNetSpec, out: Path, final_out: Path, progress: 
             "offload": {} if t == TIERS[-1] else {"features_out": "features"},
         })
     hashed = ["samples.parquet", "exits.parquet", "variants.parquet"]
-    doc = {
+    doc: dict[str, Any] = {
         "format_version": BUNDLE_FORMAT,
         "kind": "resnet",
         "name": spec.name,

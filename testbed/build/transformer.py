@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agents.protocol import TIERS
 from agents.runtime import Partition, sha256_file, top1, top1_entropy
 from testbed.formats.bundle import BUNDLE_FORMAT
-from testbed.build.common import PARITY_TOLERANCE, Progress, SplitSizes
+from testbed.build.common import PARITY_TOLERANCE, Progress, SplitSizes, spec_sha256
 from testbed.build.cartography import dynamics_table
 from testbed.core.config import load_yaml_model
 from testbed.build.datasets import load_text_dataset, split_indices
@@ -90,7 +90,7 @@ class PartitionSpec(BaseModel):
 
     def cut(self, num_layers: int) -> Cut:
         """The tier cut and exits, checked against a model of ``num_layers`` layers."""
-        return make_cut({k: tuple(v) for k, v in self.tiers.items()},
+        return make_cut({k: list(v) for k, v in self.tiers.items()},
                         None if self.exits == "all" else list(self.exits), num_layers)
 
 
@@ -519,7 +519,7 @@ def build_transformer_bundle(spec: PartitionSpec, out: Path, final_out: Path, pr
     per_token = (hidden * 4 + 8) if spec.offload_mode == "hidden" else 8 * (2 + token_types)
     lengths = np.array([len(x) for x in enc["test"].ids])
     tok_files = sorted(p.relative_to(out).as_posix() for p in (out / "tokenizer").rglob("*") if p.is_file())
-    doc = {
+    doc: dict[str, Any] = {
         "format_version": BUNDLE_FORMAT,
         "kind": "transformer",
         "name": spec.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rich.table import Table
 
@@ -76,7 +76,8 @@ def render_report(run_dir: Path) -> None:
         wide = rep.sweep.pivot_table(index="policy", columns=["swept", "value"], values="cost_reduction", sort=False)
         sw = Table(title="cost reduction against all-cloud as o or lambda is swept (paper units, measured routes)")
         sw.add_column("policy")
-        for what, v in wide.columns:
+        for col in wide.columns:
+            what, v = cast(tuple[str, float], col)  # a (swept, value) MultiIndex
             sw.add_column(f"{what}={v:g}", justify="right")
         for policy, r in wide.iterrows():
             sw.add_row(str(policy), *[_fmt(float(x), "pct") for x in r])
@@ -177,18 +178,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         comp = Table(title="replay vs live, same samples")
         for col in ("policy", "live acc", "replay acc", "live cost", "replay cost", "same exit tier"):
             comp.add_column(col, justify="left" if col == "policy" else "right")
-        live_paper = costmodel.paper_costs(lm, layers, cm).set_index("policy")
+        live_paper = costmodel.paper_costs(lm, layers, cm).set_index("policy").to_dict("index")
+        replay_cost = paper.set_index("policy")["cost_paper"].to_dict()
         for key, g in rm.groupby("policy", sort=False):
             lg = lm[lm.policy == key]
             merged = pd.merge(g[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
                               lg[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
                               on=["index", "sample_id"], suffixes=("_replay", "_live"))
             same = float((merged.exit_tier_replay == merged.exit_tier_live).mean()) if len(merged) else float("nan")
-            lp = live_paper.loc[key] if key in live_paper.index else None
-            comp.add_row(key, _fmt(float(lp["accuracy"]), "acc") if lp is not None else "-",
+            lp = live_paper.get(key)
+            comp.add_row(str(key), _fmt(float(lp["accuracy"]), "acc") if lp is not None else "-",
                          _fmt(float(g.correct.mean()), "acc"),
                          _fmt(float(lp["cost_paper"]), "acc") if lp is not None else "-",
-                         _fmt(float(paper.set_index("policy").loc[key, "cost_paper"]), "acc"), _fmt(same, "pct"))
+                         _fmt(float(replay_cost[key]), "acc"), _fmt(same, "pct"))
         out.print(comp)
     for key, rec in records.items():
         if len(rec) > 1:

@@ -187,11 +187,11 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
         for col in ("variant", "dropped", "val acc", "test acc", "exit acc by tier (val)", "M MACs by tier",
                     "offload B by hop"):
             rt.add_column(col)
-        for v in s.resnet_variants:
-            rt.add_row(v["name"], ", ".join(v["dropped"]) or "-", f"{v['val_accuracy']:.3f}",
-                       f"{v['test_accuracy']:.3f}", " / ".join(f"{e['val_accuracy']:.3f}" for e in v["exits"]),
-                       " / ".join(f"{m / 1e6:.2f}" for m in v["macs"].values()),
-                       ", ".join(f"{k} {b:,}" for k, b in v["bytes_per_offload"].items()))
+        for rv in s.resnet_variants:
+            rt.add_row(rv["name"], ", ".join(rv["dropped"]) or "-", f"{rv['val_accuracy']:.3f}",
+                       f"{rv['test_accuracy']:.3f}", " / ".join(f"{e['val_accuracy']:.3f}" for e in rv["exits"]),
+                       " / ".join(f"{m / 1e6:.2f}" for m in rv["macs"].values()),
+                       ", ".join(f"{k} {b:,}" for k, b in rv["bytes_per_offload"].items()))
         out.print(rt)
         costs = ", ".join(f"{c['connection']} {c['accuracy_cost']:+.3f}" for c in s.connections)
         out.print(f"val accuracy lost by dropping one connection alone: {costs}")

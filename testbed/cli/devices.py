@@ -116,9 +116,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     table = Table(title=f"deploy of {args.experiment}")
     for col in ("device", "host", "workdir", "pushed", "skipped", "MB pushed", "s"):
         table.add_column(col)
-    for d, r in fleet.deploys.items():
-        table.add_row(d, r.host, r.workdir, str(len(r.push.pushed)), str(len(r.push.skipped)),
-                      f"{r.push.bytes_pushed / 1e6:.1f}", f"{r.push.seconds:.2f}")
+    for d, dep in fleet.deploys.items():
+        table.add_row(d, dep.host, dep.workdir, str(len(dep.push.pushed)), str(len(dep.push.skipped)),
+                      f"{dep.push.bytes_pushed / 1e6:.1f}", f"{dep.push.seconds:.2f}")
     out.print(table)
     out.print(f"ownership record: {rec_dir / 'owned.json'} (`testbed clean {rec_dir}` removes what was pushed)")
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agents.protocol import TIERS
@@ -48,16 +48,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"concurrency {exp.run.concurrency}")
 
     ctx = policies.context_for(bundle, exp.samples.split, exp.seed, {s.name for s in exp.policies})
-    for spec in exp.policies:
-        pol = policies.make(spec, ctx)
+    for pspec in exp.policies:
+        pol = policies.make(pspec, ctx)
         if isinstance(pol, policies.StaticPolicy) or hasattr(pol, "record") and "thresholds" in pol.record:
             rule = pol.thresholds(0, np.random.default_rng(exp.seed))
-            out.print(f"policy {spec.key}: exit thresholds {rule} (exit when {getattr(pol, 'measure', 'max')} "
+            out.print(f"policy {pspec.key}: exit thresholds {rule} (exit when {getattr(pol, 'measure', 'max')} "
                       "confidence >= threshold)", highlight=False)
         else:
-            given = [f"{k}={getattr(spec, k)}" for k in sorted(policies.PARAMS[spec.name])
-                     if getattr(spec, k) is not None]
-            out.print(f"policy {spec.key}: {type(pol).__name__}, chooses per sample or per run "
+            given = [f"{k}={getattr(pspec, k)}" for k in sorted(policies.PARAMS[pspec.name])
+                     if getattr(pspec, k) is not None]
+            out.print(f"policy {pspec.key}: {type(pol).__name__}, chooses per sample or per run "
                       f"({', '.join(given) or 'defaults'})", highlight=False)
     out.print(f"cost model: {exp.cost.preset}")
     _print_shaping_plan(exp, inv)
@@ -95,7 +95,7 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
                     out.print(f"  controller: needs controller.interfaces.{peer_id} in the inventory (its own "
                               f"interface toward {peer_id}) for {' '.join(steps[0].argv[:3])}", markup=False,
                               highlight=False)
-                elif steps:
+                elif steps and iface:
                     for step in steps:
                         out.print(f"  controller (here): {' '.join(step.argv)}   # {step.why}", markup=False,
                                   highlight=False)
@@ -129,6 +129,7 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """`testbed run`: the whole run, with a progress bar and the report at the end."""
     from testbed.run.controller import Controller
+    from testbed.run.controller import Progress as RunProgress
 
     exp, inv = load_all(args.experiment, args.inventory)
     from testbed.devices import shaping
@@ -141,13 +142,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     bundle = Bundle.load(resolve(Path.cwd(), exp.bundle))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, disable=args.quiet) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
-        def on_progress(pr: object) -> None:
-            key = pr.policy  # type: ignore[attr-defined]
-            if key not in tasks:
-                tasks[key] = bar.add_task(f"{key:<12}", total=pr.total)  # type: ignore[attr-defined]
-            bar.update(tasks[key], completed=pr.done)  # type: ignore[attr-defined]
+        def on_progress(pr: RunProgress) -> None:
+            if pr.policy not in tasks:
+                tasks[pr.policy] = bar.add_task(f"{pr.policy:<12}", total=pr.total)
+            bar.update(tasks[pr.policy], completed=pr.done)
 
         ctrl = Controller(exp, args.experiment, inv, args.inventory, bundle, args.results, on_progress=on_progress,
                           trust_new_hosts=args.trust_new_hosts)

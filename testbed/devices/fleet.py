@@ -183,9 +183,9 @@ class Fleet:
                 change = any(d == dev_id and i == ifname for _, d, i in self.qdiscs)
                 steps = (shaping.plan(ifname or "<interface>", profile, self.backend, change)
                          if self.backend != "none" else [])
-                if steps and not ifname:
-                    raise ConfigError("inventory", [missing])
                 if steps:
+                    if not ifname:
+                        raise ConfigError("inventory", [missing])
                     out.append((hop, dev_id, ifname, steps))
         return out
 
@@ -325,9 +325,9 @@ class Fleet:
             except DeployError as e:
                 problems.append(str(e))
             if h.returncode() is not None:
-                for i, e in enumerate(self.owned.entries):
-                    if e["kind"] == "process" and e.get("pid") == h.pid and e["state"] == "live" and \
-                            (e["where"].get("local") or e["where"].get("device") == dev_id):
+                for i, ent in enumerate(self.owned.entries):
+                    if ent["kind"] == "process" and ent.get("pid") == h.pid and ent["state"] == "live" and \
+                            (ent["where"].get("local") or ent["where"].get("device") == dev_id):
                         self.owned.mark(i, REMOVED, "stopped at the end of the run")
         problems += self.unshape()
         for r in self.remotes.values():

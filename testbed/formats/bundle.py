@@ -209,7 +209,7 @@ class Bundle:
         df = df.sort_values("sample_id")
         if "pixels" in df.columns:
             shape = [len(df), *self.spec.task["input_shape"]]
-            images = np.stack(df["pixels"].to_numpy()).astype(np.float32).reshape(shape)
+            images = np.stack(list(df["pixels"])).astype(np.float32).reshape(shape)
             return Samples(df["sample_id"].to_numpy(np.int64), df["label"].to_numpy(np.int64), [], None, images)
         types = ([np.asarray(x, dtype=np.int64) for x in df["token_type_ids"]]
                  if "token_type_ids" in df.columns else None)
@@ -290,12 +290,13 @@ class Bundle:
                 for e in t.exits or [t.exit]:
                     conf, pred = top1(out[e.output][0])
                     col = f"L{e.layer}" if t.exits else t.tier
-                    want_p, want_c = table.at[sid, f"prediction_{col}"], table.at[sid, f"confidence_{col}"]
+                    want_p = int(table.at[sid, f"prediction_{col}"])  # type: ignore[arg-type]
+                    want_c = float(table.at[sid, f"confidence_{col}"])  # type: ignore[arg-type]
                     if pred != want_p and abs(conf - want_c) > REPLAY_TOLERANCE:
                         raise BundleError(f"bundle {self.root}: {split} sample {sid}, exit {col}: onnxruntime "
                                           f"predicts {pred} ({conf:.4f}), exits.parquet says {want_p} "
                                           f"({want_c:.4f}); the files do not belong together: rebuild")
-                    worst = max(worst, abs(conf - float(want_c)))
+                    worst = max(worst, abs(conf - want_c))
                 nxt = {dst: out[src] if src in out else cur[src] for src, dst in t.offload.items()}
                 cur = feed if self.offload_mode == "input" else nxt
         return worst

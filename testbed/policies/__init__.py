@@ -154,7 +154,8 @@ def check(spec: PolicySpec) -> list[str]:
         if v is not None and v < 0:
             problems.append(f".{k}: {v} is negative; costs and weights are >= 0")
     if spec.measure is not None and spec.measure not in MEASURES:
-        problems.append(f".measure: {spec.measure!r} is not one of {list(MEASURES)}{suggest(spec.measure, MEASURES)}")
+        problems.append(f".measure: {spec.measure!r} is not one of {list(MEASURES)}"
+                        f"{suggest(spec.measure, list(MEASURES))}")
     if spec.name == "adaptive-resnet" and spec.mu is not None and not 0.0 <= spec.mu <= 1.0:
         problems.append(f".mu: {spec.mu} is outside [0, 1]; it weighs latency against accuracy")
     if spec.cost is not None and spec.cost not in costmodel.PRESETS:

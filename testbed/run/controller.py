@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,10 @@ def _versions() -> dict[str, str]:
 
     out["libzmq"] = zmq.zmq_version()
     return out
+
+
+def _has_pings(agent: _Agent, n: int) -> bool:
+    return len(agent.pings) >= n
 
 
 class Controller:
@@ -332,14 +337,14 @@ class Controller:
             for k in range(PINGS):
                 if k:
                     pause = self.clock.monotonic_ns() + int(PING_GAP_S * NS)
-                    self._await("Pong", self.timeouts.hello_s, lambda pause=pause: self.clock.monotonic_ns() >= pause,
-                                on_msg, poll_s=PING_GAP_S / 3, waiting_on=[a.device_id])
+                    self._await("Pong", self.timeouts.hello_s, partial(self._past, pause), on_msg,
+                                poll_s=PING_GAP_S / 3, waiting_on=[a.device_id])
                 sent[(a.device_id, k)] = self.clock.time_ns()
                 try:
                     self._transport.send(a.device_id, p.Ping(k))
                 except TestbedError as e:
                     raise self._lost(a, e) from e
-                self._await("Pong", self.timeouts.hello_s, lambda a=a, k=k: len(a.pings) > k, on_msg,
+                self._await("Pong", self.timeouts.hello_s, partial(_has_pings, a, k + 1), on_msg,
                             waiting_on=[a.device_id])
             a.offset_ns, a.rtt_ns = clock_offset_ns(a.pings)
 
@@ -430,14 +435,14 @@ class Controller:
             agent_id, msg = got.agent_id, got.msg
             self._note_heard(agent_id)
             if isinstance(msg, p.Result):
-                issued = in_flight.pop(msg.run_seq, None)
-                if issued is None:
+                if msg.run_seq not in in_flight:
                     continue  # a late answer to a sample this run already gave up on
-                row = build_row(msg, issued, got.mono_ns, got.wall_ns, offsets, exit_layers, ctx)
+                answered = in_flight.pop(msg.run_seq)
+                row = build_row(msg, answered, got.mono_ns, got.wall_ns, offsets, exit_layers, ctx)
                 written += self._write_rows(self._ledger.add_row(row))
-                policy.observe(issued.sample_id, {s.tier: s.confidence for s in msg.stages})
+                policy.observe(answered.sample_id, {s.tier: s.confidence for s in msg.stages})
                 done += 1
-                self.on_progress(Progress(policy.name, issued.phase, before + done, total))
+                self.on_progress(Progress(policy.name, answered.phase, before + done, total))
             elif isinstance(msg, p.EnergyWindow):
                 written += self._on_window(msg)
             elif isinstance(msg, p.Failure):
@@ -573,6 +578,9 @@ class Controller:
                     except TestbedError as e:
                         raise self._lost(a, e) from e
             self._last_hb_sent_ns = now
+
+    def _past(self, mono_ns: int) -> bool:
+        return self.clock.monotonic_ns() >= mono_ns
 
     def _lost(self, a: _Agent, e: Exception) -> AgentLostError:
         """The error for an agent whose connection is gone: with its exit status once its host reports it."""

@@ -55,7 +55,7 @@ class ZmqTransport:
         """
         if spin:
             end = time.monotonic_ns() + int(timeout_s * 1e9)
-            while not self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while not int(self._router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 if time.monotonic_ns() >= end:
                     return None
         elif not self._poller.poll(max(0, int(timeout_s * 1000))):
