@@ -101,7 +101,7 @@ def _bundle_problems(exp: Experiment, base: Path) -> list[str]:
         if pol.name == "cartography" and not (root / "cartography.parquet").is_file():
             problems.append(f"policies[{i}]: cartography needs the training dynamics (cartography.parquet) that "
                             f"{exp.bundle!r} lacks; rebuild it with `testbed partition`")
-    splits = bundle.spec.data.get("splits", {})
+    splits = bundle.spec.data.splits
     if exp.samples.split not in splits:
         problems.append(f"samples.split: {exp.samples.split!r} is not a split of the bundle"
                         f"{suggest(exp.samples.split, list(splits))}")

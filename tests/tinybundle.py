@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agents.protocol import TIERS
 from agents.runtime import Partition, sha256_file
+from testbed.build.encoder import Encoded, exit_table
 from testbed.build.tiers import make_cut
-from testbed.build.transformer import Encoded, exit_table
 from testbed.formats.bundle import BUNDLE_FORMAT, Bundle
 
 VOCAB, HIDDEN, CLASSES = 64, 8, 3
@@ -96,10 +96,14 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
                       "offload": {} if t == "cloud" else {"hidden_out": "hidden", "attention_mask": "attention_mask"}})
     doc = {"format_version": BUNDLE_FORMAT, "name": "tiny", "model": {"source": "tests/tinybundle.py"},
            "task": {"labels": ["a", "b", "c"]},
-           "offload": {"mode": "hidden", "bytes_per_token": HIDDEN * 4 + 8, "bytes_fixed": 0}, "exit_layers": [1, 2, 3],
+           "offload": {"mode": "hidden", "bytes_per_token": HIDDEN * 4 + 8, "bytes_fixed": 0,
+                       "formula": f"seq_len * ({HIDDEN} * 4 + 8)"}, "exit_layers": [1, 2, 3],
            "tiers": tiers,
            "files": {f: sha256_file(root / f) for f in ("samples.parquet", "exits.parquet")},
-           "data": {"splits": splits, "seed": seed}, "parity": {}, "build": {"tiny": True}}
+           "data": {"splits": splits, "seed": seed},
+           "parity": {"max_abs_diff": 0.0, "tolerance": 0.0, "batch": 0, "padded": False},  # no torch: nothing to compare
+           "build": {"seconds": 0.0, "torch": "none", "python": "tests/tinybundle.py", "spec": {"tiny": True},
+                     "spec_sha256": "tiny", "cpu_count": None}}
     (root / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     bundle = Bundle.load(root)
     bundle.verify()

@@ -21,25 +21,41 @@ and its bytes per offload, so a policy can pick the variant that fits the resour
 
 from __future__ import annotations
 
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.protocol import TIERS
-from agents.runtime import Partition, sha256_file, top1, top1_entropy
-from testbed.formats.bundle import BUNDLE_FORMAT
+from agents.runtime import Partition, sha256_file, top1
+from testbed.build.common import PARITY_TOLERANCE, Progress, SplitSizes
 from testbed.build.datasets import split_indices
-from testbed.core.errors import BuildError
 from testbed.build.images import load_image_dataset
-from testbed.build.common import PARITY_TOLERANCE, Progress, SplitSizes, spec_sha256
+from testbed.build.steps import (
+    Builder,
+    TierOutputs,
+    accuracies,
+    check_parity,
+    exit_row,
+    exit_spec,
+    load_sessions,
+)
 from testbed.build.tiers import Cut, CutError, make_cut
+from testbed.core.errors import BuildError
+from testbed.formats.bundle import (
+    BUNDLE_FORMAT,
+    BuildInfo,
+    BundleSpec,
+    ConnectionCost,
+    DataInfo,
+    OffloadSpec,
+    ParityInfo,
+    ResNetVariantSpec,
+    TensorSpec,
+    TierSpec,
+)
 
 
 class ResNetSplit(SplitSizes):
@@ -238,192 +254,222 @@ def _chain(sessions: dict[str, Partition], x: np.ndarray) -> dict[str, dict[str,
     return outs
 
 
-def build_resnet_bundle(spec: ResNetSpec, out: Path, final_out: Path, progress: Progress) -> None:
-    """Train, rank connections, export every variant and write ``bundle.yaml`` into ``out``."""
-    import torch
-    import torch.nn.functional as F
+class ResNetBuilder(Builder[ResNetSpec]):
+    """The steps of an adaptive-ResNet bundle (see :mod:`testbed.build.steps` for their order)."""
 
-    t_start = time.perf_counter()
-    torch.set_num_threads(spec.threads)
-    torch.manual_seed(spec.split.seed)
-    data = load_image_dataset(spec.data, spec.image_size, spec.image_column, spec.label_column)
-    splits = split_indices(len(data.label), spec.split.model_dump(exclude={"seed"}), spec.split.seed)
-    shape = list(data.images.shape[1:])
-    progress(f"data {data.source}: {len(data.label)} images {shape}, {len(data.labels)} classes; "
-             + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
-    mean = data.images[splits["train"]].mean(axis=(0, 2, 3), keepdims=True)
-    std = data.images[splits["train"]].std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    x = {k: ((data.images[v] - mean) / std).astype(np.float32) for k, v in splits.items()}
-    y = {k: data.label[v] for k, v in splits.items()}
-    cut = spec.cut()
-    net = _net(spec, shape[0], len(data.labels))
-    conns = _connections(net)
-    depth = 6 * spec.blocks_per_stage + 2
-    progress(f"training ResNet-{depth} ({sum(p.numel() for p in net.parameters()) / 1e3:.0f} k parameters), exits "
-             f"after blocks {list(cut.exits)}, {spec.training.epochs} epochs, drop_prob {spec.training.drop_prob}")
-    opt = torch.optim.AdamW(net.parameters(), lr=spec.training.lr, weight_decay=spec.training.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, spec.training.epochs)
-    rng = np.random.default_rng(spec.split.seed)
-    xt, yt = torch.from_numpy(x["train"]), torch.from_numpy(y["train"])
-    xv = torch.from_numpy(x["val"])
-    for epoch in range(spec.training.epochs):
-        net.train()
-        perm = rng.permutation(len(yt))
-        for start in range(0, len(perm), spec.training.batch_size):
-            idx = perm[start:start + spec.training.batch_size]
-            _apply(net, [c for c in conns if rng.random() < spec.training.drop_prob])
-            loss = sum(F.cross_entropy(lg, yt[idx]) for lg in net(xt[idx])) / len(cut.exits)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-        _apply(net, [])
+    def __init__(self, spec: ResNetSpec):
+        self.spec = spec
+        self.threads, self.seed = spec.threads, spec.split.seed
+        self.cut = spec.cut()
+
+    def load(self, progress: Progress) -> None:
+        """Images, seeded splits normalised with the train split's statistics, the untrained network."""
+        spec = self.spec
+        data = load_image_dataset(spec.data, spec.image_size, spec.image_column, spec.label_column)
+        self.splits = split_indices(len(data.label), spec.split.model_dump(exclude={"seed"}), spec.split.seed)
+        self.shape = list(data.images.shape[1:])
+        progress(f"data {data.source}: {len(data.label)} images {self.shape}, {len(data.labels)} classes; "
+                 + ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
+        train_images = data.images[self.splits["train"]]
+        self.mean = train_images.mean(axis=(0, 2, 3), keepdims=True)
+        self.std = train_images.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+        self.x = {k: ((data.images[v] - self.mean) / self.std).astype(np.float32) for k, v in self.splits.items()}
+        self.y = {k: data.label[v] for k, v in self.splits.items()}
+        self.data = data
+        self.net = _net(spec, self.shape[0], len(data.labels))
+        self.conns = _connections(self.net)
+
+    def train(self, progress: Progress) -> None:
+        """Every exit jointly, each connection dropped at random per batch (the paper's stochastic depth)."""
+        import torch
+        import torch.nn.functional as F
+
+        spec, net, cut = self.spec, self.net, self.cut
+        progress(f"training ResNet-{6 * spec.blocks_per_stage + 2} "
+                 f"({sum(p.numel() for p in net.parameters()) / 1e3:.0f} k parameters), exits after blocks "
+                 f"{list(cut.exits)}, {spec.training.epochs} epochs, drop_prob {spec.training.drop_prob}")
+        opt = torch.optim.AdamW(net.parameters(), lr=spec.training.lr, weight_decay=spec.training.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, spec.training.epochs)
+        rng = np.random.default_rng(spec.split.seed)
+        xt, yt = torch.from_numpy(self.x["train"]), torch.from_numpy(self.y["train"])
+        xv = torch.from_numpy(self.x["val"])
+        for epoch in range(spec.training.epochs):
+            net.train()
+            perm = rng.permutation(len(yt))
+            for start in range(0, len(perm), spec.training.batch_size):
+                idx = perm[start:start + spec.training.batch_size]
+                _apply(net, [c for c in self.conns if rng.random() < spec.training.drop_prob])
+                loss = sum(F.cross_entropy(lg, yt[idx]) for lg in net(xt[idx])) / len(cut.exits)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            sched.step()
+            _apply(net, [])
+            net.eval()
+            acc = _accuracy(net, xv, self.y["val"])
+            progress(f"epoch {epoch + 1}/{spec.training.epochs}: val accuracy by exit "
+                     + " ".join(f"B{b}={a:.3f}" for b, a in zip(cut.exits, acc, strict=True)))
         net.eval()
-        acc = _accuracy(net, xv, y["val"])
-        progress(f"epoch {epoch + 1}/{spec.training.epochs}: val accuracy by exit "
-                 + " ".join(f"B{b}={a:.3f}" for b, a in zip(cut.exits, acc, strict=True)))
-    net.eval()
-    full_acc = _accuracy(net, xv, y["val"])[-1]
+        self.costs = _rank_connections(net, self.conns, xv, self.y["val"])
+        progress("cost of dropping each connection alone (val accuracy lost): "
+                 + ", ".join(f"{r.connection} {r.accuracy_cost:+.3f}" for r in self.costs))
+
+    def export(self, out: Path, progress: Progress) -> dict[str, str]:
+        """The full network's tiers (the bundle's own partitions, variant ``full``)."""
+        self.full = self._export_variant(out, "full", [])
+        return dict(self.full.files)
+
+    def _export_variant(self, out: Path, name: str, dropped: list[str]) -> ResNetVariantSpec:
+        import torch
+
+        vdir = Path(".") if not dropped else Path("variants") / name
+        (out / vdir).mkdir(parents=True, exist_ok=True)
+        _apply(self.net, dropped)
+        self.parts = {t: _TierPart.make(self.net, self.cut, t) for t in TIERS}
+        files, macs, offload_bytes = {}, {}, {}
+        cur = torch.from_numpy(self.x["val"][:2])
+        for i, tier in enumerate(TIERS):
+            f = (vdir / f"{tier}.onnx").as_posix()
+            try:
+                _export(self.parts[tier], out / f, cur, i == 0, i == len(TIERS) - 1)
+            except Exception as e:  # torch.onnx raises many types
+                raise BuildError(f"ONNX export of variant {name} tier {tier} failed: {e}") from e
+            files[tier], macs[tier] = f, _macs(self.parts[tier], cur[:1])
+            if i < len(TIERS) - 1:
+                with torch.no_grad():
+                    cur = self.parts[tier](cur)[0]
+                offload_bytes[f"{tier}-{TIERS[i + 1]}"] = int(cur[0].numel() * 4)
+        return ResNetVariantSpec(
+            name=name, dropped=dropped, files=files, sha256={t: sha256_file(out / f) for t, f in files.items()},
+            exits=[], val_accuracy=float("nan"), test_accuracy=float("nan"), macs=macs,
+            macs_total=sum(macs.values()), bytes_per_offload=offload_bytes,
+            parameters=int(sum(p.numel() for t in TIERS for p in self.parts[t].parameters())))
+
+    def parity(self, sessions: dict[str, Partition]) -> ParityInfo:
+        """Every exit's logits of the current variant on two validation images."""
+        import torch
+
+        with torch.no_grad():
+            torch_logits = self.net(torch.from_numpy(self.x["val"][:2]))
+        onnx_out = _chain(sessions, self.x["val"][:2])
+        worst = max(float(np.abs(onnx_out[t]["logits"] - torch_logits[i].numpy()).max()) for i, t in enumerate(TIERS))
+        return ParityInfo(max_abs_diff=worst, tolerance=PARITY_TOLERANCE, batch=2, padded=False)
+
+    def exit_tables(self, sessions: dict[str, Partition]) -> pd.DataFrame:
+        """The full network's exits, one unpadded image at a time, exactly as the agents run it."""
+        exits = {t: [(b, "logits")] for t, b in zip(TIERS, self.cut.exits, strict=True)}
+        return pd.DataFrame([exit_row(k, i, int(self.y[k][i]), _chain(sessions, self.x[k][i:i + 1]), exits)
+                             for k in ("val", "test") for i in range(len(self.y[k]))])
+
+    def write_data(self, out: Path, table: pd.DataFrame, progress: Progress) -> list[str]:
+        """``samples.parquet`` with the normalised pixels."""
+        progress("writing samples.parquet, exits.parquet, variants.parquet")
+        rows = [{"split": k, "sample_id": i, "label": int(self.y[k][i]), "pixels": self.x[k][i].ravel()}
+                for k in self.splits for i in range(len(self.y[k]))]
+        pd.DataFrame(rows).to_parquet(out / "samples.parquet", index=False)
+        return ["variants.parquet"]
+
+    def extras(self, out: Path, sessions: dict[str, Partition], table: pd.DataFrame, progress: Progress) -> None:
+        """Each planned variant exported, checked against torch, scored; ``variants.parquet``, every sample."""
+        self.variants, rows = [], []
+        for vi, dropped in enumerate(_plan_variants(self.costs, self.spec.max_variants)):
+            name = "full" if not dropped else f"v{vi}"
+            variant = self.full if not dropped else self._export_variant(out, name, dropped)
+            vsess = load_sessions(out, variant.files, self.threads)
+            check_parity(self.parity(vsess).max_abs_diff, f"variant {name}")
+            outs = {k: _chain(vsess, self.x[k]) for k in ("val", "test")}
+            variant = self._scored(variant, outs)
+            self.variants.append(variant)
+            progress(f"variant {name} (drops {dropped or 'nothing'}): val accuracy {variant.val_accuracy:.3f}, "
+                     f"{variant.macs_total / 1e6:.2f} M MACs")
+            rows += _variant_rows(name, outs, self.y)
+        _apply(self.net, [])
+        pd.DataFrame(rows).to_parquet(out / "variants.parquet", index=False)
+
+    def _scored(self, variant: ResNetVariantSpec, outs: dict[str, TierOutputs]) -> ResNetVariantSpec:
+        acc: dict[int, dict[str, float]] = {}
+        for k in ("val", "test"):
+            for t, b in zip(TIERS, self.cut.exits, strict=True):
+                acc.setdefault(b, {})[f"{k}_accuracy"] = float((outs[k][t]["logits"].argmax(1) == self.y[k]).mean())
+        last = self.cut.exits[-1]
+        return variant.model_copy(update={
+            "exits": [{"block": b, "tier": t} | acc[b] for t, b in zip(TIERS, self.cut.exits, strict=True)],
+            "val_accuracy": acc[last]["val_accuracy"], "test_accuracy": acc[last]["test_accuracy"]})
+
+    def describe(self, out: Path, files: dict[str, str], table: pd.DataFrame, hashed: dict[str, str],
+                 parity: ParityInfo, build: BuildInfo) -> BundleSpec:
+        """``bundle.yaml`` of a ResNet bundle: the full network's tiers, its variants, the connection costs."""
+        spec, full = self.spec, self.variants[0]
+        depth = 6 * spec.blocks_per_stage + 2
+        acc = accuracies(table, list(self.cut.exits))
+        return BundleSpec(
+            format_version=BUNDLE_FORMAT, kind="resnet", name=spec.name,
+            model={"source": f"resnet-{depth}", "architecture": "cifar-resnet",
+                   "num_layers": 3 * spec.blocks_per_stage, "depth": depth, "widths": spec.widths,
+                   "blocks_per_stage": spec.blocks_per_stage,
+                   "parameters": int(sum(p.numel() for p in self.net.parameters())), "layers_are": "residual blocks"},
+            task={"labels": self.data.labels, "data": spec.data, "data_path": self.data.source,
+                  "input_shape": self.shape,
+                  "normalize": {"mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist()}},
+            offload=OffloadSpec(mode="features", bytes_per_token=0,
+                                bytes_fixed=full.bytes_per_offload[f"{TIERS[0]}-{TIERS[1]}"],
+                                bytes_by_hop=full.bytes_per_offload,
+                                formula="channels * height * width * 4 (float32 feature map), fixed per hop"),
+            exit_layers=list(self.cut.exits), tiers=[self._tier(t, b, out, full, acc[b]) for t, b in
+                                                     zip(TIERS, self.cut.exits, strict=True)],
+            resnet_variants=self.variants, connections=self.costs, files=hashed,
+            data=DataInfo(splits={k: len(v) for k, v in self.splits.items()}, seed=spec.split.seed),
+            training=spec.training.model_dump() | {"what": "all exits jointly, connections dropped at random"},
+            parity=parity, build=build)
+
+    def _tier(self, t: str, block: int, out: Path, full: ResNetVariantSpec, acc: dict[str, float]) -> TierSpec:
+        first, last = self.cut.tiers[t]
+        dims: list[str | int] = ["batch", "channels", "height", "width"]
+        logits = TensorSpec(name="logits", dtype="float32", shape=["batch", len(self.data.labels)])
+        return TierSpec(
+            tier=t, layers=list(range(first, last + 1)), file=full.files[t], sha256=full.sha256[t],
+            size_bytes=(out / full.files[t]).stat().st_size,
+            inputs=[TensorSpec(name="pixels" if t == TIERS[0] else "features", dtype="float32", shape=dims)],
+            outputs=([] if t == TIERS[-1] else [TensorSpec(name="features_out", dtype="float32", shape=dims)]) + [logits],
+            logits="logits", exit=exit_spec(block, acc), exits=[exit_spec(block, acc)],
+            offload={} if t == TIERS[-1] else {"features_out": "features"})
+
+
+def _rank_connections(net: Any, conns: list[str], xv: Any, yv: np.ndarray) -> list[ConnectionCost]:
+    """The paper's measurement: what does dropping each connection alone cost? Cheapest first."""
+    full_acc = _accuracy(net, xv, yv)[-1]
     costs = []
-    for c in conns:  # the paper's measurement: what does dropping this one connection cost?
+    for c in conns:
         _apply(net, [c])
-        acc = _accuracy(net, xv, y["val"])[-1]
-        costs.append({"connection": c, "val_accuracy": acc, "accuracy_cost": full_acc - acc})
+        acc = _accuracy(net, xv, yv)[-1]
+        costs.append(ConnectionCost(connection=c, val_accuracy=acc, accuracy_cost=full_acc - acc))
     _apply(net, [])
-    costs.sort(key=lambda r: (r["accuracy_cost"], r["connection"]))
-    progress("cost of dropping each connection alone (val accuracy lost): "
-             + ", ".join(f"{r['connection']} {r['accuracy_cost']:+.3f}" for r in costs))
+    return sorted(costs, key=lambda r: (r.accuracy_cost, r.connection))
+
+
+def _plan_variants(costs: list[ConnectionCost], max_variants: int) -> list[list[str]]:
+    """The full network, then the cheapest connections dropped one more at a time (up to ``max_variants``)."""
     plans: list[list[str]] = [[]]
     chosen: list[str] = []
     for r in costs:
-        if len(plans) > spec.max_variants:
+        if len(plans) > max_variants:
             break
-        b = r["connection"].split(":")[1]
-        if f"block:{b}" in chosen or (r["connection"].startswith("block") and f"skip:{b}" in chosen):
+        b = r.connection.split(":")[1]
+        if f"block:{b}" in chosen or (r.connection.startswith("block") and f"skip:{b}" in chosen):
             continue  # a dropped branch makes its skip moot, and the other way round
-        chosen = chosen + [r["connection"]]
+        chosen = chosen + [r.connection]
         plans.append(chosen)
+    return plans
 
-    example = torch.from_numpy(x["val"][:2])
-    variants = []
-    sessions_full: dict[str, Partition] = {}
-    parity = 0.0
-    vt_rows = []
-    for vi, dropped in enumerate(plans):
-        name = "full" if not dropped else f"v{vi}"
-        vdir = Path(".") if not dropped else Path("variants") / name
-        (out / vdir).mkdir(parents=True, exist_ok=True)
-        _apply(net, dropped)
-        parts = {t: _TierPart.make(net, cut, t) for t in TIERS}
-        files, macs, cur = {}, {}, example
-        offload_bytes = {}
-        for tier in TIERS:
-            f = (vdir / f"{tier}.onnx").as_posix()
-            try:
-                _export(parts[tier], out / f, cur, tier == TIERS[0], tier == TIERS[-1])
-            except Exception as e:  # torch.onnx raises many types
-                raise BuildError(f"ONNX export of variant {name} tier {tier} failed: {e}") from e
-            files[tier] = f
-            macs[tier] = _macs(parts[tier], cur[:1])
-            if tier != TIERS[-1]:
-                with torch.no_grad():
-                    cur = parts[tier](cur)[0]
-                offload_bytes[f"{tier}-{TIERS[TIERS.index(tier) + 1]}"] = int(cur[0].numel() * 4)
-        sessions = {t: Partition.load(out / files[t], sha256_file(out / files[t]), spec.threads) for t in TIERS}
-        with torch.no_grad():
-            torch_logits = net(example)
-        onnx_out = _chain(sessions, x["val"][:2])
-        worst = max(float(np.abs(onnx_out[t]["logits"] - torch_logits[i].numpy()).max()) for i, t in enumerate(TIERS))
-        if worst > PARITY_TOLERANCE:
-            raise BuildError(f"variant {name}: ONNX differs from torch by {worst:.2e} > {PARITY_TOLERANCE}")
-        parity = max(parity, worst)
-        acc: dict[str, dict[str, float]] = {}
-        for k in ("val", "test"):
-            outs = _chain(sessions, x[k])
-            for t, b in zip(TIERS, cut.exits, strict=True):
-                acc.setdefault(str(b), {})[f"{k}_accuracy"] = float((outs[t]["logits"].argmax(1) == y[k]).mean())
-        variants.append({
-            "name": name, "dropped": dropped, "files": files,
-            "sha256": {t: sha256_file(out / f) for t, f in files.items()},
-            "exits": [{"block": b, "tier": t} | acc[str(b)] for t, b in zip(TIERS, cut.exits, strict=True)],
-            "val_accuracy": acc[str(cut.exits[-1])]["val_accuracy"],
-            "test_accuracy": acc[str(cut.exits[-1])]["test_accuracy"],
-            "macs": macs, "macs_total": sum(macs.values()), "bytes_per_offload": offload_bytes,
-            "parameters": int(sum(p.numel() for t in TIERS for p in parts[t].parameters())),
-        })
-        progress(f"variant {name} (drops {dropped or 'nothing'}): val accuracy "
-                 f"{variants[-1]['val_accuracy']:.3f}, {sum(macs.values()) / 1e6:.2f} M MACs")
-        if not dropped:
-            sessions_full = sessions
-        for k in ("val", "test"):  # per-sample table of every variant, for offline replay
-            outs = _chain(sessions, x[k])
-            for i in range(len(y[k])):
-                row: dict[str, Any] = {"variant": name, "split": k, "sample_id": i, "label": int(y[k][i])}
-                for t in TIERS:
-                    c, p = top1(outs[t]["logits"][i])
-                    row[f"prediction_{t}"], row[f"confidence_{t}"] = p, c
-                vt_rows.append(row)
-    _apply(net, [])
 
-    progress("writing samples.parquet, exits.parquet, variants.parquet")
-    rows = [{"split": k, "sample_id": i, "label": int(y[k][i]), "pixels": x[k][i].ravel()}
-            for k in splits for i in range(len(y[k]))]
-    pd.DataFrame(rows).to_parquet(out / "samples.parquet", index=False)
-    table = []
-    for k in ("val", "test"):  # one unpadded sample at a time, exactly as the agents run it
+def _variant_rows(name: str, outs: dict[str, TierOutputs], y: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per-sample predictions of one variant at every tier, for offline replay."""
+    rows = []
+    for k in ("val", "test"):
         for i in range(len(y[k])):
-            outs = _chain(sessions_full, x[k][i:i + 1])
-            row = {"split": k, "sample_id": i, "label": int(y[k][i])}
-            for t, b in zip(TIERS, cut.exits, strict=True):
-                c, p = top1(outs[t]["logits"][0])
+            row: dict[str, Any] = {"variant": name, "split": k, "sample_id": i, "label": int(y[k][i])}
+            for t in TIERS:
+                c, p = top1(outs[k][t]["logits"][i])
                 row[f"prediction_{t}"], row[f"confidence_{t}"] = p, c
-                row[f"confidence_entropy_{t}"] = top1_entropy(outs[t]["logits"][0])[0]
-                row[f"prediction_L{b}"], row[f"confidence_L{b}"] = p, c
-            table.append(row)
-    exits_df = pd.DataFrame(table)
-    exits_df.to_parquet(out / "exits.parquet", index=False)
-    pd.DataFrame(vt_rows).to_parquet(out / "variants.parquet", index=False)
-
-    full = variants[0]
-    tiers = []
-    for t, b in zip(TIERS, cut.exits, strict=True):
-        first, last = cut.tiers[t]
-        acc_t = {f"{k}_accuracy": float((sub[f"prediction_{t}"] == sub["label"]).mean())
-                 for k, sub in exits_df.groupby("split")}
-        feat = {"dtype": "float32", "shape": ["batch", "channels", "height", "width"]}
-        tiers.append({
-            "tier": t, "layers": list(range(first, last + 1)), "file": full["files"][t], "sha256": full["sha256"][t],
-            "size_bytes": (out / full["files"][t]).stat().st_size,
-            "inputs": [{"name": "pixels" if t == TIERS[0] else "features"} | feat],
-            "outputs": ([] if t == TIERS[-1] else [{"name": "features_out"} | feat])
-            + [{"name": "logits", "dtype": "float32", "shape": ["batch", len(data.labels)]}],
-            "logits": "logits", "exit": {"layer": b} | acc_t, "exits": [{"layer": b, "output": "logits"} | acc_t],
-            "offload": {} if t == TIERS[-1] else {"features_out": "features"},
-        })
-    hashed = ["samples.parquet", "exits.parquet", "variants.parquet"]
-    doc: dict[str, Any] = {
-        "format_version": BUNDLE_FORMAT,
-        "kind": "resnet",
-        "name": spec.name,
-        "model": {"source": f"resnet-{depth}", "architecture": "cifar-resnet", "num_layers": 3 * spec.blocks_per_stage,
-                  "depth": depth, "widths": spec.widths, "blocks_per_stage": spec.blocks_per_stage,
-                  "parameters": int(sum(p.numel() for p in net.parameters())), "layers_are": "residual blocks"},
-        "task": {"labels": data.labels, "data": spec.data, "data_path": data.source, "input_shape": shape,
-                 "normalize": {"mean": mean.ravel().tolist(), "std": std.ravel().tolist()}},
-        "offload": {"mode": "features", "bytes_per_token": 0, "bytes_fixed": full["bytes_per_offload"][
-            f"{TIERS[0]}-{TIERS[1]}"], "bytes_by_hop": full["bytes_per_offload"],
-            "formula": "channels * height * width * 4 (float32 feature map), fixed per hop"},
-        "exit_layers": list(cut.exits),
-        "tiers": tiers,
-        "resnet_variants": variants,
-        "connections": costs,
-        "files": {f: sha256_file(out / f) for f in hashed},
-        "data": {"splits": {k: len(v) for k, v in splits.items()}, "seed": spec.split.seed},
-        "training": spec.training.model_dump() | {"what": "all exits jointly, connections dropped at random"},
-        "parity": {"max_abs_diff": parity, "tolerance": PARITY_TOLERANCE, "batch": 2, "padded": False},
-        "build": {"seconds": round(time.perf_counter() - t_start, 1), "torch": str(torch.__version__),
-                  "python": platform.python_version(), "spec": spec.model_dump(), "spec_sha256": spec_sha256(spec),
-                  "cpu_count": os.cpu_count()},
-    }
-    (out / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    progress(f"bundle {final_out} built in {doc['build']['seconds']} s")
+            rows.append(row)
+    return rows

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from testbed.cli.common import err, out
+
+if TYPE_CHECKING:
+    from testbed.build.resnet import ResNetSpec
+    from testbed.build.transformer import PartitionSpec
 from testbed.core.errors import ConfigError, TestbedError
 from testbed.formats.bundle import Bundle
 
@@ -20,7 +24,7 @@ PARTITION_FLAGS = {  # flag dest -> spec field (None: handled by hand)
 }
 
 
-def _partition_spec(args: argparse.Namespace) -> tuple[object, Path]:
+def _partition_spec(args: argparse.Namespace) -> tuple[PartitionSpec | ResNetSpec, Path]:
     """The spec from ``--config`` and/or flags (flags win); returns (spec, output directory)."""
     from pydantic import ValidationError
 
@@ -76,7 +80,7 @@ def _partition_spec(args: argparse.Namespace) -> tuple[object, Path]:
         raise ConfigError("command line",
                           ["--tiers is required without --config (e.g. mobile:1-4,edge:5-8,cloud:9-12)"])
     try:
-        spec = model_cls.model_validate(base)
+        spec: PartitionSpec | ResNetSpec = model_cls.model_validate(base)
     except ValidationError as e:
         flag = {v: k for k, v in PARTITION_FLAGS.items()} | {"tiers": "tiers", "exits": "exits", "out": "out"}
         problems = []
@@ -101,7 +105,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
         try:
             existing = Bundle.load(dest)
             existing.verify()
-            if existing.spec.build.get("spec_sha256") == spec_sha256(spec):  # type: ignore[arg-type]
+            if existing.spec.build.spec_sha256 == spec_sha256(spec):
                 out.print(f"bundle {dest} exists, verifies and was built from this spec; not rebuilding")
                 return 0
             err.print(f"bundle {dest} was built from another spec; rebuilding")
@@ -110,7 +114,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
         args.force = True
     if str(getattr(spec, "model", "")).startswith("builtin:"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    build_bundle(spec, dest, progress=lambda m: err.print(f"[dim]partition[/dim] {m}", highlight=False),  # type: ignore[arg-type]
+    build_bundle(spec, dest, progress=lambda m: err.print(f"[dim]partition[/dim] {m}", highlight=False),
                  force=args.force)
     out.print(f"bundle written to {dest}")
     return 0
@@ -132,8 +136,7 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
     parity = bundle.spec.parity
     out.print(f"[green]ok[/green] parity: onnxruntime replays exits.parquet on {args.samples} val samples "
               f"(max confidence diff {worst:.2e}); build parity vs torch "
-              f"{parity.get('max_abs_diff', float('nan')):.2e} "
-              f"on a padded batch of {parity.get('batch', '?')}")
+              f"{parity.max_abs_diff:.2e} on a {'padded ' if parity.padded else ''}batch of {parity.batch}")
     return 0
 
 
@@ -146,7 +149,7 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
               f"({m.get('architecture')}, {m.get('num_layers')} layers, hidden {m.get('hidden_size')}, "
               f"{m.get('parameters', 0) / 1e6:.1f} M parameters)")
     out.print(f"task: {len(bundle.labels)} classes {bundle.labels}; data {s.task.get('data')}; splits "
-              f"{s.data.get('splits')} seed {s.data.get('seed')}")
+              f"{s.data.splits} seed {s.data.seed}")
     tr = s.training
     if tr:
         out.print(f"training: {tr.get('what')}; {tr.get('epochs')} epochs")
@@ -160,10 +163,10 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
                       ", ".join(o.name for o in t.outputs), ", ".join(t.offload) or "-")
     out.print(table)
     off = s.offload
-    med = off.get("test_seq_len_median")
-    out.print(f"offload mode {off['mode']}: bytes = {off.get('formula', off['bytes_per_token'])}"
+    med = off.test_seq_len_median
+    out.print(f"offload mode {off.mode}: bytes = {off.formula}"
               + (f"; at the median test length {med:g} tokens: {bundle.offload_bytes(int(med)):,} B" if med else "")
-              + (f"; by hop: {off['bytes_by_hop']}" if "bytes_by_hop" in off else ""))
+              + (f"; by hop: {off.bytes_by_hop}" if off.bytes_by_hop else ""))
     ex = Table(title="exits (accuracy of each exit alone, exported graphs, unpadded samples)")
     for col in ("layer", "tier", "output", "val acc", "test acc"):
         ex.add_column(col, justify="right")
@@ -188,12 +191,12 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
                     "offload B by hop"):
             rt.add_column(col)
         for rv in s.resnet_variants:
-            rt.add_row(rv["name"], ", ".join(rv["dropped"]) or "-", f"{rv['val_accuracy']:.3f}",
-                       f"{rv['test_accuracy']:.3f}", " / ".join(f"{e['val_accuracy']:.3f}" for e in rv["exits"]),
-                       " / ".join(f"{m / 1e6:.2f}" for m in rv["macs"].values()),
-                       ", ".join(f"{k} {b:,}" for k, b in rv["bytes_per_offload"].items()))
+            rt.add_row(rv.name, ", ".join(rv.dropped) or "-", f"{rv.val_accuracy:.3f}",
+                       f"{rv.test_accuracy:.3f}", " / ".join(f"{e['val_accuracy']:.3f}" for e in rv.exits),
+                       " / ".join(f"{m / 1e6:.2f}" for m in rv.macs.values()),
+                       ", ".join(f"{k} {b:,}" for k, b in rv.bytes_per_offload.items()))
         out.print(rt)
-        costs = ", ".join(f"{c['connection']} {c['accuracy_cost']:+.3f}" for c in s.connections)
+        costs = ", ".join(f"{c.connection} {c.accuracy_cost:+.3f}" for c in s.connections)
         out.print(f"val accuracy lost by dropping one connection alone: {costs}")
     return 0
 

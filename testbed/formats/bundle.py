@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.protocol import TIERS
 from agents.runtime import sha256_file
@@ -84,26 +84,96 @@ class TierSpec(BaseModel):
     offload: dict[str, str]
 
 
+class OffloadSpec(BaseModel):
+    """What crosses a tier boundary and how many bytes it takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: str = Field(description="hidden (hidden states), input (the tokens again) or features (a feature map)")
+    bytes_per_token: int = Field(description="bytes per token of sequence length (0 for a fixed-size tensor)")
+    bytes_fixed: int = Field(0, description="bytes that do not depend on the sequence length")
+    formula: str = Field(description="the formula, for people")
+    bytes_by_hop: dict[str, int] = Field({}, description="fixed-size offloads: bytes on each hop")
+    test_seq_len_median: float | None = Field(None, description="median token count of the test split")
+    test_bytes_median: float | None = Field(None, description="bytes of an offload of that length")
+
+
+class DataInfo(BaseModel):
+    """How many samples each split holds, and the seed of the shuffle that made them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    splits: dict[str, int]
+    seed: int
+
+
+class ParityInfo(BaseModel):
+    """How closely onnxruntime reproduced torch at build time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_abs_diff: float = Field(description="largest |onnxruntime - torch| over every output of every tier")
+    tolerance: float = Field(description="the largest difference the build accepts")
+    batch: int = Field(description="samples in the compared batch")
+    padded: bool = Field(description="whether the batch was padded (padding must not leak into any exit)")
+
+
+class BuildInfo(BaseModel):
+    """Who built the bundle, from what, and how long it took."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seconds: float
+    torch: str
+    transformers: str | None = None
+    python: str
+    spec: dict[str, Any] = Field(description="the partition spec, as validated")
+    spec_sha256: str = Field(description="hash of the spec without its output directory (``--if-missing``)")
+    cpu_count: int | None
+
+
+class ConnectionCost(BaseModel):
+    """Adaptive ResNet: validation accuracy with one connection (a skip or a residual branch) dropped alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    connection: str
+    val_accuracy: float
+    accuracy_cost: float
+
+
+class ResNetVariantSpec(BaseModel):
+    """Adaptive ResNet: the network with some connections dropped, exported tier by tier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    dropped: list[str]
+    files: dict[str, str]
+    sha256: dict[str, str]
+    exits: list[dict[str, Any]] = Field(description="per tier: block, tier, val_accuracy, test_accuracy")
+    val_accuracy: float
+    test_accuracy: float
+    macs: dict[str, int] = Field(description="multiply-accumulates of one sample on each tier")
+    macs_total: int
+    bytes_per_offload: dict[str, int]
+    parameters: int
+
+
 class BundleSpec(BaseModel):
-    """The whole ``bundle.yaml``."""
+    """The whole ``bundle.yaml``; ``model`` and ``task`` hold what differs between kinds of model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     format_version: int
     kind: str = "transformer"
     name: str
-    model: dict[str, Any]
-    task: dict[str, Any]
-    offload: dict[str, Any]
+    model: dict[str, Any] = Field(description="the source model: name, path, architecture, layers, parameters")
+    task: dict[str, Any] = Field(description="labels and what shapes the inputs (max_length, input_shape, columns)")
+    offload: OffloadSpec
     exit_layers: list[int]
     tiers: list[TierSpec]
     variants: list[VariantSpec] = []
-    resnet_variants: list[dict[str, Any]] = []
-    connections: list[dict[str, Any]] = []
+    resnet_variants: list[ResNetVariantSpec] = []
+    connections: list[ConnectionCost] = []
     files: dict[str, str]
-    data: dict[str, Any]
-    training: dict[str, Any] = {}
-    parity: dict[str, Any]
-    build: dict[str, Any]
+    data: DataInfo
+    training: dict[str, Any] = Field({}, description="the training settings and what was trained")
+    parity: ParityInfo
+    build: BuildInfo
 
 
 @dataclass(frozen=True)
@@ -171,13 +241,13 @@ class Bundle:
         """The files a device of ``tier`` needs (its partition and every variant of it): file -> sha256."""
         out = {t.file: t.sha256 for t in self.spec.tiers if t.tier == tier}
         out |= {v.file: v.sha256 for v in self.spec.variants if v.tier == tier}
-        out |= {v["files"][tier]: v["sha256"][tier] for v in self.spec.resnet_variants if tier in v["files"]}
+        out |= {v.files[tier]: v.sha256[tier] for v in self.spec.resnet_variants if tier in v.files}
         return out
 
     def missing_files(self) -> list[str]:
         """Files that ``bundle.yaml`` names but that are absent."""
         names = ([t.file for t in self.spec.tiers] + [v.file for v in self.spec.variants] + list(self.spec.files)
-                 + [f for v in self.spec.resnet_variants for f in v["files"].values()])
+                 + [f for v in self.spec.resnet_variants for f in v.files.values()])
         return [n for n in names if not (self.root / n).is_file()]
 
     def verify(self) -> dict[str, str]:
@@ -187,7 +257,7 @@ class Bundle:
             raise BundleError(f"bundle {self.root}: missing {', '.join(missing)}; rebuild it with `testbed partition`")
         hashes = ({t.file: t.sha256 for t in self.spec.tiers} | {v.file: v.sha256 for v in self.spec.variants}
                   | dict(self.spec.files)
-                  | {v["files"][t]: v["sha256"][t] for v in self.spec.resnet_variants for t in v["files"]})
+                  | {v.files[t]: v.sha256[t] for v in self.spec.resnet_variants for t in v.files})
         for name, want in hashes.items():
             got = sha256_file(self.root / name)
             if got != want:
@@ -205,7 +275,7 @@ class Bundle:
         df = pd.read_parquet(self.root / "samples.parquet", filters=[("split", "==", split)])
         if df.empty:
             raise BundleError(f"bundle {self.root}: split {split!r} has no samples; "
-                              f"splits: {sorted(self.spec.data.get('splits', {}))}")
+                              f"splits: {sorted(self.spec.data.splits)}")
         df = df.sort_values("sample_id")
         if "pixels" in df.columns:
             shape = [len(df), *self.spec.task["input_shape"]]
@@ -232,11 +302,11 @@ class Bundle:
     @property
     def offload_mode(self) -> str:
         """``hidden`` (the next tier continues from the intermediate tensor) or ``input`` (it re-runs from tokens)."""
-        return str(self.spec.offload["mode"])
+        return self.spec.offload.mode
 
     def offload_bytes(self, seq_len: int) -> int:
         """Payload bytes of one offload of a sample of ``seq_len`` tokens, as the bundle states them."""
-        return int(self.spec.offload["bytes_per_token"]) * seq_len + int(self.spec.offload.get("bytes_fixed", 0))
+        return self.spec.offload.bytes_per_token * seq_len + self.spec.offload.bytes_fixed
 
     def check_graphs(self) -> list[str]:
         """Load every tier's ONNX file and compare its inputs and outputs with ``bundle.yaml``.

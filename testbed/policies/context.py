@@ -42,5 +42,5 @@ def for_bundle(bundle: Bundle, split: str, seed: int, need: set[str]) -> PolicyC
         exits=bundle.exits(split) if "exits" in need else None,
         val_exits=bundle.exits("val") if "val_exits" in need else None,
         cartography=bundle.cartography() if "cartography" in need else None,
-        resnet_variants=list(bundle.spec.resnet_variants) or None,
+        resnet_variants=[v.model_dump() for v in bundle.spec.resnet_variants] or None,
     )

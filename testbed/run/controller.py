@@ -370,14 +370,14 @@ class Controller:
         res: dict[str, dict[str, float]] = {"ms_per_mac": {}, "ms_per_offload": {}, "ms_per_byte": {}}
         for t in p.TIERS:
             ms = [r[f"compute_ms_{t}"] for r in rows if r[f"compute_ms_{t}"] is not None]
-            res["ms_per_mac"][t] = float(np.median(ms)) / max(1, full["macs"][t])
-        for hop in full["bytes_per_offload"]:
+            res["ms_per_mac"][t] = float(np.median(ms)) / max(1, full.macs[t])
+        for hop in full.bytes_per_offload:
             col = f"net_ms_{hop.replace('-', '_')}"
             net = [r[col] for r in rows if r[col] is not None]
             res["ms_per_offload"][hop] = float(np.median(net)) if net else 0.0
         policy.plan(res)
         variant = policy.variant
-        swap = variant["name"] != full["name"]
+        swap = variant["name"] != full.name
         if swap:
             self._configure({t: (variant["files"][t], variant["sha256"][t]) for t in p.TIERS}, seq=2)
         try:
@@ -705,7 +705,7 @@ class Controller:
                           "resolved": self.inv.model_dump()},
             "bundle": {"path": str(self.bundle.root), "name": self.bundle.spec.name, "sha256": hashes,
                        "exits": {t.tier: t.exit.model_dump() for t in self.bundle.spec.tiers},
-                       "model": self.bundle.spec.model, "build": yaml.safe_dump(self.bundle.spec.build)},
+                       "model": self.bundle.spec.model, "build": yaml.safe_dump(self.bundle.spec.build.model_dump())},
             "git": _git_state(Path(__file__).resolve().parent.parent),
             "controller": {"host": platform.node(), "platform": platform.platform(), "versions": _versions()},
             "shaping": {"backend": "pending", "note": "filled in once the devices are deployed and shaped"},

@@ -71,7 +71,7 @@ def test_every_layer_gets_an_exit_and_the_table_matches_the_recorded_accuracy(be
             assert (table[f"prediction_{t.tier}"] == table[f"prediction_L{t.exit.layer}"]).all()
         conf = table[[f"confidence_L{k}" for k in s.exit_layers]].to_numpy()
         assert ((conf >= 1 / 3 - 1e-6) & (conf <= 1)).all()
-    assert s.parity["max_abs_diff"] < 1e-4
+    assert s.parity.max_abs_diff < 1e-4
 
 
 def test_cartography_has_every_train_sample_at_every_exit(bert_bundle):
@@ -208,21 +208,21 @@ def test_resnet_variants_connections_and_bytes(resnet_bundle, capsys):
     b = resnet_bundle
     s = b.spec
     assert s.kind == "resnet" and s.model["depth"] == 8 and s.exit_layers == [1, 2, 3]
-    conns = {c["connection"] for c in s.connections}
+    conns = {c.connection for c in s.connections}
     assert conns == {"skip:1", "block:1", "skip:2", "skip:3"}  # blocks 2 and 3 downsample: no identity to fall back on
-    names = [v["name"] for v in s.resnet_variants]
-    assert names[0] == "full" and s.resnet_variants[0]["dropped"] == [] and len(names) >= 3
+    names = [v.name for v in s.resnet_variants]
+    assert names[0] == "full" and s.resnet_variants[0].dropped == [] and len(names) >= 3
     for prev, cur in zip(s.resnet_variants, s.resnet_variants[1:], strict=False):
-        assert cur["dropped"][:len(prev["dropped"])] == prev["dropped"]  # cumulative, cheapest first
-        assert cur["macs_total"] <= prev["macs_total"]
+        assert cur.dropped[:len(prev.dropped)] == prev.dropped  # cumulative, cheapest first
+        assert cur.macs_total <= prev.macs_total
     full = s.resnet_variants[0]
     # bytes per offload: the feature map after block 1 (16 x 8 x 8) and after block 2 (32 x 4 x 4), float32
-    assert full["bytes_per_offload"] == {"mobile-edge": 16 * 8 * 8 * 4, "edge-cloud": 32 * 4 * 4 * 4}
-    assert full["macs"]["mobile"] > 0 and full["parameters"] > 0
+    assert full.bytes_per_offload == {"mobile-edge": 16 * 8 * 8 * 4, "edge-cloud": 32 * 4 * 4 * 4}
+    assert full.macs["mobile"] > 0 and full.parameters > 0
     table = pd.read_parquet(b.root / "variants.parquet")
     for v in s.resnet_variants:
-        sub = table[(table.variant == v["name"]) & (table.split == "val")]
-        assert float((sub.prediction_cloud == sub.label).mean()) == pytest.approx(v["val_accuracy"])
+        sub = table[(table.variant == v.name) & (table.split == "val")]
+        assert float((sub.prediction_cloud == sub.label).mean()) == pytest.approx(v.val_accuracy)
     assert main(["bundle", "verify", str(b.root)]) == 0
     assert main(["bundle", "show", str(b.root)]) == 0
     assert "ResNet variants" in capsys.readouterr().out
@@ -321,8 +321,8 @@ def test_adaptive_resnet_measures_chooses_and_really_runs_the_chosen_variant(res
         want = variants[variants.variant == chosen["variant"]].set_index("sample_id")[f"prediction_{chosen['tier']}"]
         assert (m.prediction.to_numpy() == want.loc[m.sample_id].to_numpy()).all()
     assert manifest["policies"]["fast"]["chosen"]["tier"] == "mobile"  # latency only: stop as early as possible
-    cheapest = min(resnet_bundle.spec.resnet_variants, key=lambda v: (v["macs"]["mobile"], v["name"] != "full"))
-    if cheapest["macs"]["mobile"] < resnet_bundle.spec.resnet_variants[0]["macs"]["mobile"]:
+    cheapest = min(resnet_bundle.spec.resnet_variants, key=lambda v: (v.macs["mobile"], v.name != "full"))
+    if cheapest.macs["mobile"] < resnet_bundle.spec.resnet_variants[0].macs["mobile"]:
         assert manifest["policies"]["fast"]["chosen"]["variant"] != "full"  # a swapped variant really ran
     best_acc = max(o["val_accuracy"] for o in manifest["policies"]["acc-only"]["options"])
     assert manifest["policies"]["acc-only"]["chosen"]["val_accuracy"] == best_acc
@@ -336,7 +336,7 @@ def test_a_chosen_variant_is_loaded_on_the_agents_and_the_full_network_comes_bac
                                                                                    monkeypatch):
     from testbed.policies.learned import AdaptiveResNetPolicy
 
-    last = resnet_bundle.spec.resnet_variants[-1]
+    last = resnet_bundle.spec.resnet_variants[-1].model_dump()
     assert last["name"] != "full"
 
     def plan(self, resources):  # the objective is unit-tested; here: force the deepest variant through the cloud

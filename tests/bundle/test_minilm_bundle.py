@@ -42,20 +42,20 @@ def test_export_of_the_shipped_minilm_matches_its_own_forward_on_a_padded_batch(
     """The builder's tier modules and ONNX export, on the pretrained MiniLM, against transformers' forward."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
+    from testbed.build.encoder import export, parity, tier_modules
     from testbed.build.tiers import make_cut
-    from testbed.build.transformer import _export, _parity, _tier_modules
 
     model = transformers.AutoModel.from_pretrained(real_bundle.spec.model["path"], attn_implementation="eager").eval()
     cut = make_cut({"mobile": (1, 2), "edge": (3, 4), "cloud": (5, 6)}, None, 6)
     torch.manual_seed(0)
     heads = torch.nn.ModuleDict({str(e): torch.nn.Linear(384, 3) for e in cut.exits})
-    parts = _tier_modules(model, cut, heads, "hidden", False)
+    parts = tier_modules(model, cut, heads, "hidden", False)
     sessions = {}
     for tier in ("mobile", "edge", "cloud"):
-        _export(parts[tier], tmp_path / f"{tier}.onnx", 384, model.config.vocab_size)
+        export(parts[tier], tmp_path / f"{tier}.onnx", 384, model.config.vocab_size)
         sessions[tier] = Partition.load(tmp_path / f"{tier}.onnx", sha256_file(tmp_path / f"{tier}.onnx"), 2)
     x, m = _padded_batch(real_bundle)
-    assert _parity(parts, sessions, {"input_ids": x, "attention_mask": m}, "hidden") < 1e-4
+    assert parity(parts, sessions, {"input_ids": x, "attention_mask": m}, "hidden") < 1e-4
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m),
                     output_hidden_states=True).hidden_states
@@ -92,7 +92,7 @@ def test_bundle_records_what_the_issue_asks(real_bundle):
 
 @pytest.mark.loopback
 def test_real_run_all_cloud_accuracy_equals_the_bundle_record(real_bundle, tmp_path):
-    n = real_bundle.spec.data["splits"]["test"]
+    n = real_bundle.spec.data.splits["test"]
     exp = write_experiment(tmp_path / "exp.yaml", real_bundle.root,
                            [{"name": "all-cloud"}, {"name": "all-mobile"},
                             {"name": "early-exit", "thresholds": {"mobile": 0.9, "edge": 0.8}}],
@@ -123,7 +123,7 @@ def test_default_bundle_has_every_exit_cartography_and_the_int8_variant(real_bun
     assert s.format_version == 2 and s.exit_layers == [1, 2, 3, 4, 5, 6]
     assert [e.layer for e in real_bundle.tier("mobile").exits] == [1, 2]
     carto = pd.read_parquet(real_bundle.root / "cartography.parquet")
-    n_train = s.data["splits"]["train"]
+    n_train = s.data.splits["train"]
     assert len(carto) == n_train * 6 and (carto.epochs == s.training["epochs"]).all()
     assert carto.variability.between(0, 0.5).all() and carto.correctness.between(0, 1).all()
     assert [v.name for v in s.variants] == ["int8"]
