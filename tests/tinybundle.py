@@ -101,7 +101,8 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
            "tiers": tiers,
            "files": {f: sha256_file(root / f) for f in ("samples.parquet", "exits.parquet")},
            "data": {"splits": splits, "seed": seed},
-           "parity": {"max_abs_diff": 0.0, "tolerance": 0.0, "batch": 0, "padded": False},  # no torch: nothing to compare
+           # no torch here, so nothing to compare ONNX with
+           "parity": {"max_abs_diff": 0.0, "tolerance": 0.0, "batch": 0, "padded": False},
            "build": {"seconds": 0.0, "torch": "none", "python": "tests/tinybundle.py", "spec": {"tiny": True},
                      "spec_sha256": "tiny", "cpu_count": None}}
     (root / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
