@@ -315,34 +315,63 @@ class Agent:
 
     # ------------------------------------------------------------------ data
 
-    def _on_work(self, frames: list[zmq.Frame]) -> None:
-        recv_ns = time.time_ns()
+    def _accept_work(self, frames: list[zmq.Frame]) -> tuple[p.Work, _Config] | None:
+        """The decoded Work and the configuration to run it under; None (reported) when it cannot run."""
         try:
             work = p.decode(frames)
         except p.ProtocolError as e:
             self._fail("decode", str(e))
-            return
+            return None
         if not isinstance(work, p.Work):
             self._fail("data", f"unexpected {work.KIND!r} message on the data socket")
-            return
-        cfg = self._config
-        if cfg is None:
+            return None
+        if self._config is None:
             self._fail("work", f"sample {work.sample_id} arrived before Configure")
-            return
-        wire_in = cfg.wire_in.arrival() if cfg.wire_in is not None else -1
-        frame_bytes = sum(map(len, frames))
-        batching = cfg.batching
+            return None
+        return work, self._config
+
+    def _open_energy(self, work: p.Work, batching: bool) -> str:
+        """Open the sample's meter window (or the batch's); returns the per-sample window key, or ""."""
         if batching:
             if self._window is None:
                 self._window = _Window(self._batches, time.monotonic(), time.time_ns())
                 self._batches += 1
                 self.meter.begin(f"batch-{self._window.batch}")
-            key = ""
-        elif self._metered:
+            return ""
+        if self._metered:
             key = f"sample-{work.run_seq}"
             self.meter.begin(key)
-        else:
-            key = ""
+            return key
+        return ""
+
+    def _close_energy(self, work: p.Work, cfg: _Config, key: str,
+                      compute_ns: int) -> tuple[float, float, bool, int, EnergyDelta | None]:
+        """(energy_j, net_j, approx, batch, the batch window closing now or None) of the sample just run."""
+        if cfg.batching:
+            w = self._window
+            assert w is not None
+            w.run_seqs.append(work.run_seq)
+            w.compute_ns.append(compute_ns)
+            closing = None
+            if len(w.run_seqs) >= cfg.msg.batch_samples and time.monotonic() - w.opened >= cfg.msg.min_window_s:
+                closing = self.meter.end(f"batch-{w.batch}")
+            return math.nan, math.nan, False, w.batch, closing
+        if key:
+            energy = self.meter.end(key)
+            energy_j = math.nan if energy.energy_j is None else energy.energy_j
+            net_j = energy_j - self.idle_w * energy.duration_s  # NaN propagates when either is unknown
+            return energy_j, net_j, energy.approx, -1, None
+        return math.nan, math.nan, False, -1, None  # no meter: nothing to read on the sample's path
+
+    def _on_work(self, frames: list[zmq.Frame]) -> None:
+        recv_ns = time.time_ns()
+        accepted = self._accept_work(frames)
+        if accepted is None:
+            return
+        work, cfg = accepted
+        wire_in = cfg.wire_in.arrival() if cfg.wire_in is not None else -1
+        frame_bytes = sum(map(len, frames))
+        key = self._open_energy(work, cfg.batching)
         start_ns = time.time_ns()
         try:
             outputs = cfg.partition.run(work.tensors)
@@ -352,26 +381,10 @@ class Agent:
             self._fail("compute", f"sample {work.sample_id}: {e}")
             return
         end_ns = time.time_ns()
-        closing: EnergyDelta | None = None
-        if batching:
-            w = self._window
-            assert w is not None
-            w.run_seqs.append(work.run_seq)
-            w.compute_ns.append(end_ns - start_ns)
-            energy_j, net_j, approx, batch = math.nan, math.nan, False, w.batch
-            if len(w.run_seqs) >= cfg.msg.batch_samples and time.monotonic() - w.opened >= cfg.msg.min_window_s:
-                closing = self.meter.end(f"batch-{w.batch}")
-        elif key:
-            energy = self.meter.end(key)
-            energy_j = math.nan if energy.energy_j is None else energy.energy_j
-            net_j = energy_j - self.idle_w * energy.duration_s  # NaN propagates when either is unknown
-            approx, batch = energy.approx, -1
-        else:  # no meter: nothing to read on the sample's path
-            energy_j, net_j, approx, batch = math.nan, math.nan, False, -1
+        energy_j, net_j, approx, batch, closing = self._close_energy(work, cfg, key, end_ns - start_ns)
         logits = outputs[cfg.msg.logits_name]
         confidence, prediction = measure_confidence(logits[0], work.measure)
-        threshold = work.thresholds.get(self.tier, float("inf"))
-        exited = cfg.tier_final or p.should_exit(threshold, confidence)
+        exited = cfg.tier_final or p.should_exit(work.thresholds.get(self.tier, float("inf")), confidence)
         self.served += 1
         if exited:
             stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
@@ -382,22 +395,24 @@ class Agent:
                 self._ctl_out.hold(result, time.monotonic())
             else:
                 self._ctrl.send_multipart(result, copy=False)
-            if closing is not None:
-                self._send_window(closing)
-            return
-        tensors = {dst: outputs[src] if src in outputs else work.tensors[src] for src, dst in cfg.msg.offload.items()}
-        nbytes = sum(int(t.nbytes) for t in tensors.values())
-        stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                        confidence, prediction, False, nbytes, energy_j, approx, net_j, frame_bytes, wire_in, batch)
+        else:
+            tensors = {dst: outputs[src] if src in outputs else work.tensors[src]
+                       for src, dst in cfg.msg.offload.items()}
+            stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
+                            confidence, prediction, False, sum(int(t.nbytes) for t in tensors.values()), energy_j,
+                            approx, net_j, frame_bytes, wire_in, batch)
+            self._offload(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
+                                          [*work.stages, stage], work.measure)))
+        if closing is not None:  # after the sample left: the window report is not on the sample's path
+            self._send_window(closing)
+
+    def _offload(self, frames: list[Any]) -> None:
+        """Send a Work on to the next tier (held first when the link has a userspace delay)."""
         assert self._data_out is not None
-        frames = p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds, [*work.stages, stage],
-                                 work.measure))
         if self._out.active:
             self._out.hold(frames, time.monotonic())
         else:
             self._data_out.send_multipart(frames, copy=False)
-        if closing is not None:  # after the offload left: the window report is not on the sample's path
-            self._send_window(closing)
 
     def _send_window(self, delta: EnergyDelta) -> None:
         """Report the just-closed batch window (``delta`` is its meter reading)."""

@@ -124,25 +124,79 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight_device(d: Any, bundle: Any, trust_new_hosts: bool, want_backend: str | None,
+                      max_offset_ms: float) -> tuple[str, dict[str, Any], str, list[str]]:
+    """Probe one device: (how it was reached, its facts, the files column, its problems)."""
+    from testbed.devices.deploy import HASHES_PY, deploy_files, preflight, preflight_problems, run_py, target_of
+    from testbed.devices.ssh import LocalRemote, SshRemote
+
+    remote: Any
+    if d.launcher == "ssh":
+        remote, reach = SshRemote(target_of(d), trust_new_hosts), f"ssh {d.host}:{d.port}"
+    else:
+        remote, reach = LocalRemote(d.id), "local"
+    try:
+        facts = preflight(remote, d if d.launcher == "ssh" else d.model_copy(
+            update={"python": d.python or sys.executable, "workdir": d.workdir or "."}))
+        files = deploy_files(bundle, d.tier)
+        if d.launcher == "ssh":
+            have = run_py(remote, d.python or "python3", HASHES_PY, facts["workdir"],
+                          stdin=json.dumps(sorted(files)).encode())
+            same = sum(1 for rel, (_, sha) in files.items() if have.get(rel) == sha)
+            need = sum(p.stat().st_size for rel, (p, sha) in files.items() if have.get(rel) != sha)
+            files_col = f"{same}/{len(files)} in place"
+        else:
+            need, files_col = 0, "local bundle"
+    finally:
+        remote.close()
+    problems = preflight_problems(d, facts, need, max_offset_ms, want_backend if d.launcher == "ssh" else None)
+    return reach, facts, files_col, problems
+
+
+def _facts_cells(facts: dict[str, Any]) -> list[str]:
+    """The python .. meters columns of a device's preflight row."""
+    mods = facts.get("modules", {})
+    return [
+        facts.get("python", "?"),
+        ("missing " + ", ".join(m.split(" ")[0] for m in facts["missing"])) if facts.get("missing")
+        else f"onnxruntime {mods.get('onnxruntime')}, pyzmq {mods.get('zmq')}",
+        f"{(facts.get('disk_free_bytes') or 0) / 1e9:.1f} GB"]
+
+
+def _state_cells(facts: dict[str, Any]) -> list[str]:
+    """The clock .. meters columns of a device's preflight row."""
+    return [f"{facts.get('clock_offset_ms', 0):+.1f} ms", str(facts.get("governor") or "-"),
+            f"{facts['temp_c_max']:.0f} C" if facts.get("temp_c_max") is not None else "-",
+            "yes" if facts.get("netem") else "no", ", ".join(facts.get("meters") or []) or "none (model/null)"]
+
+
+def _preflight_controller(exp: Any, want_backend: str | None, table: Table) -> list[str]:
+    """The controller's own end of its shaped links (tc runs here); adds its row, returns its problems."""
+    from testbed.devices import shaping
+    from testbed.devices.deploy import shaping_facts
+    from testbed.devices.fleet import controller_problems
+    from testbed.devices.ssh import LocalRemote
+
+    if not want_backend or not shaping.controller_needs(exp.shaping.links, want_backend):
+        return []
+    try:
+        facts = shaping_facts(LocalRemote("controller"), sys.executable)
+        problems = controller_problems(facts, exp.shaping.links, want_backend)
+    except TestbedError as e:
+        facts, problems = {}, [f"controller (this machine): {e}"]
+    table.add_row("controller (here)", "-", "local", platform.python_version(), "", "", "", "", "", "",
+                  "yes" if facts.get("netem") else "no", "", "[red]FAIL[/red]" if problems else "[green]ok[/green]")
+    return problems
+
+
 def cmd_preflight(args: argparse.Namespace) -> int:
     """`testbed preflight`: per device, what a run needs and what the device has; non-zero if a check fails."""
     from testbed.devices import shaping
-    from testbed.devices.deploy import (
-        HASHES_PY,
-        _py,
-        deploy_files,
-        preflight,
-        preflight_problems,
-        shaping_facts,
-        target_of,
-    )
-    from testbed.devices.fleet import controller_problems
     from testbed.devices.routes import check_routes
-    from testbed.devices.ssh import LocalRemote, SshRemote
 
     exp, inv, bundle = _devices(args)
-    chosen, _ = shaping.applicable(exp.shaping.links, exp.shaping.backend,
-                                   any(inv.device(d).launcher == "ssh" for d in exp.devices.values()))
+    ssh_run = any(inv.device(d).launcher == "ssh" for d in exp.devices.values())
+    chosen, _ = shaping.applicable(exp.shaping.links, exp.shaping.backend, ssh_run)
     want_backend = chosen if chosen in ("netem", "userspace") else None
     table = Table(title=f"preflight of {args.experiment} ({args.inventory})")
     for col in ("device", "tier", "reach", "python", "agent deps", "disk free", "files", "clock off",
@@ -154,53 +208,17 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         try:
             if d.launcher == "ssh":
                 check_routes(inv, {d.id: [d.host]})
-                remote: Any = SshRemote(target_of(d), args.trust_new_hosts)
-                reach = f"ssh {d.host}:{d.port}"
-            else:
-                remote, reach = LocalRemote(d.id), "local"
-            try:
-                facts = preflight(remote, d if d.launcher == "ssh" else d.model_copy(
-                    update={"python": d.python or sys.executable, "workdir": d.workdir or "."}))
-                files = deploy_files(bundle, d.tier)
-                if d.launcher == "ssh":
-                    have = _py(remote, d.python or "python3", HASHES_PY, facts["workdir"],
-                               stdin=json.dumps(sorted(files)).encode())
-                    same = sum(1 for rel, (_, sha) in files.items() if have.get(rel) == sha)
-                    need = sum(p.stat().st_size for rel, (p, sha) in files.items() if have.get(rel) != sha)
-                    files_col = f"{same}/{len(files)} in place"
-                else:
-                    need, files_col = 0, "local bundle"
-            finally:
-                remote.close()
-            problems = preflight_problems(d, facts, need, exp.deploy.max_clock_offset_ms,
-                                          want_backend if d.launcher == "ssh" else None)
+            reach, facts, files_col, problems = _preflight_device(d, bundle, args.trust_new_hosts, want_backend,
+                                                                  exp.deploy.max_clock_offset_ms)
         except TestbedError as e:
             table.add_row(d.id, tier, "[red]no[/red]", "", "", "", "", "", "", "", "", "", "[red]FAIL[/red]")
             failed.append(f"{d.id}: {e}")
             continue
         failed += problems
-        mods = facts.get("modules", {})
-        table.add_row(
-            d.id, tier, reach, facts.get("python", "?"),
-            ("missing " + ", ".join(m.split(" ")[0] for m in facts["missing"])) if facts.get("missing")
-            else f"onnxruntime {mods.get('onnxruntime')}, pyzmq {mods.get('zmq')}",
-            f"{(facts.get('disk_free_bytes') or 0) / 1e9:.1f} GB", files_col,
-            f"{facts.get('clock_offset_ms', 0):+.1f} ms", str(facts.get("governor") or "-"),
-            f"{facts['temp_c_max']:.0f} C" if facts.get("temp_c_max") is not None else "-",
-            "yes" if facts.get("netem") else "no", ", ".join(facts.get("meters") or []) or "none (model/null)",
-            "[red]FAIL[/red]" if problems else "[green]ok[/green]")
-    ssh_run = any(inv.device(d).launcher == "ssh" for d in exp.devices.values())
-    if ssh_run and want_backend and shaping.controller_needs(exp.shaping.links, want_backend):
-        # the controller's own end of its shaped links: tc here
-        try:
-            facts = shaping_facts(LocalRemote("controller"), sys.executable)
-            problems = controller_problems(facts, exp.shaping.links, want_backend)
-        except TestbedError as e:
-            facts, problems = {}, [f"controller (this machine): {e}"]
-        failed += problems
-        table.add_row("controller (here)", "-", "local", platform.python_version(), "", "", "", "", "", "",
-                      "yes" if facts.get("netem") else "no", "",
+        table.add_row(d.id, tier, reach, *_facts_cells(facts), files_col, *_state_cells(facts),
                       "[red]FAIL[/red]" if problems else "[green]ok[/green]")
+    if ssh_run:
+        failed += _preflight_controller(exp, want_backend, table)
     out.print(table)
     for f in failed:
         err.print(f"  {f}", markup=False, highlight=False)

@@ -25,6 +25,7 @@ from typing import Any
 from agents.runtime import sha256_file
 from testbed.core.config import DeviceSpec
 from testbed.core.errors import AgentStartError, DeployError
+from testbed.devices import helpers
 from testbed.devices.launch import AGENTS_PARENT, AgentArgs, agent_argv
 from testbed.devices.owned import GONE, REMOVED, Ownership
 from testbed.devices.ssh import Remote, SshTarget
@@ -34,200 +35,19 @@ AGENT_MODULES = ("numpy", "onnxruntime", "zmq", "msgpack", "psutil")
 MIN_PYTHON = (3, 9)
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 
-# Shared by the device-side helpers below: answer one line (flushed), and a process's start time
-# (None when gone or a zombie), which with the pid identifies it.
-_PRELUDE = r"""
-import sys as _sys
-def say(x):
-    _sys.stdout.write(str(x) + "\n"); _sys.stdout.flush()
-def starttime(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f: s = f.read()
-        fields = s[s.rindex(")") + 2:].split()
-        return None if fields[0] == "Z" else fields[19]
-    except (OSError, ValueError, IndexError): return None
-def cpu_ticks():
-    # (steal, total) jiffies of all CPUs; None without /proc/stat
-    try:
-        with open("/proc/stat") as f: v = [int(x) for x in f.readline().split()[1:]]
-        return (v[7] if len(v) > 7 else 0), sum(v[:8])
-    except (OSError, ValueError): return None
-def steal_pct(a, b):
-    # share of CPU time the hypervisor took from this (virtual) machine between two cpu_ticks()
-    if a is None or b is None or b[1] <= a[1]: return None
-    return round(100.0 * (b[0] - a[0]) / (b[1] - a[1]), 2)
-"""
-
-# What the kernel can shape with (tc, netem, htb): part of the preflight, and asked alone of the
-# controller's own machine when it shapes its end of a controller link. Fills ``out``.
-_SHAPING_FACTS = r"""
-def _read(p):
-    try:
-        with open(p) as f: return f.read().strip()
-    except OSError: return None
-import glob as _glob, os as _os, platform as _platform, shutil as _shutil
-_rel = _platform.release()
-out["kernel"] = _rel
-out["tc"] = _shutil.which("tc") or (_os.path.exists("/sbin/tc") and "/sbin/tc") or None
-_builtin = _read("/lib/modules/%s/modules.builtin" % _rel) or ""
-out["netem"] = bool(_os.path.exists("/sys/module/sch_netem") or "sch_netem" in _builtin
-                    or _glob.glob("/lib/modules/%s/kernel/net/sched/sch_netem.ko*" % _rel))
-out["htb"] = bool(_os.path.exists("/sys/module/sch_htb") or "sch_htb" in _builtin
-                  or _glob.glob("/lib/modules/%s/kernel/net/sched/sch_htb.ko*" % _rel))
-"""
-
-# Runs on the controller's machine: the shaping facts alone.
-SHAPING_PY = "import json\nout = {}" + _SHAPING_FACTS + "print(json.dumps(out))\n"
-
-# Runs on the device: versions, disk, clock, CPU governor, thermal, shaping and meter support.
-PREFLIGHT_PY = _PRELUDE + r"""
-import glob, importlib, json, os, platform, shutil, sys, time
-wd = os.path.abspath(os.path.expanduser(sys.argv[1]))
-out = {"python": platform.python_version(), "python_ok": sys.version_info >= tuple(json.loads(sys.argv[2])),
-       "executable": sys.executable, "modules": {}, "missing": [], "workdir": wd, "host": platform.node(),
-       "kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
-for m in json.loads(sys.argv[3]):
-    try:
-        out["modules"][m] = getattr(importlib.import_module(m), "__version__", "?")
-    except Exception as e:
-        out["missing"].append(m + " (" + type(e).__name__ + ": " + str(e)[:120] + ")")
-try:
-    os.makedirs(wd, exist_ok=True)
-    probe = os.path.join(wd, ".testbed-write-probe")
-    open(probe, "w").close(); os.remove(probe)
-    out["workdir_writable"] = True
-    out["disk_free_bytes"] = shutil.disk_usage(wd).free
-except OSError as e:
-    out["workdir_writable"] = False; out["workdir_error"] = str(e); out["disk_free_bytes"] = None
-def read(p):
-    try:
-        with open(p) as f: return f.read().strip()
-    except OSError: return None
-out["governor"] = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-temps = [read(p) for p in glob.glob("/sys/class/thermal/thermal_zone*/temp")]
-temps = [int(t) / 1000 for t in temps if t and t.lstrip("-").isdigit()]
-out["temp_c_max"] = max(temps) if temps else None
-throttled = read("/sys/devices/platform/soc/soc:firmware/get_throttled")
-out["throttled"] = throttled
-out["setsid"] = shutil.which("setsid")
-""" + _SHAPING_FACTS + r"""
-meters = []
-if glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"): meters.append("rapl")
-if glob.glob("/dev/nvidia[0-9]*"): meters.append("nvml")
-for h in glob.glob("/sys/class/hwmon/hwmon*/name"):
-    if (read(h) or "").startswith("ina"): meters.append("ina"); break
-if shutil.which("vcgencmd"): meters.append("pmic")
-out["meters"] = meters
-out["time_ns"] = time.time_ns()
-say(json.dumps(out))
-"""
-
-# Runs on the device: sha256 of each relative path given on stdin (null when absent).
-HASHES_PY = _PRELUDE + r"""
-import hashlib, json, os, sys
-wd = sys.argv[1]; out = {}
-for rel in json.load(sys.stdin):
-    p = os.path.join(wd, rel)
-    try:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-        out[rel] = h.hexdigest()
-    except OSError:
-        out[rel] = None
-say(json.dumps(out))
-"""
-
-# Runs on the device: is pid ours (same start time); signal its process group, and with "term"
-# wait for it to go (SIGKILL after the grace period). One SSH command per stop.
-PROCCTL_PY = _PRELUDE + r"""
-import json, os, signal, sys, time
-action, pid, start = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-grace = float(sys.argv[4]) if len(sys.argv) > 4 else 5.0
-st = starttime(pid)
-out = {"pid": pid, "alive": st is not None, "ours": st is not None and (start == "-" or st == start), "starttime": st}
-if out["ours"] and action == "term":
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.time() + grace
-        while time.time() < deadline and starttime(pid) == st: time.sleep(0.05)
-        if starttime(pid) == st:
-            os.killpg(pid, signal.SIGKILL); out["killed"] = True
-        out["signalled"] = True
-    except OSError as e:
-        out["error"] = str(e)
-say(json.dumps(out))
-"""
-
-# Runs on the device for the whole run: returns when the agent's process is gone, printing its
-# exit status (from the exit file its wrapper writes; -9 when it was killed before it could).
-WATCH_PY = _PRELUDE + r"""
-import os, sys, time
-pid, start, exitfile = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-while starttime(pid) == start:
-    time.sleep(0.2)
-code = "-9"
-for _ in range(10):
-    try:
-        with open(exitfile) as f: code = f.read().strip() or code
-        break
-    except OSError: time.sleep(0.1)
-say(code)
-"""
-
-# Runs on the device: each argv in turn (stdin: JSON list), stopping at the first failure;
-# then the read-back command. One SSH command per device for all its tc steps.
-STEPS_PY = _PRELUDE + r"""
-import json, subprocess, sys
-steps, show = json.load(sys.stdin)
-done = []
-for argv in steps:
-    p = subprocess.run(argv, capture_output=True, text=True)
-    done.append({"argv": argv, "rc": p.returncode, "err": p.stderr.strip()[-400:]})
-    if p.returncode != 0: break
-shown = "".join(subprocess.run(a, capture_output=True, text=True).stdout for a in show or [])
-say(json.dumps({"steps": done, "show": shown}))
-"""
+# The device-side helpers (testbed/devices/helpers/*.py), as the text ``python -c`` runs there.
+SHAPING_PY = helpers.source("shaping")
+PREFLIGHT_PY = helpers.source("preflight")
+HASHES_PY = helpers.source("hashes")
+PROCCTL_PY = helpers.source("procctl")
+WATCH_PY = helpers.source("watch")
+STEPS_PY = helpers.source("steps")
+SINK_PY = helpers.source("sink")
+SEND_PY = helpers.source("send")
+CLOCK_PY = helpers.source("clock")
 
 
-# Runs on the receiving end of a probed link: accept one connection, count what arrives.
-SINK_PY = _PRELUDE + r"""
-import json, socket, sys, time
-srv = socket.socket(); srv.bind((sys.argv[1], 0)); srv.listen(1); srv.settimeout(float(sys.argv[2]))
-say(srv.getsockname()[1])
-conn, _ = srv.accept(); conn.settimeout(float(sys.argv[2]))
-expect = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-marks = [expect * k // 20 for k in range(2, 19)]  # every 5% from 10% to 90%: past the start-up burst, before the tail
-n, first, last, at = 0, None, None, []
-ticks = cpu_ticks()
-while True:
-    b = conn.recv(1 << 16)
-    if not b: break
-    now = time.monotonic_ns(); first = first or now; last = now; n += len(b)
-    while len(at) < len(marks) and expect and n >= marks[len(at)]:
-        at.append((n, now))
-try: mss = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
-except OSError: mss = 0
-say(json.dumps({"bytes": n, "first_ns": first, "last_ns": last, "marks": at, "mss": mss,
-                "steal_pct": steal_pct(ticks, cpu_ticks())}))
-"""
-
-# Runs on the sending end: TCP connect times (kernel round trips), then a bulk send.
-SEND_PY = _PRELUDE + r"""
-import json, socket, sys, time
-host, port, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-t0 = time.monotonic_ns(); s = socket.create_connection((host, port), timeout=30); rtt = time.monotonic_ns() - t0
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-block = b"\0" * 65536; sent = 0; t1 = time.monotonic_ns(); ticks = cpu_ticks()
-while sent < nbytes:
-    sent += s.send(block[: min(len(block), nbytes - sent)])
-s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
-say(json.dumps({"connect_ms": rtt / 1e6, "sent": sent, "send_s": (time.monotonic_ns() - t1) / 1e9,
-                "steal_pct": steal_pct(ticks, cpu_ticks())}))
-"""
-
-
-def _py(remote: Remote, python: str, script: str, *args: str, stdin: bytes | None = None,
+def run_py(remote: Remote, python: str, script: str, *args: str, stdin: bytes | None = None,
         timeout: float = 60.0) -> dict[str, Any]:
     """Run a helper with the device's Python; parse its JSON answer."""
     res = remote.run([python, "-c", script, *args], stdin=stdin, timeout=timeout)
@@ -243,8 +63,6 @@ def target_of(device: DeviceSpec) -> SshTarget:
     return SshTarget(device.id, device.host, device.port, device.user, device.key_file, device.known_hosts)
 
 
-CLOCK_PY = _PRELUDE + "import time\nfor _ in _sys.stdin:\n    say(time.time_ns())\n"
-
 
 def clock_offset(remote: Remote, python: str, rounds: int = 8) -> tuple[float, float]:
     """(offset ms, rtt ms) of the device's wall clock against this one, NTP-style.
@@ -259,7 +77,7 @@ def clock_offset(remote: Remote, python: str, rounds: int = 8) -> tuple[float, f
 
 def preflight(remote: Remote, device: DeviceSpec) -> dict[str, Any]:
     """Facts of the device (versions, disk, clock offset, governor, thermal, tc/netem, meters)."""
-    facts = _py(remote, device.python or "python3", PREFLIGHT_PY, device.workdir or "~/testbed",
+    facts = run_py(remote, device.python or "python3", PREFLIGHT_PY, device.workdir or "~/testbed",
                 json.dumps(list(MIN_PYTHON)), json.dumps(list(AGENT_MODULES)))
     facts["clock_offset_ms"], facts["clock_rtt_ms"] = clock_offset(remote, device.python or "python3")
     return facts
@@ -267,7 +85,7 @@ def preflight(remote: Remote, device: DeviceSpec) -> dict[str, Any]:
 
 def shaping_facts(remote: Remote, python: str) -> dict[str, Any]:
     """What the kernel at ``remote`` can shape with: ``kernel``, ``tc`` (its path or None), ``netem``, ``htb``."""
-    return _py(remote, python, SHAPING_PY)
+    return run_py(remote, python, SHAPING_PY)
 
 
 def preflight_problems(device: DeviceSpec, facts: dict[str, Any], need_bytes: int = 0,
@@ -322,7 +140,7 @@ def push(remote: Remote, device: DeviceSpec, workdir: str, files: dict[str, tupl
     t0 = time.perf_counter()
     report = PushReport()
     where = remote.target.to_dict()
-    have = _py(remote, device.python or "python3", HASHES_PY, workdir, stdin=json.dumps(sorted(files)).encode())
+    have = run_py(remote, device.python or "python3", HASHES_PY, workdir, stdin=json.dumps(sorted(files)).encode())
     for rel in sorted(files):
         local, sha = files[rel]
         if have.get(rel) == sha:
@@ -392,7 +210,7 @@ class RemoteAgent:
         """SIGTERM the agent's process group, SIGKILL after ``timeout_s``; returns its exit status."""
         if self.returncode() is None:
             try:
-                _py(self.remote, self.python, PROCCTL_PY, "term", str(self._pid), self.starttime, str(timeout_s),
+                run_py(self.remote, self.python, PROCCTL_PY, "term", str(self._pid), self.starttime, str(timeout_s),
                     timeout=timeout_s + 15)
             except DeployError:
                 return None
@@ -491,7 +309,7 @@ def run_steps(remote: Remote, python: str, steps: list[list[str]], show: list[li
 
     ``show``: commands whose output (concatenated) comes back as ``show``: the state read back.
     """
-    got = _py(remote, python, STEPS_PY, stdin=json.dumps([steps, show]).encode())
+    got = run_py(remote, python, STEPS_PY, stdin=json.dumps([steps, show]).encode())
     for step in got["steps"]:
         if step["rc"] != 0:
             raise DeployError(f"device {remote.target.device}: `{' '.join(step['argv'])}` exited with status "
@@ -515,7 +333,7 @@ def probe_link(sender: Remote, sender_python: str, receiver: Remote, receiver_py
         first = sink.output_so_far().split("\n", 1)[0].strip()
         if not first.isdigit():
             raise DeployError(f"device {receiver.target.device}: the probe sink did not start ({first!r})")
-        sent = _py(sender, sender_python, SEND_PY, receiver_addr, first, str(nbytes), timeout=timeout_s + 10)
+        sent = run_py(sender, sender_python, SEND_PY, receiver_addr, first, str(nbytes), timeout=timeout_s + 10)
         while not sink.finished() and time.monotonic() < deadline:
             time.sleep(0.02)
         got = json.loads(sink.output_so_far().strip().splitlines()[-1])
@@ -570,7 +388,7 @@ def undo_remote(entry: dict[str, Any], remote: Remote) -> str:
     kind = entry["kind"]
     py = entry.get("python") or "python3"
     if kind == "process":
-        st = _py(remote, py, PROCCTL_PY, "term", str(entry["pid"]), entry.get("starttime") or "-", "5")
+        st = run_py(remote, py, PROCCTL_PY, "term", str(entry["pid"]), entry.get("starttime") or "-", "5")
         return REMOVED if st["ours"] else GONE
     if kind == "file":
         have = remote.run(["sha256sum", entry["path"]], check=False).out.split()

@@ -146,3 +146,15 @@ def test_only_the_cli_prints_or_exits():
                 name = f.id if isinstance(f, ast.Name) else (f.attr if isinstance(f, ast.Attribute) else "")
                 full = ast.unparse(f)
                 assert name != "print" and full not in ("sys.exit", "exit", "os._exit"), f"{path}: {full}()"
+
+
+def test_no_function_runs_over_80_lines():
+    long = []
+    for root in ("testbed", "agents", "benchmarks"):
+        for path in (ROOT / root).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    n = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if n > 80:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "split these into named steps: " + "; ".join(long)

@@ -208,10 +208,9 @@ def test_stream_rates_read_the_capacity_past_a_stall():
 
 def test_the_probe_helpers_read_cpu_steal_from_proc_stat():
     """steal_pct: the hypervisor's share of all CPU time between two (steal, total) readings."""
-    from testbed.devices.deploy import _PRELUDE
+    from testbed.devices.helpers import prelude
 
-    ns: dict = {}
-    exec(_PRELUDE, ns)
+    ns = vars(prelude)
     assert ns["steal_pct"]((100, 1000), (130, 1200)) == 15.0
     assert ns["steal_pct"]((100, 1000), (100, 1000)) is None and ns["steal_pct"](None, (1, 2)) is None
     steal, total = ns["cpu_ticks"]()  # this machine's /proc/stat
