@@ -7,14 +7,17 @@ STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test setup bundle lint bench clean-results
+.PHONY: demo test check setup bundle lint docs bench clean-results
 
 demo: $(BUNDLE)/bundle.yaml
 	$(BIN)/testbed run experiments/loopback.yaml
 
-test: $(BUNDLE)/bundle.yaml
-	$(BIN)/ruff check agents testbed tests benchmarks
+test: lint $(BUNDLE)/bundle.yaml
 	$(BIN)/python -m pytest -q
+
+# lint and the unit tests, without building the bundle (under a minute after setup)
+check: lint
+	$(BIN)/python -m pytest -q tests/unit
 
 setup: $(STAMP)
 
@@ -35,6 +38,7 @@ bundle: $(BUNDLE)/bundle.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check agents testbed tests benchmarks
+	$(BIN)/mypy
 
 bench: $(BUNDLE)/bundle.yaml
 	$(BIN)/python benchmarks/overhead.py
