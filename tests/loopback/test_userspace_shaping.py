@@ -24,12 +24,13 @@ def test_mobile_edge_delay_and_jitter_show_up_in_net_ms(tiny_bundle, tmp_path):
     df = pd.read_parquet(run_dir / "samples.parquet")
     m = df[df.phase == "measure"]
     me, ec = m.net_ms_mobile_edge.to_numpy(), m.net_ms_edge_cloud.to_numpy()
-    # no hop beats its configured delay (an invariant); the medians sit near it (generous: CI may be loaded;
-    # fidelity figures are a benchmark's job, not a test's)
-    assert me.min() >= 19.9 and np.median(me) <= 30.0
-    # 10 +- 4 ms: none below the band, and the jitter really spreads them
-    assert ec.min() >= 5.9 and ec.std() > 1.0 and 6.0 <= np.median(ec) <= 20.0
-    assert m.net_ms_controller_mobile.median() < 5.0  # the controller's link is not shaped
+    # no hop beats its configured delay (an invariant); how close the medians sit to it is the shaping
+    # benchmark's figure, not a test's: a loaded machine wakes late, so only orderings are asserted above
+    assert me.min() >= 19.9
+    # 10 +- 4 ms: none below the band, the jitter really spreads them, and they sit below the 20 ms hop
+    assert ec.min() >= 5.9 and ec.std() > 1.0 and np.median(ec) >= 6.0 and np.median(ec) < np.median(me)
+    # the controller's link is not shaped: in the same run, it is faster than any held hop
+    assert m.net_ms_controller_mobile.median() < ec.min()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["shaping"]["backend"] == "userspace"
     assert manifest["shaping"]["links"]["mobile-edge"]["delay_ms"] == 20.0
@@ -54,8 +55,9 @@ def test_a_link_schedule_changes_the_delay_mid_run(tiny_bundle, tmp_path):
     assert step["userspace"] == {"device": "mobile-1", "link": "data", "delay_ms": 40.0, "jitter_ms": 0.0}
     before, after = df[df.t_issue_unix_ns < step["unix_ns"]], df[df.t_issue_unix_ns > step["unix_ns"]]
     assert len(before) >= 2 and len(after) >= 20, (len(before), len(after))
-    assert before.net_ms_mobile_edge.min() >= 9.9 and before.net_ms_mobile_edge.median() < 35.0
+    assert before.net_ms_mobile_edge.min() >= 9.9
     assert after.net_ms_mobile_edge.min() >= 39.9  # every offload after the step is held at least 40 ms
+    assert before.net_ms_mobile_edge.median() < after.net_ms_mobile_edge.min()  # the step raised the delay
 
 
 def test_the_controller_link_delays_work_in_and_answers_back_and_follows_its_schedule(tiny_bundle, tmp_path):
@@ -79,8 +81,10 @@ def test_the_controller_link_delays_work_in_and_answers_back_and_follows_its_sch
     # the Work waited on its way in, the answer on its way back: both count as network time
     assert before.net_ms_controller_mobile.min() >= 14.9 and before.net_ms_return.iloc[:-1].min() >= 14.9
     assert before.latency_ms.min() >= 29.9
-    assert after.net_ms_controller_mobile.min() >= 4.9 and after.net_ms_controller_mobile.median() < 12.0
-    assert after.net_ms_return.min() >= 4.9 and after.net_ms_return.median() < 12.0
+    assert after.net_ms_controller_mobile.min() >= 4.9 and after.net_ms_return.min() >= 4.9
+    # the step lowered both directions: after it, the typical hop is shorter than any hop before it
+    assert after.net_ms_controller_mobile.median() < before.net_ms_controller_mobile.min()
+    assert after.net_ms_return.median() < before.net_ms_return.iloc[:-1].min()
     assert df.net_ms_mobile_edge.isna().all()  # nothing went further
     assert main(["report", str(run_dir)]) == 0
 
@@ -97,11 +101,12 @@ def test_the_edge_and_cloud_controller_links_delay_their_answers_and_nothing_els
     df = pd.read_parquet(run_dir / "samples.parquet")
     edge, cloud = df[df.policy == "all-edge"], df[df.policy == "all-cloud"]
     assert (edge.exit_tier == "edge").all() and (cloud.exit_tier == "cloud").all()
-    assert edge.net_ms_return.min() >= 19.9 and edge.net_ms_return.median() < 30.0
-    assert cloud.net_ms_return.min() >= 7.9 and cloud.net_ms_return.median() < 18.0
-    # the hops in between are not held (a few ms at most on a loaded CI machine, never the 20 ms)
-    assert df.net_ms_controller_mobile.median() < 5.0 and df.net_ms_mobile_edge.median() < 5.0
-    assert cloud.net_ms_edge_cloud.median() < 5.0
+    assert edge.net_ms_return.min() >= 19.9 and cloud.net_ms_return.min() >= 7.9
+    assert cloud.net_ms_return.median() < edge.net_ms_return.min()  # 8 ms held, below every 20 ms one
+    # the hops in between are not held: in the same run, faster than the shortest held answer
+    held = cloud.net_ms_return.min()
+    assert df.net_ms_controller_mobile.median() < held and df.net_ms_mobile_edge.median() < held
+    assert cloud.net_ms_edge_cloud.median() < held
     assert main(["report", str(run_dir)]) == 0
 
 
