@@ -40,6 +40,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check agents testbed tests benchmarks
 	$(BIN)/mypy
 
+docs: $(STAMP)
+	$(BIN)/testbed docs
+
 bench: $(BUNDLE)/bundle.yaml
 	$(BIN)/python benchmarks/overhead.py
 

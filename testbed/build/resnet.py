@@ -61,19 +61,19 @@ from testbed.formats.bundle import (
 class ResNetSplit(SplitSizes):
     """Split sizes for image data (defaults fit scikit-learn digits, 1,797 images)."""
 
-    train: int = Field(1200, ge=10)
-    val: int = Field(300, ge=10)
-    test: int = Field(297, ge=10)
+    train: int = Field(1200, ge=10, description="images the network is trained on")
+    val: int = Field(300, ge=10, description="images for ranking connections and choosing variants")
+    test: int = Field(297, ge=10, description="held-out images the runs draw from")
 
 
 class ResNetTraining(BaseModel):
     """Joint training of every exit, with stochastic dropping of connections."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    epochs: int = Field(8, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(8, ge=1, description="training epochs")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate (cosine schedule)")
+    batch_size: int = Field(64, ge=1, description="training batch size")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     drop_prob: float = Field(0.1, ge=0, lt=1, description="chance of dropping each connection per batch")
 
 
@@ -81,18 +81,21 @@ class ResNetSpec(BaseModel):
     """``partitions/specs/<name>.yaml`` with ``kind: resnet``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["resnet"] = "resnet"
-    name: str
-    out: str
-    data: str = "builtin:digits"
+    kind: Literal["resnet"] = Field("resnet", description="a CIFAR-style ResNet whose connections can be dropped")
+    name: str = Field(description="the bundle's name (default: the output directory's)")
+    out: str = Field(description="output directory (default partitions/<name>)")
+    data: str = Field("builtin:digits", description="builtin:digits (scikit-learn's digits), "
+                      "builtin:fashion-mnist or idx:DIR (MNIST-style IDX files), a folder ROOT/<class>/*.png|jpg, or "
+                      "a Hugging Face dataset name or save_to_disk directory")
     image_size: int = Field(28, ge=4, description="side of folder / Hugging Face images after resizing")
-    image_column: str = "image"
-    label_column: str = "label"
+    image_column: str = Field("image", description="a Hugging Face dataset's image column")
+    label_column: str = Field("label", description="a Hugging Face dataset's label column")
     blocks_per_stage: int = Field(1, ge=1, le=9, description="n of depth 6n+2")
-    widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=3, max_length=3)
+    widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=3, max_length=3,
+                              description="channels of the three stages")
     tiers: dict[str, list[int]] = Field(description="tier -> [first_block, last_block], 1-based, inclusive")
-    max_variants: int = Field(4, ge=0)
-    threads: int = Field(2, ge=1)
+    max_variants: int = Field(4, ge=0, description="variants with connections dropped, besides the full network")
+    threads: int = Field(2, ge=1, description="torch and onnxruntime threads of the build")
     split: ResNetSplit = ResNetSplit()
     training: ResNetTraining = ResNetTraining()
 

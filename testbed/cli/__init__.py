@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from testbed import __version__
-from testbed.cli import analysis, build, devices, experiment
+from testbed.cli import analysis, build, devices, docs, experiment
 from testbed.cli.common import err
 from testbed.core.errors import TestbedError
 
@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="testbed", description="three-tier distributed inference testbed")
     ap.add_argument("--version", action="version", version=f"testbed {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (experiment, analysis, build, devices):
+    for group in (experiment, analysis, build, devices, docs):
         group.add_commands(sub)
     return ap
 

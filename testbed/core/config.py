@@ -44,15 +44,20 @@ class PolicySpec(Strict):
     ``cost``: the cost preset the policy optimises.
     """
 
-    name: str
-    thresholds: dict[str, float] | None = None
-    shares: dict[str, float] | None = None
-    alpha: float | None = None
-    c: float | None = None
-    lam: float | None = None
-    o: float | None = None
-    mu: float | None = None
-    cost: str | None = None
+    name: str = Field(description="all-mobile, all-edge, all-cloud, random, oracle, early-exit, cartography, "
+                      "splitee, splitee-s or adaptive-resnet")
+    thresholds: dict[str, float] | None = Field(None, description="early-exit: tier -> the confidence at or above "
+                                                "which a sample exits there, in [0, 1]; one per tier but the last")
+    shares: dict[str, float] | None = Field(None, description="random: tier -> probability of exiting there "
+                                            "(they add up to 1)")
+    alpha: float | None = Field(None, description="splitee, splitee-s: the exit confidence, in [0, 1] (default 0.8)")
+    c: float | None = Field(None, description="splitee, splitee-s: the UCB exploration constant (default 1)")
+    lam: float | None = Field(None, description="splitee, splitee-s: the cost per layer in the reward (default 0.1)")
+    o: float | None = Field(None, description="splitee, splitee-s: the cost per offload in the reward (default 0.3)")
+    mu: float | None = Field(None, description="cartography: weight of the normalised cost against accuracy "
+                             "(default 0.1); adaptive-resnet: weight of latency in [0, 1] (default 0.5)")
+    cost: str | None = Field(None, description="cartography: the cost preset the thresholds are fitted against "
+                             "(default dimec-dc)")
     measure: str | None = Field(None, description="confidence measure: max (softmax, default) or entropy")
     label: str | None = Field(None, description="name in results; defaults to name")
 
@@ -65,7 +70,7 @@ class PolicySpec(Strict):
 class SampleSpec(Strict):
     """Which samples the run draws from the bundle."""
 
-    split: str = "test"
+    split: str = Field("test", description="the bundle's split the samples come from (val or test)")
     count: int | None = Field(None, ge=1, description="first N of the split; all when absent")
     warmup: int = Field(8, ge=0, description="warmup samples per policy, recorded with phase=warmup")
 
@@ -88,12 +93,13 @@ class RunSpec(Strict):
 class TimeoutSpec(Strict):
     """Timeouts, in seconds, and the heartbeat liveness count."""
 
-    hello_s: float = Field(60.0, gt=0)
-    configure_s: float = Field(60.0, gt=0)
-    heartbeat_s: float = Field(0.5, gt=0)
-    liveness: int = Field(6, ge=2)
-    sample_s: float = Field(30.0, gt=0)
-    stop_s: float = Field(5.0, gt=0)
+    hello_s: float = Field(60.0, gt=0, description="from starting the agents to every Hello (and each clock ping)")
+    configure_s: float = Field(60.0, gt=0, description="from Configure to Ready: loading the partitions")
+    heartbeat_s: float = Field(0.5, gt=0, description="period of the heartbeats both ways")
+    liveness: int = Field(6, ge=2, description="heartbeats missed before a silent agent (or controller) is "
+                          "declared lost")
+    sample_s: float = Field(30.0, gt=0, description="longest wait for one sample's answer")
+    stop_s: float = Field(5.0, gt=0, description="grace after Stop before an agent is terminated, then killed")
 
 
 class EnergySpec(Strict):
@@ -116,21 +122,22 @@ class DeploySpec(Strict):
 class ShapeStep(Strict):
     """A point of a link schedule: from ``at_s`` seconds into the run, these values replace the profile's."""
 
-    at_s: float = Field(ge=0)
-    delay_ms: float | None = Field(None, ge=0)
-    jitter_ms: float | None = Field(None, ge=0)
-    loss_pct: float | None = Field(None, ge=0, le=100)
-    rate_mbit: float | None = Field(None, gt=0)
+    at_s: float = Field(ge=0, description="seconds after the first sample is issued")
+    delay_ms: float | None = Field(None, ge=0, description="the new one-way delay; absent: unchanged")
+    jitter_ms: float | None = Field(None, ge=0, description="the new jitter; absent: unchanged")
+    loss_pct: float | None = Field(None, ge=0, le=100, description="the new loss; absent: unchanged")
+    rate_mbit: float | None = Field(None, gt=0, description="the new rate; absent: unchanged")
 
 
 class LinkProfile(Strict):
     """How one hop is shaped, in both directions: delay, jitter, loss, rate, optionally a schedule."""
 
-    delay_ms: float = Field(0.0, ge=0)
-    jitter_ms: float = Field(0.0, ge=0)
-    loss_pct: float = Field(0.0, ge=0, le=100)
+    delay_ms: float = Field(0.0, ge=0, description="one-way delay added in each direction")
+    jitter_ms: float = Field(0.0, ge=0, description="uniform spread around the delay (at most the delay)")
+    loss_pct: float = Field(0.0, ge=0, le=100, description="share of packets (netem) or messages (userspace) "
+                            "dropped")
     rate_mbit: float | None = Field(None, gt=0, description="rate limit; none: unlimited")
-    schedule: list[ShapeStep] | None = None
+    schedule: list[ShapeStep] | None = Field(None, description="changes during the run, in time order")
 
 
 class ShapingSpec(Strict):
@@ -159,13 +166,13 @@ class CostSpec(Strict):
 class Experiment(Strict):
     """``experiments/<name>.yaml``."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    bundle: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="results go to results/<name>/<run_id>/")
+    description: str = Field("", description="free text, kept in the manifest")
+    bundle: str = Field(description="the partition bundle's directory (built by `testbed partition`)")
     devices: dict[str, str] = Field(description="tier -> device id in the inventory")
     samples: SampleSpec = SampleSpec()
-    policies: list[PolicySpec] = Field(min_length=1)
-    seed: int = 0
+    policies: list[PolicySpec] = Field(min_length=1, description="run one after the other, on the same samples")
+    seed: int = Field(0, description="seed of every random choice of the run (random policy, bandits' ties)")
     run: RunSpec = RunSpec()
     energy: EnergySpec = EnergySpec()
     timeouts: TimeoutSpec = TimeoutSpec()
@@ -177,9 +184,10 @@ class Experiment(Strict):
 class MeterSpec(Strict):
     """Which energy meter the agent opens; ``model`` needs calibrated idle and busy watts."""
 
-    kind: str = Field("auto", pattern=r"^(auto|rapl|nvml|ina|pmic|external|model|none)$")
-    idle_w: float | None = Field(None, ge=0)
-    busy_w: float | None = Field(None, ge=0)
+    kind: str = Field("auto", pattern=r"^(auto|rapl|nvml|ina|pmic|external|model|none)$",
+                      description="the meter; auto: the first of rapl, nvml, ina, pmic the device has, else none")
+    idle_w: float | None = Field(None, ge=0, description="model: the device's idle power, calibrated")
+    busy_w: float | None = Field(None, ge=0, description="model: its power with one core busy, calibrated")
     command: list[str] | None = Field(None, description="external: argv of a command printing watts per line")
 
 
@@ -191,18 +199,21 @@ class DeviceSpec(Strict):
     ``known_hosts``) into ``workdir`` and starts it there with ``python``.
     """
 
-    id: str
-    tier: str
-    host: str = "127.0.0.1"
-    launcher: str = Field("local", pattern=r"^(local|ssh)$")
+    id: str = Field(description="the name experiments use for the device")
+    tier: str = Field(description="mobile, edge or cloud: the tier it can serve")
+    host: str = Field("127.0.0.1", description="address the controller reaches it at (SSH, probes)")
+    launcher: str = Field("local", pattern=r"^(local|ssh)$", description="local: a process of this machine; "
+                          "ssh: deployed and started over SSH")
     port: int = Field(22, ge=1, le=65535, description="ssh port")
     user: str | None = Field(None, description="ssh user; default: the controller's user")
     key_file: str | None = Field(None, description="ssh private key (key auth only)")
     known_hosts: str | None = Field(None, description="known_hosts file the host key is checked against; "
                                     "default ~/.ssh/known_hosts")
-    workdir: str | None = None
-    python: str | None = None
-    threads: int = Field(1, ge=1, le=256)
+    workdir: str | None = Field(None, description="where the agent and its files live on the device "
+                                "(default ~/testbed over SSH, the current directory locally)")
+    python: str | None = Field(None, description="the device's interpreter (default python3 over SSH, this "
+                               "one locally)")
+    threads: int = Field(1, ge=1, le=256, description="onnxruntime intra-op threads")
     cpus: list[int] | None = Field(None, description="CPU ids the agent is pinned to (local emulation)")
     interface: str | None = Field(None, description="network interface shaping applies to")
     interfaces: dict[str, str] = Field(default_factory=dict, description="peer (tier or 'controller') -> "
@@ -212,7 +223,8 @@ class DeviceSpec(Strict):
     controller_host: str | None = Field(None, description="address this device reaches the controller at; "
                                         "default: controller.advertise or controller.bind")
     meter: MeterSpec = MeterSpec()
-    facts: dict[str, Any] = {}
+    facts: dict[str, Any] = Field({}, description="what you know of the board (model, power supply), kept in "
+                                  "the manifest")
 
     def interface_to(self, peer: str) -> str | None:
         """The interface this device sends to ``peer`` (a tier name or 'controller') through."""

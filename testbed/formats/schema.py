@@ -119,7 +119,7 @@ def check_row(row: dict) -> list[str]:
 
 
 def docs_table() -> str:
-    """A Markdown table of the columns, for the README."""
+    """A Markdown table of the columns, for docs/results.md."""
     lines = ["| column | unit | meaning |", "| --- | --- | --- |"]
     lines += [f"| `{c.name}` | {c.unit} | {c.doc} |" for c in COLUMNS]
     return "\n".join(lines)

@@ -22,8 +22,9 @@ LAYERS: dict[str, set[str]] = {
     "testbed.checks": DATA | {"testbed.policies"},
     "testbed.analysis": DATA | {"testbed.policies"},
     "testbed.run": DATA | {"testbed.policies", "testbed.devices"},
+    "testbed.reference": DATA | {"testbed.build"},
     "testbed.cli": DATA | {"testbed.policies", "testbed.build", "testbed.devices", "testbed.checks",
-                           "testbed.analysis", "testbed.run"},
+                           "testbed.analysis", "testbed.run", "testbed.reference"},
     "testbed.__main__": {"testbed.cli"},
     "testbed": set(),
 }
