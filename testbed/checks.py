@@ -7,22 +7,19 @@ refer to, so reading the disk stays out of the models. ``testbed validate`` runs
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from agents.protocol import TIERS
+from testbed import policies
 from testbed.core.config import CostSpec, Experiment, Inventory, resolve, shaping_problems, suggest
 from testbed.core.costmodel import HOPS, PRESETS
 from testbed.core.errors import BundleError
 from testbed.formats.bundle import Bundle
 
 
-def check_experiment(exp: Experiment, inv: Inventory, policy_problems: Any, base: Path) -> list[str]:
-    """Semantic checks that need the inventory and the policy registry; returns problems.
-
-    ``policy_problems(spec) -> list[str]`` is the policy registry's own check.
-    """
+def check_experiment(exp: Experiment, inv: Inventory, base: Path) -> list[str]:
+    """Semantic checks that need the inventory, the bundle and the policy registry; returns problems."""
     problems: list[str] = []
     if sorted(exp.devices) != sorted(TIERS):
         problems.append(f"devices: tiers {sorted(exp.devices)} given; name one device for each of {list(TIERS)}")
@@ -46,7 +43,7 @@ def check_experiment(exp: Experiment, inv: Inventory, policy_problems: Any, base
     problems += shaping_problems(exp.shaping)
     keys: set[str] = set()
     for i, pol in enumerate(exp.policies):
-        problems += [f"policies[{i}]{p}" for p in policy_problems(pol)]
+        problems += [f"policies[{i}]{p}" for p in policies.check(pol)]
         if pol.key in keys:
             problems.append(f"policies[{i}]: policy {pol.key!r} appears twice; give one a different label")
         keys.add(pol.key)
@@ -94,13 +91,7 @@ def _bundle_problems(exp: Experiment, base: Path) -> list[str]:
     if missing:
         problems.append(f"bundle: {exp.bundle!r} lacks {', '.join(missing)}; rebuild it with `testbed partition`")
     for i, pol in enumerate(exp.policies):
-        if pol.name == "adaptive-resnet" and not bundle.spec.resnet_variants:
-            problems.append(f"policies[{i}]: adaptive-resnet needs a ResNet bundle with variants; {exp.bundle!r} is a "
-                            f"{bundle.spec.kind} bundle (build one: testbed partition --config "
-                            "partitions/specs/resnet-digits.yaml)")
-        if pol.name == "cartography" and not (root / "cartography.parquet").is_file():
-            problems.append(f"policies[{i}]: cartography needs the training dynamics (cartography.parquet) that "
-                            f"{exp.bundle!r} lacks; rebuild it with `testbed partition`")
+        problems += [f"policies[{i}]{p}" for p in policies.bundle_problems(pol, bundle)]
     splits = bundle.spec.data.splits
     if exp.samples.split not in splits:
         problems.append(f"samples.split: {exp.samples.split!r} is not a split of the bundle"

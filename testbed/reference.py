@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from testbed import policies
 from testbed.build.resnet import ResNetSpec
 from testbed.build.transformer import PartitionSpec
 from testbed.core.config import Experiment, Inventory
@@ -114,11 +115,38 @@ def keys(model: type[BaseModel], prefix: str = "") -> Iterator[Key]:
 
 def undocumented() -> list[str]:
     """Keys of the user's files without a description (a test keeps this empty)."""
-    return [f"{title}: {k.path}" for title, _, model in DOCUMENTS for k in keys(model) if not k.meaning]
+    found = [f"{title}: {k.path}" for title, _, model in DOCUMENTS for k in keys(model) if not k.meaning]
+    return found + [f"policy {name}: {k.path}" for name, t in policies.types().items() for k in keys(t.params)
+                    if not k.meaning]
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or " "
+
+
+def _table(rows: Iterator[Key]) -> list[str]:
+    return ["| key | type | default | bounds | meaning |\n| --- | --- | --- | --- | --- |\n"] + [
+        f"| `{k.path}` | {_cell(k.type)} | {_cell(k.default)} | {_cell(k.bounds)} | {_cell(k.meaning)} |\n"
+        for k in rows]
+
+
+def _policy_sections() -> list[str]:
+    parts = ["\n## Policy keys\n\nThe keys each policy takes in its `policies[]` entry, besides `name` and `label` "
+             "(each policy module of `testbed/policies/` declares its own).\n"]
+    for name, ptype in policies.types().items():
+        judged = []
+        if ptype.claim:
+            judged.append(f"Judged by the {ptype.claim.paper} claim: more than {ptype.claim.min_cost_reduction:.0%} "
+                          f"lower cost than all-cloud at less than {ptype.claim.max_drop_pt:g} pt accuracy drop.")
+        if ptype.cost_preset:
+            judged.append(f"Its paper's cost preset: `{ptype.cost_preset}`.")
+        if ptype.needs:
+            judged.append(f"Reads the bundle's {', '.join(sorted(ptype.needs))}.")
+        extra = "".join(f" {s}" for s in judged)
+        parts.append(f"\n### `{name}`\n\n{ptype.summary}.{extra}\n\n")
+        rows = list(keys(ptype.params, f"policies[name={name}]."))
+        parts += _table(iter(rows)) if rows else ["No keys.\n"]
+    return parts
 
 
 def render() -> str:
@@ -126,8 +154,8 @@ def render() -> str:
     parts = [HEADER]
     for title, where, model in DOCUMENTS:
         doc = " ".join((model.__doc__ or "").split())
-        parts.append(f"\n## {title}\n\n`{where}`: {doc}\n\n| key | type | default | bounds | meaning |\n"
-                     "| --- | --- | --- | --- | --- |\n")
-        parts += [f"| `{k.path}` | {_cell(k.type)} | {_cell(k.default)} | {_cell(k.bounds)} | {_cell(k.meaning)} |\n"
-                  for k in keys(model)]
+        parts.append(f"\n## {title}\n\n`{where}`: {doc}\n\n")
+        parts += _table(keys(model))
+        if model is Experiment:
+            parts += _policy_sections()
     return "".join(parts)

@@ -41,7 +41,7 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
         policy = policies.make(spec, ctx)
         rng = np.random.default_rng(seed + i)
         conf = conf_max
-        if getattr(policy, "measure", "max") == "entropy":
+        if policy.measure == "entropy":
             if not set(entropy_cols) <= set(table.columns):
                 from testbed.core.errors import BundleError
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import pandas as pd
 
+from testbed import policies
 from testbed.analysis import stats
+from testbed.core.costmodel import claim_line
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,9 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
         paper = paper_vs_measured(df, cm, summary)
         names = {p["label"] or p["name"]: p["name"]
                  for p in manifest.get("experiment", {}).get("resolved", {}).get("policies", [])}
-        from testbed.core.costmodel import claim_line
-
         for _, r in paper.iterrows():
-            line = claim_line(names.get(r["policy"], r["policy"]), r["policy"], float(r["cost_reduction"]),
-                              float(r["accuracy_drop_pt"]))
+            claim = policies.claim_of(names.get(str(r["policy"]), str(r["policy"])))
+            line = claim_line(claim, str(r["policy"]), float(r["cost_reduction"]), float(r["accuracy_drop_pt"]))
             if line:
                 notes.append(line)
         notes.append(f"cost model: preset {cm['name']} (lambda per layer {cm['lam']}, o per offload {cm['o']}, "

@@ -21,7 +21,7 @@ def load_all(exp_path: Path, inv_path: Path) -> tuple[Experiment, Inventory]:
     problems: list[ConfigError] = []
     exp = inv = None
     try:
-        exp = load_experiment(exp_path)
+        exp = load_experiment(exp_path, policies.keys_of)
     except ConfigError as e:
         problems.append(e)
     try:
@@ -29,7 +29,7 @@ def load_all(exp_path: Path, inv_path: Path) -> tuple[Experiment, Inventory]:
     except ConfigError as e:
         problems.append(e)
     if exp is not None and inv is not None:
-        semantic = check_experiment(exp, inv, policies.check, Path.cwd())
+        semantic = check_experiment(exp, inv, Path.cwd())
         if semantic:
             problems.append(ConfigError(str(exp_path), semantic))
     if problems:

@@ -50,15 +50,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     ctx = policies.context_for(bundle, exp.samples.split, exp.seed, {s.name for s in exp.policies})
     for pspec in exp.policies:
         pol = policies.make(pspec, ctx)
-        if isinstance(pol, policies.StaticPolicy) or hasattr(pol, "record") and "thresholds" in pol.record:
+        if isinstance(pol, policies.StaticPolicy) or "thresholds" in pol.record:
             rule = pol.thresholds(0, np.random.default_rng(exp.seed))
-            out.print(f"policy {pspec.key}: exit thresholds {rule} (exit when {getattr(pol, 'measure', 'max')} "
+            out.print(f"policy {pspec.key}: exit thresholds {rule} (exit when {pol.measure} "
                       "confidence >= threshold)", highlight=False)
         else:
-            given = [f"{k}={getattr(pspec, k)}" for k in sorted(policies.PARAMS[pspec.name])
-                     if getattr(pspec, k) is not None]
+            _, params = policies.parse(pspec)
+            given = [f"{k}={v}" for k, v in params.model_dump().items()]
             out.print(f"policy {pspec.key}: {type(pol).__name__}, chooses per sample or per run "
-                      f"({', '.join(given) or 'defaults'})", highlight=False)
+                      f"({', '.join(given) or 'no parameters'})", highlight=False)
     out.print(f"cost model: {exp.cost.preset}")
     _print_shaping_plan(exp, inv)
     out.print(f"results: {args.results}/{exp.name}/<run_id>/")

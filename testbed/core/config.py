@@ -13,6 +13,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -34,31 +35,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PolicySpec(Strict):
-    """One policy to run and its parameters (each policy takes only the ones it uses).
+class PolicySpec(BaseModel):
+    """One policy to run: its name, an optional label, and the policy's own keys.
 
-    ``thresholds`` (early-exit): tier -> min confidence to exit. ``shares`` (random): tier ->
-    probability. ``alpha``, ``c``, ``lam``, ``o`` (splitee, splitee-s): exit confidence, UCB
-    exploration constant, cost per layer, cost per offload. ``mu`` (cartography): weight of
-    the normalised cost against accuracy; (adaptive-resnet) weight of latency in [0, 1].
-    ``cost``: the cost preset the policy optimises.
+    The policy's keys (``thresholds``, ``alpha``, ...) are checked by the policy itself
+    (:func:`testbed.policies.check`): each policy module declares the keys it takes, with
+    their defaults, bounds and meaning (docs/reference.md lists them per policy).
     """
 
-    name: str = Field(description="all-mobile, all-edge, all-cloud, random, oracle, early-exit, cartography, "
-                      "splitee, splitee-s or adaptive-resnet")
-    thresholds: dict[str, float] | None = Field(None, description="early-exit: tier -> the confidence at or above "
-                                                "which a sample exits there, in [0, 1]; one per tier but the last")
-    shares: dict[str, float] | None = Field(None, description="random: tier -> probability of exiting there "
-                                            "(they add up to 1)")
-    alpha: float | None = Field(None, description="splitee, splitee-s: the exit confidence, in [0, 1] (default 0.8)")
-    c: float | None = Field(None, description="splitee, splitee-s: the UCB exploration constant (default 1)")
-    lam: float | None = Field(None, description="splitee, splitee-s: the cost per layer in the reward (default 0.1)")
-    o: float | None = Field(None, description="splitee, splitee-s: the cost per offload in the reward (default 0.3)")
-    mu: float | None = Field(None, description="cartography: weight of the normalised cost against accuracy "
-                             "(default 0.1); adaptive-resnet: weight of latency in [0, 1] (default 0.5)")
-    cost: str | None = Field(None, description="cartography: the cost preset the thresholds are fitted against "
-                             "(default dimec-dc)")
-    measure: str | None = Field(None, description="confidence measure: max (softmax, default) or entropy")
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(description="the policy: one of `testbed.policies.names()` (see the policy keys below)")
     label: str | None = Field(None, description="name in results; defaults to name")
 
     @property
@@ -374,20 +360,30 @@ def read_yaml(path: Path) -> tuple[Any, str]:
         raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from e
 
 
-def load_yaml_model(path: Path, model: type[M], prepare: Any = None) -> M:
+#: more structural checks of a parsed file: (data, YAML path -> line) -> problems
+MoreChecks = Callable[[dict[str, Any], dict[Path_, int]], list[str]]
+
+
+def load_yaml_model(path: Path, model: type[M], prepare: Any = None, more: MoreChecks | None = None) -> M:
     """Load ``path`` into ``model``, raising one ConfigError that lists every problem.
 
-    ``prepare(data) -> data``, when given, rewrites the parsed mapping before validation.
+    ``prepare(data) -> data``, when given, rewrites the parsed mapping before validation;
+    ``more(data, lines)`` adds problems the model cannot see (reported with the model's).
     """
     data, text = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(str(path), [f"expected a mapping at the top level, got {type(data).__name__}"])
     if prepare is not None:
         data = prepare(data)
+    lines = _line_map(text)
+    extra = more(data, lines) if more is not None else []
     try:
-        return model.model_validate(data)
+        loaded = model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(str(path), validation_problems(model, e, _line_map(text))) from e
+        raise ConfigError(str(path), validation_problems(model, e, lines) + extra) from e
+    if extra:
+        raise ConfigError(str(path), extra)
+    return loaded
 
 
 def load_inventory(path: Path) -> Inventory:
@@ -450,9 +446,33 @@ def _apply_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "devices": merged}
 
 
-def load_experiment(path: Path) -> Experiment:
-    """Load ``experiments/<name>.yaml`` (structure only; see :func:`testbed.checks.check_experiment`)."""
-    return load_yaml_model(path, Experiment)
+def load_experiment(path: Path, policy_keys: Callable[[str], list[str] | None] | None = None) -> Experiment:
+    """Load ``experiments/<name>.yaml`` (structure only; see :func:`testbed.checks.check_experiment`).
+
+    ``policy_keys(name)``: the keys the named policy takes (None for an unknown name), so that a
+    misspelt key of a policy entry is reported with its line, like any other unknown key.
+    """
+    if policy_keys is None:
+        return load_yaml_model(path, Experiment)
+    keys_of = policy_keys
+
+    def unknown_policy_keys(data: dict[str, Any], lines: dict[Path_, int]) -> list[str]:
+        entries = data.get("policies")
+        problems = []
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            allowed = keys_of(str(entry.get("name"))) if isinstance(entry, dict) else None
+            if allowed is None:
+                continue
+            for key in entry:
+                if key not in ("name", "label", *allowed):
+                    loc: Path_ = ("policies", i, key)
+                    line = lines.get(loc)
+                    problems.append(f"{format_path(loc)}{f' (line {line})' if line else ''}: unknown key {key!r}"
+                                    f"{suggest(str(key), [*allowed, 'label'])} (policy {entry['name']} takes "
+                                    f"{', '.join(allowed) or 'no keys but name and label'})")
+        return problems
+
+    return load_yaml_model(path, Experiment, more=unknown_policy_keys)
 
 
 def resolve(base: Path, value: str) -> Path:

@@ -99,20 +99,20 @@ PRESETS: dict[str, CostModel] = {
 }
 
 
-#: what each paper claims against all-cloud: (paper, min cost reduction, max accuracy drop in points)
-CLAIMS: dict[str, tuple[str, float, float]] = {
-    "cartography": ("DIMEC-DC", 0.43, 0.5),
-    "early-exit": ("DIMEE", 0.43, 0.3),
-    "splitee": ("SplitEE", 0.50, 2.0),
-    "splitee-s": ("SplitEE-S", 0.50, 2.0),
-}
+@dataclass(frozen=True)
+class Claim:
+    """What a paper claims against all-cloud: at least this cost reduction at less than this accuracy drop."""
+
+    paper: str
+    min_cost_reduction: float
+    max_drop_pt: float
 
 
-def claim_line(policy_name: str, key: str, cost_reduction: float, drop_pt: float) -> str | None:
+def claim_line(claim: Claim | None, key: str, cost_reduction: float, drop_pt: float) -> str | None:
     """The paper's claim for a policy beside ours, saying plainly whether ours meets it."""
-    if policy_name not in CLAIMS or np.isnan(cost_reduction):
+    if claim is None or np.isnan(cost_reduction):
         return None
-    paper, red, drop = CLAIMS[policy_name]
+    paper, red, drop = claim.paper, claim.min_cost_reduction, claim.max_drop_pt
     meets = cost_reduction > red and drop_pt < drop
     return (f"{key}: {paper} claims >{red:.0%} lower cost at <{drop:g} pt accuracy drop; here {cost_reduction:.1%} "
             f"lower cost at {drop_pt:.2f} pt drop (paper units): "

@@ -34,6 +34,24 @@ class PolicyContext:
     resnet_variants: list[dict[str, Any]] | None = None
 
 
+#: what a policy may need from a bundle: table -> (what it is, how a bundle that lacks it gets it)
+TABLES: dict[str, tuple[str, str]] = {
+    "exits": ("the run split's exit table, labels included", "every bundle has it"),
+    "val_exits": ("the validation split's exit table", "every bundle has it"),
+    "cartography": ("the training dynamics (cartography.parquet)", "rebuild the bundle with `testbed partition`"),
+    "resnet_variants": ("ResNet variants with connections dropped", "build a ResNet bundle: testbed partition "
+                        "--config partitions/specs/resnet-digits.yaml"),
+}
+
+
+def missing(bundle: Bundle, need: frozenset[str] | set[str]) -> list[str]:
+    """The tables of ``need`` that ``bundle`` lacks, each with how to get it."""
+    has = {"exits": True, "val_exits": True, "cartography": (bundle.root / "cartography.parquet").is_file(),
+           "resnet_variants": bool(bundle.spec.resnet_variants)}
+    return [f"{TABLES[n][0]}, which {bundle.root.name!r} ({bundle.spec.kind}) lacks: {TABLES[n][1]}"
+            for n in sorted(need) if not has[n]]
+
+
 def for_bundle(bundle: Bundle, split: str, seed: int, need: set[str]) -> PolicyContext:
     """What policies that ``need`` the named tables get from ``bundle`` (tables are read only when needed)."""
     return PolicyContext(

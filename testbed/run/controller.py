@@ -354,7 +354,7 @@ class Controller:
         samples = self.bundle.samples(self.exp.samples.split)
         count = self.exp.samples.count or len(samples)  # validated against the split size
         warm = self.exp.samples.warmup
-        if getattr(policy, "needs_resources", False):
+        if policy.needs_resources:
             self._run_adaptive(policy, rng, samples, count, max(warm, 3))
             return
         # warmup and measure run as two phases, so no batch energy window holds samples of both
@@ -362,7 +362,8 @@ class Controller:
             self._issue_all(policy, rng, samples, [("warmup", i % count) for i in range(warm)], (0, warm + count))
         self._issue_all(policy, rng, samples, [("measure", i) for i in range(count)], (warm, warm + count))
 
-    def _run_adaptive(self, policy: Any, rng: np.random.Generator, samples: Samples, count: int, warm: int) -> None:
+    def _run_adaptive(self, policy: policies.Policy, rng: np.random.Generator, samples: Samples, count: int,
+                      warm: int) -> None:
         """Warm up on the full network through every tier, measure the resources, let the policy choose, run."""
         probe = policies.StaticPolicy(policy.name, policies.all_tier(p.TIERS[-1]))
         rows = self._issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)])
@@ -376,10 +377,10 @@ class Controller:
             net = [r[col] for r in rows if r[col] is not None]
             res["ms_per_offload"][hop] = float(np.median(net)) if net else 0.0
         policy.plan(res)
-        variant = policy.variant
-        swap = variant["name"] != full.name
-        if swap:
-            self._configure({t: (variant["files"][t], variant["sha256"][t]) for t in p.TIERS}, seq=2)
+        files = policy.partitions()
+        swap = files is not None
+        if files is not None:
+            self._configure(files, seq=2)
         try:
             self._issue_all(policy, rng, samples, [("measure", i) for i in range(count)])
         finally:
@@ -415,8 +416,7 @@ class Controller:
                 phase, idx = plan[nxt]
                 tensors = samples.tensors(idx)
                 sample_id = int(samples.sample_id[idx])
-                work = p.Work(self._seq, sample_id, tensors, policy.thresholds(sample_id, rng), [],
-                              getattr(policy, "measure", "max"))
+                work = p.Work(self._seq, sample_id, tensors, policy.thresholds(sample_id, rng), [], policy.measure)
                 issued = Issued(self._seq, sample_id, int(samples.label[idx]), phase, policy.name,
                                 self.clock.monotonic_ns(), self.clock.time_ns(),
                                 sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id))

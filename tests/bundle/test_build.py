@@ -334,7 +334,7 @@ def test_adaptive_resnet_measures_chooses_and_really_runs_the_chosen_variant(res
 
 def test_a_chosen_variant_is_loaded_on_the_agents_and_the_full_network_comes_back(resnet_bundle, tmp_path,
                                                                                    monkeypatch):
-    from testbed.policies.learned import AdaptiveResNetPolicy
+    from testbed.policies.adaptive_resnet import AdaptiveResNetPolicy
 
     last = resnet_bundle.spec.resnet_variants[-1].model_dump()
     assert last["name"] != "full"

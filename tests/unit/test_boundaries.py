@@ -22,7 +22,7 @@ LAYERS: dict[str, set[str]] = {
     "testbed.checks": DATA | {"testbed.policies"},
     "testbed.analysis": DATA | {"testbed.policies"},
     "testbed.run": DATA | {"testbed.policies", "testbed.devices"},
-    "testbed.reference": DATA | {"testbed.build"},
+    "testbed.reference": DATA | {"testbed.build", "testbed.policies"},
     "testbed.cli": DATA | {"testbed.policies", "testbed.build", "testbed.devices", "testbed.checks",
                            "testbed.analysis", "testbed.run", "testbed.reference"},
     "testbed.__main__": {"testbed.cli"},
@@ -39,7 +39,7 @@ AGENT_EDGES = {
 PURE = ["testbed.core.clock", "testbed.core.costmodel", "testbed.formats.schema", "testbed.run.rows",
         "testbed.analysis.stats", "testbed.analysis.report", "testbed.analysis.calibrate", "testbed.build.tiers",
         "testbed.build.cartography", "testbed.devices.shaping", "testbed.policies", "testbed.policies.context",
-        "testbed.policies.learned"]
+        *(f"testbed.policies.{p.stem}" for p in (ROOT / "testbed" / "policies").glob("*.py") if p.stem != "__init__")]
 IO_MODULES = {"testbed.run.controller", "testbed.run.transport", "testbed.devices.launch", "testbed.formats.results",
               "testbed.analysis.replay", "testbed.build.pipeline", "zmq", "subprocess", "socket", "shutil"}
 

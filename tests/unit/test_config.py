@@ -14,7 +14,7 @@ from conftest import ROOT, write_experiment, write_inventory
 def test_shipped_experiment_and_inventory_are_valid():
     exp = load_experiment(ROOT / "experiments/loopback.yaml")
     inv = load_inventory(ROOT / "inventory.yaml")
-    problems = check_experiment(exp, inv, policies.check, ROOT)
+    problems = check_experiment(exp, inv, ROOT)
     assert [p for p in problems if not p.startswith("bundle")] == []
 
 
@@ -38,7 +38,7 @@ def test_structural_errors_all_at_once_with_paths_lines_and_suggestions(tmp_path
     path = tmp_path / "bad.yaml"
     path.write_text(BAD)
     with pytest.raises(ConfigError) as e:
-        load_experiment(path)
+        load_experiment(path, policies.keys_of)  # the policy registry says which keys a policy entry takes
     text = str(e.value)
     assert str(path) in text
     assert "samples.cuont (line 6): unknown key 'cuont'; did you mean 'count'?" in text

@@ -7,8 +7,9 @@ import pytest
 from testbed import policies
 from testbed.core.config import PolicySpec
 from testbed.core.costmodel import preset
+from testbed.policies.cartography import best_thresholds, cartography_clusters, kmeans
 from testbed.policies.context import PolicyContext
-from testbed.policies.learned import SplitEEPolicy, best_thresholds, cartography_clusters, kmeans
+from testbed.policies.splitee import SplitEEPolicy
 
 EXIT_LAYERS = {"mobile": 2, "edge": 4, "cloud": 6}
 LAYERS = {"mobile": 2, "edge": 2, "cloud": 2}
@@ -124,7 +125,7 @@ def test_bad_parameters_are_refused(spec, fragment):
 
 
 def test_adaptive_resnet_objective_by_hand():
-    from testbed.policies.learned import AdaptiveResNetPolicy
+    from testbed.policies.adaptive_resnet import AdaptiveResNetPolicy
 
     def v(name, macs, accs):
         return {"name": name, "macs": dict(zip(("mobile", "edge", "cloud"), macs, strict=True)),

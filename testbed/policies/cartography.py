@@ -1,0 +1,141 @@
+"""``cartography`` (DIMEC-DC): thresholds fitted offline from the training dynamics and the validation split."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+
+from agents.protocol import TIERS
+from testbed.core import costmodel
+from testbed.core.config import suggest
+from testbed.core.costmodel import Claim, CostModel
+from testbed.policies.base import NEVER, Params, Policy, PolicyType
+from testbed.policies.context import PolicyContext
+
+
+class CartographyParams(Params):
+    """Parameters of ``cartography``."""
+
+    mu: float = Field(0.1, ge=0, description="weight of the normalised cost against accuracy in the reward the "
+                      "thresholds maximise on the validation split")
+    cost: str = Field("dimec-dc", description="the cost preset the thresholds are fitted against")
+
+    @field_validator("cost")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in costmodel.PRESETS:
+            raise ValueError(f"unknown cost preset {v!r}{suggest(v, list(costmodel.PRESETS))}")
+        return v
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Plain Lloyd's k-means with k-means++ seeding; returns (labels, centroids)."""
+    rng = np.random.default_rng(seed)
+    centroids = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d = np.min([((x - c) ** 2).sum(1) for c in centroids], axis=0)
+        centroids.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
+    cent = np.array(centroids)
+    labels = np.zeros(len(x), np.int64)
+    for _ in range(iters):
+        labels = ((x[:, None, :] - cent[None]) ** 2).sum(-1).argmin(1)
+        new = np.array([x[labels == j].mean(0) if (labels == j).any() else cent[j] for j in range(k)])
+        if np.allclose(new, cent):
+            break
+        cent = new
+    return labels, cent
+
+
+def cartography_clusters(carto: pd.DataFrame, exit_layers: dict[str, int], seed: int) -> dict[str, Any]:
+    """Cluster training samples into easy / medium / hard on confidence and variability at the mobile and edge exits.
+
+    Returns the cluster of each sample id and, per cluster, its size and centroid. Clusters are
+    named by mean confidence: highest easy, lowest hard.
+    """
+    cols = []
+    wide = None
+    for tier in TIERS[:-1]:
+        sub = carto[carto["exit_layer"] == exit_layers[tier]].set_index("sample_id")[["confidence", "variability"]]
+        sub = sub.rename(columns={"confidence": f"confidence_{tier}", "variability": f"variability_{tier}"})
+        wide = sub if wide is None else wide.join(sub, how="inner")
+        cols += [f"confidence_{tier}", f"variability_{tier}"]
+    assert wide is not None
+    x = wide[cols].to_numpy(np.float64)
+    labels, cent = kmeans(x, 3, seed)
+    conf_cols = [i for i, c in enumerate(cols) if c.startswith("confidence")]
+    order = np.argsort(-cent[:, conf_cols].mean(1))
+    names = {int(j): n for j, n in zip(order, ("easy", "medium", "hard"), strict=True)}
+    return {
+        "sample_cluster": {int(s): names[int(lab)] for s, lab in zip(wide.index, labels, strict=True)},
+        "clusters": {names[j]: {"size": int((labels == j).sum()), **{c: float(cent[j][i]) for i, c in enumerate(cols)}}
+                     for j in range(3)},
+    }
+
+
+def best_thresholds(val: pd.DataFrame, cost: CostModel, layers: dict[str, int], mu: float,
+                    grid: np.ndarray | None = None) -> dict[str, Any]:
+    """Mobile and edge thresholds maximising accuracy - mu * cost / cost(all-cloud) on a validation table."""
+    grid = np.round(np.arange(0.30, 1.0001, 0.01), 2) if grid is None else grid
+    grid = np.append(grid, NEVER)
+    cm, ce = val["confidence_mobile"].to_numpy(), val["confidence_edge"].to_numpy()
+    right = {t: (val[f"prediction_{t}"] == val["label"]).to_numpy() for t in TIERS}
+    route_cost = {t: cost.route_cost(layers, t) for t in TIERS}
+    full = route_cost[TIERS[-1]]
+    best: dict[str, Any] = {"reward": -math.inf}
+    for tm in grid:
+        at_m = cm >= tm
+        for te in grid:
+            at_e = ~at_m & (ce >= te)
+            at_c = ~at_m & ~at_e
+            acc = float((right["mobile"] & at_m).sum() + (right["edge"] & at_e).sum() + (right["cloud"] & at_c).sum()
+                        ) / len(val)
+            c = float(at_m.sum() * route_cost["mobile"] + at_e.sum() * route_cost["edge"]
+                      + at_c.sum() * route_cost["cloud"]) / len(val)
+            reward = acc - mu * c / full
+            if reward > best["reward"] + 1e-12:
+                best = {"reward": reward, "accuracy": acc, "cost": c, "thresholds": {"mobile": float(tm),
+                        "edge": float(te)}, "shares": {"mobile": float(at_m.mean()), "edge": float(at_e.mean()),
+                                                       "cloud": float(at_c.mean())}}
+    return best
+
+
+class CartographyPolicy(Policy):
+    """DIMEC-DC: thresholds fitted offline from the training dynamics and the validation split.
+
+    Training samples are clustered into easy / medium / hard (:func:`cartography_clusters`);
+    the mobile and edge thresholds are those that maximise the expected reward on the
+    validation split (:func:`best_thresholds`), so confident (easy) samples stop on mobile,
+    medium ones at edge and the rest reach the cloud. ``record`` holds the clusters, the
+    thresholds and the expected reward.
+    """
+
+    def __init__(self, name: str, ctx: PolicyContext, cost: CostModel, mu: float):
+        assert ctx.cartography is not None and ctx.val_exits is not None
+        super().__init__(name)
+        clusters = cartography_clusters(ctx.cartography, ctx.exit_layers, ctx.seed)
+        fit = best_thresholds(ctx.val_exits, cost, ctx.layers, mu)
+        self._thresholds = fit["thresholds"]
+        self.record = {"clusters": clusters["clusters"], "cost_preset": cost.name, "mu": mu,
+                       "thresholds": fit["thresholds"], "expected": {k: fit[k] for k in ("reward", "accuracy", "cost",
+                                                                                         "shares")}}
+
+    def thresholds(self, sample_id: int, rng: np.random.Generator) -> dict[str, float]:
+        """The fitted thresholds."""
+        return dict(self._thresholds)
+
+
+
+
+def _build(label: str, p: CartographyParams, ctx: PolicyContext) -> CartographyPolicy:
+    return CartographyPolicy(label, ctx, costmodel.preset(p.cost), p.mu)
+
+
+POLICIES = [PolicyType(
+    name="cartography", summary="DIMEC-DC: thresholds fitted on validation against a reward over accuracy and cost, "
+    "training samples clustered easy / medium / hard by their training dynamics",
+    params=CartographyParams, needs=frozenset({"val_exits", "cartography"}), build=_build,
+    claim=Claim("DIMEC-DC", 0.43, 0.5), cost_preset="dimec-dc")]

@@ -1,0 +1,151 @@
+"""The policies: every module of this package with a ``POLICIES`` list registers its entries here.
+
+An experiment's policy entry (:class:`testbed.core.config.PolicySpec`) has a ``name``, an
+optional ``label`` and the policy's own keys; this module checks those keys against the
+policy's :class:`~testbed.policies.base.Params` model, builds the policy, and says what it
+needs from the bundle and what claim it is judged by. Adding a policy is adding a module.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from annotated_types import Ge, Le
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from testbed.core.config import PolicySpec, suggest
+from testbed.core.costmodel import Claim
+from testbed.policies.base import Params, Policy, PolicyType
+from testbed.policies.context import PolicyContext, for_bundle, missing
+
+if TYPE_CHECKING:
+    from testbed.formats.bundle import Bundle
+
+_NOT_POLICIES = {"base", "context", "registry"}
+
+
+@functools.cache
+def types() -> dict[str, PolicyType]:
+    """Name -> policy type, from every policy module of the package, in name order."""
+    found: dict[str, PolicyType] = {}
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if mod.name in _NOT_POLICIES:
+            continue
+        for ptype in importlib.import_module(f"{__package__}.{mod.name}").POLICIES:
+            if ptype.name in found:
+                raise RuntimeError(f"policy {ptype.name!r} is registered twice (testbed/policies/{mod.name}.py)")
+            found[ptype.name] = ptype
+    return dict(sorted(found.items()))
+
+
+def names() -> list[str]:
+    """Every policy name."""
+    return list(types())
+
+
+def keys_of(name: str) -> list[str] | None:
+    """The keys the named policy takes besides ``name`` and ``label``; None for an unknown name."""
+    ptype = types().get(name)
+    return sorted(ptype.params.model_fields) if ptype else None
+
+
+def _bounds_text(model: type[BaseModel], field: str) -> tuple[float | None, float | None]:
+    lo = hi = None
+    for m in model.model_fields[field].metadata:
+        if isinstance(m, Ge):
+            lo = float(m.ge)  # type: ignore[arg-type]
+        elif isinstance(m, Le):
+            hi = float(m.le)  # type: ignore[arg-type]
+    return lo, hi
+
+
+def _problem(ptype: PolicyType, err: ErrorDetails, given: dict[str, Any]) -> str:
+    """One pydantic error on a policy's keys, in the words the rest of ``testbed validate`` uses."""
+    loc = ".".join(str(x) for x in err["loc"])
+    key = str(err["loc"][0]) if err["loc"] else ""
+    value = err.get("input")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # as the model holds it
+    if err["type"] == "extra_forbidden":
+        takes = sorted(ptype.params.model_fields)
+        return f".{key}: {ptype.name} takes no {key}" + (f" (it takes {', '.join(takes)})" if takes else "; remove it")
+    if err["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        lo, hi = _bounds_text(ptype.params, key)
+        if lo is not None and hi is not None:
+            return f".{loc}: {value} is outside [{lo:g}, {hi:g}]"
+        return f".{loc}: {value} is negative; costs and weights are >= 0"
+    if err["type"] == "literal_error":
+        choices = [str(c).strip("'") for c in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ", ")
+                   .split(", ")]
+        return f".{loc}: {value!r} is not one of {choices}{suggest(str(value), choices)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f".{loc}: {msg} (got {value!r})" if err["type"] != "value_error" else f".{loc}: {msg}"
+
+
+def parse(spec: PolicySpec) -> tuple[PolicyType, Params]:
+    """The entry's policy type and its validated parameters (call :func:`check` first for the words)."""
+    ptype = types()[spec.name]
+    return ptype, ptype.params.model_validate(spec.model_extra or {})
+
+
+def check(spec: PolicySpec) -> list[str]:
+    """Problems with a policy entry, each starting with its sub-path (``.name: ...``)."""
+    if spec.name not in types():
+        return [f".name: unknown policy {spec.name!r}{suggest(spec.name, names())}"]
+    ptype = types()[spec.name]
+    given = dict(spec.model_extra or {})
+    try:
+        params = ptype.params.model_validate(given)
+    except ValidationError as e:
+        return [_problem(ptype, err, given) for err in e.errors()]
+    return ptype.check(params) if ptype.check else []
+
+
+def needs(names_: set[str]) -> set[str]:
+    """The bundle tables the named policies read."""
+    return set().union(*(types()[n].needs for n in names_ if n in types()))
+
+
+def bundle_problems(spec: PolicySpec, bundle: Bundle) -> list[str]:
+    """What ``bundle`` lacks for the entry's policy (empty for an unknown name: :func:`check` says that)."""
+    if spec.name not in types():
+        return []
+    return [f": {spec.name} needs {m}" for m in missing(bundle, types()[spec.name].needs)]
+
+
+def context_for(bundle: Bundle, split: str, seed: int, names_: set[str]) -> PolicyContext:
+    """What the named policies need from ``bundle``'s split (tables are read only when a policy needs them)."""
+    return for_bundle(bundle, split, seed, needs(names_))
+
+
+def make(spec: PolicySpec, ctx: PolicyContext | None = None) -> Policy:
+    """Build the policy an experiment entry names (assumes :func:`check` passed).
+
+    ``ctx`` carries what the learned policies need from the bundle; policies that need nothing
+    get an empty one.
+    """
+    ptype, params = parse(spec)
+    if ctx is None:
+        if ptype.needs:
+            raise ValueError(f"policy {spec.name} needs the bundle's context ({', '.join(sorted(ptype.needs))})")
+        ctx = PolicyContext(seed=0, layers={}, exit_layers={})
+    return ptype.build(spec.key, params, ctx)
+
+
+def record(policy: Policy) -> dict[str, Any]:
+    """What the manifest keeps of a policy after its run: its class, fitted values, the bandit's state."""
+    rec: dict[str, Any] = {"class": type(policy).__name__}
+    if policy.upper_bound:
+        rec["upper_bound"] = "uses the labels; not deployable"
+    return rec | policy.summary()
+
+
+def claim_of(name: str) -> Claim | None:
+    """The paper claim the named policy is judged by, if any."""
+    ptype = types().get(name)
+    return ptype.claim if ptype else None
