@@ -1,0 +1,1 @@
+"""Building partition bundles (torch, controller machine only): datasets, cuts, builders, cartography."""
