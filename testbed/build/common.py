@@ -1,4 +1,4 @@
-"""What the transformer and ResNet builders share: split sizes, parity tolerance, progress, hashing, the output directory."""
+"""What the transformer and ResNet builders share: split sizes, parity tolerance, progress, the output directory."""
 
 from __future__ import annotations
 

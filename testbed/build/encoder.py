@@ -242,8 +242,10 @@ def parity(parts: dict[str, Any], sessions: dict[str, Partition], feed: dict[str
 
 
 def exit_table(sessions: dict[str, Partition], cut: Cut, mode: str, split: str, data: Encoded) -> pd.DataFrame:
-    """Every exit's prediction and confidence per sample (:func:`testbed.build.steps.exit_row`), one unpadded
-    sample at a time as a live run does."""
+    """Every exit's prediction and confidence per sample, one unpadded sample at a time as a live run does.
+
+    The columns are :func:`testbed.build.steps.exit_row`'s.
+    """
     exits = {tier: [(layer, exit_output(layer, cut)) for layer in cut.exits_in(tier)] for tier in TIERS}
     return pd.DataFrame([exit_row(split, sid, int(data.labels[sid]), chain(sessions, data.one(sid), mode), exits)
                          for sid in range(len(data.ids))])

@@ -433,7 +433,8 @@ class ResNetBuilder(Builder[ResNetSpec]):
             tier=t, layers=list(range(first, last + 1)), file=full.files[t], sha256=full.sha256[t],
             size_bytes=(out / full.files[t]).stat().st_size,
             inputs=[TensorSpec(name="pixels" if t == TIERS[0] else "features", dtype="float32", shape=dims)],
-            outputs=([] if t == TIERS[-1] else [TensorSpec(name="features_out", dtype="float32", shape=dims)]) + [logits],
+            outputs=[*([] if t == TIERS[-1] else [TensorSpec(name="features_out", dtype="float32", shape=dims)]),
+                     logits],
             logits="logits", exit=exit_spec(block, acc), exits=[exit_spec(block, acc)],
             offload={} if t == TIERS[-1] else {"features_out": "features"})
 

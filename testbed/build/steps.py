@@ -106,7 +106,7 @@ def run(builder: Builder[Any], out: Path, final_out: Path, progress: Progress) -
 
 
 def load_sessions(out: Path, files: dict[str, str], threads: int) -> dict[str, Partition]:
-    """onnxruntime sessions of the exported files, loaded as a device loads them (hash checked)."""
+    """The onnxruntime sessions of the exported files, loaded as a device loads them (hash checked)."""
     return {t: Partition.load(out / f, sha256_file(out / f), threads=threads) for t, f in files.items()}
 
 

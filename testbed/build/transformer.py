@@ -152,7 +152,7 @@ class TransformerBuilder(Builder[PartitionSpec]):
         self.threads, self.seed = spec.threads, spec.split.seed
 
     def versions(self) -> dict[str, str]:
-        """transformers' version besides torch's."""
+        """The transformers version, recorded besides torch's."""
         import transformers
 
         return {"transformers": str(transformers.__version__)}
