@@ -18,10 +18,11 @@ import pandas as pd
 
 from agents.protocol import TIERS
 from testbed.core.costmodel import HOPS, CostModel
+from testbed.core.hops import Hop
 
 
-def _hop_col(hop: str) -> str:
-    return hop.replace("-", "_")
+def _hop_col(link: str) -> str:
+    return Hop.parse(link).column
 
 
 def fit(df: pd.DataFrame, layers: dict[str, int]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def _mean(g: pd.DataFrame, col: str) -> float:
 
 
 def _group_stats(g: pd.DataFrame, n_policy: int) -> dict[str, float]:
-    hop_bytes = g[[f"bytes_{h}" for h in HOPS if h not in ("controller_mobile", "return")]].sum(axis=1)
+    hop_bytes = g[[f"bytes_{h}" for h in WIRE_HOPS]].sum(axis=1)  # the offloads, tier to tier
     return {
         "samples": len(g),
         "share": len(g) / n_policy if n_policy else float("nan"),

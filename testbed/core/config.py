@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.protocol import TIERS
 from testbed.core.errors import ConfigError
+from testbed.core.hops import shaped_links
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -481,7 +482,7 @@ def resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-SHAPED_LINKS = ("controller-mobile", "controller-edge", "controller-cloud", "mobile-edge", "edge-cloud")
+SHAPED_LINKS = tuple(shaped_links(TIERS))
 
 
 def shaping_problems(shaping: ShapingSpec) -> list[str]:

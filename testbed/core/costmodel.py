@@ -30,11 +30,13 @@ import numpy as np
 import pandas as pd
 
 from agents.protocol import TIERS
+from testbed.core.hops import offload_hops
 
 if TYPE_CHECKING:
     from testbed.core.config import CostSpec
 
-HOPS = tuple(f"{a}-{b}" for a, b in zip(TIERS, TIERS[1:], strict=False))
+#: the offload links the cost model charges ``o`` on
+HOPS = tuple(h.link for h in offload_hops(TIERS))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 from agents.protocol import TIERS
 from testbed.core.config import DeviceSpec, Experiment, Inventory, LinkProfile
 from testbed.core.errors import ConfigError, DeployError, TestbedError
+from testbed.core.hops import CONTROLLER, link_ends  # CONTROLLER: tc runs here, not over SSH
 from testbed.devices import shaping
 from testbed.devices.deploy import (
     DeployRecord,
@@ -37,15 +38,8 @@ from testbed.devices.routes import check_routes
 from testbed.devices.ssh import LocalRemote, Remote, SshRemote
 from testbed.formats.bundle import Bundle
 
-CONTROLLER = "controller"  # the controller's end of a controller-<tier> link: tc runs here, not over SSH
 PROBE_ATTEMPTS = 3  # a probe reading the link short of its rate is repeated, the best attempt kept
 PROBE_SHORT_PCT = 5.0  # ... short: more than this under the configured rate
-
-
-def hop_ends(hop: str) -> tuple[str, str]:
-    """``mobile-edge`` -> (mobile, edge); ``controller-mobile`` -> (controller, mobile)."""
-    a, b = hop.split("-")
-    return a, b
 
 
 def controller_problems(facts: dict[str, Any], links: dict[str, LinkProfile], backend: str) -> list[str]:
@@ -168,7 +162,7 @@ class Fleet:
         """
         out = []
         for hop, profile in (self.exp.shaping.links if links is None else links).items():
-            for me, peer in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
+            for me, peer in (link_ends(hop), tuple(reversed(link_ends(hop)))):
                 if me == CONTROLLER:  # this machine's own interface toward the device, named in the inventory
                     dev_id = CONTROLLER
                     ifname = self.inv.controller.interfaces.get(self.devices[peer].id)
@@ -254,7 +248,7 @@ class Fleet:
             rate = profile.rate_mbit
             nbytes = int(min(16e6, max(256e3, (rate or 100.0) * 1e6 / 8 * 1.5)))  # 1.5 s at the rate: a capped
             # device may be throttled a period or two while its probe starts (interpreter, SSH session)
-            for src, dst in (hop_ends(hop), tuple(reversed(hop_ends(hop)))):
+            for src, dst in (link_ends(hop), tuple(reversed(link_ends(hop)))):
                 (s_remote, s_py), (r_remote, r_py) = self._remote_of(self._end_id(src)), self._remote_of(
                     self._end_id(dst))
                 addr = (self.inv.controller_address(self.devices[src]) if dst == CONTROLLER

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from agents.protocol import TIERS
+from testbed.core.hops import data_hops, offload_hops
 
 SCHEMA_VERSION = 3
-HOPS = ("controller_mobile", "mobile_edge", "edge_cloud", "return")
+HOPS = tuple(h.column for h in data_hops(TIERS))
 # hops whose Work message an agent receives (bytes_msg), and those between devices (bytes_wire)
-MSG_HOPS = HOPS[:3]
-WIRE_HOPS = HOPS[1:3]
+MSG_HOPS = tuple(h.column for h in data_hops(TIERS) if h.kind != "return")
+WIRE_HOPS = tuple(h.column for h in offload_hops(TIERS))
 PHASES = ("warmup", "measure")
 
 
