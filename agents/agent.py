@@ -139,7 +139,7 @@ class Agent:
         try:
             return self._loop()
         finally:
-            self._close()
+            self.close()
 
     def request_stop(self, *_: Any) -> None:
         """Signal handler: finish the current message, then exit."""
@@ -178,7 +178,7 @@ class Agent:
             if self._ctrl in events:
                 last_heard = time.monotonic()
                 heard_once = True
-                if self._on_control(self._ctrl.recv_multipart(copy=False)):
+                if self.on_control(self._ctrl.recv_multipart(copy=False)):
                     return 0
             if self._data_in in events:
                 frames = self._data_in.recv_multipart(copy=False)
@@ -189,7 +189,13 @@ class Agent:
         log.info("stopped by signal after %d samples", self.served)
         return 0
 
-    def _close(self) -> None:
+    @property
+    def links(self) -> dict[str, HeldLink]:
+        """The agent's held links by name: ``data-out``, ``controller-in``, ``controller-out``."""
+        return {"data-out": self._out, "controller-in": self._ctl_in, "controller-out": self._ctl_out}
+
+    def close(self) -> None:
+        """Close the meter and the sockets."""
         close_meter = getattr(self.meter, "close", None)
         if close_meter is not None:
             close_meter()
@@ -207,7 +213,7 @@ class Agent:
 
     # ------------------------------------------------------------------ control
 
-    def _on_control(self, raw: list[zmq.Frame]) -> bool:
+    def on_control(self, raw: list[zmq.Frame]) -> bool:
         """Handle one control message; True means exit now."""
         try:
             msg = p.decode(raw)

@@ -10,6 +10,7 @@ import pandas as pd
 from testbed import policies
 from testbed.analysis import stats
 from testbed.core.costmodel import claim_line
+from testbed.formats.manifest import RunManifest
 
 
 @dataclass(frozen=True)
@@ -27,40 +28,73 @@ class Report:
     bytes: pd.DataFrame | None = None
 
 
-def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
+def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
     """Summaries, hop medians, quality advice and notes about where numbers come from."""
+    notes = _run_notes(df, manifest, complete)
+    summary = stats.summarise(df)
+    paper, sweep = None, None
+    cm = manifest.cost_model
+    if cm:
+        paper = paper_vs_measured(df, cm, summary)
+        notes += _claim_notes(paper, manifest)
+        notes.append(f"cost model: preset {cm['name']} (lambda per layer {cm['lam']}, o per offload {cm['o']}, "
+                     f"processing charged on {cm['charge']}); {cm.get('notes', '')}")
+        cost_spec = manifest.experiment.resolved.get("cost") or {}
+        if cost_spec.get("sweep_o") or cost_spec.get("sweep_lam"):
+            sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
+    notes += _policy_notes(manifest.policies)
+    notes += fidelity_lines(df, manifest.shaping)
+    by_tier = stats.energy_by_tier(df)
+    energy_cols = [c for c in by_tier.columns if c.startswith("energy_")]
+    energy = None if not len(by_tier) or by_tier[energy_cols].isna().all().all() else by_tier
+    for hop, rec in manifest.bytes_wire.items():
+        notes.append(f"bytes on the wire, {hop}: " + (f"rx counter of {rec['interface']} on {rec['device']}"
+                                                      if "interface" in rec else f"not counted: {rec['why_not']}"))
+    batch = (manifest.energy or {}).get("batch_windows")
+    if batch:
+        notes.append(f"energy windows: {batch['count']} batch windows shared out by compute time"
+                     + (f"; {batch['rows_without_their_window']} rows lost their window (energy null)"
+                        if batch.get("rows_without_their_window") else ""))
+    title = f"{manifest.experiment.resolved.get('name', '?')} / {manifest.run_id}"
+    return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep, energy,
+                  stats.bytes_by_hop(df))
+
+
+def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
+    """How the run ended, the bundle's exits, the meters, the shaping backend, the rows."""
     notes = []
     if not complete:
         notes.append("INCOMPLETE run: rows come from parts flushed before the run stopped")
-    status = manifest.get("status")
-    if status != "complete":
-        notes.append(f"run status: {status}; error: {manifest.get('error')}")
-    exits = manifest.get("bundle", {}).get("exits", {})
-    if exits:
+    if m.status != "complete":
+        notes.append(f"run status: {m.status}; error: {m.error}")
+    if m.bundle.exits:
         notes.append("bundle exit accuracy on its test split: "
-                     + ", ".join(f"{t} {e['test_accuracy']:.3f}" for t, e in exits.items()))
-    meters = manifest.get("energy", {}).get("meters", {})
-    for device, m in (meters.items() if isinstance(meters, dict) else []):
-        notes.append("energy meter " + meter_line(device, m, df))
-    notes.append(f"shaping: {manifest.get('shaping', {}).get('backend', 'none')}")
+                     + ", ".join(f"{t} {e['test_accuracy']:.3f}" for t, e in m.bundle.exits.items()))
+    meters = (m.energy or {}).get("meters") or {}
+    for device, meter in meters.items():
+        notes.append("energy meter " + meter_line(device, meter, df))
+    notes.append(f"shaping: {(m.shaping or {}).get('backend', 'none')}")
     warm = int((df["phase"] == "warmup").sum())
     notes.append(f"{len(df) - warm} measured rows, {warm} warmup rows (kept in the parquet, left out here)")
-    title = f"{manifest.get('experiment', {}).get('resolved', {}).get('name', '?')} / {manifest.get('run_id', '?')}"
-    summary = stats.summarise(df)
-    paper = None
-    cm = manifest.get("cost_model")
-    if cm:
-        paper = paper_vs_measured(df, cm, summary)
-        names = {p["label"] or p["name"]: p["name"]
-                 for p in manifest.get("experiment", {}).get("resolved", {}).get("policies", [])}
-        for _, r in paper.iterrows():
-            claim = policies.claim_of(names.get(str(r["policy"]), str(r["policy"])))
-            line = claim_line(claim, str(r["policy"]), float(r["cost_reduction"]), float(r["accuracy_drop_pt"]))
-            if line:
-                notes.append(line)
-        notes.append(f"cost model: preset {cm['name']} (lambda per layer {cm['lam']}, o per offload {cm['o']}, "
-                     f"processing charged on {cm['charge']}); {cm.get('notes', '')}")
-    for key, rec in (manifest.get("policies") or {}).items():
+    return notes
+
+
+def _claim_notes(paper: pd.DataFrame, m: RunManifest) -> list[str]:
+    """Each policy's paper claim beside what this run measured."""
+    names = {p.get("label") or p["name"]: p["name"] for p in m.experiment.resolved.get("policies", [])}
+    notes = []
+    for _, r in paper.iterrows():
+        claim = policies.claim_of(names.get(str(r["policy"]), str(r["policy"])))
+        line = claim_line(claim, str(r["policy"]), float(r["cost_reduction"]), float(r["accuracy_drop_pt"]))
+        if line:
+            notes.append(line)
+    return notes
+
+
+def _policy_notes(records: dict[str, dict[str, Any]]) -> list[str]:
+    """What each policy recorded: an upper bound, a bandit's best arm, fitted thresholds."""
+    notes = []
+    for key, rec in records.items():
         if rec.get("upper_bound"):
             notes.append(f"{key}: UPPER BOUND ({rec['upper_bound']})")
         if "best_arm" in rec:
@@ -71,25 +105,7 @@ def build(df: pd.DataFrame, manifest: dict[str, Any], complete: bool) -> Report:
             notes.append(f"{key}: thresholds {rec['thresholds']} fitted on val (expected accuracy {e['accuracy']:.3f}, "
                          f"cost {e['cost']:.3f}, reward {e['reward']:.4f}); clusters "
                          + ", ".join(f"{k} {v['size']}" for k, v in rec["clusters"].items()))
-    sweep = None
-    cost_spec = manifest.get("experiment", {}).get("resolved", {}).get("cost") or {}
-    if cm and (cost_spec.get("sweep_o") or cost_spec.get("sweep_lam")):
-        sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
-    notes += fidelity_lines(df, manifest)
-    by_tier = stats.energy_by_tier(df)
-    energy_cols = [c for c in by_tier.columns if c.startswith("energy_")]
-    energy = None if not len(by_tier) or by_tier[energy_cols].isna().all().all() else by_tier
-    wire = manifest.get("bytes_wire") or {}
-    for hop, rec in wire.items():
-        notes.append(f"bytes on the wire, {hop}: " + (f"rx counter of {rec['interface']} on {rec['device']}"
-                                                      if "interface" in rec else f"not counted: {rec['why_not']}"))
-    batch = manifest.get("energy", {}).get("batch_windows") if isinstance(manifest.get("energy"), dict) else None
-    if batch:
-        notes.append(f"energy windows: {batch['count']} batch windows shared out by compute time"
-                     + (f"; {batch['rows_without_their_window']} rows lost their window (energy null)"
-                        if batch.get("rows_without_their_window") else ""))
-    return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep, energy,
-                  stats.bytes_by_hop(df))
+    return notes
 
 
 def cost_sweep(df: pd.DataFrame, cost_record: dict[str, Any], sweep_o: list[float],
@@ -134,13 +150,13 @@ def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any], summary: pd
     return out
 
 
-def fidelity_lines(df: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
-    """Configured vs measured, per shaped hop and per schedule segment.
+def fidelity_lines(df: pd.DataFrame, shaping: dict[str, Any] | None) -> list[str]:
+    """Configured vs measured, per shaped hop and per schedule segment (``shaping``: the manifest's section).
 
     The hop's median net time over the measured rows issued while that profile was in force,
     beside the probes' throughput (measured before the samples).
     """
-    shaping = manifest.get("shaping") or {}
+    shaping = shaping or {}
     links = shaping.get("links") or {}
     if shaping.get("backend") in (None, "none", "pending") or not links:
         return []

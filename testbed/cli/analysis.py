@@ -146,7 +146,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     live = None
     if args.run:
         manifest = results.load_manifest(args.run)
-        exp = manifest["experiment"]["resolved"]
+        exp = manifest.experiment.resolved
         specs = [PolicySpec.model_validate(p) for p in exp["policies"]]
         sam = exp["samples"]
         split, count, warmup, seed = sam["split"], sam["count"], sam["warmup"], exp["seed"]
@@ -211,7 +211,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     df, _ = results.load_samples(args.run_dir)
     manifest = results.load_manifest(args.run_dir)
-    layers = (manifest.get("cost_model") or {}).get("layers")
+    layers = manifest.cost_model.get("layers")
     if not layers:
         raise TestbedError(f"{args.run_dir}: the manifest has no cost_model.layers (a run from an older testbed); "
                            "rerun the experiment")

@@ -196,7 +196,7 @@ class Fleet:
         if not self.remote or self.backend == "none":
             return {}
         for hop, dev_id, ifname, steps in self.kernel_plans():
-            self.shaping_readback.setdefault(hop, {})[dev_id] = self._apply_kernel(hop, dev_id, ifname, steps)
+            self.shaping_readback.setdefault(hop, {})[dev_id] = self.apply_kernel(hop, dev_id, ifname, steps)
         self._kernel_in_force = {hop: shaping.kernel_part(p, self.backend) for hop, p in self.exp.shaping.links.items()}
         return self.shaping_readback
 
@@ -213,10 +213,11 @@ class Fleet:
         if self._kernel_in_force.get(hop) == part:
             return {}
         self._kernel_in_force[hop] = part
-        return {dev_id: self._apply_kernel(h, dev_id, ifname, steps)
+        return {dev_id: self.apply_kernel(h, dev_id, ifname, steps)
                 for h, dev_id, ifname, steps in self.kernel_plans({hop: profile})}
 
-    def _apply_kernel(self, hop: str, dev_id: str, ifname: str, steps: list[shaping.Step]) -> dict[str, Any]:
+    def apply_kernel(self, hop: str, dev_id: str, ifname: str, steps: list[shaping.Step]) -> dict[str, Any]:
+        """Run the tc ``steps`` for one end of ``hop`` on ``dev_id``'s ``ifname``; the qdisc is this run's own."""
         remote, python = self._remote_of(dev_id)
         if not any(d == dev_id and i == ifname for _, d, i in self.qdiscs):
             root = steps[0].argv

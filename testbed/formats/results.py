@@ -8,7 +8,6 @@ overwritten. A run whose parts were never joined still loads (marked incomplete)
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -21,11 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from testbed.core.errors import ResultsError
+from testbed.formats import manifest
+from testbed.formats.manifest import MANIFEST, RunManifest
 from testbed.formats.schema import ARROW_SCHEMA, COLUMN_NAMES, SCHEMA_VERSION, check_row
 
 PARTS = "samples.parts"
 SAMPLES = "samples.parquet"
-MANIFEST = "manifest.json"
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -93,17 +93,14 @@ class RunWriter:
         self._closed = True
         return self.run_dir / SAMPLES
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Write ``manifest.json`` atomically (called at start and again at the end)."""
-        _atomic_write(self.run_dir / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+    def write_manifest(self, manifest: RunManifest) -> None:
+        """Write ``manifest.json`` atomically (at the start, after each phase, and at the end)."""
+        _atomic_write(self.run_dir / MANIFEST, manifest.to_json())
 
 
-def load_manifest(run_dir: Path) -> dict[str, Any]:
-    """Read a run's manifest."""
-    path = run_dir / MANIFEST
-    if not path.is_file():
-        raise ResultsError(f"{run_dir} is not a run directory (no {MANIFEST}); give results/<experiment>/<run_id>")
-    return json.loads(path.read_text())
+def load_manifest(run_dir: Path) -> RunManifest:
+    """A run's manifest, upgraded to the current format (:func:`testbed.formats.manifest.load`)."""
+    return manifest.load(run_dir)
 
 
 def load_samples(run_dir: Path) -> tuple[pd.DataFrame, bool]:

@@ -38,7 +38,7 @@ def test_lost_agent_stops_the_run_and_keeps_measured_rows(tiny_bundle, tmp_path,
 
     def on_progress(pr):
         if pr.done == 25 and "pid" not in state:
-            state["pid"] = ctrl._agents["edge-1"].handle.pid
+            state["pid"] = ctrl.session.agents["edge-1"].handle.pid
             os.kill(state["pid"], signal.SIGKILL if how == "kill" else signal.SIGSTOP)
 
     many = [{"name": "all-cloud", "label": f"c{i}"} for i in range(100)]  # outlasts the liveness timeout

@@ -159,3 +159,19 @@ def test_no_function_runs_over_80_lines():
                     if n > 80:
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "split these into named steps: " + "; ".join(long)
+
+
+#: public API whose names start with an underscore (namedtuple methods, os._exit)
+UNDERSCORE_API = {"_replace", "_asdict", "_fields", "_exit"}
+
+
+def test_no_test_touches_a_private_attribute_of_the_code_under_test():
+    """Tests drive public interfaces (injected transports, clocks and fakes), never ``obj._private``."""
+    found = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and node.attr not in UNDERSCORE_API
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+    assert not found, "\n".join(found)

@@ -63,11 +63,13 @@ def test_a_controller_link_delay_holds_the_answers_and_only_the_first_tier_holds
 
     agent = Agent(f"{tier}-1", tier, "tcp://127.0.0.1:1", tmp_path)
     try:
-        assert agent._on_control(p.encode(p.Shape(0, 12.0, 2.0, "controller"))) is False
-        assert agent._ctl_out.active and agent._ctl_out.delay_ms == 12.0 and agent._ctl_out.jitter_ms == 2.0
-        assert agent._ctl_in.active is holds_arrivals
-        assert not agent._out.active  # the data link is another link
-        agent._on_control(p.encode(p.Shape(1, 0.0, 0.0, "controller")))
-        assert not agent._ctl_out.active and not agent._ctl_in.active
+        links = agent.links
+        assert agent.on_control(p.encode(p.Shape(0, 12.0, 2.0, "controller"))) is False
+        out, arrivals = links["controller-out"], links["controller-in"]
+        assert out.active and out.delay_ms == 12.0 and out.jitter_ms == 2.0
+        assert arrivals.active is holds_arrivals
+        assert not links["data-out"].active  # the data link is another link
+        agent.on_control(p.encode(p.Shape(1, 0.0, 0.0, "controller")))
+        assert not out.active and not arrivals.active
     finally:
-        agent._close()
+        agent.close()

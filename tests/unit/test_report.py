@@ -28,12 +28,12 @@ def test_fidelity_lines_split_rows_by_schedule_step():
     manifest = {"shaping": {"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 0, "jitter_ms": 0}},
                             "schedule_applied": [{"hop": "mobile-edge", "unix_ns": 100, "at_s": 1, "applied_at_s": 1.02,
                                                   "profile": {"delay_ms": 25, "jitter_ms": 0, "rate_mbit": 5}}]}}
-    first, second = report.fidelity_lines(df, manifest)
+    first, second = report.fidelity_lines(df, manifest["shaping"])
     assert first == ("fidelity mobile-edge (as the run started): configured 0 ms; measured net median 1.10 ms "
                      "(p5 1.01, p95 1.19) over 3 rows")
     assert second.startswith("fidelity mobile-edge (schedule step from 1.02 s, step at_s 1): configured 25 ms, "
                              "5 Mbit/s; measured net median 25.80 ms") and second.endswith("over 3 rows")
-    assert report.fidelity_lines(df, {"shaping": {"backend": "none"}}) == []
+    assert report.fidelity_lines(df, {"backend": "none"}) == []
 
 
 def test_fidelity_of_the_controller_link_covers_both_directions():
@@ -43,7 +43,7 @@ def test_fidelity_of_the_controller_link_covers_both_directions():
                        "net_ms_return": [15.1, 15.3, 0.4, 15.2]})
     manifest = {"shaping": {"backend": "userspace", "links": {"controller-mobile": {"delay_ms": 15}},
                             "probes": {"controller-mobile": {"controller->mobile": {"throughput_mbit": 19.5}}}}}
-    there, back = report.fidelity_lines(df, manifest)
+    there, back = report.fidelity_lines(df, manifest["shaping"])
     assert there == ("fidelity controller-mobile: configured 15 ms; measured net median 15.35 ms (p5 15.21, p95 "
                      "15.57) over 4 rows; probes controller->mobile 19.50 Mbit/s")
     # only the answers that came back over that link (exits on mobile): the cloud's comes over its own
@@ -57,7 +57,7 @@ def test_fidelity_of_an_answers_only_controller_link_carries_its_probes():
                        "exit_tier": ["edge", "cloud", "edge"], "net_ms_return": [8.3, 0.4, 8.5]})
     manifest = {"shaping": {"backend": "userspace", "links": {"controller-edge": {"delay_ms": 8}},
                             "probes": {"controller-edge": {"edge->controller": {"throughput_mbit": 49.0}}}}}
-    line, = report.fidelity_lines(df, manifest)
+    line, = report.fidelity_lines(df, manifest["shaping"])
     assert line == ("fidelity controller-edge (answers back): configured 8 ms; measured net median 8.40 ms (p5 8.31, "
                     "p95 8.49) over 2 rows; probes edge->controller 49.00 Mbit/s")
 
@@ -66,13 +66,13 @@ def test_fidelity_probes_give_the_link_rate_beside_the_payload_rate():
     df = pd.DataFrame({"phase": ["measure"], "t_issue_unix_ns": [10], "net_ms_mobile_edge": [20.5]})
     manifest = {"shaping": {"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 20, "rate_mbit": 10}},
                             "probes": {"mobile-edge": {"mobile->edge": {"throughput_mbit": 9.56, "link_mbit": 9.996}}}}}
-    line, = report.fidelity_lines(df, manifest)
+    line, = report.fidelity_lines(df, manifest["shaping"])
     assert line.endswith("probes mobile->edge 10.00 Mbit/s on the link (9.56 of payload)")
     manifest["shaping"]["probes"]["mobile-edge"]["mobile->edge"]["link_capacity_mbit"] = 10.02
-    line, = report.fidelity_lines(df, manifest)
+    line, = report.fidelity_lines(df, manifest["shaping"])
     assert line.endswith("probes mobile->edge 10.02 Mbit/s on the link at its fastest 30% (mean 10.00; 9.56 of "
                          "payload)")
     probe = manifest["shaping"]["probes"]["mobile-edge"]["mobile->edge"]
     probe |= {"sender_steal_pct": 0.4, "receiver_steal_pct": 7.25}
-    line, = report.fidelity_lines(df, manifest)
+    line, = report.fidelity_lines(df, manifest["shaping"])
     assert line.endswith("(mean 10.00; 9.56 of payload, the host stole 7.2% of an end's CPU meanwhile)")

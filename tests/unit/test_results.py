@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from testbed.core.errors import ResultsError
+from testbed.formats.manifest import BundleRecord, ControllerRecord, FileRecord, RunManifest
 from testbed.formats.results import PARTS, RunWriter, load_manifest, load_samples, new_run_id
 from testbed.formats.schema import ARROW_SCHEMA, COLUMN_NAMES, SCHEMA_VERSION, check_row, docs_table
 
@@ -38,19 +39,27 @@ def test_check_row_catches_missing_unknown_and_nulls():
     assert "policy is null" in problems and any("phase" in p for p in problems)
 
 
+def minimal_manifest(run_id: str) -> RunManifest:
+    f = FileRecord(path="x.yaml", yaml="", resolved={})
+    return RunManifest(schema_version=SCHEMA_VERSION, run_id=run_id, started_at="2026-12-01T00:00:00+00:00",
+                       command=["testbed"], experiment=f, inventory=f,
+                       bundle=BundleRecord(path="b", name="b", sha256={}, exits={}, model={}, build=""), git={},
+                       controller=ControllerRecord(host="h", platform="p", versions={}), cost_model={})
+
+
 def test_rows_flush_in_parts_and_join_on_close(tmp_path):
     w = RunWriter(tmp_path / "run", flush_rows=4)
     for i in range(10):
         w.append(row(i, "warmup" if i < 2 else "measure"))
     assert len(list((tmp_path / "run" / PARTS).glob("*.parquet"))) == 2  # 8 rows flushed, 2 buffered
-    w.write_manifest({"run_id": "r", "status": "complete"})
+    w.write_manifest(minimal_manifest("r").model_copy(update={"status": "complete"}))
     path = w.close()
     df = pd.read_parquet(path)
     assert list(df["seq"]) == list(range(10)) and (df["phase"] == "warmup").sum() == 2
     assert not (tmp_path / "run" / PARTS).exists()
     loaded, complete = load_samples(tmp_path / "run")
     assert complete and len(loaded) == 10
-    assert load_manifest(tmp_path / "run")["status"] == "complete"
+    assert load_manifest(tmp_path / "run").status == "complete"
     import pyarrow.parquet as pq
     assert pq.read_schema(path).metadata[b"testbed.schema_version"] == str(SCHEMA_VERSION).encode()
 

@@ -256,7 +256,7 @@ def test_a_schedule_step_runs_tc_only_where_the_kernels_part_changes(tiny_bundle
     fleet.devices["mobile"] = fleet.devices["mobile"].model_copy(update={"interface": "m-e"})
     fleet.devices["edge"] = fleet.devices["edge"].model_copy(update={"interface": "e-m"})
     ran = []
-    fleet._apply_kernel = lambda hop, dev, ifname, steps: ran.append((dev, ifname)) or {"interface": ifname}
+    fleet.apply_kernel = lambda hop, dev, ifname, steps: ran.append((dev, ifname)) or {"interface": ifname}
     fleet.shape()
     assert ran == [("mobile-1", "m-e"), ("edge-1", "e-m")]
     ran.clear()

@@ -1,0 +1,146 @@
+"""Issuing samples: pacing, concurrency, the samples in flight, their answers.
+
+:class:`Issuer` sends each sample of a plan to the first tier's data socket as a Work with
+the policy's thresholds, no faster than ``run.interval_ms`` and no more than
+``run.concurrency`` at once, and hands each answer to the collector and the policy. It owns
+the run's issue order (the ``seq`` column) and the time base of link schedules (the first
+issue). Everything it waits on is the injected clock and transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from agents import protocol as p
+from testbed.core.clock import Clock
+from testbed.core.config import RunSpec
+from testbed.formats.bundle import Samples
+from testbed.policies import Policy
+from testbed.run.collector import Collector
+from testbed.run.rows import Issued
+from testbed.run.session import NS, AgentSession
+from testbed.run.transport import Received
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported to the caller after every finished sample."""
+
+    policy: str
+    phase: str
+    done: int
+    total: int
+
+
+class DataTransport(Protocol):
+    """What the issuer needs of the transport besides the session's control messages."""
+
+    def issue(self, endpoint: str, work: p.Work) -> int:
+        """Send a Work to a data socket; returns the bytes sent."""
+
+    def recv(self, timeout_s: float, spin: bool = False) -> Received | None:
+        """The next message from any agent, or None after ``timeout_s``."""
+
+
+class Issuer:
+    """Issues the samples of one run in order, paced, with a bounded number in flight."""
+
+    def __init__(self, session: AgentSession, transport: DataTransport, collector: Collector, clock: Clock,
+                 run: RunSpec, on_tick: Callable[[], None] = lambda: None,
+                 on_progress: Callable[[Progress], None] = lambda _: None):
+        self.session = session
+        self.transport = transport
+        self.collector = collector
+        self.clock = clock
+        self.run = run
+        self.on_tick = on_tick  # between issues: due link-schedule steps
+        self.on_progress = on_progress
+        self.seq = 0  # issue order over the whole run: the seq column
+        self.next_issue_ns = 0  # run.interval_ms: the next sample leaves no earlier than this (monotonic)
+        self.first_issue_ns: int | None = None  # link schedules count from it
+        self._flush_seq = 0
+
+    def schedule_t(self) -> float:
+        """Seconds since the first sample was issued (0 before): the time base of link schedules."""
+        return 0.0 if self.first_issue_ns is None else (self.clock.monotonic_ns() - self.first_issue_ns) / NS
+
+    def _issue(self, policy: Policy, rng: np.random.Generator, samples: Samples, phase: str, idx: int,
+               endpoint: str) -> Issued:
+        tensors = samples.tensors(idx)
+        sample_id = int(samples.sample_id[idx])
+        work = p.Work(self.seq, sample_id, tensors, policy.thresholds(sample_id, rng), [], policy.measure)
+        issued = Issued(self.seq, sample_id, int(samples.label[idx]), phase, policy.name,
+                        self.clock.monotonic_ns(), self.clock.time_ns(),
+                        sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id))
+        self.seq += 1
+        self.next_issue_ns = issued.issue_mono_ns + int(self.run.interval_ms * 1e6)
+        self.transport.issue(endpoint, work)
+        return issued
+
+    def _wait_s(self, more: bool, in_flight: int) -> float:
+        wait_s = min(0.05, self.session.timeouts.heartbeat_s / 2)
+        if more and in_flight < self.run.concurrency:  # paced: up to the next issue
+            wait_s = min(wait_s, max(0.0, (self.next_issue_ns - self.clock.monotonic_ns()) / NS))
+        return wait_s
+
+    def issue_all(self, policy: Policy, rng: np.random.Generator, samples: Samples, plan: list[tuple[str, int]],
+                  progress: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+        """Issue the plan's samples, (phase, index in ``samples``) each; returns the rows written.
+
+        ``progress`` is (samples of this policy done before, the policy's total) for the progress bar.
+        """
+        before, total = progress or (0, len(plan))
+        if self.first_issue_ns is None:
+            self.first_issue_ns = self.clock.monotonic_ns()
+        first = self.session.by_tier()[p.TIERS[0]]
+        assert first.hello is not None
+        in_flight: dict[int, Issued] = {}
+        written: list[dict[str, Any]] = []
+        nxt, done = 0, 0
+        spin = self.run.wait == "spin"
+        while done < len(plan):
+            self.on_tick()
+            while nxt < len(plan) and len(in_flight) < self.run.concurrency and (
+                    self.clock.monotonic_ns() >= self.next_issue_ns):
+                issued = self._issue(policy, rng, samples, *plan[nxt], first.hello.data_endpoint)
+                in_flight[issued.seq] = issued
+                nxt += 1
+            got = self.transport.recv(self._wait_s(nxt < len(plan), len(in_flight)), spin=spin)
+            self.session.keepalive(in_flight)
+            if got is None:
+                continue
+            self.session.note_heard(got.agent_id)
+            msg = got.msg
+            if isinstance(msg, p.Result):
+                if msg.run_seq not in in_flight:
+                    continue  # a late answer to a sample this run already gave up on
+                answered = in_flight.pop(msg.run_seq)
+                written += self.collector.result(got, msg, answered)
+                policy.observe(answered.sample_id, {s.tier: s.confidence for s in msg.stages})
+                done += 1
+                self.on_progress(Progress(policy.name, answered.phase, before + done, total))
+            elif isinstance(msg, p.EnergyWindow):
+                written += self.collector.window(msg)
+            elif isinstance(msg, p.Failure):
+                raise self.session.failed(got.agent_id, msg)
+        if self.collector.ledger.pending:
+            written += self.flush_windows()
+        return written
+
+    def flush_windows(self) -> list[dict[str, Any]]:
+        """Ask every agent to close its open energy window and wait; returns the rows completed.
+
+        Called at the end of each phase that left rows waiting, so no window spans two policies.
+        """
+        self._flush_seq += 1
+        completed: list[dict[str, Any]] = []
+        self.collector.sink = completed
+        try:
+            self.session.flush(self._flush_seq, lambda got: None)
+        finally:
+            self.collector.sink = None
+        return completed

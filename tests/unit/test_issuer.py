@@ -1,0 +1,121 @@
+"""The issuer on a fake clock with an in-process transport: pacing, the bound on samples in flight, rows, order."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agents import protocol as p
+from testbed.core.clock import FakeClock
+from testbed.core.config import RunSpec, TimeoutSpec
+from testbed.core.errors import AgentLostError
+from testbed.formats.bundle import Samples
+from testbed.formats.results import RunWriter
+from testbed.policies import StaticPolicy, all_tier
+from testbed.run.collector import Collector
+from testbed.run.issuer import Issuer
+from testbed.run.session import AgentSession, AgentState
+from testbed.run.transport import Received
+
+TIERS = ("mobile", "edge", "cloud")
+
+
+class Handle:
+    pid, log_path = 1, None
+
+    def returncode(self):
+        return None
+
+    def log_tail(self, lines=20):
+        return ""
+
+
+class InProcess:
+    """Each Work issued to the mobile agent is answered by it ``service_s`` later (fake time), mobile exiting."""
+
+    def __init__(self, clock, service_s):
+        self.clock, self.service_s = clock, service_s
+        self.due = []  # (due ns, Work)
+        self.issued_at = []  # fake ns of each issue
+        self.max_in_flight = 0
+        self.fail_after = None
+
+    def send(self, agent_id, msg):
+        pass  # heartbeats
+
+    def issue(self, endpoint, work):
+        assert endpoint == "tcp://mobile:1"
+        self.issued_at.append(self.clock.now)
+        self.due.append((self.clock.now + int(self.service_s * 1e9), work))
+        self.max_in_flight = max(self.max_in_flight, len(self.due))
+        return 0
+
+    def recv(self, timeout_s, spin=False):
+        if self.fail_after is not None and len(self.issued_at) >= self.fail_after:
+            return Received("mobile-1", p.Failure("mobile-1", "compute", "out of memory"), self.clock.now,
+                            self.clock.now)
+        until = self.clock.now + int(timeout_s * 1e9)
+        if not self.due or self.due[0][0] > until:
+            self.clock.now = until
+            return None
+        at, work = self.due.pop(0)
+        self.clock.now = max(self.clock.now, at)
+        t = self.clock.now
+        stage = p.Stage("mobile", "mobile-1", t, t, t, t, 0.9, 1, True, 12, math.nan, False, math.nan, 100, -1, -1)
+        logits = np.array([[0.1, 0.9, 0.0]], np.float32)
+        return Received("mobile-1", p.Result("mobile-1", work.run_seq, work.sample_id, logits, [stage]), t, t)
+
+
+def setup(tmp_path, run: RunSpec, service_s: float):
+    clock = FakeClock()
+    transport = InProcess(clock, service_s)
+    session = AgentSession(transport, clock, TimeoutSpec(heartbeat_s=0.2, liveness=10, sample_s=20.0))
+    for tier in TIERS:
+        hello = p.Hello(f"{tier}-1", tier, p.AGENT_VERSION, p.PROTOCOL_VERSION, f"tcp://{tier}:1", {})
+        session.agents[f"{tier}-1"] = AgentState(f"{tier}-1", tier, Handle(), hello=hello, last_heard_ns=clock.now)
+
+    def heard():  # the other agents' heartbeats, which this transport does not model
+        for a in session.agents.values():
+            a.last_heard_ns = clock.now
+
+    writer = RunWriter(tmp_path / "run", flush_rows=4)
+    collector = Collector(writer, {"mobile": 2, "edge": 4, "cloud": 6})
+    collector.context = {"run_id": "r", "experiment": "e", "split": "test",
+                         "energy_sources": {f"{t}-1": "none" for t in TIERS}}
+    progress = []
+    issuer = Issuer(session, transport, collector, clock, run, on_tick=heard, on_progress=progress.append)
+    ids = [np.array([5, 6, 7], np.int64)] * 20
+    samples = Samples(np.arange(20), np.ones(20, np.int64), ids)
+    return issuer, transport, writer, samples, progress
+
+
+def test_paced_samples_leave_at_least_the_interval_apart_and_every_one_becomes_a_row(tmp_path):
+    issuer, transport, writer, samples, progress = setup(tmp_path, RunSpec(interval_ms=10.0), service_s=0.002)
+    policy = StaticPolicy("all-mobile", all_tier("mobile"))
+    rows = issuer.issue_all(policy, np.random.default_rng(0), samples, [("measure", i) for i in range(12)])
+    gaps = np.diff(transport.issued_at)
+    assert len(transport.issued_at) == 12 and gaps.min() >= 10_000_000  # never faster than the interval
+    assert [r["seq"] for r in rows] == list(range(12)) and all(r["exit_tier"] == "mobile" for r in rows)
+    assert [r["latency_ms"] for r in rows] == pytest.approx([2.0] * 12)  # service time, on the fake clock
+    assert [pr.done for pr in progress] == list(range(1, 13))
+    df = pd.read_parquet(writer.close())
+    assert len(df) == 12 and (df.correct).all()
+
+
+def test_no_more_than_concurrency_samples_are_in_flight_and_the_issue_order_continues(tmp_path):
+    issuer, transport, _, samples, _ = setup(tmp_path, RunSpec(concurrency=3), service_s=0.05)
+    policy = StaticPolicy("all-mobile", all_tier("mobile"))
+    issuer.issue_all(policy, np.random.default_rng(0), samples, [("warmup", i) for i in range(2)])
+    rows = issuer.issue_all(policy, np.random.default_rng(0), samples, [("measure", i) for i in range(9)])
+    assert transport.max_in_flight == 3
+    assert [r["seq"] for r in rows] == list(range(2, 11))  # one issue order over the whole run
+    assert issuer.schedule_t() > 0  # link schedules count from the first issue
+
+
+def test_a_failure_on_the_data_path_names_the_agent(tmp_path):
+    issuer, transport, _, samples, _ = setup(tmp_path, RunSpec(), service_s=0.01)
+    transport.fail_after = 1
+    with pytest.raises(AgentLostError, match="mobile-1.*failed during the run .compute.: out of memory"):
+        issuer.issue_all(StaticPolicy("all-mobile", all_tier("mobile")), np.random.default_rng(0), samples,
+                         [("measure", 0), ("measure", 1)])
