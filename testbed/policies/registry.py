@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,7 @@ def _bounds_text(model: type[BaseModel], field: str) -> tuple[float | None, floa
     return lo, hi
 
 
-def _problem(ptype: PolicyType, err: ErrorDetails, given: dict[str, Any]) -> str:
+def _problem(ptype: PolicyType, err: ErrorDetails) -> str:
     """One pydantic error on a policy's keys, in the words the rest of ``testbed validate`` uses."""
     loc = ".".join(str(x) for x in err["loc"])
     key = str(err["loc"][0]) if err["loc"] else ""
@@ -78,10 +79,11 @@ def _problem(ptype: PolicyType, err: ErrorDetails, given: dict[str, Any]) -> str
         lo, hi = _bounds_text(ptype.params, key)
         if lo is not None and hi is not None:
             return f".{loc}: {value} is outside [{lo:g}, {hi:g}]"
-        return f".{loc}: {value} is negative; costs and weights are >= 0"
+        if lo == 0:
+            return f".{loc}: {value} is negative; costs and weights are >= 0"
+        return f".{loc}: {value} is {err['msg'].lower().removeprefix('input should be ')}"
     if err["type"] == "literal_error":
-        choices = [str(c).strip("'") for c in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ", ")
-                   .split(", ")]
+        choices = [str(c) for c in typing.get_args(ptype.params.model_fields[key].annotation)]
         return f".{loc}: {value!r} is not one of {choices}{suggest(str(value), choices)}"
     msg = err["msg"].removeprefix("Value error, ")
     return f".{loc}: {msg} (got {value!r})" if err["type"] != "value_error" else f".{loc}: {msg}"
@@ -98,11 +100,10 @@ def check(spec: PolicySpec) -> list[str]:
     if spec.name not in types():
         return [f".name: unknown policy {spec.name!r}{suggest(spec.name, names())}"]
     ptype = types()[spec.name]
-    given = dict(spec.model_extra or {})
     try:
-        params = ptype.params.model_validate(given)
+        params = ptype.params.model_validate(spec.model_extra or {})
     except ValidationError as e:
-        return [_problem(ptype, err, given) for err in e.errors()]
+        return [_problem(ptype, err) for err in e.errors()]
     return ptype.check(params) if ptype.check else []
 
 
