@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import agents
 from testbed.core.config import DeviceSpec
 from testbed.core.errors import AgentStartError
 
-AGENTS_PARENT = Path(__file__).resolve().parent.parent  # the directory that holds agents/
+#: the directory that holds the agents/ package a device runs (found from the package itself, not this file)
+AGENTS_PARENT = Path(agents.__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

@@ -215,3 +215,14 @@ def test_the_probe_helpers_read_cpu_steal_from_proc_stat():
     assert ns["steal_pct"]((100, 1000), (100, 1000)) is None and ns["steal_pct"](None, (1, 2)) is None
     steal, total = ns["cpu_ticks"]()  # this machine's /proc/stat
     assert 0 <= steal <= total
+
+
+def test_deploy_sends_the_whole_agent_package_a_device_runs(tiny_bundle):
+    """Every module of agents/ goes to the device (it has no testbed), beside its tier's bundle files."""
+    import agents
+
+    files = deploy.deploy_files(tiny_bundle, "mobile")
+    package = {f"agents/{p.name}" for p in Path(agents.__file__).parent.glob("*.py")}
+    assert package <= set(files) and "agents/protocol.py" in package and "agents/__main__.py" in package
+    assert f"bundles/{tiny_bundle.root.name}/mobile.onnx" in files
+    assert not any(rel.startswith("testbed") for rel in files)
