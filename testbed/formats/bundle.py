@@ -286,6 +286,15 @@ class Bundle:
         return Samples(df["sample_id"].to_numpy(np.int64), df["label"].to_numpy(np.int64),
                        [np.asarray(x, dtype=np.int64) for x in df["input_ids"]], types)
 
+    def tables(self) -> set[str]:
+        """The tables this bundle can give a policy: exit tables always; training dynamics, ResNet variants."""
+        out = {"exits", "val_exits"}
+        if (self.root / "cartography.parquet").is_file():
+            out.add("cartography")
+        if self.spec.resnet_variants:
+            out.add("resnet_variants")
+        return out
+
     def cartography(self) -> pd.DataFrame:
         """The training dynamics (``cartography.parquet``) that the cartography policy is fitted on."""
         path = self.root / "cartography.parquet"

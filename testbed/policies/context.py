@@ -46,10 +46,9 @@ TABLES: dict[str, tuple[str, str]] = {
 
 def missing(bundle: Bundle, need: frozenset[str] | set[str]) -> list[str]:
     """The tables of ``need`` that ``bundle`` lacks, each with how to get it."""
-    has = {"exits": True, "val_exits": True, "cartography": (bundle.root / "cartography.parquet").is_file(),
-           "resnet_variants": bool(bundle.spec.resnet_variants)}
+    has = bundle.tables()
     return [f"{TABLES[n][0]}, which {bundle.root.name!r} ({bundle.spec.kind}) lacks: {TABLES[n][1]}"
-            for n in sorted(need) if not has[n]]
+            for n in sorted(need) if n not in has]
 
 
 def for_bundle(bundle: Bundle, split: str, seed: int, need: set[str]) -> PolicyContext:

@@ -155,3 +155,16 @@ def test_policy_parameters_and_cost_model_are_checked_with_their_yaml_paths(tiny
     assert "cost.preset: unknown preset 'spliteee'; did you mean 'splitee'?" in text
     assert "cost.lam.mobil: not one of" in text and "cost.o.edge-cloud: -2.0 is negative" in text
     assert "policies[2]" not in text  # shares of 1 on mobile are fine
+
+
+def test_a_policy_that_needs_a_table_the_bundle_lacks_is_refused_with_how_to_get_it(tiny_bundle, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml")
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "adaptive-resnet"},
+                                                                     {"name": "cartography"}])
+    with pytest.raises(ConfigError) as e:
+        load_all(exp, inv)
+    text = " ".join(str(e.value).split())
+    assert "policies[0]: adaptive-resnet needs ResNet variants with connections dropped" in text
+    assert "partitions/specs/resnet-digits.yaml" in text
+    assert "policies[1]: cartography needs the training dynamics (cartography.parquet)" in text
+    assert "rebuild the bundle with `testbed partition`" in text
