@@ -87,7 +87,7 @@ def main() -> None:
         bundle = Bundle.load(args.bundle)
         build_s = bundle.spec.build.seconds
         how = "recorded in bundle.yaml"
-    print(f"bundle {bundle.root} ({bundle.spec.model.get('source')}, {bundle.spec.build.cpu_count} CPUs "
+    print(f"bundle {bundle.root} ({bundle.spec.model.source}, {bundle.spec.build.cpu_count} CPUs "
           f"at build): build {build_s:.1f} s ({how}); onnxruntime CPU, {args.threads} thread(s), "
           f"median of {args.repeats}")
     feeds = {b: _feeds(bundle, b) for b in (1, 32)}

@@ -94,7 +94,9 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
                       "logits": "logits", "exit": {"layer": i + 1, "val_accuracy": acc, "test_accuracy": acc},
                       "exits": [{"layer": i + 1, "val_accuracy": acc, "test_accuracy": acc, "output": "logits"}],
                       "offload": {} if t == "cloud" else {"hidden_out": "hidden", "attention_mask": "attention_mask"}})
-    doc = {"format_version": BUNDLE_FORMAT, "name": "tiny", "model": {"source": "tests/tinybundle.py"},
+    doc = {"format_version": BUNDLE_FORMAT, "name": "tiny",
+           "model": {"source": "tests/tinybundle.py", "architecture": "onnx-by-hand", "num_layers": 3,
+                     "parameters": VOCAB * HIDDEN + 3 * HIDDEN * CLASSES},
            "task": {"labels": ["a", "b", "c"]},
            "offload": {"mode": "hidden", "bytes_per_token": HIDDEN * 4 + 8, "bytes_fixed": 0,
                        "formula": f"seq_len * ({HIDDEN} * 4 + 8)"}, "exit_layers": [1, 2, 3],

@@ -50,11 +50,14 @@ from testbed.formats.bundle import (
     BundleSpec,
     ConnectionCost,
     DataInfo,
+    ModelInfo,
     OffloadSpec,
     ParityInfo,
     ResNetVariantSpec,
+    TaskInfo,
     TensorSpec,
     TierSpec,
+    TrainingInfo,
 )
 
 
@@ -407,13 +410,13 @@ class ResNetBuilder(Builder[ResNetSpec]):
         acc = accuracies(table, list(self.cut.exits))
         return BundleSpec(
             format_version=BUNDLE_FORMAT, kind="resnet", name=spec.name,
-            model={"source": f"resnet-{depth}", "architecture": "cifar-resnet",
-                   "num_layers": 3 * spec.blocks_per_stage, "depth": depth, "widths": spec.widths,
-                   "blocks_per_stage": spec.blocks_per_stage,
-                   "parameters": int(sum(p.numel() for p in self.net.parameters())), "layers_are": "residual blocks"},
-            task={"labels": self.data.labels, "data": spec.data, "data_path": self.data.source,
-                  "input_shape": self.shape,
-                  "normalize": {"mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist()}},
+            model=ModelInfo(source=f"resnet-{depth}", architecture="cifar-resnet", num_layers=3 * spec.blocks_per_stage,
+                            depth=depth, widths=spec.widths, blocks_per_stage=spec.blocks_per_stage,
+                            parameters=int(sum(p.numel() for p in self.net.parameters())),
+                            layers_are="residual blocks"),
+            task=TaskInfo(labels=self.data.labels, data=spec.data, data_path=self.data.source,
+                          input_shape=self.shape,
+                          normalize={"mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist()}),
             offload=OffloadSpec(mode="features", bytes_per_token=0,
                                 bytes_fixed=full.bytes_per_offload[f"{TIERS[0]}-{TIERS[1]}"],
                                 bytes_by_hop=full.bytes_per_offload,
@@ -422,7 +425,8 @@ class ResNetBuilder(Builder[ResNetSpec]):
                                                      zip(TIERS, self.cut.exits, strict=True)],
             resnet_variants=self.variants, connections=self.costs, files=hashed,
             data=DataInfo(splits={k: len(v) for k, v in self.splits.items()}, seed=spec.split.seed),
-            training=spec.training.model_dump() | {"what": "all exits jointly, connections dropped at random"},
+            training=TrainingInfo(**spec.training.model_dump(),
+                                  what="all exits jointly, connections dropped at random"),
             parity=parity, build=build)
 
     def _tier(self, t: str, block: int, out: Path, full: ResNetVariantSpec, acc: dict[str, float]) -> TierSpec:

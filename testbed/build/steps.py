@@ -100,7 +100,8 @@ def run(builder: Builder[Any], out: Path, final_out: Path, progress: Progress) -
                       python=platform.python_version(), spec=builder.spec.model_dump(),
                       spec_sha256=spec_sha256(builder.spec), cpu_count=os.cpu_count(), **builder.versions())
     bundle = builder.describe(out, files, table, hashed, parity, build)
-    (out / "bundle.yaml").write_text(yaml.safe_dump(bundle.model_dump(mode="json"), sort_keys=False))
+    (out / "bundle.yaml").write_text(yaml.safe_dump(bundle.model_dump(mode="json", exclude_none=True),
+                                                    sort_keys=False))
     progress(f"bundle {final_out} built in {build.seconds} s")
     return bundle
 

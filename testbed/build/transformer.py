@@ -39,10 +39,13 @@ from testbed.formats.bundle import (
     BuildInfo,
     BundleSpec,
     DataInfo,
+    ModelInfo,
     OffloadSpec,
     ParityInfo,
+    TaskInfo,
     TensorSpec,
     TierSpec,
+    TrainingInfo,
     VariantSpec,
 )
 
@@ -318,20 +321,21 @@ class TransformerBuilder(Builder[PartitionSpec]):
                  parity: ParityInfo, build: BuildInfo) -> BundleSpec:
         """``bundle.yaml`` of a transformer bundle."""
         spec, config = self.spec, self.config
-        training = spec.training.model_dump() | {
-            "what": "backbone and exit heads jointly, mean of the exits' cross-entropy" if spec.training.finetune
-            else "frozen backbone; linear exit heads on mean-pooled hidden states",
-            "dynamics": "cartography.parquet: gold-label probability per train sample, exit and epoch"}
-        model = {"source": spec.model, "path": self.model_path, "architecture": config.model_type,
-                 "num_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
-                 "parameters": int(sum(p.numel() for p in self.model.parameters()))}
-        task = {"labels": self.data.labels, "max_length": spec.max_length, "data": spec.data,
-                "data_path": self.data.source, "text_column": spec.text_column,
-                "text_pair_column": spec.text_pair_column, "label_column": spec.label_column,
-                "token_type_ids": self.token_types}
+        training = TrainingInfo(
+            **spec.training.model_dump(), dynamics="cartography.parquet: gold-label probability per train sample, "
+            "exit and epoch", what="backbone and exit heads jointly, mean of the exits' cross-entropy"
+            if spec.training.finetune else "frozen backbone; linear exit heads on mean-pooled hidden states")
+        model = ModelInfo(source=spec.model, path=self.model_path, architecture=config.model_type,
+                          num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+                          parameters=int(sum(p.numel() for p in self.model.parameters())),
+                          **_model_fingerprint(self.model_path, config))
+        task = TaskInfo(labels=self.data.labels, max_length=spec.max_length, data=spec.data,
+                        data_path=self.data.source, text_column=spec.text_column,
+                        text_pair_column=spec.text_pair_column, label_column=spec.label_column,
+                        token_type_ids=self.token_types)
         return BundleSpec(
             format_version=BUNDLE_FORMAT, kind="transformer", name=spec.name,
-            model=model | _model_fingerprint(self.model_path, config), task=task, offload=self._offload(),
+            model=model, task=task, offload=self._offload(),
             exit_layers=list(self.cut.exits), tiers=[self._tier(t, out, files[t]) for t in TIERS],
             variants=self.variants, files=hashed,
             data=DataInfo(splits={k: len(v) for k, v in self.splits.items()}, seed=spec.split.seed),

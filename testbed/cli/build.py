@@ -145,14 +145,14 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
     bundle = Bundle.load(args.bundle)
     s = bundle.spec
     m = s.model
-    out.print(f"bundle [bold]{s.name}[/bold] (format {s.format_version}, {s.kind}): model {m.get('source')} "
-              f"({m.get('architecture')}, {m.get('num_layers')} layers, hidden {m.get('hidden_size')}, "
-              f"{m.get('parameters', 0) / 1e6:.1f} M parameters)")
-    out.print(f"task: {len(bundle.labels)} classes {bundle.labels}; data {s.task.get('data')}; splits "
+    out.print(f"bundle [bold]{s.name}[/bold] (format {s.format_version}, {s.kind}): model {m.source} "
+              f"({m.architecture}, {m.num_layers} layers" + (f", hidden {m.hidden_size}" if m.hidden_size else "")
+              + f", {m.parameters / 1e6:.1f} M parameters)")
+    out.print(f"task: {len(bundle.labels)} classes {bundle.labels}; data {s.task.data}; splits "
               f"{s.data.splits} seed {s.data.seed}")
     tr = s.training
     if tr:
-        out.print(f"training: {tr.get('what')}; {tr.get('epochs')} epochs")
+        out.print(f"training: {tr.what}; {tr.epochs} epochs")
     table = Table(title="tiers")
     for col in ("tier", "layers", "runs", "file", "MB", "inputs", "outputs", "offload to next"):
         table.add_column(col)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -154,15 +154,65 @@ class ResNetVariantSpec(BaseModel):
     parameters: int
 
 
+class ModelInfo(BaseModel):
+    """The source model. Keys of the other kind of model are absent (a transformer has no depth)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str = Field(description="what the spec named: a hub name, a directory, builtin:minilm-l6, resnet-8")
+    architecture: str = Field(description="bert, roberta, ... or cifar-resnet")
+    num_layers: int = Field(description="encoder layers, or residual blocks")
+    parameters: int
+    path: str | None = Field(None, description="transformer: where the weights were loaded from")
+    hidden_size: int | None = Field(None, description="transformer: width of the hidden states")
+    kind: Literal["local", "hub"] | None = Field(None, description="transformer: a local directory or the hub")
+    files_sha256: dict[str, str] | None = Field(None, description="local weights: each file's sha256")
+    revision: str | None = Field(None, description="hub weights: the commit")
+    depth: int | None = Field(None, description="ResNet: 6n+2 layers")
+    widths: list[int] | None = Field(None, description="ResNet: channels of the three stages")
+    blocks_per_stage: int | None = Field(None, description="ResNet: n")
+    layers_are: str | None = Field(None, description="ResNet: what a 'layer' of the cut is")
+
+
+class TaskInfo(BaseModel):
+    """The task: classes and what shapes the inputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    labels: list[str] = Field(description="class names, index = class id")
+    data: str | None = Field(None, description="the data the spec named")
+    data_path: str | None = Field(None, description="where it was read from")
+    max_length: int | None = Field(None, description="transformer: tokens per sample at most")
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    token_type_ids: bool | None = Field(None, description="transformer: the samples carry token types (pairs)")
+    input_shape: list[int] | None = Field(None, description="ResNet: channels, height, width of an image")
+    normalize: dict[str, list[float]] | None = Field(None, description="ResNet: per-channel mean and std applied")
+
+
+class TrainingInfo(BaseModel):
+    """How the exits (and the backbone, or the ResNet) were trained."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    what: str
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    finetune: bool | None = None
+    backbone_lr: float | None = None
+    drop_prob: float | None = None
+    dynamics: str | None = Field(None, description="what cartography.parquet holds")
+
+
 class BundleSpec(BaseModel):
-    """The whole ``bundle.yaml``; ``model`` and ``task`` hold what differs between kinds of model."""
+    """The whole ``bundle.yaml``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     format_version: int
     kind: str = "transformer"
     name: str
-    model: dict[str, Any] = Field(description="the source model: name, path, architecture, layers, parameters")
-    task: dict[str, Any] = Field(description="labels and what shapes the inputs (max_length, input_shape, columns)")
+    model: ModelInfo
+    task: TaskInfo
     offload: OffloadSpec
     exit_layers: list[int]
     tiers: list[TierSpec]
@@ -171,7 +221,7 @@ class BundleSpec(BaseModel):
     connections: list[ConnectionCost] = []
     files: dict[str, str]
     data: DataInfo
-    training: dict[str, Any] = Field({}, description="the training settings and what was trained")
+    training: TrainingInfo | None = None
     parity: ParityInfo
     build: BuildInfo
 
@@ -268,7 +318,7 @@ class Bundle:
     @property
     def labels(self) -> list[str]:
         """Class names, index = class id."""
-        return list(self.spec.task["labels"])
+        return list(self.spec.task.labels)
 
     def samples(self, split: str) -> Samples:
         """Load the tokenised samples of ``split`` from ``samples.parquet``."""
@@ -278,7 +328,7 @@ class Bundle:
                               f"splits: {sorted(self.spec.data.splits)}")
         df = df.sort_values("sample_id")
         if "pixels" in df.columns:
-            shape = [len(df), *self.spec.task["input_shape"]]
+            shape = [len(df), *(self.spec.task.input_shape or [])]
             images = np.stack(list(df["pixels"])).astype(np.float32).reshape(shape)
             return Samples(df["sample_id"].to_numpy(np.int64), df["label"].to_numpy(np.int64), [], None, images)
         types = ([np.asarray(x, dtype=np.int64) for x in df["token_type_ids"]]

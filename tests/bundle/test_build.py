@@ -58,7 +58,7 @@ def roberta_pairs_bundle(models, pairs_file, tmp_path_factory):
 
 def test_every_layer_gets_an_exit_and_the_table_matches_the_recorded_accuracy(bert_bundle):
     s = bert_bundle.spec
-    assert s.exit_layers == [1, 2, 3, 4] and s.model["architecture"] == "bert"
+    assert s.exit_layers == [1, 2, 3, 4] and s.model.architecture == "bert"
     assert [e.layer for e in bert_bundle.tier("edge").exits] == [2, 3]
     assert bert_bundle.tier("edge").exits[0].output == "exit_L2"
     for split in ("val", "test"):
@@ -126,8 +126,8 @@ def test_verify_fails_loudly_on_a_changed_file(bert_bundle, tmp_path, capsys):
 
 def test_pairs_finetune_input_offload_on_roberta(roberta_pairs_bundle):
     b = roberta_pairs_bundle
-    assert b.spec.model["architecture"] == "roberta" and b.offload_mode == "input"
-    assert b.spec.training["finetune"] is True
+    assert b.spec.model.architecture == "roberta" and b.offload_mode == "input"
+    assert b.spec.training.finetune is True
     # each later tier re-runs from the tokens: its graph takes token ids and runs from layer 1
     assert [i.name for i in b.tier("edge").inputs] == ["input_ids", "attention_mask"]
     assert b.tier("edge").runs_layers == [1, 2, 3] and b.tier("cloud").runs_layers == [1, 2, 3, 4]
@@ -207,7 +207,7 @@ def resnet_bundle(tmp_path_factory):
 def test_resnet_variants_connections_and_bytes(resnet_bundle, capsys):
     b = resnet_bundle
     s = b.spec
-    assert s.kind == "resnet" and s.model["depth"] == 8 and s.exit_layers == [1, 2, 3]
+    assert s.kind == "resnet" and s.model.depth == 8 and s.exit_layers == [1, 2, 3]
     conns = {c.connection for c in s.connections}
     assert conns == {"skip:1", "block:1", "skip:2", "skip:3"}  # blocks 2 and 3 downsample: no identity to fall back on
     names = [v.name for v in s.resnet_variants]

@@ -45,7 +45,7 @@ def test_export_of_the_shipped_minilm_matches_its_own_forward_on_a_padded_batch(
     from testbed.build.encoder import export, parity, tier_modules
     from testbed.build.tiers import make_cut
 
-    model = transformers.AutoModel.from_pretrained(real_bundle.spec.model["path"], attn_implementation="eager").eval()
+    model = transformers.AutoModel.from_pretrained(real_bundle.spec.model.path, attn_implementation="eager").eval()
     cut = make_cut({"mobile": (1, 2), "edge": (3, 4), "cloud": (5, 6)}, None, 6)
     torch.manual_seed(0)
     heads = torch.nn.ModuleDict({str(e): torch.nn.Linear(384, 3) for e in cut.exits})
@@ -124,7 +124,7 @@ def test_default_bundle_has_every_exit_cartography_and_the_int8_variant(real_bun
     assert [e.layer for e in real_bundle.tier("mobile").exits] == [1, 2]
     carto = pd.read_parquet(real_bundle.root / "cartography.parquet")
     n_train = s.data.splits["train"]
-    assert len(carto) == n_train * 6 and (carto.epochs == s.training["epochs"]).all()
+    assert len(carto) == n_train * 6 and (carto.epochs == s.training.epochs).all()
     assert carto.variability.between(0, 0.5).all() and carto.correctness.between(0, 1).all()
     assert [v.name for v in s.variants] == ["int8"]
     assert s.variants[0].size_bytes < real_bundle.tier("mobile").size_bytes / 2
