@@ -175,3 +175,26 @@ def test_no_test_touches_a_private_attribute_of_the_code_under_test():
                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
     assert not found, "\n".join(found)
+
+
+def test_the_layer_table_of_the_design_page_is_the_one_enforced_here():
+    import re
+
+    text = (ROOT / "docs" / "design.md").read_text()
+    documented = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`testbed/(\w+)(?:\.py)?`", cells[0]) if len(cells) == 3 else None
+        if m:
+            names = set(re.findall(r"`([\w.]+)`", cells[2]))
+            units = {f"testbed.{n}" for n in names if not n.startswith("agents")}
+            documented[f"testbed.{m.group(1)}"] = "everything" if cells[2] == "everything" else units
+            for edge in (n for n in names if n.startswith("agents.") and n != "agents.protocol"):
+                assert f"testbed.{m.group(1)}" in AGENT_EDGES[edge], (m.group(1), edge)
+    assert set(documented) == set(LAYERS) - {"testbed", "testbed.__main__"}
+    for unit, allowed in documented.items():
+        expected = LAYERS[unit]
+        if allowed == "everything":
+            assert expected == set(LAYERS) - {"testbed", "testbed.__main__", unit}, unit
+        else:
+            assert allowed == expected, (unit, allowed, expected)
