@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from agents.protocol import TIERS
+from testbed.core.hops import Hop
 from testbed.policies.base import Params, Policy, PolicyType, at_tier
 from testbed.policies.context import PolicyContext
 
@@ -38,6 +39,22 @@ class AdaptiveResNetPolicy(Policy):
         self.w = w
         self.variant: dict[str, Any] = variants[0]
         self.tier: str = TIERS[-1]
+
+    def resources(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        """Milliseconds per multiply-accumulate on each tier and per offload on each hop, from warmup rows.
+
+        The rows are of the full network run through every tier; medians; MACs per tier are the full variant's.
+        """
+        full = self.variants[0]
+        res: dict[str, dict[str, float]] = {"ms_per_mac": {}, "ms_per_offload": {}, "ms_per_byte": {}}
+        for t in TIERS:
+            ms = [r[f"compute_ms_{t}"] for r in rows if r[f"compute_ms_{t}"] is not None]
+            res["ms_per_mac"][t] = float(np.median(ms)) / max(1, full["macs"][t])
+        for hop in full["bytes_per_offload"]:
+            col = f"net_ms_{Hop.parse(hop).column}"
+            net = [r[col] for r in rows if r[col] is not None]
+            res["ms_per_offload"][hop] = float(np.median(net)) if net else 0.0
+        return res
 
     def predict_ms(self, variant: dict[str, Any], tier: str, res: dict[str, dict[str, float]]) -> float:
         """Predicted latency of one sample on ``variant`` stopping at ``tier``, from measured resources."""

@@ -78,6 +78,10 @@ class Policy:
         """What the policy chose for the sample (arm, tier), for the ``policy_choice`` column."""
         return None
 
+    def resources(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        """The resources :meth:`plan` weighs, from the rows of a warmup through every tier (``needs_resources``)."""
+        raise TypeError(f"policy {self.name} does not measure resources")
+
     def plan(self, resources: dict[str, dict[str, float]]) -> None:
         """Choose from measured resources (only for ``needs_resources`` policies)."""
         raise TypeError(f"policy {self.name} does not plan from resources")

@@ -24,7 +24,6 @@ from testbed import policies
 from testbed.core.clock import Clock, SystemClock
 from testbed.core.config import Experiment, Inventory
 from testbed.core.errors import TestbedError
-from testbed.core.hops import Hop
 from testbed.devices import shaping
 from testbed.devices.fleet import Fleet
 from testbed.devices.launch import AgentArgs
@@ -212,16 +211,7 @@ class Controller:
         assert self.issuer is not None
         probe = policies.StaticPolicy(policy.name, policies.all_tier(p.TIERS[-1]))
         rows = self.issuer.issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)])
-        full = self.bundle.spec.resnet_variants[0]
-        res: dict[str, dict[str, float]] = {"ms_per_mac": {}, "ms_per_offload": {}, "ms_per_byte": {}}
-        for t in p.TIERS:
-            ms = [r[f"compute_ms_{t}"] for r in rows if r[f"compute_ms_{t}"] is not None]
-            res["ms_per_mac"][t] = float(np.median(ms)) / max(1, full.macs[t])
-        for hop in full.bytes_per_offload:
-            col = f"net_ms_{Hop.parse(hop).column}"
-            net = [r[col] for r in rows if r[col] is not None]
-            res["ms_per_offload"][hop] = float(np.median(net)) if net else 0.0
-        policy.plan(res)
+        policy.plan(policy.resources(rows))
         files = policy.partitions()
         if files is not None:
             self._configure(files, seq=2)

@@ -147,3 +147,17 @@ def test_adaptive_resnet_objective_by_hand():
     pol.plan(res)  # 0.1*4.5/5 - 0.9*0.94 = -0.756 beats full cloud -0.755
     assert (pol.variant["name"], pol.tier) == ("v1", "cloud") and pol.choice(0) == "v1@cloud"
     assert len(pol.record["options"]) == 6
+
+
+def test_adaptive_resnet_measures_its_resources_from_warmup_rows():
+    from testbed.policies.adaptive_resnet import AdaptiveResNetPolicy
+
+    full = {"name": "full", "macs": {"mobile": 1000, "edge": 2000, "cloud": 4000},
+            "bytes_per_offload": {"mobile-edge": 100, "edge-cloud": 50}, "exits": []}
+    rows = [{"compute_ms_mobile": m, "compute_ms_edge": 2 * m, "compute_ms_cloud": None if m == 3 else 4 * m,
+             "net_ms_mobile_edge": 0.5, "net_ms_edge_cloud": None} for m in (1.0, 2.0, 3.0)]
+    res = AdaptiveResNetPolicy("a", [full], w=0.5).resources(rows)
+    assert res["ms_per_mac"] == pytest.approx({"mobile": 2.0 / 1000, "edge": 4.0 / 2000, "cloud": 6.0 / 4000})
+    assert res["ms_per_offload"] == {"mobile-edge": 0.5, "edge-cloud": 0.0}  # no offload measured: nothing charged
+    with pytest.raises(TypeError, match="does not measure resources"):
+        policies.make(PolicySpec(name="all-cloud")).resources(rows)
