@@ -15,13 +15,10 @@ from testbed.policies.registry import (
     keys_of,
     make,
     names,
-    needs,
     parse,
     record,
     types,
 )
 
-all_tier = at_tier
-
-__all__ = ["ALWAYS", "NEVER", "Policy", "StaticPolicy", "all_tier", "at_tier", "bundle_problems", "check", "claim_of",
-           "context_for", "decide", "keys_of", "make", "names", "needs", "parse", "record", "types"]
+__all__ = ["ALWAYS", "NEVER", "Policy", "StaticPolicy", "at_tier", "bundle_problems", "check", "claim_of",
+           "context_for", "decide", "keys_of", "make", "names", "parse", "record", "types"]

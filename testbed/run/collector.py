@@ -22,8 +22,8 @@ from testbed.run.transport import Received
 class Collector:
     """Rows of one run, from Results and energy windows to the run directory.
 
-    ``offsets``: device id -> its clock offset (ns); ``context``: the columns every row shares
-    (run id, experiment, split, energy sources by device).
+    Set once the agents' clocks are aligned: ``offsets`` (device id -> its clock offset, ns) and
+    ``context`` (the columns every row shares: run id, experiment, split, energy sources by device).
     """
 
     def __init__(self, writer: RunWriter, exit_layers: dict[str, int]):

@@ -24,6 +24,7 @@ from testbed import policies
 from testbed.core.clock import Clock, SystemClock
 from testbed.core.config import Experiment, Inventory
 from testbed.core.errors import TestbedError
+from testbed.core.hops import CONTROLLER, link_ends
 from testbed.devices import shaping
 from testbed.devices.fleet import Fleet
 from testbed.devices.launch import AgentArgs
@@ -34,10 +35,10 @@ from testbed.formats.results import RunWriter, new_run_id
 from testbed.run import records
 from testbed.run.collector import Collector
 from testbed.run.issuer import Issuer, Progress
-from testbed.run.session import PING_GAP_S, PINGS, AgentSession
+from testbed.run.session import AgentSession
 from testbed.run.transport import ZmqTransport
 
-__all__ = ["PINGS", "PING_GAP_S", "Controller", "Progress", "RunOutcome"]
+__all__ = ["Controller", "Progress", "RunOutcome"]
 
 
 @dataclass
@@ -209,7 +210,7 @@ class Controller:
                       warm: int) -> None:
         """Warm up on the full network through every tier, measure the resources, let the policy choose, run."""
         assert self.issuer is not None
-        probe = policies.StaticPolicy(policy.name, policies.all_tier(p.TIERS[-1]))
+        probe = policies.StaticPolicy(policy.name, policies.at_tier(p.TIERS[-1]))
         rows = self.issuer.issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)])
         policy.plan(policy.resources(rows))
         files = policy.partitions()
@@ -237,8 +238,8 @@ class Controller:
             if fleet.backend == "userspace":
                 # the sending agent of a device hop; for a controller link the tier's agent (Results, and on the
                 # first tier the Work arriving too)
-                a, b = hop.split("-")
-                ctl = a == "controller"
+                a, b = link_ends(hop)
+                ctl = a == CONTROLLER
                 sender = session.by_tier()[b if ctl else a]
                 session.send(sender, p.Shape(i, profile.delay_ms, profile.jitter_ms, "controller" if ctl else "data"))
                 rec["userspace"] = {"device": sender.device_id, "link": "controller" if ctl else "data",

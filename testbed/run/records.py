@@ -18,6 +18,7 @@ from agents import protocol as p
 from testbed import __version__
 from testbed.core import costmodel
 from testbed.core.config import EnergySpec, Experiment, Inventory, LinkProfile
+from testbed.core.hops import Hop
 from testbed.formats.bundle import Bundle
 from testbed.formats.manifest import BundleRecord, ControllerRecord, FileRecord, RunManifest
 from testbed.formats.schema import SCHEMA_VERSION
@@ -127,7 +128,7 @@ def wire_ifaces(inv: Inventory, devices: dict[str, str]) -> dict[str, dict[str, 
     for prev, tier in zip(p.TIERS, p.TIERS[1:], strict=False):
         dev = inv.device(devices[tier])
         iface = dev.interfaces.get(prev)
-        hop = f"{prev}_{tier}"
+        hop = Hop(prev, tier).column
         if not iface:
             out[tier] = {"hop": hop, "why_not": f"{dev.id} has no interfaces.{prev} in the inventory "
                          "(its link to the previous tier is not known to be its own)"}

@@ -9,7 +9,7 @@ import pytest
 from testbed import policies
 from testbed.cli import main
 from testbed.formats.schema import SCHEMA_VERSION
-from testbed.run.controller import PINGS
+from testbed.run.session import PINGS
 
 from conftest import ROOT, write_experiment, write_inventory
 from loopback.helpers import agent_pids, assert_gone, only_run
