@@ -132,7 +132,8 @@ def test_controller_killed_flushed_rows_survive_and_agents_exit_by_themselves(ti
                              "--results", str(tmp_path / "results"), "-q"], cwd=ROOT, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180  # a few seconds usually; once over 60 s on a loaded CI VM
-    while time.monotonic() < deadline and len(list((tmp_path / "results").glob("*/*/samples.parts/part-*"))) < 3:
+    parts = "*/*/samples.parts/part-*.parquet"  # complete parts only: a .tmp is one still being written
+    while time.monotonic() < deadline and len(list((tmp_path / "results").glob(parts))) < 3:
         time.sleep(0.05)
     proc.kill()  # no cleanup code runs: the controller is simply gone
     proc.wait(10)
