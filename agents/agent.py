@@ -88,8 +88,9 @@ class Agent:
         meter: EnergyMeter | None = None,
         rx_counter: type[ArrivalCounter] | Any = ArrivalCounter,
     ):
-        if tier not in p.TIERS:
-            raise ValueError(f"tier {tier!r} is not one of {', '.join(p.TIERS)}")
+        problem = p.tier_name_problem(tier)
+        if problem:
+            raise ValueError(problem)
         self.agent_id = agent_id
         self.tier = tier
         self.controller = controller
@@ -302,7 +303,8 @@ class Agent:
         The Results it sends, and on the first tier (the only one the controller issues Work to)
         the Work arriving on the data socket.
         """
-        return [self._ctl_in, self._ctl_out] if self.tier == p.TIERS[0] else [self._ctl_out]
+        first = self._config is not None and self._config.msg.first
+        return [self._ctl_in, self._ctl_out] if first else [self._ctl_out]
 
     def _ready(self) -> None:
         assert self._config is not None
@@ -466,12 +468,19 @@ def _wait_until(due: float) -> None:
         pass
 
 
+def _tier_arg(value: str) -> str:
+    problem = p.tier_name_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line of ``python -m agents``."""
     ap = argparse.ArgumentParser(prog="python -m agents", description="testbed device agent")
     ap.add_argument("--controller", required=True, help="controller ROUTER endpoint, e.g. tcp://10.0.0.1:5555")
     ap.add_argument("--id", required=True, dest="agent_id", help="device id from inventory.yaml")
-    ap.add_argument("--tier", required=True, choices=p.TIERS)
+    ap.add_argument("--tier", required=True, type=_tier_arg, help="this device's tier in the run, e.g. mobile")
     ap.add_argument("--workdir", default=".", help="partition paths are relative to this directory")
     ap.add_argument("--bind", default="127.0.0.1", help="address the data socket binds to")
     ap.add_argument("--advertise", default=None, help="address other tiers use to reach the data socket")

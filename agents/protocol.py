@@ -34,12 +34,16 @@ Format history:
     6: ctl_delay_ms on the other tiers too: each tier holds the Results it sends the controller;
        only the first tier also holds the Work arriving on its data socket (a version-5 edge agent
        would have held the offloads it received).
+    7: a run's tiers are any names (``TIER_NAME``), two or more, ordered by the bundle: the agent takes
+       any valid name, and Configure.first says whether the controller issues Work to this tier (the
+       first tier, whose data socket hears the controller), which the tier's name no longer tells.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -47,11 +51,23 @@ from typing import Any, ClassVar, NamedTuple
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 LINKS = ("data", "controller")  # what a Shape message reshapes
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
-TIERS = ("mobile", "edge", "cloud")
+#: the three-tier layout (a phone, an edge box, a GPU server) that builders and examples default to;
+#: a run's tiers come from its bundle: two or more names, in the order a sample crosses them
+DEFAULT_TIERS = ("mobile", "edge", "cloud")
+#: a tier name: lower-case letters and digits, so it fits result columns and link names (``mobile_cloud``)
+TIER_NAME = re.compile(r"[a-z][a-z0-9]{0,23}")
+
+
+def tier_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a tier, or None when it can."""
+    if isinstance(name, str) and TIER_NAME.fullmatch(name):
+        return None
+    return (f"{name!r} is not a tier name: use 1-24 lower-case letters and digits, starting with a letter "
+            f"(e.g. {', '.join(DEFAULT_TIERS)})")
 
 
 class ProtocolError(Exception):
@@ -162,6 +178,7 @@ class Configure:
     # late; on the first tier (whose data socket hears the controller) each Work also counts as received as late
     ctl_delay_ms: float = 0.0
     ctl_jitter_ms: float = 0.0
+    first: bool = False  # this is the first tier: the controller issues Work to its data socket
 
 
 @dataclass(frozen=True)

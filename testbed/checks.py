@@ -10,23 +10,42 @@ from pathlib import Path
 
 import yaml
 
-from agents.protocol import TIERS
 from testbed import policies
 from testbed.core.config import CostSpec, Experiment, Inventory, resolve, shaping_problems, suggest
-from testbed.core.costmodel import HOPS, PRESETS
+from testbed.core.costmodel import PRESETS, offload_links
 from testbed.core.errors import BundleError
 from testbed.formats.bundle import Bundle
 
 
 def check_experiment(exp: Experiment, inv: Inventory, base: Path) -> list[str]:
     """Semantic checks that need the inventory, the bundle and the policy registry; returns problems."""
-    problems: list[str] = []
-    if sorted(exp.devices) != sorted(TIERS):
-        problems.append(f"devices: tiers {sorted(exp.devices)} given; name one device for each of {list(TIERS)}")
+    bundle, problems = _load_bundle(exp, base)
+    # the run's tiers are the bundle's; without a bundle, check the rest against the experiment's own
+    tiers = bundle.tiers if bundle is not None else tuple(exp.devices)
+    problems += _device_problems(exp, inv, tiers, bundle is not None)
+    if bundle is not None:
+        problems += _bundle_problems(exp, bundle)
+    problems += _cost_problems(exp.cost, tiers)
+    problems += shaping_problems(exp.shaping, tiers)
+    keys: set[str] = set()
+    for i, pol in enumerate(exp.policies):
+        problems += [f"policies[{i}]{p}" for p in policies.check(pol, tiers)]
+        if pol.key in keys:
+            problems.append(f"policies[{i}]: policy {pol.key!r} appears twice; give one a different label")
+        keys.add(pol.key)
+    return problems
+
+
+def _device_problems(exp: Experiment, inv: Inventory, tiers: tuple[str, ...], from_bundle: bool) -> list[str]:
+    """One inventory device of the right tier for each of the run's tiers."""
+    problems = []
+    if from_bundle and sorted(exp.devices) != sorted(tiers):
+        problems.append(f"devices: tiers {sorted(exp.devices)} given, but the bundle {exp.bundle!r} has tiers "
+                        f"{list(tiers)}; name one device for each of them")
     ids = [d.id for d in inv.devices]
     for tier, dev_id in exp.devices.items():
-        if tier not in TIERS:
-            problems.append(f"devices.{tier}: unknown tier{suggest(tier, list(TIERS))}")
+        if tier not in tiers:
+            problems.append(f"devices.{tier}: not a tier of the bundle{suggest(tier, list(tiers))}")
             continue
         try:
             dev = inv.device(dev_id)
@@ -38,19 +57,10 @@ def check_experiment(exp: Experiment, inv: Inventory, base: Path) -> list[str]:
                             f"not {tier}; pick a {tier} device or fix its tier")
     if len(set(exp.devices.values())) != len(exp.devices):
         problems.append("devices: one device serves two tiers; each tier needs its own agent")
-    problems += _bundle_problems(exp, base)
-    problems += _cost_problems(exp.cost)
-    problems += shaping_problems(exp.shaping)
-    keys: set[str] = set()
-    for i, pol in enumerate(exp.policies):
-        problems += [f"policies[{i}]{p}" for p in policies.check(pol)]
-        if pol.key in keys:
-            problems.append(f"policies[{i}]: policy {pol.key!r} appears twice; give one a different label")
-        keys.add(pol.key)
     return problems
 
 
-def _cost_problems(cost: CostSpec) -> list[str]:
+def _cost_problems(cost: CostSpec, tiers: tuple[str, ...]) -> list[str]:
     problems = []
     if cost.file:
         path = Path(cost.file)
@@ -63,7 +73,12 @@ def _cost_problems(cost: CostSpec) -> list[str]:
                             f"{suggest(cost.preset, names)}")
     elif cost.preset not in PRESETS:
         problems.append(f"cost.preset: unknown preset {cost.preset!r}{suggest(cost.preset, list(PRESETS))}")
-    for key, allowed in (("lam", list(TIERS)), ("o", list(HOPS))):
+    else:
+        missing = PRESETS[cost.preset].with_values(cost.lam, cost.o).missing(tiers)
+        if missing:
+            problems.append(f"cost: preset {cost.preset!r} has no value for {', '.join(missing)} in a run with tiers "
+                            f"{', '.join(tiers)}; give them under cost.lam / cost.o")
+    for key, allowed in (("lam", list(tiers)), ("o", offload_links(tiers))):
         for k, v in (getattr(cost, key) or {}).items():
             if k not in allowed:
                 problems.append(f"cost.{key}.{k}: not one of {allowed}{suggest(k, allowed)}")
@@ -76,16 +91,19 @@ def _cost_problems(cost: CostSpec) -> list[str]:
     return problems
 
 
-def _bundle_problems(exp: Experiment, base: Path) -> list[str]:
-    """The bundle exists, has every file it names, and the split holds the samples asked for."""
+def _load_bundle(exp: Experiment, base: Path) -> tuple[Bundle | None, list[str]]:
     root = resolve(base, exp.bundle)
     if not (root / "bundle.yaml").is_file():
-        return [f"bundle: {exp.bundle!r} has no bundle.yaml ({root / 'bundle.yaml'}); build it with "
-                "`testbed partition --config partitions/specs/<name>.yaml` (or `make bundle`)"]
+        return None, [f"bundle: {exp.bundle!r} has no bundle.yaml ({root / 'bundle.yaml'}); build it with "
+                      "`testbed partition --config partitions/specs/<name>.yaml` (or `make bundle`)"]
     try:
-        bundle = Bundle.load(root)
+        return Bundle.load(root), []
     except BundleError as e:
-        return [f"bundle: {e}"]
+        return None, [f"bundle: {e}"]
+
+
+def _bundle_problems(exp: Experiment, bundle: Bundle) -> list[str]:
+    """The bundle has every file it names, and the split holds the samples asked for."""
     problems = []
     missing = bundle.missing_files()
     if missing:

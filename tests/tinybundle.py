@@ -1,8 +1,10 @@
-"""A tiny three-tier bundle made with onnx.helper: real ONNX files, real hashes, no torch.
+"""A tiny bundle made with onnx.helper: real ONNX files, real hashes, no torch.
 
-mobile: input_ids -> embedding (Gather) -> hidden_out; logits = mean over tokens @ W_m
-edge:   hidden -> hidden_out = hidden * 1.5; logits = mean @ W_e
-cloud:  hidden -> logits = mean @ W_c
+Three tiers by default (mobile, edge, cloud), or any others in order (``tiers=("mobile", "cloud")``):
+
+first (mobile):  input_ids -> embedding (Gather) -> hidden_out; logits = mean over tokens @ W_m
+middle (edge):   hidden -> hidden_out = hidden * 1.5; logits = mean @ W_e
+last (cloud):    hidden -> logits = mean @ W_c
 Weights are seeded, so confidences vary across samples and every tier gets exits
 under a middling threshold.
 """
@@ -17,7 +19,7 @@ import pandas as pd
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from agents.protocol import TIERS
+from agents.protocol import DEFAULT_TIERS
 from agents.runtime import Partition, sha256_file
 from testbed.build.encoder import Encoded, exit_table
 from testbed.build.tiers import make_cut
@@ -33,11 +35,11 @@ def _pool_and_head(name: str, w: np.ndarray, nodes: list, inits: list) -> None:
     nodes.append(helper.make_node("MatMul", ["pooled", f"W_{name}"], ["logits"]))
 
 
-def _model(tier: str, rng: np.random.Generator) -> onnx.ModelProto:
+def _model(tier: str, rng: np.random.Generator, first_tier: bool, last_tier: bool) -> onnx.ModelProto:
     nodes: list = []
     inits: list = []
     mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
-    if tier == "mobile":
+    if first_tier:
         inits.append(numpy_helper.from_array(rng.normal(size=(VOCAB, HIDDEN)).astype(np.float32), "emb"))
         nodes.append(helper.make_node("Gather", ["emb", "input_ids"], ["h"], axis=0))
         first = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
@@ -50,7 +52,7 @@ def _model(tier: str, rng: np.random.Generator) -> onnx.ModelProto:
     _pool_and_head(tier, rng.normal(size=(HIDDEN, CLASSES)) * 2.0, nodes, inits)
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES]),
                helper.make_tensor_value_info("mask_shape", TensorProto.INT64, [2])]
-    if tier != "cloud":
+    if not last_tier:
         nodes.append(helper.make_node("Identity", ["h"], ["hidden_out"]))
         outputs.insert(0, helper.make_tensor_value_info("hidden_out", TensorProto.FLOAT, ["batch", "seq", HIDDEN]))
     graph = helper.make_graph(nodes, f"tiny_{tier}", [first, mask], outputs, inits)
@@ -60,13 +62,14 @@ def _model(tier: str, rng: np.random.Generator) -> onnx.ModelProto:
     return model
 
 
-def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
-    """Write a complete tiny bundle into ``root`` and return it, verified."""
+def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0,
+                     tiers: tuple[str, ...] = DEFAULT_TIERS) -> Bundle:
+    """Write a complete tiny bundle of ``tiers`` (one layer each) into ``root`` and return it, verified."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    files = {t: f"{t}.onnx" for t in TIERS}
-    for t in TIERS:
-        onnx.save(_model(t, rng), str(root / files[t]))
+    files = {t: f"{t}.onnx" for t in tiers}
+    for i, t in enumerate(tiers):
+        onnx.save(_model(t, rng, i == 0, i == len(tiers) - 1), str(root / files[t]))
     splits = {"val": 20, "test": n_test}
     ids = {k: [rng.integers(1, VOCAB, size=int(rng.integers(3, 12))).tolist() for _ in range(n)]
            for k, n in splits.items()}
@@ -74,12 +77,13 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
     rows = [{"split": k, "sample_id": i, "label": int(labels[k][i]), "text": f"s{i}", "input_ids": ids[k][i]}
             for k in splits for i in range(splits[k])]
     pd.DataFrame(rows).to_parquet(root / "samples.parquet", index=False)
-    cut = make_cut({"mobile": (1, 1), "edge": (2, 2), "cloud": (3, 3)}, None, 3)
-    sessions = {t: Partition.load(root / files[t], sha256_file(root / files[t])) for t in TIERS}
+    n_layers = len(tiers)
+    cut = make_cut({t: (i + 1, i + 1) for i, t in enumerate(tiers)}, None, n_layers)
+    sessions = {t: Partition.load(root / files[t], sha256_file(root / files[t])) for t in tiers}
     table = pd.concat([exit_table(sessions, cut, "hidden", k, Encoded(ids[k], None, labels[k])) for k in splits])
     table.to_parquet(root / "exits.parquet", index=False)
-    tiers = []
-    for i, t in enumerate(TIERS):
+    specs = []
+    for i, t in enumerate(tiers):
         test = table[table.split == "test"]
         acc = float((test[f"prediction_{t}"] == test["label"]).mean())
         inputs = [{"name": "input_ids" if i == 0 else "hidden", "dtype": "int64" if i == 0 else "float32",
@@ -87,20 +91,21 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0) -> Bundle:
                   {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"]}]
         outputs = [{"name": "logits", "dtype": "float32", "shape": ["batch", CLASSES]},
                    {"name": "mask_shape", "dtype": "int64", "shape": [2]}]
-        if t != "cloud":
+        if i < n_layers - 1:
             outputs.insert(0, {"name": "hidden_out", "dtype": "float32", "shape": ["batch", "seq", HIDDEN]})
-        tiers.append({"tier": t, "layers": [i + 1], "file": files[t], "sha256": sha256_file(root / files[t]),
+        specs.append({"tier": t, "layers": [i + 1], "file": files[t], "sha256": sha256_file(root / files[t]),
                       "size_bytes": (root / files[t]).stat().st_size, "inputs": inputs, "outputs": outputs,
                       "logits": "logits", "exit": {"layer": i + 1, "val_accuracy": acc, "test_accuracy": acc},
                       "exits": [{"layer": i + 1, "val_accuracy": acc, "test_accuracy": acc, "output": "logits"}],
-                      "offload": {} if t == "cloud" else {"hidden_out": "hidden", "attention_mask": "attention_mask"}})
+                      "offload": {} if i == n_layers - 1 else {"hidden_out": "hidden",
+                                                               "attention_mask": "attention_mask"}})
     doc = {"format_version": BUNDLE_FORMAT, "name": "tiny",
-           "model": {"source": "tests/tinybundle.py", "architecture": "onnx-by-hand", "num_layers": 3,
-                     "parameters": VOCAB * HIDDEN + 3 * HIDDEN * CLASSES},
+           "model": {"source": "tests/tinybundle.py", "architecture": "onnx-by-hand", "num_layers": n_layers,
+                     "parameters": VOCAB * HIDDEN + n_layers * HIDDEN * CLASSES},
            "task": {"labels": ["a", "b", "c"]},
            "offload": {"mode": "hidden", "bytes_per_token": HIDDEN * 4 + 8, "bytes_fixed": 0,
-                       "formula": f"seq_len * ({HIDDEN} * 4 + 8)"}, "exit_layers": [1, 2, 3],
-           "tiers": tiers,
+                       "formula": f"seq_len * ({HIDDEN} * 4 + 8)"}, "exit_layers": list(range(1, n_layers + 1)),
+           "tiers": specs,
            "files": {f: sha256_file(root / f) for f in ("samples.parquet", "exits.parquet")},
            "data": {"splits": splits, "seed": seed},
            # no torch here, so nothing to compare ONNX with

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agents.protocol import TIERS
-from testbed.core.costmodel import HOPS, CostModel
+from testbed.core.costmodel import CostModel, offload_links
 from testbed.core.hops import Hop
 
 
@@ -26,18 +25,23 @@ def _hop_col(link: str) -> str:
 
 
 def fit(df: pd.DataFrame, layers: dict[str, int]) -> dict[str, Any]:
-    """Calibrated presets (``calibrated-ms``, ``calibrated-j``) and the fit's details from measured rows."""
+    """Calibrated presets (``calibrated-ms``, ``calibrated-j``) and the fit's details from measured rows.
+
+    ``layers``: the run's tiers in order, each with the layers a full pass runs there.
+    """
+    tiers = list(layers)
+    hops = offload_links(tiers)
     m = df[df["phase"] == "measure"]
     lam_ms: dict[str, float] = {}
     lam_j: dict[str, float] = {}
     o_ms: dict[str, float] = {}
     per_byte: dict[str, dict[str, Any]] = {}
-    for t in TIERS:
+    for t in tiers:
         ms = m[f"compute_ms_{t}"].dropna()
         lam_ms[t] = float(ms.median() / layers[t]) if len(ms) else 0.0
         ej = m[f"energy_j_{t}"].dropna() if f"energy_j_{t}" in m else pd.Series(dtype=float)
         lam_j[t] = float(ej.mean() / layers[t]) if len(ej) else 0.0
-    for hop in HOPS:
+    for hop in hops:
         col = _hop_col(hop)
         net = m[f"net_ms_{col}"]
         used = net.notna() & (m[f"bytes_{col}"] > 0)
@@ -49,15 +53,15 @@ def fit(df: pd.DataFrame, layers: dict[str, int]) -> dict[str, Any]:
         else:
             per_byte[hop] = {"ms_per_byte": None, "ms_fixed": o_ms[hop], "samples": int(len(y)),
                              "note": "one payload size only: no per-byte slope"}
-    modelled = sum(m[f"compute_ms_{t}"].fillna(0) for t in TIERS) + sum(
-        m[f"net_ms_{_hop_col(h)}"].fillna(0) for h in HOPS)
+    modelled = sum(m[f"compute_ms_{t}"].fillna(0) for t in tiers) + sum(
+        m[f"net_ms_{_hop_col(h)}"].fillna(0) for h in hops)
     base_ms = float((m["latency_ms"] - modelled).median()) if len(m) else 0.0
     return {
         "presets": {
             "calibrated-ms": CostModel("calibrated-ms", lam_ms, o_ms, unit="ms",
                                        source="testbed calibrate: median compute per layer, median net per offload",
                                        extra={"base_ms": base_ms}),
-            "calibrated-j": CostModel("calibrated-j", lam_j, {h: 0.0 for h in HOPS}, unit="J",
+            "calibrated-j": CostModel("calibrated-j", lam_j, {h: 0.0 for h in hops}, unit="J",
                                       source="testbed calibrate: mean metered energy per layer",
                                       notes="links charged nothing: meters see devices, not links"),
         },

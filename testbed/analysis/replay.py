@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agents.protocol import TIERS
 from testbed import policies
 from testbed.core.config import PolicySpec
 from testbed.formats.bundle import Bundle
@@ -33,8 +32,9 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
     if count is not None:
         table = table.iloc[:count]
     ctx = policies.context_for(bundle, split, seed, {s.name for s in specs})
-    conf_max = table[[f"confidence_{t}" for t in TIERS]].to_numpy(np.float64)
-    entropy_cols = [f"confidence_entropy_{t}" for t in TIERS]
+    tiers = bundle.tiers
+    conf_max = table[[f"confidence_{t}" for t in tiers]].to_numpy(np.float64)
+    entropy_cols = [f"confidence_entropy_{t}" for t in tiers]
     plan = [("warmup", i % len(table)) for i in range(warmup)] + [("measure", i) for i in range(len(table))]
     rows, records = [], {}
     for i, spec in enumerate(specs):
@@ -49,13 +49,13 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
                                   "testbed); rebuild it to replay a policy with measure: entropy")
             conf = table[entropy_cols].to_numpy(np.float64)
         sample_ids, labels = table["sample_id"].to_numpy(np.int64), table["label"].to_numpy(np.int64)
-        preds = {tier: table[f"prediction_{tier}"].to_numpy(np.int64) for tier in TIERS}
+        preds = {tier: table[f"prediction_{tier}"].to_numpy(np.int64) for tier in tiers}
         for phase, r in plan:
             sid = int(sample_ids[r])
             th = policy.thresholds(sid, rng)
-            t = int(policies.decide(th, conf[r:r + 1])[0])
-            tier = TIERS[t]
-            visited = {TIERS[j]: float(conf[r, j]) for j in range(t + 1)}
+            t = int(policies.decide(th, conf[r:r + 1], tiers)[0])
+            tier = tiers[t]
+            visited = {tiers[j]: float(conf[r, j]) for j in range(t + 1)}
             pred = int(preds[tier][r])
             rows.append({"policy": spec.key, "phase": phase, "sample_id": sid, "exit_tier": tier, "prediction": pred,
                          "label": int(labels[r]), "correct": pred == int(labels[r]),

@@ -117,7 +117,7 @@ def cost_sweep(df: pd.DataFrame, cost_record: dict[str, Any], sweep_o: list[floa
     """
     from testbed.core.costmodel import CostModel, paper_costs
 
-    base = CostModel(cost_record["name"], cost_record["lam"], cost_record["o"], tuple(cost_record["charge"]))
+    base = CostModel.from_record(cost_record)
     rows = []
     points = [("o", v, base.with_values(o={h: v for h in base.o})) for v in sweep_o] + [
         ("lambda", v, base.with_values(lam={t: v for t in base.lam})) for v in sweep_lam]
@@ -136,13 +136,13 @@ def paper_vs_measured(df: pd.DataFrame, cost_record: dict[str, Any], summary: pd
     """
     from testbed.core.costmodel import CostModel, paper_costs, reduction
 
-    cm = CostModel(cost_record["name"], cost_record["lam"], cost_record["o"], tuple(cost_record["charge"]))
+    cm = CostModel.from_record(cost_record)
     paper = paper_costs(df, cost_record["layers"], cm)
     allrow = summary[summary["tier"] == "all"].set_index("policy")
     cols = ["latency_ms_mean", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "energy_j_per_sample",
             "offload_bytes_per_sample"]
     out = paper.join(allrow[cols], on="policy")
-    ref = out[out["policy"] == stats.REFERENCE]
+    ref = out[out["policy"] == stats.reference(tuple(cost_record["layers"]))]
     for c, name in (("latency_ms_mean", "latency_reduction"), ("energy_j_per_sample", "energy_reduction"),
                     ("offload_bytes_per_sample", "bytes_reduction")):
         base = float(ref[c].iloc[0]) if len(ref) else float("nan")
@@ -228,9 +228,7 @@ def meter_line(device: str, meter: dict[str, Any], df: pd.DataFrame) -> str:
     if period:
         text += f", update period {period * 1e3:.2f} ms"
     flags = []
-    for t in ("mobile", "edge", "cloud"):
-        if f"energy_approx_{t}" not in df:
-            continue
+    for t in [c.removeprefix("energy_approx_") for c in df.columns if c.startswith("energy_approx_")]:
         mine = df[df[f"device_{t}"] == device]
         batch = mine.get(f"energy_batch_{t}")
         if batch is not None and batch.notna().any():  # batch windows: one flag per window, not per sample

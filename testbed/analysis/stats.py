@@ -1,14 +1,25 @@
-"""Summaries of result rows: per policy and per exit tier, against all-cloud. Pure."""
+"""Summaries of result rows: per policy and per exit tier, against all samples to the last tier. Pure.
+
+The reference is the policy that runs every sample to the last tier (``all-cloud`` in the
+default tiers). The tiers and hops are the frame's own (its per-tier columns).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from agents.protocol import TIERS
-from testbed.formats.schema import HOPS, WIRE_HOPS
+from testbed.formats import schema
+from testbed.formats.schema import ResultSchema
 
-REFERENCE = "all-cloud"
+
+def reference(tiers: tuple[str, ...]) -> str:
+    """The baseline every policy is compared with: all samples to the last tier (``all-cloud``)."""
+    return f"all-{tiers[-1]}"
+
+
+def _schema(df: pd.DataFrame) -> ResultSchema:
+    return schema.for_tiers(schema.tiers_in(df.columns))
 
 
 def _pct(series: pd.Series, q: float) -> float:
@@ -19,8 +30,8 @@ def _mean(g: pd.DataFrame, col: str) -> float:
     return float(g[col].mean()) if col in g and g[col].notna().any() else float("nan")
 
 
-def _group_stats(g: pd.DataFrame, n_policy: int) -> dict[str, float]:
-    hop_bytes = g[[f"bytes_{h}" for h in WIRE_HOPS]].sum(axis=1)  # the offloads, tier to tier
+def _group_stats(g: pd.DataFrame, n_policy: int, wire_hops: tuple[str, ...]) -> dict[str, float]:
+    hop_bytes = g[[f"bytes_{h}" for h in wire_hops]].sum(axis=1)  # the offloads, tier to tier
     return {
         "samples": len(g),
         "share": len(g) / n_policy if n_policy else float("nan"),
@@ -38,19 +49,20 @@ def _group_stats(g: pd.DataFrame, n_policy: int) -> dict[str, float]:
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (policy, tier) plus one per policy with tier ``all``; measure phase only.
 
-    Adds ``accuracy_delta_pt`` and ``latency_ratio`` against the all-cloud policy of the same
-    run when it is present (NaN otherwise).
+    Adds ``accuracy_delta_pt`` and ``latency_ratio`` against the :func:`reference` policy of the
+    same run when it is present (NaN otherwise).
     """
+    cols = _schema(df)
     m = df[df["phase"] == "measure"]
     rows = []
     for policy, g in m.groupby("policy", sort=False):
-        rows.append({"policy": policy, "tier": "all", **_group_stats(g, len(g))})
-        for tier in TIERS:
+        rows.append({"policy": policy, "tier": "all", **_group_stats(g, len(g), cols.wire_hops)})
+        for tier in cols.tiers:
             t = g[g["exit_tier"] == tier]
             if len(t):
-                rows.append({"policy": policy, "tier": tier, **_group_stats(t, len(g))})
+                rows.append({"policy": policy, "tier": tier, **_group_stats(t, len(g), cols.wire_hops)})
     out = pd.DataFrame(rows)
-    ref = out[(out["policy"] == REFERENCE) & (out["tier"] == "all")]
+    ref = out[(out["policy"] == reference(cols.tiers)) & (out["tier"] == "all")]
     if len(ref):
         out["accuracy_delta_pt"] = (out["accuracy"] - float(ref["accuracy"].iloc[0])) * 100
         out["latency_ratio"] = out["latency_ms_mean"] / float(ref["latency_ms_mean"].iloc[0])
@@ -62,13 +74,14 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
 
 def hop_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per policy: median compute per tier and median net time per hop, over the samples that used them."""
+    cols = _schema(df)
     m = df[df["phase"] == "measure"]
     rows = []
     for policy, g in m.groupby("policy", sort=False):
         row: dict[str, object] = {"policy": policy}
-        for t in TIERS:
+        for t in cols.tiers:
             row[f"compute_ms_{t}_p50"] = float(g[f"compute_ms_{t}"].median())
-        for h in HOPS:
+        for h in cols.hops:
             row[f"net_ms_{h}_p50"] = float(g[f"net_ms_{h}"].median())
         rows.append(row)
     return pd.DataFrame(rows)
@@ -80,11 +93,12 @@ def energy_by_tier(df: pd.DataFrame) -> pd.DataFrame:
     A tier a sample did not visit adds nothing to it; NaN where no sample has that tier's energy
     (no meter there, or no sample visited it).
     """
+    tiers = schema.tiers_in(df.columns)
     m = df[df["phase"] == "measure"]
     rows = []
     for policy, g in m.groupby("policy", sort=False):
         row: dict[str, object] = {"policy": policy, "samples": len(g)}
-        for t in TIERS:
+        for t in tiers:
             for col, name in ((f"energy_j_{t}", f"energy_mj_{t}"), (f"energy_net_j_{t}", f"energy_net_mj_{t}")):
                 have = g[col].notna() if col in g else pd.Series(False, index=g.index)
                 row[name] = float(g.loc[have, col].sum()) * 1e3 / len(g) if have.any() else float("nan")
@@ -99,10 +113,11 @@ def bytes_by_hop(df: pd.DataFrame) -> pd.DataFrame:
     Medians, and the wire's overhead over the tensors in total; wire columns are NaN where the
     hop was not counted.
     """
+    wire_hops = [c.removeprefix("bytes_wire_") for c in df.columns if c.startswith("bytes_wire_")]
     m = df[df["phase"] == "measure"]
     rows = []
     for policy, g in m.groupby("policy", sort=False):
-        for h in WIRE_HOPS:
+        for h in wire_hops:
             crossed = g[g[f"bytes_{h}"] > 0]
             if not len(crossed):
                 continue

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.protocol import TIERS
 from agents.runtime import Partition
 from testbed.build.common import Progress
 from testbed.build.steps import exit_row
@@ -78,14 +77,14 @@ def tier_modules(model: Any, cut: Cut, heads: Any, mode: str, token_types: bool)
         def __init__(self, tier: str):
             super().__init__()
             first, last = cut.tiers[tier]
-            self.from_tokens = tier == TIERS[0] or mode == "input"
+            self.from_tokens = tier == cut.first or mode == "input"
             run_from = 1 if self.from_tokens else first
             self.embeddings = model.embeddings if self.from_tokens else None
             self.numbers = list(range(run_from, last + 1))
             self.layers = torch.nn.ModuleList(model.encoder.layer[run_from - 1:last])
             self.exits = cut.exits_in(tier)
             self.heads = torch.nn.ModuleList([heads[str(e)] for e in self.exits])
-            self.hidden_out = tier != TIERS[-1] and mode == "hidden"
+            self.hidden_out = tier != cut.last and mode == "hidden"
 
         def forward(self, x: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
             h = self.embeddings(input_ids=x, token_type_ids=token_type_ids) if self.embeddings is not None else x
@@ -110,7 +109,7 @@ def tier_modules(model: Any, cut: Cut, heads: Any, mode: str, token_types: bool)
                 return ["hidden", "attention_mask"]
             return ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
 
-    return {tier: TierPart(tier).eval() for tier in TIERS}
+    return {tier: TierPart(tier).eval() for tier in cut.names}
 
 
 def features(model: Any, data: Encoded, layers: list[int], batch: int) -> dict[int, np.ndarray]:
@@ -206,12 +205,13 @@ def export(part: Any, path: Path, hidden: int, vocab: int) -> None:
 
 
 def chain(sessions: dict[str, Partition], feed: dict[str, np.ndarray], mode: str) -> dict[str, dict[str, np.ndarray]]:
-    """Run the tiers in order as the agents do; returns every tier's outputs."""
+    """Run the tiers in order as the agents do; returns every tier's outputs.
+
+    ``sessions``: tier -> its partition, in the order a sample crosses them (the first ones only: a prefix).
+    """
     outs: dict[str, dict[str, np.ndarray]] = {}
     cur = feed
-    for tier in TIERS:
-        if tier not in sessions:
-            break
+    for tier in sessions:
         outs[tier] = sessions[tier].run(cur)
         if mode == "hidden" and "hidden_out" in outs[tier]:
             cur = {"hidden": outs[tier]["hidden_out"], "attention_mask": feed["attention_mask"]}
@@ -219,15 +219,14 @@ def chain(sessions: dict[str, Partition], feed: dict[str, np.ndarray], mode: str
 
 
 def parity(parts: dict[str, Any], sessions: dict[str, Partition], feed: dict[str, np.ndarray], mode: str) -> float:
-    """Max |onnx - torch| over every output of every tier on one padded batch."""
+    """Max |onnx - torch| over every output of every tier on one padded batch (``parts`` in tier order)."""
     import torch
 
     onnx_out = chain(sessions, feed, mode)
     mask = feed["attention_mask"]
     worst = 0.0
     cur = feed
-    for tier in TIERS:
-        part = parts[tier]
+    for tier, part in parts.items():
         args = [torch.from_numpy(cur[n]) for n in part.input_names()]
         with torch.no_grad():
             t_out = part(*args)
@@ -246,6 +245,6 @@ def exit_table(sessions: dict[str, Partition], cut: Cut, mode: str, split: str, 
 
     The columns are :func:`testbed.build.steps.exit_row`'s.
     """
-    exits = {tier: [(layer, exit_output(layer, cut)) for layer in cut.exits_in(tier)] for tier in TIERS}
+    exits = {tier: [(layer, exit_output(layer, cut)) for layer in cut.exits_in(tier)] for tier in cut.names}
     return pd.DataFrame([exit_row(split, sid, int(data.labels[sid]), chain(sessions, data.one(sid), mode), exits)
                          for sid in range(len(data.ids))])

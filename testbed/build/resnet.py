@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agents.protocol import TIERS
 from agents.runtime import Partition, sha256_file, top1
 from testbed.build.common import PARITY_TOLERANCE, Progress, SplitSizes
 from testbed.build.datasets import split_indices
@@ -44,6 +43,7 @@ from testbed.build.steps import (
 )
 from testbed.build.tiers import Cut, CutError, make_cut
 from testbed.core.errors import BuildError
+from testbed.core.hops import Hop
 from testbed.formats.bundle import (
     BUNDLE_FORMAT,
     BuildInfo,
@@ -178,10 +178,10 @@ class _TierPart:
             def __init__(self) -> None:
                 super().__init__()
                 first, last = cut.tiers[tier]
-                self.stem = net.stem if tier == TIERS[0] else None
+                self.stem = net.stem if tier == cut.first else None
                 self.blocks = torch.nn.ModuleList(net.blocks[first - 1:last])
                 self.head = net.heads[str(last)]
-                self.final = tier == TIERS[-1]
+                self.final = tier == cut.last
 
             def forward(self, x: Any) -> Any:
                 h = self.stem(x) if self.stem is not None else x
@@ -252,8 +252,9 @@ def _export(part: Any, path: Path, example: Any, first: bool, final: bool) -> No
 
 
 def _chain(sessions: dict[str, Partition], x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Every tier's outputs; ``sessions`` in the order a sample crosses the tiers."""
     outs, cur = {}, {"pixels": x}
-    for tier in TIERS:
+    for tier in sessions:
         outs[tier] = sessions[tier].run(cur)
         if "features_out" in outs[tier]:
             cur = {"features": outs[tier]["features_out"]}
@@ -331,25 +332,26 @@ class ResNetBuilder(Builder[ResNetSpec]):
         vdir = Path(".") if not dropped else Path("variants") / name
         (out / vdir).mkdir(parents=True, exist_ok=True)
         _apply(self.net, dropped)
-        self.parts = {t: _TierPart.make(self.net, self.cut, t) for t in TIERS}
+        tiers = self.cut.names
+        self.parts = {t: _TierPart.make(self.net, self.cut, t) for t in tiers}
         files, macs, offload_bytes = {}, {}, {}
         cur = torch.from_numpy(self.x["val"][:2])
-        for i, tier in enumerate(TIERS):
+        for i, tier in enumerate(tiers):
             f = (vdir / f"{tier}.onnx").as_posix()
             try:
-                _export(self.parts[tier], out / f, cur, i == 0, i == len(TIERS) - 1)
+                _export(self.parts[tier], out / f, cur, i == 0, i == len(tiers) - 1)
             except Exception as e:  # torch.onnx raises many types
                 raise BuildError(f"ONNX export of variant {name} tier {tier} failed: {e}") from e
             files[tier], macs[tier] = f, _macs(self.parts[tier], cur[:1])
-            if i < len(TIERS) - 1:
+            if i < len(tiers) - 1:
                 with torch.no_grad():
                     cur = self.parts[tier](cur)[0]
-                offload_bytes[f"{tier}-{TIERS[i + 1]}"] = int(cur[0].numel() * 4)
+                offload_bytes[Hop(tier, tiers[i + 1]).link] = int(cur[0].numel() * 4)
         return ResNetVariantSpec(
             name=name, dropped=dropped, files=files, sha256={t: sha256_file(out / f) for t, f in files.items()},
             exits=[], val_accuracy=float("nan"), test_accuracy=float("nan"), macs=macs,
             macs_total=sum(macs.values()), bytes_per_offload=offload_bytes,
-            parameters=int(sum(p.numel() for t in TIERS for p in self.parts[t].parameters())))
+            parameters=int(sum(p.numel() for t in tiers for p in self.parts[t].parameters())))
 
     def parity(self, sessions: dict[str, Partition]) -> ParityInfo:
         """Every exit's logits of the current variant on two validation images."""
@@ -358,12 +360,13 @@ class ResNetBuilder(Builder[ResNetSpec]):
         with torch.no_grad():
             torch_logits = self.net(torch.from_numpy(self.x["val"][:2]))
         onnx_out = _chain(sessions, self.x["val"][:2])
-        worst = max(float(np.abs(onnx_out[t]["logits"] - torch_logits[i].numpy()).max()) for i, t in enumerate(TIERS))
+        worst = max(float(np.abs(onnx_out[t]["logits"] - torch_logits[i].numpy()).max())
+                    for i, t in enumerate(self.cut.names))
         return ParityInfo(max_abs_diff=worst, tolerance=PARITY_TOLERANCE, batch=2, padded=False)
 
     def exit_tables(self, sessions: dict[str, Partition]) -> pd.DataFrame:
         """The full network's exits, one unpadded image at a time, exactly as the agents run it."""
-        exits = {t: [(b, "logits")] for t, b in zip(TIERS, self.cut.exits, strict=True)}
+        exits = {t: [(b, "logits")] for t, b in zip(self.cut.names, self.cut.exits, strict=True)}
         return pd.DataFrame([exit_row(k, i, int(self.y[k][i]), _chain(sessions, self.x[k][i:i + 1]), exits)
                              for k in ("val", "test") for i in range(len(self.y[k]))])
 
@@ -395,11 +398,11 @@ class ResNetBuilder(Builder[ResNetSpec]):
     def _scored(self, variant: ResNetVariantSpec, outs: dict[str, TierOutputs]) -> ResNetVariantSpec:
         acc: dict[int, dict[str, float]] = {}
         for k in ("val", "test"):
-            for t, b in zip(TIERS, self.cut.exits, strict=True):
+            for t, b in zip(self.cut.names, self.cut.exits, strict=True):
                 acc.setdefault(b, {})[f"{k}_accuracy"] = float((outs[k][t]["logits"].argmax(1) == self.y[k]).mean())
         last = self.cut.exits[-1]
         return variant.model_copy(update={
-            "exits": [{"block": b, "tier": t} | acc[b] for t, b in zip(TIERS, self.cut.exits, strict=True)],
+            "exits": [{"block": b, "tier": t} | acc[b] for t, b in zip(self.cut.names, self.cut.exits, strict=True)],
             "val_accuracy": acc[last]["val_accuracy"], "test_accuracy": acc[last]["test_accuracy"]})
 
     def describe(self, out: Path, files: dict[str, str], table: pd.DataFrame, hashed: dict[str, str],
@@ -418,11 +421,11 @@ class ResNetBuilder(Builder[ResNetSpec]):
                           input_shape=self.shape,
                           normalize={"mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist()}),
             offload=OffloadSpec(mode="features", bytes_per_token=0,
-                                bytes_fixed=full.bytes_per_offload[f"{TIERS[0]}-{TIERS[1]}"],
+                                bytes_fixed=full.bytes_per_offload[Hop(*self.cut.names[:2]).link],
                                 bytes_by_hop=full.bytes_per_offload,
                                 formula="channels * height * width * 4 (float32 feature map), fixed per hop"),
             exit_layers=list(self.cut.exits), tiers=[self._tier(t, b, out, full, acc[b]) for t, b in
-                                                     zip(TIERS, self.cut.exits, strict=True)],
+                                                     zip(self.cut.names, self.cut.exits, strict=True)],
             resnet_variants=self.variants, connections=self.costs, files=hashed,
             data=DataInfo(splits={k: len(v) for k, v in self.splits.items()}, seed=spec.split.seed),
             training=TrainingInfo(**spec.training.model_dump(),
@@ -436,11 +439,11 @@ class ResNetBuilder(Builder[ResNetSpec]):
         return TierSpec(
             tier=t, layers=list(range(first, last + 1)), file=full.files[t], sha256=full.sha256[t],
             size_bytes=(out / full.files[t]).stat().st_size,
-            inputs=[TensorSpec(name="pixels" if t == TIERS[0] else "features", dtype="float32", shape=dims)],
-            outputs=[*([] if t == TIERS[-1] else [TensorSpec(name="features_out", dtype="float32", shape=dims)]),
+            inputs=[TensorSpec(name="pixels" if t == self.cut.first else "features", dtype="float32", shape=dims)],
+            outputs=[*([] if t == self.cut.last else [TensorSpec(name="features_out", dtype="float32", shape=dims)]),
                      logits],
             logits="logits", exit=exit_spec(block, acc), exits=[exit_spec(block, acc)],
-            offload={} if t == TIERS[-1] else {"features_out": "features"})
+            offload={} if t == self.cut.last else {"features_out": "features"})
 
 
 def _rank_connections(net: Any, conns: list[str], xv: Any, yv: np.ndarray) -> list[ConnectionCost]:
@@ -476,7 +479,7 @@ def _variant_rows(name: str, outs: dict[str, TierOutputs], y: dict[str, np.ndarr
     for k in ("val", "test"):
         for i in range(len(y[k])):
             row: dict[str, Any] = {"variant": name, "split": k, "sample_id": i, "label": int(y[k][i])}
-            for t in TIERS:
+            for t in outs[k]:  # the tiers, in order
                 c, p = top1(outs[k][t]["logits"][i])
                 row[f"prediction_{t}"], row[f"confidence_{t}"] = p, c
             rows.append(row)

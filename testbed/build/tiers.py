@@ -1,6 +1,7 @@
 """Cutting a layered model into tiers and placing exits: pure functions, no torch.
 
-``--tiers mobile:1-4,edge:5-8,cloud:9-12`` and ``--exits 4,8`` (or ``all``) are parsed
+``--tiers mobile:1-4,edge:5-8,cloud:9-12`` (or two tiers, ``mobile:1-4,cloud:5-12``; any
+names, in the order a sample crosses them) and ``--exits 4,8`` (or ``all``) are parsed
 and checked here, so that a bad cut is refused before anything is loaded or trained.
 Layers are 1-based and inclusive, as papers count them.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents.protocol import TIERS
+from agents.protocol import tier_name_problem
 
 
 class CutError(ValueError):
@@ -21,7 +22,7 @@ class Cut:
     """Which layers each tier runs and where the exits are.
 
     Attributes:
-        tiers: tier -> (first_layer, last_layer), in ``TIERS`` order, covering 1..num_layers.
+        tiers: tier -> (first_layer, last_layer), in the order a sample crosses them, covering 1..num_layers.
         exits: sorted exit layers; every tier boundary is one (a tier always ends in an exit).
         num_layers: depth of the model.
     """
@@ -29,6 +30,26 @@ class Cut:
     tiers: dict[str, tuple[int, int]]
     exits: tuple[int, ...]
     num_layers: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The tiers, in order."""
+        return tuple(self.tiers)
+
+    @property
+    def first(self) -> str:
+        """The tier that takes the model's input."""
+        return self.names[0]
+
+    @property
+    def last(self) -> str:
+        """The tier that finishes every sample it gets."""
+        return self.names[-1]
+
+    def next_of(self, tier: str) -> str | None:
+        """The tier after ``tier``; None for the last."""
+        i = self.names.index(tier)
+        return self.names[i + 1] if i + 1 < len(self.names) else None
 
     def boundary(self, tier: str) -> int:
         """The last layer of ``tier`` (where its exit head sits)."""
@@ -81,17 +102,20 @@ def make_cut(tiers: dict[str, tuple[int, int]] | dict[str, list[int]], exits: li
              num_layers: int) -> Cut:
     """Check ``tiers`` and ``exits`` against a model of ``num_layers`` layers.
 
-    Tiers must be exactly mobile, edge, cloud in that order, contiguous (no overlap, no gap),
-    from layer 1 to ``num_layers``. Exits default to every layer; tier boundaries are always
-    exits. Each problem names the argument and the fix.
+    Two or more tiers with valid names (mobile, edge, cloud; or two, such as mobile and cloud),
+    in the order a sample crosses them, contiguous (no overlap, no gap), from layer 1 to
+    ``num_layers``. Exits default to every layer; tier boundaries are always exits. Each
+    problem names the argument and the fix.
     """
     names = list(tiers)
-    if names != list(TIERS):
-        raise CutError(f"--tiers names {names}: give exactly {', '.join(TIERS)} in that order "
-                       f"(e.g. mobile:1-{max(1, num_layers // 3)},edge:...,cloud:...-{num_layers})")
+    bad_names = [e for n in names if (e := tier_name_problem(n))]
+    if bad_names or len(names) < 2:
+        raise CutError(f"--tiers names {names}: " + ("; ".join(bad_names) or "give two tiers or more")
+                       + f" (e.g. mobile:1-{max(1, num_layers // 3)},edge:...,cloud:...-{num_layers}, or "
+                       f"mobile:1-{max(1, num_layers // 2)},cloud:...-{num_layers})")
     cut: dict[str, tuple[int, int]] = {}
     expect = 1
-    for tier in TIERS:
+    for tier in names:
         rng = tuple(tiers[tier])
         if len(rng) != 2:
             raise CutError(f"--tiers {tier}: {list(rng)} is not [first, last]")
@@ -108,14 +132,14 @@ def make_cut(tiers: dict[str, tuple[int, int]] | dict[str, list[int]], exits: li
         expect = last + 1
     if expect - 1 != num_layers:
         raise CutError(f"--tiers ends at layer {expect - 1} but the model has {num_layers} layers; "
-                       f"end the cloud tier at {num_layers}")
+                       f"end the {names[-1]} tier at {num_layers}")
     chosen = list(range(1, num_layers + 1)) if exits is None else list(exits)
     bad = [e for e in chosen if not 1 <= e <= num_layers]
     if bad:
         raise CutError(f"--exits {bad}: beyond the model's depth; exits must lie in 1..{num_layers}")
     if len(set(chosen)) != len(chosen):
         raise CutError(f"--exits {chosen}: a layer appears twice")
-    boundaries = {cut[t][1] for t in TIERS}
+    boundaries = {cut[t][1] for t in names}
     return Cut(cut, tuple(sorted(set(chosen) | boundaries)), num_layers)
 
 

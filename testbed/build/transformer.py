@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agents.protocol import TIERS
 from agents.runtime import Partition, sha256_file
 from testbed.build.cartography import dynamics_table
 from testbed.build.common import PARITY_TOLERANCE, Progress, SplitSizes
@@ -219,8 +218,8 @@ class TransformerBuilder(Builder[PartitionSpec]):
     def export(self, out: Path, progress: Progress) -> dict[str, str]:
         """Each tier's layers and exits as ``<tier>.onnx``."""
         self.parts = tier_modules(self.model, self.cut, self.heads, self.spec.offload_mode, self.token_types)
-        files = {t: f"{t}.onnx" for t in TIERS}
-        for tier in TIERS:
+        files = {t: f"{t}.onnx" for t in self.cut.names}
+        for tier in self.cut.names:
             progress(f"exporting {tier} (layers {self.cut.tiers[tier][0]}-{self.cut.tiers[tier][1]}, exits "
                      f"{self.cut.exits_in(tier)})")
             try:
@@ -274,30 +273,30 @@ class TransformerBuilder(Builder[PartitionSpec]):
 
     def _variant(self, kind: str, out: Path, sessions: dict[str, Partition], table: pd.DataFrame,
                  progress: Progress) -> VariantSpec:
-        first, cut = TIERS[0], self.cut
+        first, cut = self.cut.first, self.cut
         vfile = f"{first}.{kind}.onnx"
-        progress(f"making the {kind} variant of the mobile tier: {vfile}")
+        progress(f"making the {kind} variant of the {first} tier: {vfile}")
         try:
             _make_variant(kind, out / f"{first}.onnx", out / vfile)
             vsess = dict(sessions) | load_sessions(out, {first: vfile}, self.threads)
         except Exception as e:  # onnx / onnxruntime raise their own types
-            raise BuildError(f"variant {kind} of the mobile tier failed: {e}") from e
+            raise BuildError(f"variant {kind} of the {first} tier failed: {e}") from e
         vt = pd.concat([exit_table(vsess, cut, self.spec.offload_mode, k, self.enc[k]) for k in ("val", "test")])
         vacc = accuracies(vt, list(cut.exits))
         diff = float(np.abs(vt[f"confidence_{first}"].to_numpy() - table[f"confidence_{first}"].to_numpy()).max())
         size = (out / vfile).stat().st_size
-        progress(f"  {kind}: mobile exit val accuracy {vacc[cut.boundary(first)]['val_accuracy']:.3f}, "
+        progress(f"  {kind}: {first} exit val accuracy {vacc[cut.boundary(first)]['val_accuracy']:.3f}, "
                  f"{size / 1e6:.1f} MB, max confidence change {diff:.3g}")
         return VariantSpec(name=kind, tier=first, file=vfile, sha256=sha256_file(out / vfile), size_bytes=size,
                            exits=[{"layer": e} | vacc[e] for e in cut.exits_in(first)],
-                           final=vacc[cut.boundary(TIERS[-1])], max_confidence_diff=diff)
+                           final=vacc[cut.boundary(cut.last)], max_confidence_diff=diff)
 
     def _tier(self, tier: str, out: Path, file: str) -> TierSpec:
         part, cut, acc = self.parts[tier], self.cut, self.acc
         ins, outs = _io_specs(part, self.config.hidden_size, len(self.data.labels))
         first, last = cut.tiers[tier]
         boundary = cut.boundary(tier)
-        nxt = {} if tier == TIERS[-1] else (
+        nxt = {} if tier == cut.last else (
             {"hidden_out": "hidden", "attention_mask": "attention_mask"} if self.spec.offload_mode == "hidden"
             else {n: n for n in part.input_names()})
         return TierSpec(
@@ -336,7 +335,7 @@ class TransformerBuilder(Builder[PartitionSpec]):
         return BundleSpec(
             format_version=BUNDLE_FORMAT, kind="transformer", name=spec.name,
             model=model, task=task, offload=self._offload(),
-            exit_layers=list(self.cut.exits), tiers=[self._tier(t, out, files[t]) for t in TIERS],
+            exit_layers=list(self.cut.exits), tiers=[self._tier(t, out, files[t]) for t in self.cut.names],
             variants=self.variants, files=hashed,
             data=DataInfo(splits={k: len(v) for k, v in self.splits.items()}, seed=spec.split.seed),
             training=training, parity=parity, build=build)

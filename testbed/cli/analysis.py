@@ -9,7 +9,6 @@ from typing import Any, cast
 
 from rich.table import Table
 
-from agents.protocol import TIERS
 from testbed import policies
 from testbed.cli.common import out
 from testbed.core.errors import ConfigError, TestbedError
@@ -54,11 +53,12 @@ def render_report(run_dir: Path) -> None:
         en = Table(title="energy per measured sample by tier, mJ (gross / net of idle); a tier a sample did not "
                          "visit adds nothing")
         en.add_column("policy")
-        for t in TIERS:
+        tiers = manifest.tiers
+        for t in tiers:
             en.add_column(t, justify="right")
         for _, r in rep.energy.iterrows():
             en.add_row(str(r["policy"]), *[f"{_mj(r[f'energy_mj_{t}'])} / {_mj(r[f'energy_net_mj_{t}'])}"
-                                           for t in TIERS])
+                                           for t in tiers])
         out.print(en)
     if rep.bytes is not None and len(rep.bytes):
         by = Table(title="bytes per offload (medians): tensors, whole message, on the wire (interface counter)")
@@ -163,7 +163,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not specs:
         raise ConfigError("command line", ["give --policy NAME (or a YAML mapping like '{name: splitee, alpha: 0.8}'), "
                                            "or --run RUN_DIR to replay a live run's policies"])
-    problems = [f"--policy {s.key}{p}" for s in specs for p in policies.check(s)]
+    problems = [f"--policy {s.key}{p}" for s in specs for p in policies.check(s, bundle.tiers)]
     if problems:
         raise ConfigError("command line", problems)
     rows, records = replay.replay(bundle, specs, split, count, seed, warmup)

@@ -19,6 +19,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from agents.protocol import DEFAULT_TIERS, tier_name_problem
 from testbed.core.errors import ConfigError, RouteError, TestbedError
 
 out = Console(soft_wrap=True)
@@ -306,11 +307,22 @@ def _parse_cpu(text: str | None) -> dict[str, float]:
     return outp
 
 
+def _parse_tiers(text: str) -> tuple[str, ...]:
+    tiers = tuple(t.strip() for t in text.split(","))
+    problems = [e for t in tiers if (e := tier_name_problem(t))]
+    if len(tiers) < 2 or len(set(tiers)) != len(tiers):
+        problems.append(f"{text!r}: give two or more distinct tiers in the order a sample crosses them, "
+                        "e.g. mobile,edge,cloud or mobile,cloud")
+    if problems:
+        raise ConfigError("--tiers", problems)
+    return tiers
+
+
 def cmd_emulate_up(args: argparse.Namespace) -> int:
     """`testbed emulate up`: namespaces, links, sshd and CPU caps; writes the inventory."""
     from testbed.devices.emulate import Emulation
 
-    emu = Emulation(args.state_dir, args.prefix, args.subnet)
+    emu = Emulation(args.state_dir, args.prefix, args.subnet, _parse_tiers(args.tiers))
     state = emu.up(args.inventory, _parse_cpu(args.cpu), args.python)
     sshd = ", ".join(f"{t} ({s['listen']})" for t, s in state["sshd"].items())
     out.print(f"emulation up: namespaces {', '.join(state['netns'])}; sshd in {sshd}; CPU caps {state['cpu_caps']} "
@@ -365,4 +377,7 @@ def add_commands(sub: Any) -> None:
                             help="where to write the inventory (default: inventory.emulated.yaml)")
             sp.add_argument("--cpu", default=None, help="CPU cores per tier, e.g. mobile=0.25,edge=0.5,cloud=1")
             sp.add_argument("--python", default=None, help="the devices' Python (default: this one)")
+            sp.add_argument("--tiers", default=",".join(DEFAULT_TIERS),
+                            help="the emulated tiers in order (default: mobile,edge,cloud; the bundle's, e.g. "
+                                 "mobile,cloud for a two-tier run)")
         sp.set_defaults(func=func)

@@ -10,7 +10,6 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents.protocol import TIERS
 from testbed import policies
 from testbed.cli.analysis import render_report
 from testbed.cli.common import err, load_all, out
@@ -35,12 +34,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table = Table(title=f"plan for {exp.name} (nothing is started)")
     for col in ("tier", "device", "host", "launcher", "partition", "layers", "sha256", "offload to"):
         table.add_column(col)
-    for i, tier in enumerate(TIERS):
+    tiers = bundle.tiers
+    for i, tier in enumerate(tiers):
         dev = inv.device(exp.devices[tier])
         spec = bundle.tier(tier)
         table.add_row(tier, dev.id, dev.host, dev.launcher, str(bundle.root / spec.file),
                       f"{spec.layers[0]}-{spec.layers[-1]}", spec.sha256[:12],
-                      exp.devices[TIERS[i + 1]] if i + 1 < len(TIERS) else "- (returns to controller)")
+                      exp.devices[tiers[i + 1]] if i + 1 < len(tiers) else "- (returns to controller)")
     out.print(table)
     n = len(bundle.samples(exp.samples.split))
     count = min(exp.samples.count or n, n)
@@ -60,7 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             out.print(f"policy {pspec.key}: {type(pol).__name__}, chooses per sample or per run "
                       f"({', '.join(given) or 'no parameters'})", highlight=False)
     out.print(f"cost model: {exp.cost.preset}")
-    _print_shaping_plan(exp, inv)
+    _print_shaping_plan(exp, inv, tiers[0])
     out.print(f"results: {args.results}/{exp.name}/<run_id>/")
     if missing:
         out.print(f"[red]missing bundle files: {', '.join(missing)}[/red]")
@@ -68,7 +68,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
+def _print_shaping_plan(exp: Experiment, inv: Inventory, first_tier: str) -> None:
     """The tc commands each device would run for the experiment's link profiles (nothing is run)."""
     from testbed.devices import shaping
 
@@ -103,7 +103,7 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory) -> None:
                               highlight=False)
                 params = shaping.userspace_params(prof, backend)
                 if params:
-                    what = ("the Work it receives and the Results it sends" if ends[1] == TIERS[0]
+                    what = ("the Work it receives and the Results it sends" if ends[1] == first_tier
                             else "the Results it sends (the controller issues Work to the first tier only)")
                     out.print(f"  {peer_id}: agent holds {what} {params}", markup=False, highlight=False)
                 continue

@@ -13,14 +13,14 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.protocol import TIERS
+from agents.protocol import tier_name_problem
 from testbed.core.errors import ConfigError
 from testbed.core.hops import shaped_links
 
@@ -156,7 +156,8 @@ class Experiment(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="results go to results/<name>/<run_id>/")
     description: str = Field("", description="free text, kept in the manifest")
     bundle: str = Field(description="the partition bundle's directory (built by `testbed partition`)")
-    devices: dict[str, str] = Field(description="tier -> device id in the inventory")
+    devices: dict[str, str] = Field(description="tier -> device id in the inventory: one device for each of the "
+                                    "bundle's tiers (mobile, edge and cloud; or two tiers such as mobile and cloud)")
     samples: SampleSpec = SampleSpec()
     policies: list[PolicySpec] = Field(min_length=1, description="run one after the other, on the same samples")
     seed: int = Field(0, description="seed of every random choice of the run (random policy, bandits' ties)")
@@ -396,8 +397,9 @@ def load_inventory(path: Path) -> Inventory:
         if d.id in seen:
             problems.append(f"devices[{i}].id: {d.id!r} appears twice; device ids must be unique")
         seen.add(d.id)
-        if d.tier not in TIERS:
-            problems.append(f"devices[{i}].tier: {d.tier!r} is not a tier{suggest(d.tier, list(TIERS))}")
+        bad_tier = tier_name_problem(d.tier)
+        if bad_tier:
+            problems.append(f"devices[{i}].tier: {bad_tier}")
         ncpu = os.cpu_count() or 1
         bad = [c for c in d.cpus or [] if not 0 <= c < ncpu]
         if bad or d.cpus == []:
@@ -422,9 +424,9 @@ def load_inventory(path: Path) -> Inventory:
                             "says where it reaches the controller; set one to the controller's address on the "
                             "device's network")
         for peer in d.interfaces:
-            if peer not in (*TIERS, "controller"):
+            if peer != "controller" and tier_name_problem(peer):
                 problems.append(f"devices[{i}].interfaces.{peer}: not a tier or 'controller'"
-                                f"{suggest(peer, [*TIERS, 'controller'])}")
+                                f"{suggest(peer, ['controller', *sorted({e.tier for e in inv.devices})])}")
     if problems:
         raise ConfigError(str(path), problems)
     return inv
@@ -482,16 +484,17 @@ def resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-SHAPED_LINKS = tuple(shaped_links(TIERS))
+def shaping_problems(shaping: ShapingSpec, tiers: Sequence[str]) -> list[str]:
+    """Problems of the shaping section that its models cannot see alone: link names, jitter, schedule order.
 
-
-def shaping_problems(shaping: ShapingSpec) -> list[str]:
-    """Problems of the shaping section that its models cannot see alone: link names, jitter, schedule order."""
+    ``tiers``: the run's tiers in order; the links are the controller's to each tier and the offload links.
+    """
     problems = []
+    links = shaped_links(tiers)
     for name, prof in shaping.links.items():
-        if name not in SHAPED_LINKS:
-            problems.append(f"shaping.links.{name}: not a link; links are {list(SHAPED_LINKS)}"
-                            f"{suggest(name, list(SHAPED_LINKS))}")
+        if name not in links:
+            problems.append(f"shaping.links.{name}: not a link of a run with tiers {', '.join(tiers)}; links are "
+                            f"{links}{suggest(name, links)}")
             continue
         if prof.jitter_ms > prof.delay_ms:
             problems.append(f"shaping.links.{name}.jitter_ms: {prof.jitter_ms} is larger than delay_ms "

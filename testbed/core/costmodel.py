@@ -14,7 +14,12 @@ cloud layers. Presets state where a paper's convention differs:
 - ``splitee``: the authors' code charges ``lambda * split_layer`` on the device and a flat
   ``o`` for an offload, and **no processing on the cloud** for offloaded samples
   (``charge`` leaves the cloud out). The paper's device is our mobile+edge pair (the split
-  can sit at either boundary), so the mobile-edge hop is free and edge-cloud costs ``o``.
+  can sit at either boundary), so the mobile-edge hop is free and edge-cloud costs ``o``;
+  in a two-tier run (the paper's own setting) the device is mobile and mobile-cloud costs ``o``.
+
+A run's tiers come from its bundle; the presets have values for the default tiers (mobile,
+edge, cloud) and for the two-tier run of mobile and cloud. Other tiers take their values from
+the experiment (``cost.lam``, ``cost.o``); :meth:`CostModel.missing` names what is missing.
 
 The numbers are the defaults of a sweep, not measurements (``lambda = 1/10`` per layer and
 ``o`` in 0.1..0.6 are SplitEE's values); ``testbed calibrate`` fits measured ones.
@@ -22,6 +27,7 @@ The numbers are the defaults of a sweep, not measurements (``lambda = 1/10`` per
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,24 +35,29 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from agents.protocol import TIERS
 from testbed.core.hops import offload_hops
 
 if TYPE_CHECKING:
     from testbed.core.config import CostSpec
 
-#: the offload links the cost model charges ``o`` on
-HOPS = tuple(h.link for h in offload_hops(TIERS))
+
+def offload_links(tiers: Sequence[str]) -> list[str]:
+    """The links a run with these tiers charges ``o`` on, in order (``mobile-edge``, ``edge-cloud``)."""
+    return [h.link for h in offload_hops(tiers)]
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Per-layer processing cost per tier, per-offload cost per hop, and which tiers are charged."""
+    """Per-layer processing cost per tier, per-offload cost per link, and which tiers are charged.
+
+    The route functions take ``layers``: the run's tiers in order, each with the layers a full
+    pass runs there (the bundle's); ``charge`` None charges every tier's layers.
+    """
 
     name: str
     lam: dict[str, float]
     o: dict[str, float]
-    charge: tuple[str, ...] = TIERS
+    charge: tuple[str, ...] | None = None
     unit: str = "paper cost units"
     source: str = ""
     notes: str = ""
@@ -57,43 +68,65 @@ class CostModel:
             f"o.{h}={v}" for h, v in self.o.items() if v < 0]
         if bad:
             raise ValueError(f"cost model {self.name}: negative costs {bad}; costs are >= 0")
-        missing = [t for t in TIERS if t not in self.lam] + [h for h in HOPS if h not in self.o]
-        if missing:
-            raise ValueError(f"cost model {self.name}: no value for {missing}")
+
+    def missing(self, tiers: Sequence[str]) -> list[str]:
+        """What a run with these tiers needs and this model has no value for (``lam.<tier>``, ``o.<link>``)."""
+        return ([f"lam.{t}" for t in tiers if t not in self.lam]
+                + [f"o.{h}" for h in offload_links(tiers) if h not in self.o])
+
+    def charges(self, tier: str) -> bool:
+        """Whether the layers run on ``tier`` are charged."""
+        return self.charge is None or tier in self.charge
 
     def route_cost(self, layers: dict[str, int], exit_tier: str) -> float:
         """Cost of one sample that ran ``layers[tier]`` layers on each tier up to ``exit_tier``."""
-        last = TIERS.index(exit_tier)
-        cost = sum(self.lam[t] * layers.get(t, 0) for t in TIERS[:last + 1] if t in self.charge)
-        return cost + sum(self.o[h] for h in HOPS[:last])
+        tiers = list(layers)
+        missing = self.missing(tiers)
+        if missing:
+            raise ValueError(f"cost model {self.name}: no value for {', '.join(missing)} (tiers {tiers}); give them "
+                             "under cost.lam / cost.o in the experiment")
+        last = tiers.index(exit_tier)
+        cost = sum(self.lam[t] * layers[t] for t in tiers[:last + 1] if self.charges(t))
+        return cost + sum(self.o[h] for h in offload_links(tiers)[:last])
 
     def costs(self, exit_tiers: np.ndarray | list[str], layers: dict[str, int]) -> np.ndarray:
-        """Vector of route costs; ``layers`` is the per-tier layer count of a full pass (the bundle's)."""
-        table = {t: self.route_cost(layers, t) for t in TIERS}
+        """Vector of route costs; ``layers`` is the per-tier layer count of a full pass (the bundle's), in order."""
+        table = {t: self.route_cost(layers, t) for t in layers}
         return np.array([table[str(t)] for t in exit_tiers], np.float64)
 
     def with_values(self, lam: dict[str, float] | None = None, o: dict[str, float] | None = None) -> CostModel:
         """A copy with some lambdas or offload costs replaced (a sweep point, or an experiment override)."""
         return replace(self, lam=self.lam | (lam or {}), o=self.o | (o or {}))
 
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> CostModel:
+        """The model a manifest or a calibrated presets file recorded (:meth:`record`)."""
+        charge = rec.get("charge")
+        return cls(rec["name"], rec["lam"], rec["o"], None if charge is None else tuple(charge),
+                   rec.get("unit", "paper cost units"), rec.get("source", ""), rec.get("notes", ""),
+                   rec.get("extra", {}))
+
     def record(self) -> dict[str, Any]:
         """What the manifest stores."""
         d = asdict(self)
-        d["charge"] = list(self.charge)
+        d["charge"] = None if self.charge is None else list(self.charge)
         return d
 
 
 PRESETS: dict[str, CostModel] = {
     "dimee": CostModel(
-        "dimee", {"mobile": 0.1, "edge": 0.1, "cloud": 0.1}, {"mobile-edge": 0.3, "edge-cloud": 0.3},
+        "dimee", {"mobile": 0.1, "edge": 0.1, "cloud": 0.1},
+        {"mobile-edge": 0.3, "edge-cloud": 0.3, "mobile-cloud": 0.3},
         source="DIMEE: early exits after the mobile and edge partitions; every tier's layers and every offload "
                "are charged", notes="lambda and o are sweep defaults, not the paper's measured values"),
     "dimec-dc": CostModel(
-        "dimec-dc", {"mobile": 0.1, "edge": 0.1, "cloud": 0.1}, {"mobile-edge": 0.3, "edge-cloud": 0.3},
+        "dimec-dc", {"mobile": 0.1, "edge": 0.1, "cloud": 0.1},
+        {"mobile-edge": 0.3, "edge-cloud": 0.3, "mobile-cloud": 0.3},
         source="DIMEC-DC: same convention as DIMEE; the reward is accuracy minus the weighted cost",
         notes="lambda and o are sweep defaults, not the paper's measured values"),
     "splitee": CostModel(
-        "splitee", {"mobile": 0.1, "edge": 0.1, "cloud": 0.0}, {"mobile-edge": 0.0, "edge-cloud": 0.3},
+        "splitee", {"mobile": 0.1, "edge": 0.1, "cloud": 0.0},
+        {"mobile-edge": 0.0, "edge-cloud": 0.3, "mobile-cloud": 0.3},
         charge=("mobile", "edge"),
         source="SplitEE (Div290/SplitEE, SplitEE.py): cost = lambda*(split layer) on the device, + o when "
                "offloaded; the cloud's layers are not charged",
@@ -136,16 +169,19 @@ def reduction(value: float, baseline: float) -> float:
 
 
 def paper_costs(df: pd.DataFrame, layers: dict[str, int], cost: CostModel) -> pd.DataFrame:
-    """Per policy: accuracy, cost in paper units, and both against all-cloud (measure rows when ``phase`` exists)."""
+    """Per policy: accuracy, cost in paper units, and both against all samples to the last tier (``all-cloud``).
+
+    ``layers``: the run's tiers in order with their layers; measure rows only when ``phase`` exists.
+    """
     m = df[df["phase"] == "measure"] if "phase" in df.columns else df
     out = []
     for policy, g in m.groupby("policy", sort=False):
         c = cost.costs(g["exit_tier"].to_numpy(), layers)
         out.append({"policy": policy, "samples": len(g), "accuracy": float(g["correct"].mean()),
                     "cost_paper": float(c.mean()),
-                    **{f"share_{t}": float((g["exit_tier"] == t).mean()) for t in TIERS}})
+                    **{f"share_{t}": float((g["exit_tier"] == t).mean()) for t in layers}})
     res = pd.DataFrame(out)
-    ref = res[res["policy"] == "all-cloud"]
+    ref = res[res["policy"] == f"all-{list(layers)[-1]}"]
     if len(ref):
         res["accuracy_drop_pt"] = (float(ref["accuracy"].iloc[0]) - res["accuracy"]) * 100
         res["cost_reduction"] = [reduction(v, float(ref["cost_paper"].iloc[0])) for v in res["cost_paper"]]
@@ -161,8 +197,7 @@ def from_spec(spec: CostSpec) -> CostModel:
         import yaml
 
         rec = yaml.safe_load(Path(spec.file).read_text())["presets"][spec.preset]
-        base = CostModel(rec["name"], rec["lam"], rec["o"], tuple(rec["charge"]), rec.get("unit", ""),
-                                   rec.get("source", ""), rec.get("notes", ""), rec.get("extra", {}))
+        base = CostModel.from_record(rec)
     else:
         base = preset(spec.preset)
     return base.with_values(spec.lam, spec.o)

@@ -1,7 +1,8 @@
 """A one-machine testbed of real hosts: network namespaces, veth links, an sshd per device, CPU caps.
 
-``up`` creates one namespace per tier and one for the controller, a point-to-point veth
-link for every pair that talks (controller to each device, mobile-edge, edge-cloud) on
+``up`` creates one namespace per tier (mobile, edge and cloud unless told other tiers, e.g.
+two: mobile and cloud) and one for the controller, a point-to-point veth link for every
+pair that talks (controller to each device, each tier to the next: mobile-edge, edge-cloud) on
 addresses of the benchmarking range 198.18.0.0/15 (RFC 2544), an sshd in each device
 namespace with its own host key and an authorised key made for the emulation, a CPU cap
 per tier (cgroups: a mobile tier much slower than the cloud tier), and an inventory of it
@@ -29,15 +30,14 @@ from typing import Any
 
 import yaml
 
-from agents.protocol import TIERS
+from agents.protocol import DEFAULT_TIERS
 from testbed.core.errors import EmulationError
 
 DEFAULT_STATE = Path("/tmp/testbed-emulate")
 DEFAULT_PREFIX = "tb"
 DEFAULT_SUBNET = "198.18.0"  # a /24 of 198.18.0.0/15, the range RFC 2544 sets aside for benchmarks
-DEFAULT_CPU = {"mobile": 0.25, "edge": 0.5, "cloud": 1.0}
+DEFAULT_CPU = {"mobile": 0.25, "edge": 0.5, "cloud": 1.0}  # cores; a tier not named here gets 1
 CONTROLLER = "ctl"
-PAIRS = [(CONTROLLER, "mobile"), (CONTROLLER, "edge"), (CONTROLLER, "cloud"), ("mobile", "edge"), ("edge", "cloud")]
 SSHD = "/usr/sbin/sshd"
 
 
@@ -61,17 +61,23 @@ class Link:
     addr_b: str
 
 
-def links(subnet: str = DEFAULT_SUBNET) -> list[Link]:
+def pairs(tiers: tuple[str, ...] = DEFAULT_TIERS) -> list[tuple[str, str]]:
+    """The nodes that talk: the controller with every tier, then each tier with the next."""
+    return [(CONTROLLER, t) for t in tiers] + list(zip(tiers, tiers[1:], strict=False))
+
+
+def links(subnet: str = DEFAULT_SUBNET, tiers: tuple[str, ...] = DEFAULT_TIERS) -> list[Link]:
     """The emulation's links: the k-th pair gets ``subnet.(4k+1)`` and ``.(4k+2)`` on a /30."""
-    return [Link(a, b, f"{subnet}.{4 * k + 1}", f"{subnet}.{4 * k + 2}") for k, (a, b) in enumerate(PAIRS)]
+    return [Link(a, b, f"{subnet}.{4 * k + 1}", f"{subnet}.{4 * k + 2}") for k, (a, b) in enumerate(pairs(tiers))]
 
 
-def link_plan(prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET) -> list[list[str]]:
+def link_plan(prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
+              tiers: tuple[str, ...] = DEFAULT_TIERS) -> list[list[str]]:
     """Commands that create the namespaces and links (argv lists, in order)."""
-    nodes = [CONTROLLER, *TIERS]
+    nodes = [CONTROLLER, *tiers]
     cmds = [["ip", "netns", "add", netns_name(prefix, n)] for n in nodes]
     cmds += [["ip", "-n", netns_name(prefix, n), "link", "set", "lo", "up"] for n in nodes]
-    for ln in links(subnet):
+    for ln in links(subnet, tiers):
         na, nb = netns_name(prefix, ln.a), netns_name(prefix, ln.b)
         cmds.append(["ip", "link", "add", iface(ln.b), "netns", na, "type", "veth", "peer", "name", iface(ln.a),
                      "netns", nb])
@@ -86,10 +92,10 @@ def link_plan(prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET) -> lis
     return cmds
 
 
-def addresses(subnet: str = DEFAULT_SUBNET) -> dict[tuple[str, str], str]:
+def addresses(subnet: str = DEFAULT_SUBNET, tiers: tuple[str, ...] = DEFAULT_TIERS) -> dict[tuple[str, str], str]:
     """(node, peer) -> the node's address on its link to peer."""
     out = {}
-    for ln in links(subnet):
+    for ln in links(subnet, tiers):
         out[(ln.a, ln.b)] = ln.addr_a
         out[(ln.b, ln.a)] = ln.addr_b
     return out
@@ -107,25 +113,26 @@ def sshd_config(state: Path, tier: str, listen: str) -> str:
 
 
 def inventory(state: Path, prefix: str, subnet: str, python: str, cpu: dict[str, float],
-              caps_applied: bool) -> dict[str, Any]:
+              caps_applied: bool, tiers: tuple[str, ...] = DEFAULT_TIERS) -> dict[str, Any]:
     """The inventory of an emulation (what ``up`` writes)."""
-    addr = addresses(subnet)
-    upstream = {"mobile": CONTROLLER, "edge": "mobile", "cloud": "edge"}
+    addr = addresses(subnet, tiers)
+    upstream = dict(zip(tiers, (CONTROLLER, *tiers[:-1]), strict=True))  # where each tier's Work comes from
     devices = []
-    for tier in TIERS:
+    for tier in tiers:
         peers = {p: iface(p) for (n, p) in addr if n == tier}
         devices.append({
             "id": f"{tier}-emu", "tier": tier, "host": addr[(tier, CONTROLLER)],
             "data_host": addr[(tier, upstream[tier])], "controller_host": addr[(CONTROLLER, tier)],
             "workdir": str(state / "work" / f"{tier}-emu"), "interface": iface(CONTROLLER),
             "interfaces": {("controller" if p == CONTROLLER else p): i for p, i in peers.items()},
-            "facts": {"netns": netns_name(prefix, tier), "cpu_quota_cores": cpu[tier] if caps_applied else None,
+            "facts": {"netns": netns_name(prefix, tier),
+                      "cpu_quota_cores": cpu.get(tier, 1.0) if caps_applied else None,
                       "addresses": {("controller" if p == CONTROLLER else p): a for (n, p), a in addr.items()
                                     if n == tier}}})
     return {
         "controller": {"bind": "0.0.0.0", "netns": netns_name(prefix, CONTROLLER),
-                       "route_via": [iface(t) for t in TIERS],
-                       "interfaces": {f"{t}-emu": iface(t) for t in TIERS}},
+                       "route_via": [iface(t) for t in tiers],
+                       "interfaces": {f"{t}-emu": iface(t) for t in tiers}},
         "defaults": {"launcher": "ssh", "port": 22, "user": "root", "key_file": str(state / "id_ed25519"),
                      "known_hosts": str(state / "known_hosts"), "python": python, "threads": 1,
                      "meter": {"kind": "model", "idle_w": 1.0, "busy_w": 4.0}},
@@ -201,12 +208,14 @@ class Cgroups:
 
 
 class Emulation:
-    """Bring an emulated three-tier testbed up or down; ``state.json`` records what exists."""
+    """Bring an emulated testbed of ``tiers`` up or down; ``state.json`` records what exists."""
 
-    def __init__(self, state_dir: Path = DEFAULT_STATE, prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET):
+    def __init__(self, state_dir: Path = DEFAULT_STATE, prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
+                 tiers: tuple[str, ...] = DEFAULT_TIERS):
         self.state_dir = state_dir
         self.prefix = prefix
         self.subnet = subnet
+        self.tiers = tiers
         self.state_file = state_dir / "state.json"
 
     def _load(self) -> dict[str, Any]:
@@ -232,12 +241,13 @@ class Emulation:
                                  "first")
         self._check_range_free()
         cpu = {**DEFAULT_CPU, **(cpu or {})}
-        state: dict[str, Any] = {"prefix": self.prefix, "subnet": self.subnet, "netns": [], "sshd": {},
+        state: dict[str, Any] = {"prefix": self.prefix, "subnet": self.subnet, "tiers": list(self.tiers),
+                                 "netns": [], "sshd": {},
                                  "cgroups": None, "inventory": str(inventory_path), "cpu": cpu,
                                  "started_at": time.time()}
         try:
             self._save(state)
-            for argv in link_plan(self.prefix, self.subnet):
+            for argv in link_plan(self.prefix, self.subnet, self.tiers):
                 _run(argv, "creating the emulated network")
                 if argv[:3] == ["ip", "netns", "add"]:
                     state["netns"].append(argv[3])
@@ -245,12 +255,13 @@ class Emulation:
             self._keys()
             caps_applied, why = self._caps(state, cpu)
             state["cpu_caps"] = "applied" if caps_applied else f"not applied: {why}"
-            addr = addresses(self.subnet)
-            for tier in TIERS:
+            addr = addresses(self.subnet, self.tiers)
+            for tier in self.tiers:
                 state["sshd"][tier] = self._sshd(tier, addr[(tier, CONTROLLER)], state if caps_applied else None)
                 self._save(state)
             self._known_hosts(addr)
-            inv = inventory(self.state_dir, self.prefix, self.subnet, python or sys.executable, cpu, caps_applied)
+            inv = inventory(self.state_dir, self.prefix, self.subnet, python or sys.executable, cpu, caps_applied,
+                            self.tiers)
             inventory_path.parent.mkdir(parents=True, exist_ok=True)
             inventory_path.write_text("# written by `testbed emulate up`; removed devices come back with "
                                       "`testbed emulate down && testbed emulate up`\n" + yaml.safe_dump(inv,
@@ -282,8 +293,8 @@ class Emulation:
     def _caps(self, state: dict[str, Any], cpu: dict[str, float]) -> tuple[bool, str]:
         cg = Cgroups(prefix=self.prefix)
         try:
-            for tier in TIERS:
-                cg.create(tier, cpu[tier])
+            for tier in self.tiers:
+                cg.create(tier, cpu.get(tier, 1.0))
                 state["cgroups"] = str(cg.base)
             self._save(state)
             return True, ""
@@ -323,7 +334,7 @@ class Emulation:
 
     def _known_hosts(self, addr: dict[tuple[str, str], str]) -> None:
         lines = []
-        for tier in TIERS:
+        for tier in self.tiers:
             pub = (self.state_dir / tier / "ssh_host_ed25519_key.pub").read_text().split()
             lines.append(f"{addr[(tier, CONTROLLER)]} {pub[0]} {pub[1]}\n")
         kh = self.state_dir / "known_hosts"

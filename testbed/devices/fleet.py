@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.protocol import TIERS
 from testbed.core.config import DeviceSpec, Experiment, Inventory, LinkProfile
 from testbed.core.errors import ConfigError, DeployError, TestbedError
 from testbed.core.hops import CONTROLLER, link_ends  # CONTROLLER: tc runs here, not over SSH
@@ -75,7 +74,8 @@ class Fleet:
         self.trust_new_hosts = trust_new_hosts
         self._connect = connect or (lambda d: SshRemote(target_of(d), trust_new_hosts))
         self._route_get = route_get
-        self.devices = {t: inv.device(exp.devices[t]) for t in TIERS}
+        self.tiers = bundle.tiers  # the run's, in order
+        self.devices = {t: inv.device(exp.devices[t]) for t in self.tiers}
         self.devices_by_id = {d.id: d for d in self.devices.values()}
         self.remotes: dict[str, Remote] = {}
         self.deploys: dict[str, DeployRecord] = {}
@@ -96,7 +96,7 @@ class Fleet:
         ssh_devs = [d for d in self.devices.values() if d.launcher == "ssh"]
         if not ssh_devs:
             return
-        addrs = {d.id: [d.host] + ([d.data_host] if d.tier == TIERS[0] and d.data_host else []) for d in ssh_devs}
+        addrs = {d.id: [d.host] + ([d.data_host] if d.tier == self.tiers[0] and d.data_host else []) for d in ssh_devs}
         kwargs = {"route_get": self._route_get} if self._route_get else {}
         self.routes = check_routes(self.inv, addrs, **kwargs)
         backend = self._requested_backend()

@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.protocol import TIERS
+from agents.protocol import tier_name_problem
 from agents.runtime import sha256_file
 from testbed.core.errors import BundleError
 
@@ -276,9 +276,18 @@ class Bundle:
             raise BundleError(f"{path}: format_version {spec.format_version}, this testbed reads {BUNDLE_FORMAT}; "
                               "rebuild the bundle")
         tiers = [t.tier for t in spec.tiers]
-        if tiers != list(TIERS):
-            raise BundleError(f"{path}: tiers are {tiers}, expected {list(TIERS)} in that order")
+        problems = [f"tiers[{i}].tier: {bad}" for i, t in enumerate(tiers) if (bad := tier_name_problem(t))]
+        if len(tiers) < 2 or len(set(tiers)) != len(tiers):
+            problems.append(f"tiers are {tiers}: a bundle needs two or more distinct tiers, in the order a sample "
+                            "crosses them")
+        if problems:
+            raise BundleError(f"{path}: " + "; ".join(problems) + "; rebuild the bundle")
         return cls(root, spec)
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """The bundle's tiers, in the order a sample crosses them: a run's tiers."""
+        return tuple(t.tier for t in self.spec.tiers)
 
     def tier(self, name: str) -> TierSpec:
         """The spec of one tier."""

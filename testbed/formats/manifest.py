@@ -11,6 +11,8 @@ Format history:
        policy entry listed every policy's parameters, null where not given.
     2: ``format_version``; placeholders replaced by null; a resolved policy entry holds its
        name, label and its own keys only; loaded through :func:`load`.
+    3: ``tiers``: the run's tiers in order (its bundle's); a manifest of format 1 or 2 had
+       mobile, edge and cloud.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agents.protocol import DEFAULT_TIERS
 from testbed.core.errors import ResultsError
 
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3
 MANIFEST = "manifest.json"
 Status = Literal["running", "complete", "failed", "interrupted"]
 
@@ -76,6 +79,7 @@ class RunManifest(Section):
     format_version: int = MANIFEST_FORMAT
     schema_version: int = Field(description="the samples.parquet schema version")
     run_id: str
+    tiers: list[str] = Field(description="the run's tiers in the order a sample crosses them (the bundle's)")
     status: Status = "running"
     started_at: str
     ended_at: str | None = None
@@ -119,7 +123,9 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
             resolved["policies"] = [{k: v for k, v in entry.items() if v is not None or k in ("name", "label")}
                                     if isinstance(entry, dict) else entry for entry in resolved.get("policies", [])]
             data["experiment"] = {**exp, "resolved": resolved}
-        data["format_version"] = MANIFEST_FORMAT
+        data["format_version"] = 2
+    if data["format_version"] == 2:
+        data = {**data, "tiers": list(DEFAULT_TIERS), "format_version": MANIFEST_FORMAT}
     return data
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from testbed.core.errors import ResultsError
-from testbed.formats import manifest
+from testbed.formats import manifest, schema
 from testbed.formats.manifest import MANIFEST, RunManifest
-from testbed.formats.schema import ARROW_SCHEMA, COLUMN_NAMES, SCHEMA_VERSION, check_row
+from testbed.formats.schema import SCHEMA_VERSION, VERSION_KEY
 
 PARTS = "samples.parts"
 SAMPLES = "samples.parquet"
@@ -41,9 +42,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class RunWriter:
-    """Writes one run directory: rows in flushed parts, and the manifest."""
+    """Writes one run directory: rows in flushed parts, and the manifest.
 
-    def __init__(self, run_dir: Path, flush_rows: int = 64):
+    ``tiers``: the run's tiers in order (its bundle's); they decide the columns.
+    """
+
+    def __init__(self, run_dir: Path, tiers: Sequence[str], flush_rows: int = 64):
         try:
             run_dir.mkdir(parents=True, exist_ok=False)
         except FileExistsError as e:
@@ -51,6 +55,7 @@ class RunWriter:
         (run_dir / PARTS).mkdir()
         (run_dir / "logs").mkdir()
         self.run_dir = run_dir
+        self.schema = schema.for_tiers(tiers)
         self.flush_rows = flush_rows
         self.rows_written = 0
         self._buffer: list[dict[str, Any]] = []
@@ -59,7 +64,7 @@ class RunWriter:
 
     def append(self, row: dict[str, Any]) -> None:
         """Add one row; flushes a part when ``flush_rows`` are buffered."""
-        problems = check_row(row)
+        problems = self.schema.check_row(row)
         if problems:
             raise ResultsError(f"row for sample {row.get('sample_id')} does not fit schema v{SCHEMA_VERSION}: "
                                + "; ".join(problems))
@@ -71,7 +76,7 @@ class RunWriter:
         """Write the buffered rows as one complete parquet part."""
         if not self._buffer:
             return
-        table = pa.Table.from_pylist(self._buffer, schema=ARROW_SCHEMA)
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema.arrow)
         path = self.run_dir / PARTS / f"part-{self._parts:05d}.parquet"
         pq.write_table(table, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
@@ -85,9 +90,10 @@ class RunWriter:
             return self.run_dir / SAMPLES
         self.flush()
         parts = sorted((self.run_dir / PARTS).glob("part-*.parquet"))
-        table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else ARROW_SCHEMA.empty_table()
+        arrow = self.schema.arrow
+        table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else arrow.empty_table()
         tmp = self.run_dir / (SAMPLES + ".tmp")
-        pq.write_table(table.replace_schema_metadata(ARROW_SCHEMA.metadata), tmp)
+        pq.write_table(table.replace_schema_metadata(arrow.metadata), tmp)
         os.replace(tmp, self.run_dir / SAMPLES)
         shutil.rmtree(self.run_dir / PARTS)
         self._closed = True
@@ -115,11 +121,13 @@ def load_samples(run_dir: Path) -> tuple[pd.DataFrame, bool]:
             raise ResultsError(f"{run_dir} has no {SAMPLES} and no flushed parts: no row was measured")
         table = pa.concat_tables([pq.read_table(p) for p in parts])
         complete = False
-    version = (table.schema.metadata or {}).get(b"testbed.schema_version", b"1").decode()
+    meta = table.schema.metadata or {}
+    version = meta.get(VERSION_KEY.encode(), b"1").decode()
     if int(version) > SCHEMA_VERSION:
         raise ResultsError(f"{run_dir}: schema v{version} is newer than this testbed (v{SCHEMA_VERSION}); upgrade it")
     df = table.to_pandas()
-    return df[[c for c in COLUMN_NAMES if c in df.columns]], complete
+    names = schema.for_tiers(schema.tiers_of(meta)).names
+    return df[[c for c in names if c in df.columns]], complete
 
 
 def find_runs(results: Path, experiment: str | None = None) -> list[Path]:

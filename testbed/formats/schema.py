@@ -1,35 +1,39 @@
-"""The result schema: one column registry, defined once, versioned.
+"""The result schema: one column registry, defined once per set of tiers, versioned.
 
 Units live in column names (``_ms``, ``_bytes``, ``_j``); a converted value gets a
 new name. The parquet schema, the row check and the docs table are generated from
-:data:`COLUMNS`. Pure: no I/O.
+:class:`ResultSchema`. Pure: no I/O.
 
-Hops: ``controller_mobile`` (sample issued), ``mobile_edge`` and ``edge_cloud``
-(offloads, device to device), ``return`` (the finishing tier's answer back to the
-controller). Per-tier columns are null for tiers a sample did not visit.
+A run's tiers (its bundle's, in order) decide the per-tier and per-hop columns. With the
+default tiers the hops are ``controller_mobile`` (sample issued), ``mobile_edge`` and
+``edge_cloud`` (offloads, device to device) and ``return`` (the finishing tier's answer
+back to the controller); a two-tier run of ``mobile`` and ``cloud`` has ``mobile_cloud``
+instead of the two offloads. Per-tier columns are null for tiers a sample did not visit.
 
 Format history:
     1: first version (2026-11-23).
     2: ``policy_choice`` (the arm or tier a learning or random policy chose).
     3: ``bytes_msg_<hop>`` (whole message), ``bytes_wire_<hop>`` (interface counters) and
        ``energy_batch_<tier>`` (the energy window a sample's energy was shared out of).
+    4: the tiers are the run's (two or more, named by the bundle), recorded in the file's metadata
+       (``testbed.tiers``); a file without it has the three tiers mobile, edge, cloud.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
 
 import pyarrow as pa
 
-from agents.protocol import TIERS
+from agents.protocol import DEFAULT_TIERS
 from testbed.core.hops import data_hops, offload_hops
 
-SCHEMA_VERSION = 3
-HOPS = tuple(h.column for h in data_hops(TIERS))
-# hops whose Work message an agent receives (bytes_msg), and those between devices (bytes_wire)
-MSG_HOPS = tuple(h.column for h in data_hops(TIERS) if h.kind != "return")
-WIRE_HOPS = tuple(h.column for h in offload_hops(TIERS))
+SCHEMA_VERSION = 4
 PHASES = ("warmup", "measure")
+#: parquet metadata keys
+VERSION_KEY, TIERS_KEY = "testbed.schema_version", "testbed.tiers"
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ class Column:
     nullable: bool = False
 
 
-def _columns() -> list[Column]:
+def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str, ...],
+             wire_hops: tuple[str, ...]) -> list[Column]:
     c = [
         Column("run_id", pa.string(), "", "run directory name"),
         Column("experiment", pa.string(), "", "experiment name"),
@@ -65,7 +70,7 @@ def _columns() -> list[Column]:
         Column("latency_ms", pa.float64(), "ms", "end to end as the controller saw it (monotonic clock)"),
         Column("queue_ms", pa.float64(), "ms", "sum over tiers of arrival to compute start (decode + wait)"),
     ]
-    for t in TIERS:
+    for t in tiers:
         c.append(Column(f"confidence_{t}", pa.float64(), "prob", f"confidence at the {t} exit (the policy's measure)",
                         True))
         c.append(Column(f"compute_ms_{t}", pa.float64(), "ms", f"onnxruntime time on {t}", True))
@@ -79,14 +84,14 @@ def _columns() -> list[Column]:
         c.append(Column(f"energy_batch_{t}", pa.int64(), "",
                         f"the {t} device's energy window (energy_windows.parquet) this sample's share came from; "
                         "null: a window of its own", True))
-    for h in HOPS:
+    for h in hops:
         c.append(Column(f"net_ms_{h}", pa.float64(), "ms",
                         f"hop {h}: send to receive, clocks aligned by the measured offsets", True))
         c.append(Column(f"bytes_{h}", pa.int64(), "bytes", f"tensor payload bytes sent over hop {h}"))
-        if h in MSG_HOPS:
+        if h in msg_hops:
             c.append(Column(f"bytes_msg_{h}", pa.int64(), "bytes",
                             f"the whole Work message over hop {h} (tensors and protocol header), as received", True))
-        if h in WIRE_HOPS:
+        if h in wire_hops:
             c.append(Column(f"bytes_wire_{h}", pa.int64(), "bytes",
                             f"hop {h}: the receiving device's interface counter (rx bytes) since the previous "
                             "arrival: message, ZMTP framing, TCP/IP and Ethernet headers, retransmits; "
@@ -101,26 +106,92 @@ def _columns() -> list[Column]:
     return c
 
 
-COLUMNS: list[Column] = _columns()
-COLUMN_NAMES: list[str] = [c.name for c in COLUMNS]
-ARROW_SCHEMA: pa.Schema = pa.schema(
-    [pa.field(c.name, c.type, nullable=c.nullable, metadata={"unit": c.unit, "doc": c.doc}) for c in COLUMNS],
-    metadata={"testbed.schema_version": str(SCHEMA_VERSION)},
-)
+@dataclass(frozen=True)
+class ResultSchema:
+    """The columns of a run with these tiers (in the order a sample crosses them).
+
+    ``hops``: every hop's column stem; ``msg_hops``: those whose Work message an agent receives
+    (``bytes_msg_*``); ``wire_hops``: those between devices (``bytes_wire_*``).
+    """
+
+    tiers: tuple[str, ...]
+    hops: tuple[str, ...] = field(init=False)
+    msg_hops: tuple[str, ...] = field(init=False)
+    wire_hops: tuple[str, ...] = field(init=False)
+    columns: tuple[Column, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.tiers) < 2 or len(set(self.tiers)) != len(self.tiers):
+            raise ValueError(f"tiers {list(self.tiers)}: a run needs two or more distinct tiers")
+        hops = data_hops(self.tiers)
+        set_ = object.__setattr__  # a frozen dataclass sets its derived fields once, here
+        set_(self, "hops", tuple(h.column for h in hops))
+        set_(self, "msg_hops", tuple(h.column for h in hops if h.kind != "return"))
+        set_(self, "wire_hops", tuple(h.column for h in offload_hops(self.tiers)))
+        set_(self, "columns", tuple(_columns(self.tiers, self.hops, self.msg_hops, self.wire_hops)))
+
+    @property
+    def names(self) -> list[str]:
+        """Column names, in order."""
+        return [c.name for c in self.columns]
+
+    @property
+    def arrow(self) -> pa.Schema:
+        """The parquet schema, with each column's unit and meaning, the schema version and the tiers."""
+        return pa.schema(
+            [pa.field(c.name, c.type, nullable=c.nullable, metadata={"unit": c.unit, "doc": c.doc})
+             for c in self.columns],
+            metadata={VERSION_KEY: str(SCHEMA_VERSION), TIERS_KEY: ",".join(self.tiers)})
+
+    def check_row(self, row: dict) -> list[str]:
+        """Problems with one row: missing or unknown columns, nulls where none are allowed, bad phase."""
+        names = set(self.names)
+        problems = [f"missing column {n}" for n in self.names if n not in row]
+        problems += [f"unknown column {n}" for n in row if n not in names]
+        problems += [f"{c.name} is null" for c in self.columns
+                     if not c.nullable and c.name in row and row[c.name] is None]
+        if row.get("phase") not in PHASES:
+            problems.append(f"phase {row.get('phase')!r} is not one of {PHASES}")
+        return problems
+
+    def docs_table(self) -> str:
+        """A Markdown table of the columns, for docs/results.md."""
+        lines = ["| column | unit | meaning |", "| --- | --- | --- |"]
+        lines += [f"| `{c.name}` | {c.unit} | {c.doc} |" for c in self.columns]
+        return "\n".join(lines)
 
 
-def check_row(row: dict) -> list[str]:
-    """Problems with one row: missing or unknown columns, nulls where none are allowed, bad phase."""
-    problems = [f"missing column {n}" for n in COLUMN_NAMES if n not in row]
-    problems += [f"unknown column {n}" for n in row if n not in COLUMN_NAMES]
-    problems += [f"{c.name} is null" for c in COLUMNS if not c.nullable and c.name in row and row[c.name] is None]
-    if row.get("phase") not in PHASES:
-        problems.append(f"phase {row.get('phase')!r} is not one of {PHASES}")
-    return problems
+def for_tiers(tiers: Sequence[str]) -> ResultSchema:
+    """The schema of a run with these tiers (one object per set of tiers)."""
+    return _schema(tuple(tiers))
 
 
-def docs_table() -> str:
-    """A Markdown table of the columns, for docs/results.md."""
-    lines = ["| column | unit | meaning |", "| --- | --- | --- |"]
-    lines += [f"| `{c.name}` | {c.unit} | {c.doc} |" for c in COLUMNS]
-    return "\n".join(lines)
+@cache
+def _schema(tiers: tuple[str, ...]) -> ResultSchema:
+    return ResultSchema(tiers)
+
+
+def tiers_of(metadata: dict[bytes, bytes] | None) -> tuple[str, ...]:
+    """The tiers a parquet file's metadata names; mobile, edge, cloud for a file from before format 4."""
+    raw = (metadata or {}).get(TIERS_KEY.encode())
+    return tuple(raw.decode().split(",")) if raw else DEFAULT_TIERS
+
+
+def tiers_in(columns: Iterable[str]) -> tuple[str, ...]:
+    """The tiers of a results frame, in order, read off its hop columns.
+
+    ``bytes_controller_<first>`` names the first tier and each ``bytes_<a>_<b>`` the next; a frame
+    without them falls back on its per-tier columns (``device_<tier>``, in column order).
+    """
+    names = list(columns)
+    present = set(names)
+    firsts = [c.removeprefix("bytes_controller_") for c in names if c.startswith("bytes_controller_")]
+    tiers = firsts[:1]
+    while tiers:
+        after = [c.split("_")[2] for c in present if c.startswith(f"bytes_{tiers[-1]}_") and c.count("_") == 2]
+        if len(after) != 1 or after[0] in tiers:
+            break
+        tiers.append(after[0])
+    if len(tiers) >= 2:
+        return tuple(tiers)
+    return tuple(c.removeprefix("device_") for c in names if c.startswith("device_"))

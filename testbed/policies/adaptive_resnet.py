@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from agents.protocol import TIERS
 from testbed.core.hops import Hop
 from testbed.policies.base import Params, Policy, PolicyType, at_tier
 from testbed.policies.context import PolicyContext
@@ -33,12 +32,13 @@ class AdaptiveResNetPolicy(Policy):
 
     needs_resources = True
 
-    def __init__(self, name: str, variants: list[dict[str, Any]], w: float):
+    def __init__(self, name: str, variants: list[dict[str, Any]], w: float, tiers: tuple[str, ...]):
         super().__init__(name)
         self.variants = variants
         self.w = w
+        self.tiers = tiers
         self.variant: dict[str, Any] = variants[0]
-        self.tier: str = TIERS[-1]
+        self.tier: str = tiers[-1]
 
     def resources(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         """Milliseconds per multiply-accumulate on each tier and per offload on each hop, from warmup rows.
@@ -47,7 +47,7 @@ class AdaptiveResNetPolicy(Policy):
         """
         full = self.variants[0]
         res: dict[str, dict[str, float]] = {"ms_per_mac": {}, "ms_per_offload": {}, "ms_per_byte": {}}
-        for t in TIERS:
+        for t in self.tiers:
             ms = [r[f"compute_ms_{t}"] for r in rows if r[f"compute_ms_{t}"] is not None]
             res["ms_per_mac"][t] = float(np.median(ms)) / max(1, full["macs"][t])
         for hop in full["bytes_per_offload"]:
@@ -58,8 +58,8 @@ class AdaptiveResNetPolicy(Policy):
 
     def predict_ms(self, variant: dict[str, Any], tier: str, res: dict[str, dict[str, float]]) -> float:
         """Predicted latency of one sample on ``variant`` stopping at ``tier``, from measured resources."""
-        last = TIERS.index(tier)
-        ms = sum(variant["macs"][t] * res["ms_per_mac"][t] for t in TIERS[:last + 1])
+        last = self.tiers.index(tier)
+        ms = sum(variant["macs"][t] * res["ms_per_mac"][t] for t in self.tiers[:last + 1])
         for hop in list(variant["bytes_per_offload"])[:last]:
             ms += res["ms_per_offload"].get(hop, 0.0) + variant["bytes_per_offload"][hop] * res["ms_per_byte"].get(
                 hop, 0.0)
@@ -67,10 +67,10 @@ class AdaptiveResNetPolicy(Policy):
 
     def plan(self, resources: dict[str, dict[str, float]]) -> None:
         """Choose the variant and exit tier for the measured ``resources``; fills ``record``."""
-        ref = self.predict_ms(self.variants[0], TIERS[-1], resources)
+        ref = self.predict_ms(self.variants[0], self.tiers[-1], resources)
         options = []
         for v in self.variants:
-            for i, tier in enumerate(TIERS):
+            for i, tier in enumerate(self.tiers):
                 lat = self.predict_ms(v, tier, resources)
                 acc = v["exits"][i]["val_accuracy"]
                 options.append({"variant": v["name"], "tier": tier, "latency_ms": lat, "val_accuracy": acc,
@@ -84,11 +84,11 @@ class AdaptiveResNetPolicy(Policy):
         """The chosen variant's files, unless it is the full network the agents already run."""
         if self.variant["name"] == self.variants[0]["name"]:
             return None
-        return {t: (self.variant["files"][t], self.variant["sha256"][t]) for t in TIERS}
+        return {t: (self.variant["files"][t], self.variant["sha256"][t]) for t in self.tiers}
 
     def thresholds(self, sample_id: int, rng: np.random.Generator) -> dict[str, float]:
         """Exit at the chosen tier."""
-        return at_tier(self.tier)
+        return at_tier(self.tier, self.tiers)
 
     def choice(self, sample_id: int) -> str | None:
         """``<variant>@<tier>``."""
@@ -97,7 +97,7 @@ class AdaptiveResNetPolicy(Policy):
 
 def _build(label: str, p: AdaptiveResNetParams, ctx: PolicyContext) -> AdaptiveResNetPolicy:
     assert ctx.resnet_variants, "the registry checks the bundle has ResNet variants"
-    return AdaptiveResNetPolicy(label, ctx.resnet_variants, p.mu)
+    return AdaptiveResNetPolicy(label, ctx.resnet_variants, p.mu, ctx.tiers)
 
 
 POLICIES = [PolicyType(

@@ -15,14 +15,14 @@ them; nothing else names a policy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.protocol import TIERS, should_exit
+from agents.protocol import should_exit
 from testbed.core.costmodel import Claim
 from testbed.policies.context import PolicyContext
 
@@ -30,18 +30,18 @@ NEVER = float("inf")
 ALWAYS = 0.0
 
 
-def at_tier(tier: str) -> dict[str, float]:
-    """Thresholds that make every sample exit at ``tier``."""
-    t = TIERS.index(tier)
-    return {name: (ALWAYS if i == t else NEVER) for i, name in enumerate(TIERS[:-1]) if i <= t}
+def at_tier(tier: str, tiers: Sequence[str]) -> dict[str, float]:
+    """Thresholds that make every sample exit at ``tier`` of a run with ``tiers``."""
+    t = list(tiers).index(tier)
+    return {name: (ALWAYS if i == t else NEVER) for i, name in enumerate(tiers[:-1]) if i <= t}
 
 
-def decide(thresholds: dict[str, float], confidences: np.ndarray) -> np.ndarray:
+def decide(thresholds: dict[str, float], confidences: np.ndarray, tiers: Sequence[str]) -> np.ndarray:
     """Exit tier index per sample for a (samples x tiers) confidence matrix; the last tier always exits."""
     n = confidences.shape[0]
-    out = np.full(n, len(TIERS) - 1, dtype=np.int64)
+    out = np.full(n, len(tiers) - 1, dtype=np.int64)
     for i in range(n):
-        for t, tier in enumerate(TIERS[:-1]):
+        for t, tier in enumerate(tiers[:-1]):
             if should_exit(thresholds.get(tier, NEVER), float(confidences[i, t])):
                 out[i] = t
                 break
@@ -138,7 +138,8 @@ class PolicyType:
         params: its parameters' model (defaults, bounds, descriptions).
         build: (label, parameters, context) -> the policy.
         needs: the bundle tables it reads (:data:`testbed.policies.context.TABLES`).
-        check: problems beyond what ``params`` can see, each starting with its sub-path (``.thresholds: ...``).
+        check: (parameters, the run's tiers) -> problems beyond what ``params`` can see, each starting with
+            its sub-path (``.thresholds: ...``).
         claim: the paper's claim it is judged by, if any.
         cost_preset: the cost model of its paper (:data:`testbed.core.costmodel.PRESETS`).
     """
@@ -148,6 +149,6 @@ class PolicyType:
     params: type[Params]
     build: Callable[[str, Any, PolicyContext], Policy]
     needs: frozenset[str] = field(default_factory=frozenset)
-    check: Callable[[Any], list[str]] | None = None
+    check: Callable[[Any, tuple[str, ...]], list[str]] | None = None
     claim: Claim | None = None
     cost_preset: str | None = None

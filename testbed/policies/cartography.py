@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -9,7 +10,6 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
-from agents.protocol import TIERS
 from testbed.core import costmodel
 from testbed.core.config import suggest
 from testbed.core.costmodel import Claim, CostModel
@@ -51,14 +51,15 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 100) -> tuple[np.ndarr
 
 
 def cartography_clusters(carto: pd.DataFrame, exit_layers: dict[str, int], seed: int) -> dict[str, Any]:
-    """Cluster training samples into easy / medium / hard on confidence and variability at the mobile and edge exits.
+    """Cluster training samples into easy / medium / hard on confidence and variability at the exits.
 
-    Returns the cluster of each sample id and, per cluster, its size and centroid. Clusters are
-    named by mean confidence: highest easy, lowest hard.
+    The exits are those of every tier but the last (``exit_layers``: the run's tiers in order,
+    each with its exit's layer). Returns the cluster of each sample id and, per cluster, its size
+    and centroid. Clusters are named by mean confidence: highest easy, lowest hard.
     """
     cols = []
     wide = None
-    for tier in TIERS[:-1]:
+    for tier in list(exit_layers)[:-1]:
         sub = carto[carto["exit_layer"] == exit_layers[tier]].set_index("sample_id")[["confidence", "variability"]]
         sub = sub.rename(columns={"confidence": f"confidence_{tier}", "variability": f"variability_{tier}"})
         wide = sub if wide is None else wide.join(sub, how="inner")
@@ -78,28 +79,34 @@ def cartography_clusters(carto: pd.DataFrame, exit_layers: dict[str, int], seed:
 
 def best_thresholds(val: pd.DataFrame, cost: CostModel, layers: dict[str, int], mu: float,
                     grid: np.ndarray | None = None) -> dict[str, Any]:
-    """Mobile and edge thresholds maximising accuracy - mu * cost / cost(all-cloud) on a validation table."""
+    """Exit thresholds maximising accuracy - mu * cost / cost(all to the last tier) on a validation table.
+
+    ``layers``: the run's tiers in order with their layers; every tier but the last gets a threshold
+    from ``grid`` (plus never), searched exhaustively, the first exit's threshold outermost.
+    """
     grid = np.round(np.arange(0.30, 1.0001, 0.01), 2) if grid is None else grid
     grid = np.append(grid, NEVER)
-    cm, ce = val["confidence_mobile"].to_numpy(), val["confidence_edge"].to_numpy()
-    right = {t: (val[f"prediction_{t}"] == val["label"]).to_numpy() for t in TIERS}
-    route_cost = {t: cost.route_cost(layers, t) for t in TIERS}
-    full = route_cost[TIERS[-1]]
+    tiers = list(layers)
+    exits, last = tiers[:-1], tiers[-1]
+    conf = {t: val[f"confidence_{t}"].to_numpy() for t in exits}
+    right = {t: (val[f"prediction_{t}"] == val["label"]).to_numpy() for t in tiers}
+    route_cost = {t: cost.route_cost(layers, t) for t in tiers}
+    full, n = route_cost[last], len(val)
     best: dict[str, Any] = {"reward": -math.inf}
-    for tm in grid:
-        at_m = cm >= tm
-        for te in grid:
-            at_e = ~at_m & (ce >= te)
-            at_c = ~at_m & ~at_e
-            acc = float((right["mobile"] & at_m).sum() + (right["edge"] & at_e).sum() + (right["cloud"] & at_c).sum()
-                        ) / len(val)
-            c = float(at_m.sum() * route_cost["mobile"] + at_e.sum() * route_cost["edge"]
-                      + at_c.sum() * route_cost["cloud"]) / len(val)
-            reward = acc - mu * c / full
-            if reward > best["reward"] + 1e-12:
-                best = {"reward": reward, "accuracy": acc, "cost": c, "thresholds": {"mobile": float(tm),
-                        "edge": float(te)}, "shares": {"mobile": float(at_m.mean()), "edge": float(at_e.mean()),
-                                                       "cloud": float(at_c.mean())}}
+    for combo in itertools.product(grid, repeat=len(exits)):
+        left = np.ones(n, bool)
+        at: dict[str, np.ndarray] = {}
+        for t, th in zip(exits, combo, strict=True):
+            at[t] = left & (conf[t] >= th)
+            left = left & ~at[t]
+        at[last] = left
+        acc = float(sum((right[t] & at[t]).sum() for t in tiers)) / n
+        c = float(sum(at[t].sum() * route_cost[t] for t in tiers)) / n
+        reward = acc - mu * c / full
+        if reward > best["reward"] + 1e-12:
+            best = {"reward": reward, "accuracy": acc, "cost": c,
+                    "thresholds": {t: float(th) for t, th in zip(exits, combo, strict=True)},
+                    "shares": {t: float(at[t].mean()) for t in tiers}}
     return best
 
 

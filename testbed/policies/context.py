@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -16,6 +16,7 @@ class PolicyContext:
     """Facts from the bundle that some policies need; none of it is read by the policies themselves.
 
     Attributes:
+        tiers: the run's tiers, in the order a sample crosses them (the bundle's).
         seed: the experiment's seed (per-sample randomness derives from it and the sample id).
         layers: layers each tier runs on a full pass (cost model input).
         exit_layers: tier -> the layer of its exit (the tier boundary).
@@ -25,9 +26,10 @@ class PolicyContext:
         resnet_variants: an adaptive-ResNet bundle's variants (accuracy per exit, MACs, bytes per offload).
     """
 
-    seed: int
-    layers: dict[str, int]
-    exit_layers: dict[str, int]
+    tiers: tuple[str, ...]
+    seed: int = 0
+    layers: dict[str, int] = field(default_factory=dict)
+    exit_layers: dict[str, int] = field(default_factory=dict)
     exits: pd.DataFrame | None = None
     val_exits: pd.DataFrame | None = None
     cartography: pd.DataFrame | None = None
@@ -54,7 +56,7 @@ def missing(bundle: Bundle, need: frozenset[str] | set[str]) -> list[str]:
 def for_bundle(bundle: Bundle, split: str, seed: int, need: set[str]) -> PolicyContext:
     """What policies that ``need`` the named tables get from ``bundle`` (tables are read only when needed)."""
     return PolicyContext(
-        seed=seed, layers={t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers},
+        tiers=bundle.tiers, seed=seed, layers={t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers},
         exit_layers={t.tier: t.exit.layer for t in bundle.spec.tiers},
         exits=bundle.exits(split) if "exits" in need else None,
         val_exits=bundle.exits("val") if "val_exits" in need else None,

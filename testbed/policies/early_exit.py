@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from agents.protocol import TIERS
 from testbed.core.config import suggest
 from testbed.core.costmodel import Claim
 from testbed.policies.base import Measured, PolicyType, StaticPolicy
@@ -17,16 +16,17 @@ class EarlyExitParams(Measured):
                                                 "sample exits there, in [0, 1]; one for each tier but the last")
 
 
-def check(p: EarlyExitParams) -> list[str]:
+def check(p: EarlyExitParams, tiers: tuple[str, ...]) -> list[str]:
     """A threshold for every exit tier, each a probability; none for the last tier."""
-    exits = list(TIERS[:-1])
+    exits = list(tiers[:-1])
     if not p.thresholds:
-        return [f".thresholds: early-exit needs a threshold for each of {exits}, e.g. {{mobile: 0.9, edge: 0.8}}"]
+        example = ", ".join(f"{t}: 0.9" for t in exits)
+        return [f".thresholds: early-exit needs a threshold for each of {exits}, e.g. {{{example}}}"]
     problems = []
     for tier, value in p.thresholds.items():
         if tier not in exits:
             problems.append(f".thresholds.{tier}: not an exit tier{suggest(tier, exits)} "
-                            f"(the {TIERS[-1]} tier always finishes)")
+                            f"(the {tiers[-1]} tier always finishes)")
         elif not 0.0 <= value <= 1.0:
             problems.append(f".thresholds.{tier}: {value} is outside [0, 1]; a confidence threshold is a probability")
     return problems + [f".thresholds: no threshold for {t}" for t in exits if t not in p.thresholds]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from agents.protocol import TIERS
 from testbed.policies.base import Params, Policy, PolicyType, at_tier
 from testbed.policies.context import PolicyContext
 
@@ -22,15 +21,16 @@ class OraclePolicy(Policy):
 
     upper_bound = True
 
-    def __init__(self, name: str, exits: pd.DataFrame):
+    def __init__(self, name: str, exits: pd.DataFrame, tiers: tuple[str, ...]):
         super().__init__(name)
-        right = np.stack([(exits[f"prediction_{t}"] == exits["label"]).to_numpy() for t in TIERS], axis=1)
+        self.tiers = tiers
+        right = np.stack([(exits[f"prediction_{t}"] == exits["label"]).to_numpy() for t in tiers], axis=1)
         first = np.where(right.any(axis=1), right.argmax(axis=1), 0)
-        self._tier = dict(zip(exits["sample_id"].astype(int), (TIERS[i] for i in first), strict=True))
+        self._tier = dict(zip(exits["sample_id"].astype(int), (tiers[i] for i in first), strict=True))
 
     def thresholds(self, sample_id: int, rng: np.random.Generator) -> dict[str, float]:
         """Exit at the cheapest correct tier."""
-        return at_tier(self._tier[sample_id])
+        return at_tier(self._tier[sample_id], self.tiers)
 
     def choice(self, sample_id: int) -> str | None:
         """The tier it picked."""
@@ -39,7 +39,7 @@ class OraclePolicy(Policy):
 
 def _build(label: str, p: OracleParams, ctx: PolicyContext) -> OraclePolicy:
     assert ctx.exits is not None, "the registry hands the oracle the run split's exit table"
-    return OraclePolicy(label, ctx.exits)
+    return OraclePolicy(label, ctx.exits, ctx.tiers)
 
 
 POLICIES = [PolicyType(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from agents.protocol import TIERS
 from testbed.core.config import suggest
 from testbed.policies.base import Params, Policy, PolicyType, at_tier
 
@@ -20,8 +19,9 @@ class RandomParams(Params):
 class RandomPolicy(Policy):
     """Each sample goes to a tier drawn with the given shares (seeded by experiment seed and sample id)."""
 
-    def __init__(self, name: str, shares: dict[str, float], seed: int):
+    def __init__(self, name: str, shares: dict[str, float], seed: int, run_tiers: tuple[str, ...]):
         super().__init__(name)
+        self.run_tiers = run_tiers
         self.tiers = list(shares)
         p = np.array([shares[t] for t in self.tiers], np.float64)
         self.cum = np.cumsum(p / p.sum())
@@ -36,21 +36,21 @@ class RandomPolicy(Policy):
         """Exit at the drawn tier."""
         tier = self._tier(sample_id)
         self._choice[sample_id] = tier
-        return at_tier(tier)
+        return at_tier(tier, self.run_tiers)
 
     def choice(self, sample_id: int) -> str | None:
         """The drawn tier."""
         return self._choice.get(sample_id)
 
 
-def check(p: RandomParams) -> list[str]:
+def check(p: RandomParams, tiers: tuple[str, ...]) -> list[str]:
     """Shares of known tiers, each a probability, adding up to 1."""
     if not p.shares:
         return [".shares: random needs the share of samples per tier, e.g. {mobile: 0.5, edge: 0.3, cloud: 0.2}"]
     problems = []
     for tier, v in p.shares.items():
-        if tier not in TIERS:
-            problems.append(f".shares.{tier}: not a tier here{suggest(tier, list(TIERS))}")
+        if tier not in tiers:
+            problems.append(f".shares.{tier}: not a tier of this run ({', '.join(tiers)}){suggest(tier, list(tiers))}")
         elif not 0.0 <= v <= 1.0:
             problems.append(f".shares.{tier}: {v} is outside [0, 1]")
     if not problems and abs(sum(p.shares.values()) - 1.0) > 1e-6:
@@ -60,4 +60,4 @@ def check(p: RandomParams) -> list[str]:
 
 POLICIES = [PolicyType(
     name="random", summary="each sample exits at a tier drawn with the given shares", params=RandomParams,
-    check=check, build=lambda label, p, ctx: RandomPolicy(label, dict(p.shares or {}), ctx.seed))]
+    check=check, build=lambda label, p, ctx: RandomPolicy(label, dict(p.shares or {}), ctx.seed, ctx.tiers))]

@@ -12,6 +12,7 @@ import functools
 import importlib
 import pkgutil
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,8 +96,8 @@ def parse(spec: PolicySpec) -> tuple[PolicyType, Params]:
     return ptype, ptype.params.model_validate(spec.model_extra or {})
 
 
-def check(spec: PolicySpec) -> list[str]:
-    """Problems with a policy entry, each starting with its sub-path (``.name: ...``)."""
+def check(spec: PolicySpec, tiers: Sequence[str]) -> list[str]:
+    """Problems with a policy entry in a run with ``tiers``, each starting with its sub-path (``.name: ...``)."""
     if spec.name not in types():
         return [f".name: unknown policy {spec.name!r}{suggest(spec.name, names())}"]
     ptype = types()[spec.name]
@@ -104,7 +105,7 @@ def check(spec: PolicySpec) -> list[str]:
         params = ptype.params.model_validate(spec.model_extra or {})
     except ValidationError as e:
         return [_problem(ptype, err) for err in e.errors()]
-    return ptype.check(params) if ptype.check else []
+    return ptype.check(params, tuple(tiers)) if ptype.check else []
 
 
 def needs(names_: set[str]) -> set[str]:
@@ -124,17 +125,17 @@ def context_for(bundle: Bundle, split: str, seed: int, names_: set[str]) -> Poli
     return for_bundle(bundle, split, seed, needs(names_))
 
 
-def make(spec: PolicySpec, ctx: PolicyContext | None = None) -> Policy:
+def make(spec: PolicySpec, ctx: PolicyContext) -> Policy:
     """Build the policy an experiment entry names (assumes :func:`check` passed).
 
-    ``ctx`` carries what the learned policies need from the bundle; policies that need nothing
-    get an empty one.
+    ``ctx`` carries the run's tiers and what the learned policies need from the bundle
+    (:func:`context_for`); a policy that needs no table takes ``PolicyContext(tiers)``.
     """
     ptype, params = parse(spec)
-    if ctx is None:
-        if ptype.needs:
-            raise ValueError(f"policy {spec.name} needs the bundle's context ({', '.join(sorted(ptype.needs))})")
-        ctx = PolicyContext(seed=0, layers={}, exit_layers={})
+    lacking = [n for n in sorted(ptype.needs) if getattr(ctx, n) is None]
+    if lacking:
+        raise ValueError(f"policy {spec.name} needs the bundle's {', '.join(lacking)}: build its context with "
+                         "policies.context_for")
     return ptype.build(spec.key, params, ctx)
 
 

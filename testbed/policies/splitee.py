@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from agents.protocol import TIERS
 from testbed.core.costmodel import Claim
 from testbed.policies.base import NEVER, Measured, Policy, PolicyType
 from testbed.policies.context import PolicyContext
@@ -27,7 +26,7 @@ class SplitEEParams(Measured):
 class SplitEEPolicy(Policy):
     """SplitEE (UCB over the split layer), online and unsupervised; ``side_info`` gives SplitEE-S.
 
-    Arms are the exits at the mobile and edge boundaries. A sample sent with arm i exits at
+    Arms are the exits at the tier boundaries (every tier but the last). A sample sent with arm i exits at
     its tier when the confidence C_i >= alpha, else goes on to the cloud. Rewards follow the
     authors' code: C_i - lam*i on exit, C_L - o - lam*i on offload, C_L being the final
     exit's confidence. Each arm is played once, then the arm with the largest
@@ -41,8 +40,9 @@ class SplitEEPolicy(Policy):
                  side_info: bool, measure: str = "max"):
         super().__init__(name)
         self.measure = measure
-        self.arms = [t for t in TIERS[:-1]]
-        self.layer = {t: ctx.exit_layers[t] for t in TIERS}
+        self.tiers = ctx.tiers
+        self.arms = list(ctx.tiers[:-1])
+        self.layer = {t: ctx.exit_layers[t] for t in ctx.tiers}
         self.alpha, self.c, self.lam, self.o, self.side_info = alpha, c, lam, o, side_info
         self.sum = np.zeros(len(self.arms))
         self.n = np.zeros(len(self.arms), np.int64)
@@ -65,7 +65,7 @@ class SplitEEPolicy(Policy):
         self._issued += 1
         self._pending[sample_id] = arm
         self._choice[sample_id] = f"L{self.layer[self.arms[arm]]}"
-        return {t: (self.alpha if t == self.arms[arm] else NEVER) for t in TIERS[:-1]}
+        return {t: (self.alpha if t == self.arms[arm] else NEVER) for t in self.arms}
 
     def reward(self, arm: int, confidences: dict[str, float]) -> float:
         """The authors' reward for ``arm`` given the confidences the sample produced."""
@@ -74,9 +74,9 @@ class SplitEEPolicy(Policy):
         cost = self.lam * self.layer[tier]
         if conf >= self.alpha:
             return conf - cost
-        final = confidences.get(TIERS[-1])
+        final = confidences.get(self.tiers[-1])
         if final is None:  # never reached the cloud: the deepest confidence seen stands in
-            final = confidences[max(confidences, key=TIERS.index)]
+            final = confidences[max(confidences, key=self.tiers.index)]
         return final - self.o - cost
 
     def observe(self, sample_id: int, confidences: dict[str, float]) -> None:

@@ -28,7 +28,8 @@ class Collector:
 
     def __init__(self, writer: RunWriter, exit_layers: dict[str, int]):
         self.writer = writer
-        self.exit_layers = exit_layers
+        self.exit_layers = exit_layers  # the run's tiers in order, each with its exit's layer
+        self.tiers = tuple(exit_layers)
         self.ledger = EnergyLedger()
         self.windows: list[dict[str, Any]] = []  # energy_windows.parquet
         self.timelines: dict[str, dict[str, Any]] = {}  # device -> what its power timeline file holds

@@ -24,7 +24,7 @@ from testbed import policies
 from testbed.core.clock import Clock, SystemClock
 from testbed.core.config import Experiment, Inventory
 from testbed.core.errors import TestbedError
-from testbed.core.hops import CONTROLLER, link_ends
+from testbed.core.hops import CONTROLLER, Hop, link_ends
 from testbed.devices import shaping
 from testbed.devices.fleet import Fleet
 from testbed.devices.launch import AgentArgs
@@ -65,6 +65,7 @@ class Controller:
                  fleet: Fleet | None = None, writer: RunWriter | None = None):
         self.exp, self.exp_path, self.inv, self.inv_path = experiment, experiment_path, inventory, inventory_path
         self.bundle = bundle
+        self.tiers = bundle.tiers  # the run's tiers, in the order a sample crosses them
         self.clock = clock or SystemClock()
         self.on_progress = on_progress
         self.run_id = run_id or new_run_id()
@@ -82,7 +83,7 @@ class Controller:
     def run(self) -> RunOutcome:
         """Run the experiment; returns where the results are. Raises after cleanup on any failure."""
         hashes = self.bundle.verify()
-        writer = self.writer = self.writer or RunWriter(self.run_dir, self.exp.run.flush_rows)
+        writer = self.writer = self.writer or RunWriter(self.run_dir, self.tiers, self.exp.run.flush_rows)
         fleet = self.fleet = self.fleet or Fleet(self.exp, self.inv, self.bundle, self.run_dir, self.run_id,
                                                  Ownership(self.run_dir), self.trust_new_hosts,
                                                  exp_path=self.exp_path)
@@ -141,7 +142,7 @@ class Controller:
         port = transport.endpoint.rsplit(":", 1)[1]
         owned: list[dict[str, Any]] = []
         m.owned = {"record": fleet.owned.path.name, "processes": owned}
-        for tier in reversed(p.TIERS):
+        for tier in reversed(self.tiers):
             device = self.inv.device(self.exp.devices[tier])
             args = AgentArgs(f"tcp://{self.inv.controller_address(device)}:{port}", self.exp.timeouts.heartbeat_s,
                              self.exp.timeouts.liveness, self.exp.timeouts.hello_s)
@@ -164,7 +165,7 @@ class Controller:
         self.writer.write_manifest(m)
 
     def _wire(self) -> dict[str, dict[str, str]]:
-        return records.wire_ifaces(self.inv, self.exp.devices)
+        return records.wire_ifaces(self.inv, self.exp.devices, self.tiers)
 
     def _configure(self, files: dict[str, tuple[str, str]] | None = None, seq: int = 1) -> None:
         """Load each tier's partition (``files``: tier -> (file, sha256) of a variant; default the bundle's)."""
@@ -173,12 +174,13 @@ class Controller:
         wire = self._wire()
         t = self.issuer.schedule_t()
         messages = {}
-        for i, tier in enumerate(p.TIERS):
+        tiers = self.tiers
+        for i, tier in enumerate(tiers):
             spec = self.bundle.tier(tier)
             file, sha = (files or {}).get(tier, (spec.file, spec.sha256))
-            a, last = by_tier[tier], i + 1 == len(p.TIERS)
-            nxt = "" if last else by_tier[p.TIERS[i + 1]].hello.data_endpoint  # type: ignore[union-attr]
-            link = None if last else self.fleet.userspace_link(f"{tier}-{p.TIERS[i + 1]}", t)
+            a, last = by_tier[tier], i + 1 == len(tiers)
+            nxt = "" if last else by_tier[tiers[i + 1]].hello.data_endpoint  # type: ignore[union-attr]
+            link = None if last else self.fleet.userspace_link(Hop(tier, tiers[i + 1]).link, t)
             ctl = self.fleet.userspace_link(f"controller-{tier}", t)
             messages[a.device_id] = p.Configure(
                 seq=seq, partition_path=a.handle.partition_path(file), sha256=sha,
@@ -187,7 +189,8 @@ class Controller:
                 delay_ms=link.delay_ms if link else 0.0, jitter_ms=link.jitter_ms if link else 0.0,
                 ctl_delay_ms=ctl.delay_ms if ctl else 0.0, ctl_jitter_ms=ctl.jitter_ms if ctl else 0.0,
                 wire_in_iface=wire.get(tier, {}).get("interface", ""),
-                batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s)
+                batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s,
+                first=i == 0)
         self.session.configure(messages, self.exp.timeouts.configure_s + self.exp.energy.idle_s)
 
     # ------------------------------------------------------------------ samples
@@ -210,7 +213,7 @@ class Controller:
                       warm: int) -> None:
         """Warm up on the full network through every tier, measure the resources, let the policy choose, run."""
         assert self.issuer is not None
-        probe = policies.StaticPolicy(policy.name, policies.at_tier(p.TIERS[-1]))
+        probe = policies.StaticPolicy(policy.name, policies.at_tier(self.tiers[-1], self.tiers))
         rows = self.issuer.issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)])
         policy.plan(policy.resources(rows))
         files = policy.partitions()

@@ -96,7 +96,7 @@ class Issuer:
         before, total = progress or (0, len(plan))
         if self.first_issue_ns is None:
             self.first_issue_ns = self.clock.monotonic_ns()
-        first = self.session.by_tier()[p.TIERS[0]]
+        first = self.session.by_tier()[self.collector.tiers[0]]
         assert first.hello is not None
         in_flight: dict[int, Issued] = {}
         written: list[dict[str, Any]] = []

@@ -7,6 +7,7 @@ import math
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -57,7 +58,8 @@ def initial_manifest(run_id: str, exp: Experiment, exp_path: Path, inv: Inventor
     exp_text = exp_path.read_text()
     s = bundle.spec
     return RunManifest(
-        schema_version=SCHEMA_VERSION, run_id=run_id, started_at=datetime.now(UTC).isoformat(), command=sys.argv,
+        schema_version=SCHEMA_VERSION, run_id=run_id, tiers=list(bundle.tiers),
+        started_at=datetime.now(UTC).isoformat(), command=sys.argv,
         experiment=FileRecord(path=str(exp_path), yaml=exp_text, sha256=hashlib.sha256(exp_text.encode()).hexdigest(),
                               resolved=exp.model_dump()),
         inventory=FileRecord(path=str(inv_path), yaml=inv_path.read_text(), resolved=inv.model_dump()),
@@ -118,14 +120,14 @@ def agent_records(agents: list[AgentState]) -> dict[str, Any]:
     return out
 
 
-def wire_ifaces(inv: Inventory, devices: dict[str, str]) -> dict[str, dict[str, str]]:
+def wire_ifaces(inv: Inventory, devices: dict[str, str], tiers: Sequence[str]) -> dict[str, dict[str, str]]:
     """Per receiving tier: the interface its hop from the previous tier arrives through, or why none is counted.
 
-    ``devices``: tier -> device id. Only a dedicated link counts (one the hop's data alone uses);
-    else bytes_wire stays null.
+    ``devices``: tier -> device id; ``tiers``: the run's, in order. Only a dedicated link counts
+    (one the hop's data alone uses); else bytes_wire stays null.
     """
     out: dict[str, dict[str, str]] = {}
-    for prev, tier in zip(p.TIERS, p.TIERS[1:], strict=False):
+    for prev, tier in zip(tiers, tiers[1:], strict=False):
         dev = inv.device(devices[tier])
         iface = dev.interfaces.get(prev)
         hop = Hop(prev, tier).column

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from agents.protocol import TIERS, Result
-from testbed.formats.schema import HOPS, MSG_HOPS, WIRE_HOPS
+from agents.protocol import Result
+from testbed.core.hops import CONTROLLER, Hop
+from testbed.formats import schema
 
 NS_PER_MS = 1e6
 
@@ -41,7 +42,7 @@ def build_row(
     exit_layers: dict[str, int],
     context: dict[str, Any],
 ) -> dict[str, Any]:
-    """One row of the result schema.
+    """One row of the result schema of the run's tiers (``exit_layers``' keys, in order).
 
     ``context`` holds run_id, experiment, split and ``energy_sources`` (device -> meter source).
     A row's energy is null unless every tier it visited had a meter.
@@ -60,16 +61,17 @@ def build_row(
         "latency_ms": (recv_mono_ns - issued.issue_mono_ns) / NS_PER_MS,
         "t_issue_unix_ns": issued.issue_wall_ns,
     }
-    for tier in TIERS:
+    cols = schema.for_tiers(list(exit_layers))
+    for tier in cols.tiers:
         for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j", "energy_net_j", "energy_approx",
                     "energy_batch"):
             row[f"{col}_{tier}"] = None
-    for hop in HOPS:
+    for hop in cols.hops:
         row[f"net_ms_{hop}"] = None
         row[f"bytes_{hop}"] = 0
-    for hop in MSG_HOPS:
+    for hop in cols.msg_hops:
         row[f"bytes_msg_{hop}"] = None
-    for hop in WIRE_HOPS:
+    for hop in cols.wire_hops:
         row[f"bytes_wire_{hop}"] = None
 
     def on_ctrl(stamp_ns: int, device: str) -> int:
@@ -78,7 +80,7 @@ def build_row(
     prev_send = issued.issue_wall_ns
     queue_total = 0.0
     for i, s in enumerate(stages):
-        hop = "controller_mobile" if i == 0 else f"{stages[i - 1].tier}_{s.tier}"
+        hop = Hop(CONTROLLER if i == 0 else stages[i - 1].tier, s.tier).column
         row[f"net_ms_{hop}"] = (on_ctrl(s.recv_ns, s.device) - prev_send) / NS_PER_MS
         row[f"bytes_{hop}"] = issued.bytes_in if i == 0 else stages[i - 1].bytes_out
         row[f"bytes_msg_{hop}"] = s.frame_bytes_in

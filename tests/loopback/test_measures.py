@@ -15,6 +15,8 @@ from testbed.core.config import PolicySpec
 from conftest import write_experiment, write_inventory
 from loopback.helpers import only_run
 
+T3 = ("mobile", "edge", "cloud")  # the default tiers
+
 pytestmark = pytest.mark.loopback
 
 POLICIES = [{"name": "early-exit", "thresholds": {"mobile": 0.3, "edge": 0.3}, "measure": "entropy"},
@@ -31,9 +33,9 @@ def test_entropy_confidence_by_hand():
     assert top1_entropy(np.log(p))[0] == pytest.approx(want)
     assert confidence(np.log(p), "max") == top1(np.log(p))
     assert confidence(np.log(p), "entropy")[0] == pytest.approx(want)
-    assert any("measure" in x for x in policies.check(PolicySpec(name="splitee", measure="entropi")))
+    assert any("measure" in x for x in policies.check(PolicySpec(name="splitee", measure="entropi"), T3))
     assert any("takes no measure" in x for x in policies.check(PolicySpec(name="random", shares={"cloud": 1},
-                                                                          measure="max")))
+                                                                          measure="max"), T3))
 
 
 def test_entropy_policies_live_equal_their_replay(tiny_bundle, tmp_path):

@@ -15,6 +15,8 @@ from conftest import ROOT, write_experiment, write_inventory
 from loopback.helpers import agent_pids, assert_gone, only_run
 from tinybundle import HIDDEN
 
+T3 = ("mobile", "edge", "cloud")  # the default tiers
+
 pytestmark = pytest.mark.loopback
 
 POLICIES = [{"name": "all-mobile"}, {"name": "all-edge"}, {"name": "all-cloud"},
@@ -77,7 +79,7 @@ def test_live_decisions_equal_offline_replay_of_the_exit_table(tiny_bundle, tiny
     table = tiny_bundle.exits("test").set_index("sample_id")
     ee = df[(df.policy == "early-exit") & (df.phase == "measure")].set_index("sample_id").sort_index()
     conf = table.loc[ee.index, ["confidence_mobile", "confidence_edge", "confidence_cloud"]].to_numpy()
-    expected = policies.decide({"mobile": 0.85, "edge": 0.8}, conf)
+    expected = policies.decide({"mobile": 0.85, "edge": 0.8}, conf, T3)
     assert list(ee["exit_tier"]) == [("mobile", "edge", "cloud")[t] for t in expected]
     cloud = df[(df.policy == "all-cloud") & (df.phase == "measure")].set_index("sample_id").sort_index()
     assert (cloud["prediction"] == table.loc[cloud.index, "prediction_cloud"]).all()
@@ -99,7 +101,8 @@ def test_timings_are_positive_and_add_up(tiny_run):
 def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
     run_dir, df, exp, inv = tiny_run
     m = json.loads((run_dir / "manifest.json").read_text())
-    assert m["status"] == "complete" and m["rows"] == len(df) and m["schema_version"] == SCHEMA_VERSION == 3
+    assert m["status"] == "complete" and m["rows"] == len(df) and m["schema_version"] == SCHEMA_VERSION == 4
+    assert m["tiers"] == ["mobile", "edge", "cloud"] and m["format_version"] == 3
     assert m["experiment"]["yaml"] == exp.read_text() and m["inventory"]["yaml"] == inv.read_text()
     assert m["bundle"]["sha256"]["mobile.onnx"] == tiny_bundle.tier("mobile").sha256
     assert set(m["agents"]) == {"mobile-1", "edge-1", "cloud-1"}

@@ -8,6 +8,8 @@ from testbed import policies
 from testbed.core.errors import BundleError
 from testbed.formats.bundle import Bundle
 
+T3 = ("mobile", "edge", "cloud")  # the default tiers
+
 
 def test_tiny_bundle_verifies_and_loads_samples(tiny_bundle):
     hashes = tiny_bundle.verify()
@@ -74,7 +76,7 @@ def test_chained_partitions_match_the_exit_table(tiny_bundle):
 def test_replay_spreads_tiny_samples_over_every_tier(tiny_bundle):
     table = tiny_bundle.exits("test")
     conf = table[["confidence_mobile", "confidence_edge", "confidence_cloud"]].to_numpy()
-    tiers = policies.decide({"mobile": 0.85, "edge": 0.8}, conf)
+    tiers = policies.decide({"mobile": 0.85, "edge": 0.8}, conf, T3)
     assert set(tiers) == {0, 1, 2}
 
 

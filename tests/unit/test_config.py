@@ -75,12 +75,12 @@ def test_inventory_and_experiment_errors_reported_together(tmp_path):
     assert "threads" in text and "bogus" in text and "policies" in text
 
 
-def test_unknown_tier_in_inventory_suggests(tmp_path):
+def test_a_tier_name_that_cannot_name_columns_is_refused_in_the_inventory(tmp_path):
     inv = tmp_path / "inv.yaml"
-    inv.write_text("devices:\n  - id: m\n    tier: mobil\n  - id: m\n    tier: edge\n    cpus: [4096]\n")
+    inv.write_text("devices:\n  - id: m\n    tier: Mobile-1\n  - id: m\n    tier: edge\n    cpus: [4096]\n")
     with pytest.raises(ConfigError) as e:
         load_inventory(inv)
-    assert "devices[0].tier: 'mobil' is not a tier; did you mean 'mobile'?" in str(e.value)
+    assert "devices[0].tier: 'Mobile-1' is not a tier name: use 1-24 lower-case letters and digits" in str(e.value)
     assert "devices[1].id: 'm' appears twice" in str(e.value)
     assert "devices[1].cpus: [4096] is not a non-empty list of CPU ids" in str(e.value)
 

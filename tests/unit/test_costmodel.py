@@ -31,8 +31,11 @@ def test_splitee_preset_charges_no_cloud_processing():
 def test_bad_values_and_reduction():
     with pytest.raises(ValueError, match="negative"):
         CostModel("t", {"mobile": -1, "edge": 0, "cloud": 0}, {"mobile-edge": 0, "edge-cloud": 0})
-    with pytest.raises(ValueError, match="no value"):
-        CostModel("t", {"mobile": 1}, {"mobile-edge": 0, "edge-cloud": 0})
+    partial = CostModel("t", {"mobile": 1}, {"mobile-edge": 0, "edge-cloud": 0})
+    assert partial.missing(["mobile", "edge", "cloud"]) == ["lam.edge", "lam.cloud"]
+    assert partial.missing(["mobile", "cloud"]) == ["lam.cloud", "o.mobile-cloud"]
+    with pytest.raises(ValueError, match="no value for lam.edge, lam.cloud"):
+        partial.route_cost({"mobile": 2, "edge": 2, "cloud": 2}, "mobile")
     with pytest.raises(KeyError, match="presets"):
         preset("nope")
     assert reduction(0.57, 1.0) == pytest.approx(0.43)

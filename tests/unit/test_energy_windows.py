@@ -5,10 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from agents.protocol import EnergyWindow, Result, Stage
-from testbed.formats.schema import check_row
+from agents.protocol import DEFAULT_TIERS, EnergyWindow, Result, Stage
+from testbed.formats.schema import for_tiers
 from testbed.run.energy import EnergyLedger, shares, window_record
 from testbed.run.rows import Issued, build_row
+
+check_row = for_tiers(DEFAULT_TIERS).check_row
 
 NAN = float("nan")
 CTX = {"run_id": "r", "experiment": "e", "split": "test", "energy_sources": {"mobile-1": "rapl", "edge-1": "rapl"}}

@@ -53,21 +53,25 @@ def test_the_agents_wait_never_returns_before_the_due_time():
         assert time.monotonic() >= due
 
 
-@pytest.mark.parametrize("tier, holds_arrivals", [("mobile", True), ("edge", False), ("cloud", False)])
-def test_a_controller_link_delay_holds_the_answers_and_only_the_first_tier_holds_arrivals(tmp_path, tier,
-                                                                                          holds_arrivals):
-    """A Shape on the controller link: every tier holds its Results; only the mobile, which the
-    controller issues Work to, holds what arrives on its data socket (the edge's arrivals are offloads)."""
+@pytest.mark.parametrize("tier, first", [("mobile", True), ("edge", False), ("cloud", False), ("device", True)])
+def test_a_controller_link_delay_holds_the_answers_and_only_the_first_tier_holds_arrivals(tmp_path, tiny_bundle,
+                                                                                          tier, first):
+    """A Shape on the controller link: every tier holds its Results; only the first tier, which the
+    controller issues Work to (Configure.first), holds what arrives on its data socket (the others'
+    arrivals are offloads). The tier's name does not decide it."""
     from agents import protocol as p
     from agents.agent import Agent
 
+    spec = tiny_bundle.tier("cloud")  # a partition with no next tier: nothing to connect to
     agent = Agent(f"{tier}-1", tier, "tcp://127.0.0.1:1", tmp_path)
     try:
         links = agent.links
+        agent.on_control(p.encode(p.Configure(1, str(tiny_bundle.root / spec.file), spec.sha256, "logits", {}, "", 1,
+                                              idle_s=60.0, first=first)))  # Ready would wait on the idle baseline
         assert agent.on_control(p.encode(p.Shape(0, 12.0, 2.0, "controller"))) is False
         out, arrivals = links["controller-out"], links["controller-in"]
         assert out.active and out.delay_ms == 12.0 and out.jitter_ms == 2.0
-        assert arrivals.active is holds_arrivals
+        assert arrivals.active is first
         assert not links["data-out"].active  # the data link is another link
         agent.on_control(p.encode(p.Shape(1, 0.0, 0.0, "controller")))
         assert not out.active and not arrivals.active

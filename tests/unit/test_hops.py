@@ -3,12 +3,13 @@
 import pytest
 
 from testbed.core.hops import Hop, data_hops, link_ends, offload_hops, shaped_links
-from testbed.formats.schema import HOPS, MSG_HOPS, WIRE_HOPS
+from testbed.formats.schema import for_tiers
 
 
 def test_three_tiers_give_the_columns_and_links_the_results_have_always_had():
-    assert HOPS == ("controller_mobile", "mobile_edge", "edge_cloud", "return")
-    assert MSG_HOPS == HOPS[:3] and WIRE_HOPS == ("mobile_edge", "edge_cloud")
+    cols = for_tiers(("mobile", "edge", "cloud"))
+    assert cols.hops == ("controller_mobile", "mobile_edge", "edge_cloud", "return")
+    assert cols.msg_hops == cols.hops[:3] and cols.wire_hops == ("mobile_edge", "edge_cloud")
     assert shaped_links(["mobile", "edge", "cloud"]) == [
         "controller-mobile", "controller-edge", "controller-cloud", "mobile-edge", "edge-cloud"]
 

@@ -18,6 +18,8 @@ from testbed.run.issuer import Issuer
 from testbed.run.session import AgentSession, AgentState
 from testbed.run.transport import Received
 
+T3 = ("mobile", "edge", "cloud")  # the default tiers
+
 TIERS = ("mobile", "edge", "cloud")
 
 
@@ -79,7 +81,7 @@ def setup(tmp_path, run: RunSpec, service_s: float):
         for a in session.agents.values():
             a.last_heard_ns = clock.now
 
-    writer = RunWriter(tmp_path / "run", flush_rows=4)
+    writer = RunWriter(tmp_path / "run", T3, flush_rows=4)
     collector = Collector(writer, {"mobile": 2, "edge": 4, "cloud": 6})
     collector.context = {"run_id": "r", "experiment": "e", "split": "test",
                          "energy_sources": {f"{t}-1": "none" for t in TIERS}}
@@ -92,7 +94,7 @@ def setup(tmp_path, run: RunSpec, service_s: float):
 
 def test_paced_samples_leave_at_least_the_interval_apart_and_every_one_becomes_a_row(tmp_path):
     issuer, transport, writer, samples, progress = setup(tmp_path, RunSpec(interval_ms=10.0), service_s=0.002)
-    policy = StaticPolicy("all-mobile", at_tier("mobile"))
+    policy = StaticPolicy("all-mobile", at_tier("mobile", T3))
     rows = issuer.issue_all(policy, np.random.default_rng(0), samples, [("measure", i) for i in range(12)])
     gaps = np.diff(transport.issued_at)
     assert len(transport.issued_at) == 12 and gaps.min() >= 10_000_000  # never faster than the interval
@@ -105,7 +107,7 @@ def test_paced_samples_leave_at_least_the_interval_apart_and_every_one_becomes_a
 
 def test_no_more_than_concurrency_samples_are_in_flight_and_the_issue_order_continues(tmp_path):
     issuer, transport, _, samples, _ = setup(tmp_path, RunSpec(concurrency=3), service_s=0.05)
-    policy = StaticPolicy("all-mobile", at_tier("mobile"))
+    policy = StaticPolicy("all-mobile", at_tier("mobile", T3))
     issuer.issue_all(policy, np.random.default_rng(0), samples, [("warmup", i) for i in range(2)])
     rows = issuer.issue_all(policy, np.random.default_rng(0), samples, [("measure", i) for i in range(9)])
     assert transport.max_in_flight == 3
@@ -117,5 +119,5 @@ def test_a_failure_on_the_data_path_names_the_agent(tmp_path):
     issuer, transport, _, samples, _ = setup(tmp_path, RunSpec(), service_s=0.01)
     transport.fail_after = 1
     with pytest.raises(AgentLostError, match="mobile-1.*failed during the run .compute.: out of memory"):
-        issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile")), np.random.default_rng(0), samples,
+        issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile", T3)), np.random.default_rng(0), samples,
                          [("measure", 0), ("measure", 1)])

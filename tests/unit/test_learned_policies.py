@@ -11,6 +11,8 @@ from testbed.policies.cartography import best_thresholds, cartography_clusters, 
 from testbed.policies.context import PolicyContext
 from testbed.policies.splitee import SplitEEPolicy
 
+T3 = ("mobile", "edge", "cloud")  # the default tiers
+
 EXIT_LAYERS = {"mobile": 2, "edge": 4, "cloud": 6}
 LAYERS = {"mobile": 2, "edge": 2, "cloud": 2}
 
@@ -24,7 +26,7 @@ def _table(conf, pred, label):
 
 
 def test_random_follows_its_shares_and_is_reproducible():
-    ctx = PolicyContext(seed=3, layers=LAYERS, exit_layers=EXIT_LAYERS)
+    ctx = PolicyContext(T3, seed=3, layers=LAYERS, exit_layers=EXIT_LAYERS)
     spec = PolicySpec(name="random", shares={"mobile": 0.5, "edge": 0.3, "cloud": 0.2})
     a, b = policies.make(spec, ctx), policies.make(spec, ctx)
     rng = np.random.default_rng(0)
@@ -34,16 +36,16 @@ def test_random_follows_its_shares_and_is_reproducible():
     assert shares["mobile"] == pytest.approx(0.5, abs=0.03) and shares["cloud"] == pytest.approx(0.2, abs=0.03)
     th = a.thresholds(7, rng)
     tier = a.choice(7)
-    assert policies.decide(th, np.array([[0.0, 0.0, 0.0]]))[0] == ("mobile", "edge", "cloud").index(tier)
+    assert policies.decide(th, np.array([[0.0, 0.0, 0.0]]), T3)[0] == ("mobile", "edge", "cloud").index(tier)
 
 
 def test_oracle_picks_the_cheapest_correct_tier():
     t = _table([[.5, .5, .5]] * 4, [[1, 0, 0], [0, 1, 1], [0, 0, 1], [0, 0, 0]], [1, 1, 1, 1])
-    ctx = PolicyContext(seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS, exits=t)
+    ctx = PolicyContext(T3, seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS, exits=t)
     o = policies.make(PolicySpec(name="oracle"), ctx)
     assert [o.choice(i) for i in range(4)] == ["mobile", "edge", "cloud", "mobile"]  # none right: cheapest
     conf = t[[f"confidence_{x}" for x in ("mobile", "edge", "cloud")]].to_numpy()
-    routes = [policies.decide(o.thresholds(i, None), conf[i:i + 1])[0] for i in range(4)]
+    routes = [policies.decide(o.thresholds(i, None), conf[i:i + 1], T3)[0] for i in range(4)]
     assert routes == [0, 1, 2, 0]
 
 
@@ -81,7 +83,7 @@ def test_best_thresholds_trade_accuracy_for_cost():
 
 
 def test_splitee_converges_to_the_best_arm_on_a_synthetic_table():
-    ctx = PolicyContext(seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS)
+    ctx = PolicyContext(T3, seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS)
     rng = np.random.default_rng(1)
     # mobile is confident 90% of the time: exiting there costs 0.2; going to edge costs 0.4
     pol = SplitEEPolicy("splitee", ctx, alpha=0.8, c=1.0, lam=0.1, o=0.3, side_info=False)
@@ -89,7 +91,7 @@ def test_splitee_converges_to_the_best_arm_on_a_synthetic_table():
         th = pol.thresholds(sid, rng)
         cm = 0.95 if rng.random() < 0.9 else 0.4
         confs = np.array([[cm, 0.9, 0.97]])
-        t = int(policies.decide(th, confs)[0])
+        t = int(policies.decide(th, confs, T3)[0])
         pol.observe(sid, {x: float(confs[0, j]) for j, x in enumerate(("mobile", "edge", "cloud")) if j <= t})
     assert pol.best_arm == "mobile"
     assert pol.n[0] > 5 * pol.n[1]
@@ -100,7 +102,7 @@ def test_splitee_converges_to_the_best_arm_on_a_synthetic_table():
 
 
 def test_splitee_s_updates_shallower_arms_too():
-    ctx = PolicyContext(seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS)
+    ctx = PolicyContext(T3, seed=0, layers=LAYERS, exit_layers=EXIT_LAYERS)
     pol = SplitEEPolicy("s", ctx, alpha=0.8, c=1.0, lam=0.1, o=0.3, side_info=True)
     pol.thresholds(0, None)  # arm 0 first
     pol.thresholds(1, None)  # then arm 1
@@ -121,7 +123,7 @@ def test_splitee_s_updates_shallower_arms_too():
     (PolicySpec(name="oracle", alpha=0.5), ".alpha: oracle takes no alpha; remove it"),
 ])
 def test_bad_parameters_are_refused(spec, fragment):
-    assert any(fragment in p for p in policies.check(spec)), policies.check(spec)
+    assert any(fragment in p for p in policies.check(spec, T3)), policies.check(spec, T3)
 
 
 def test_adaptive_resnet_objective_by_hand():
@@ -135,15 +137,15 @@ def test_adaptive_resnet_objective_by_hand():
     variants = [v("full", (100, 100, 100), (0.5, 0.8, 0.95)), v("v1", (100, 100, 50), (0.5, 0.8, 0.94))]
     res = {"ms_per_mac": {"mobile": 0.01, "edge": 0.01, "cloud": 0.01},
            "ms_per_offload": {"mobile-edge": 1.0, "edge-cloud": 1.0}, "ms_per_byte": {}}
-    pol = AdaptiveResNetPolicy("a", variants, w=0.0)
+    pol = AdaptiveResNetPolicy("a", variants, w=0.0, tiers=T3)
     assert pol.predict_ms(variants[0], "cloud", res) == pytest.approx(3.0 + 2.0)
     assert pol.predict_ms(variants[1], "edge", res) == pytest.approx(2.0 + 1.0)
     pol.plan(res)
     assert (pol.variant["name"], pol.tier) == ("full", "cloud")  # accuracy only
-    pol = AdaptiveResNetPolicy("a", variants, w=0.5)
+    pol = AdaptiveResNetPolicy("a", variants, w=0.5, tiers=T3)
     pol.plan(res)  # 0.5*4.5/5 - 0.5*0.94 = -0.02 beats 0.5*1 - 0.5*0.95 = 0.025 and mobile 0.1 - 0.25 = -0.15
     assert (pol.variant["name"], pol.tier) == ("full", "mobile")
-    pol = AdaptiveResNetPolicy("a", variants, w=0.1)
+    pol = AdaptiveResNetPolicy("a", variants, w=0.1, tiers=T3)
     pol.plan(res)  # 0.1*4.5/5 - 0.9*0.94 = -0.756 beats full cloud -0.755
     assert (pol.variant["name"], pol.tier) == ("v1", "cloud") and pol.choice(0) == "v1@cloud"
     assert len(pol.record["options"]) == 6
@@ -156,8 +158,8 @@ def test_adaptive_resnet_measures_its_resources_from_warmup_rows():
             "bytes_per_offload": {"mobile-edge": 100, "edge-cloud": 50}, "exits": []}
     rows = [{"compute_ms_mobile": m, "compute_ms_edge": 2 * m, "compute_ms_cloud": None if m == 3 else 4 * m,
              "net_ms_mobile_edge": 0.5, "net_ms_edge_cloud": None} for m in (1.0, 2.0, 3.0)]
-    res = AdaptiveResNetPolicy("a", [full], w=0.5).resources(rows)
+    res = AdaptiveResNetPolicy("a", [full], w=0.5, tiers=T3).resources(rows)
     assert res["ms_per_mac"] == pytest.approx({"mobile": 2.0 / 1000, "edge": 4.0 / 2000, "cloud": 6.0 / 4000})
     assert res["ms_per_offload"] == {"mobile-edge": 0.5, "edge-cloud": 0.0}  # no offload measured: nothing charged
     with pytest.raises(TypeError, match="does not measure resources"):
-        policies.make(PolicySpec(name="all-cloud")).resources(rows)
+        policies.make(PolicySpec(name="all-cloud"), PolicyContext(T3)).resources(rows)

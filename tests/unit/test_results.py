@@ -3,10 +3,14 @@ import json
 import pandas as pd
 import pytest
 
+from agents.protocol import DEFAULT_TIERS
 from testbed.core.errors import ResultsError
 from testbed.formats.manifest import BundleRecord, ControllerRecord, FileRecord, RunManifest
 from testbed.formats.results import PARTS, RunWriter, load_manifest, load_samples, new_run_id
-from testbed.formats.schema import ARROW_SCHEMA, COLUMN_NAMES, SCHEMA_VERSION, check_row, docs_table
+from testbed.formats.schema import SCHEMA_VERSION, for_tiers
+
+SCHEMA = for_tiers(DEFAULT_TIERS)
+ARROW_SCHEMA, COLUMN_NAMES, check_row, docs_table = SCHEMA.arrow, SCHEMA.names, SCHEMA.check_row, SCHEMA.docs_table
 
 
 def row(i, phase="measure"):
@@ -41,14 +45,15 @@ def test_check_row_catches_missing_unknown_and_nulls():
 
 def minimal_manifest(run_id: str) -> RunManifest:
     f = FileRecord(path="x.yaml", yaml="", resolved={})
-    return RunManifest(schema_version=SCHEMA_VERSION, run_id=run_id, started_at="2026-12-01T00:00:00+00:00",
+    return RunManifest(schema_version=SCHEMA_VERSION, run_id=run_id, tiers=list(DEFAULT_TIERS),
+                       started_at="2026-12-01T00:00:00+00:00",
                        command=["testbed"], experiment=f, inventory=f,
                        bundle=BundleRecord(path="b", name="b", sha256={}, exits={}, model={}, build=""), git={},
                        controller=ControllerRecord(host="h", platform="p", versions={}), cost_model={})
 
 
 def test_rows_flush_in_parts_and_join_on_close(tmp_path):
-    w = RunWriter(tmp_path / "run", flush_rows=4)
+    w = RunWriter(tmp_path / "run", DEFAULT_TIERS, flush_rows=4)
     for i in range(10):
         w.append(row(i, "warmup" if i < 2 else "measure"))
     assert len(list((tmp_path / "run" / PARTS).glob("*.parquet"))) == 2  # 8 rows flushed, 2 buffered
@@ -65,7 +70,7 @@ def test_rows_flush_in_parts_and_join_on_close(tmp_path):
 
 
 def test_a_crash_keeps_every_flushed_part(tmp_path):
-    w = RunWriter(tmp_path / "run", flush_rows=3)
+    w = RunWriter(tmp_path / "run", DEFAULT_TIERS, flush_rows=3)
     for i in range(7):
         w.append(row(i))
     # no close(): the process died here
@@ -74,13 +79,13 @@ def test_a_crash_keeps_every_flushed_part(tmp_path):
 
 
 def test_run_directory_is_never_overwritten(tmp_path):
-    RunWriter(tmp_path / "run")
+    RunWriter(tmp_path / "run", DEFAULT_TIERS)
     with pytest.raises(ResultsError, match="never overwritten"):
-        RunWriter(tmp_path / "run")
+        RunWriter(tmp_path / "run", DEFAULT_TIERS)
 
 
 def test_bad_row_is_refused_with_the_problem(tmp_path):
-    w = RunWriter(tmp_path / "run")
+    w = RunWriter(tmp_path / "run", DEFAULT_TIERS)
     bad = row(0)
     bad["exit_tier"] = None
     with pytest.raises(ResultsError, match="exit_tier is null"):

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
-from agents.protocol import Result, Stage
-from testbed.formats.schema import check_row
+from agents.protocol import DEFAULT_TIERS, Result, Stage
+from testbed.formats.schema import for_tiers
 from testbed.run.rows import Issued, build_row, clock_offset_ns
+
+check_row = for_tiers(DEFAULT_TIERS).check_row
 
 MS = 1_000_000
 CTX = {"run_id": "r", "experiment": "e", "split": "test", "energy_sources": {"mobile-1": "rapl", "edge-1": "model"}}
@@ -48,7 +50,8 @@ def test_row_times_and_bytes_with_clock_offsets():
 def test_row_energy_is_null_when_a_visited_tier_has_no_meter():
     stage = Stage("mobile", "mobile-1", 1, 2, 3, 4, 0.9, 0, True, 12, float("nan"), False, float("nan"), 100, -1, -1)
     res = Result("mobile-1", 1, 1, np.array([[1.0, 0.0]], np.float32), [stage])
-    row = build_row(res, Issued(1, 1, 0, "measure", "all-mobile", 0, 0, 8), 10, 10, {}, {"mobile": 2},
+    row = build_row(res, Issued(1, 1, 0, "measure", "all-mobile", 0, 0, 8), 10, 10, {},
+                    {"mobile": 2, "edge": 4, "cloud": 6},
                     {"run_id": "r", "experiment": "e", "split": "test"})
     assert check_row(row) == []
     assert row["energy_j"] is None and row["energy_j_mobile"] is None and row["energy_source"] == "none"
