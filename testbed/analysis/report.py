@@ -7,9 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from testbed import policies
-from testbed.analysis import stats
-from testbed.core.costmodel import claim_line
+from testbed.analysis import stats, verdict
+from testbed.core.costmodel import CostModel
 from testbed.formats.manifest import RunManifest
 
 
@@ -26,17 +25,19 @@ class Report:
     sweep: pd.DataFrame | None = None
     energy: pd.DataFrame | None = None
     bytes: pd.DataFrame | None = None
+    papers: pd.DataFrame | None = None
 
 
 def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
     """Summaries, hop medians, quality advice and notes about where numbers come from."""
     notes = _run_notes(df, manifest, complete)
     summary = stats.summarise(df)
-    paper, sweep = None, None
+    paper, sweep, papers = None, None, None
     cm = manifest.cost_model
     if cm:
         paper = paper_vs_measured(df, cm, summary)
-        notes += _claim_notes(paper, manifest)
+        verdicts, papers = _verdicts(df, manifest)
+        notes += [v.line() for v in verdicts]
         notes.append(f"cost model: preset {cm['name']} (lambda per layer {cm['lam']}, o per offload {cm['o']}, "
                      f"processing charged on {cm['charge']}); {cm.get('notes', '')}")
         cost_spec = manifest.experiment.resolved.get("cost") or {}
@@ -57,7 +58,7 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
                         if batch.get("rows_without_their_window") else ""))
     title = f"{manifest.experiment.resolved.get('name', '?')} / {manifest.run_id}"
     return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep, energy,
-                  stats.bytes_by_hop(df))
+                  stats.bytes_by_hop(df), papers)
 
 
 def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
@@ -79,16 +80,23 @@ def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
     return notes
 
 
-def _claim_notes(paper: pd.DataFrame, m: RunManifest) -> list[str]:
-    """Each policy's paper claim beside what this run measured."""
-    names = {p.get("label") or p["name"]: p["name"] for p in m.experiment.resolved.get("policies", [])}
-    notes = []
-    for _, r in paper.iterrows():
-        claim = policies.claim_of(names.get(str(r["policy"]), str(r["policy"])))
-        line = claim_line(claim, str(r["policy"]), float(r["cost_reduction"]), float(r["accuracy_drop_pt"]))
-        if line:
-            notes.append(line)
-    return notes
+def policy_settings(entry: dict[str, Any], record: dict[str, Any]) -> str:
+    """How a policy's knobs were set: chosen on validation (what its record says), else hand-set or defaults."""
+    if record.get("chosen"):
+        return str(record["chosen"])
+    given = {k: v for k, v in entry.items() if k not in ("name", "label") and v is not None}
+    if not given:
+        return "defaults"
+    return "hand-set: " + ", ".join(f"{k}={v}" for k, v in given.items())
+
+
+def _verdicts(df: pd.DataFrame, m: RunManifest) -> tuple[list[verdict.Verdict], pd.DataFrame]:
+    """Each policy with a paper claim, judged in its paper's units with paired intervals."""
+    entries = {p.get("label") or p["name"]: p for p in m.experiment.resolved.get("policies", [])}
+    names = {key: str(e["name"]) for key, e in entries.items()}
+    settings = {key: policy_settings(e, m.policies.get(key, {})) for key, e in entries.items()}
+    return verdict.paper_table(df, names, m.cost_model["layers"], CostModel.from_record(m.cost_model), settings,
+                               int(m.experiment.resolved.get("seed", 0)))
 
 
 def _policy_notes(records: dict[str, dict[str, Any]]) -> list[str]:

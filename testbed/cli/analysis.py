@@ -72,6 +72,9 @@ def render_report(run_dir: Path) -> None:
     if rep.paper is not None and len(rep.paper):
         _print_paper(rep.paper, "paper cost model vs measurement (measured samples; reductions against all-cloud "
                                 "of the same run)")
+    if rep.papers is not None and len(rep.papers):
+        print_papers(rep.papers, "the papers' claims: each policy in its paper's cost preset against all samples to "
+                                "the last tier, paired 95% intervals")
     if rep.sweep is not None and len(rep.sweep):
         wide = rep.sweep.pivot_table(index="policy", columns=["swept", "value"], values="cost_reduction", sort=False)
         sw = Table(title="cost reduction against all-cloud as o or lambda is swept (paper units, measured routes)")
@@ -108,6 +111,32 @@ def _fmt(v: object, kind: str) -> str:
     return {"pct": f"{v:.1%}", "acc": f"{v:.3f}", "mj": f"{v * 1e3:.2f}"}.get(kind, f"{v:.2f}")
 
 
+def _iv(v: object, kind: str) -> str:
+    from testbed.analysis.verdict import Interval
+
+    return v.text(kind) if isinstance(v, Interval) else "-"
+
+
+def print_papers(papers: object, title: str) -> None:
+    """The paper table: claim, our figure with its interval, verdict, measured reductions, settings."""
+    import pandas as pd
+
+    assert isinstance(papers, pd.DataFrame)
+    table = Table(title=title)
+    extra = [c for c in papers.columns if c.startswith("cost_reduction_")]
+    cols = [("policy", "policy", ""), ("paper", "paper", ""), ("claim", "claim", ""), ("preset", "preset", ""),
+            ("n", "n", ""), ("cost_reduction", "cost red.", "pct"), ("drop_pt", "acc. drop", "pt"),
+            ("verdict", "verdict", ""), *[(c, c.replace("cost_reduction_", "cost red. "), "pct") for c in extra],
+            ("latency_ms_reduction", "latency red.", "pct"), ("energy_j_reduction", "energy red.", "pct"),
+            ("offload_bytes_reduction", "bytes red.", "pct"), ("settings", "settings", "")]
+    present = [c for c in cols if c[0] in papers.columns]
+    for _, name, _ in present:
+        table.add_column(name, overflow="fold")
+    for _, r in papers.iterrows():
+        table.add_row(*[_iv(r[k], kind) if kind else str(r[k]) for k, _, kind in present])
+    out.print(table)
+
+
 def _print_paper(paper: object, title: str) -> None:
     cols = [("policy", "policy", ""), ("samples", "n", ""), ("accuracy", "accuracy", "acc"),
             ("accuracy_drop_pt", "drop pt", ""), ("cost_paper", "cost (paper)", "acc"),
@@ -126,15 +155,41 @@ def _print_paper(paper: object, title: str) -> None:
     out.print(table)
 
 
+def _print_live_vs_replay(live: Any, rows: Any, layers: dict[str, int], cm: Any, paper: Any) -> None:
+    """Per policy: accuracy and paper cost live and replayed, and the share of samples routed alike."""
+    import pandas as pd
+
+    from testbed.core import costmodel
+
+    lm = live[live.phase == "measure"]
+    rm = rows[rows.phase == "measure"]
+    comp = Table(title="replay vs live, same samples")
+    for col in ("policy", "live acc", "replay acc", "live cost", "replay cost", "same exit tier"):
+        comp.add_column(col, justify="left" if col == "policy" else "right")
+    live_paper = costmodel.paper_costs(lm, layers, cm).set_index("policy").to_dict("index")
+    replay_cost = paper.set_index("policy")["cost_paper"].to_dict()
+    for key, g in rm.groupby("policy", sort=False):
+        lg = lm[lm.policy == key]
+        merged = pd.merge(g[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
+                          lg[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
+                          on=["index", "sample_id"], suffixes=("_replay", "_live"))
+        same = float((merged.exit_tier_replay == merged.exit_tier_live).mean()) if len(merged) else float("nan")
+        lp = live_paper.get(key)
+        comp.add_row(str(key), _fmt(float(lp["accuracy"]), "acc") if lp is not None else "-",
+                     _fmt(float(g.correct.mean()), "acc"),
+                     _fmt(float(lp["cost_paper"]), "acc") if lp is not None else "-",
+                     _fmt(float(replay_cost[key]), "acc"), _fmt(same, "pct"))
+    out.print(comp)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """`testbed replay`: policies on the bundle's stored exit table, no devices; beside a live run if given."""
     import json
 
-    import pandas as pd
     import yaml
     from pydantic import ValidationError
 
-    from testbed.analysis import replay
+    from testbed.analysis import replay, report, verdict
     from testbed.core import costmodel
     from testbed.core.config import CostSpec, PolicySpec
     from testbed.formats import results
@@ -166,32 +221,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     problems = [f"--policy {s.key}{p}" for s in specs for p in policies.check(s, bundle.tiers)]
     if problems:
         raise ConfigError("command line", problems)
+    reference = f"all-{bundle.tiers[-1]}"
+    if reference not in {s.key for s in specs}:  # every verdict is against all samples to the last tier
+        specs.append(PolicySpec.model_validate({"name": "all-at", "tier": bundle.tiers[-1], "label": reference}))
     rows, records = replay.replay(bundle, specs, split, count, seed, warmup)
     layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
     cm = costmodel.from_spec(cost)
     paper = costmodel.paper_costs(rows, layers, cm)
-    _print_paper(paper, f"replay on {bundle.root} split {split} ({len(rows[rows.phase == 'measure']) // len(specs)} "
-                        f"samples per policy), cost preset {cm.name}")
+    n = len(rows[rows.phase == 'measure']) // len(specs)
+    _print_paper(paper, f"replay on {bundle.root} split {split} ({n} samples per policy), cost preset {cm.name}")
+    settings = {s.key: report.policy_settings(s.model_dump(), records.get(s.key, {})) for s in specs}
+    _, papers = verdict.paper_table(rows, {s.key: s.name for s in specs}, layers, cm, settings, seed)
+    if len(papers):
+        print_papers(papers, f"the papers' claims on {n} replayed samples of split {split}: each policy in its "
+                             "paper's cost preset, paired 95% intervals")
     if live is not None:
-        lm = live[live.phase == "measure"]
-        rm = rows[rows.phase == "measure"]
-        comp = Table(title="replay vs live, same samples")
-        for col in ("policy", "live acc", "replay acc", "live cost", "replay cost", "same exit tier"):
-            comp.add_column(col, justify="left" if col == "policy" else "right")
-        live_paper = costmodel.paper_costs(lm, layers, cm).set_index("policy").to_dict("index")
-        replay_cost = paper.set_index("policy")["cost_paper"].to_dict()
-        for key, g in rm.groupby("policy", sort=False):
-            lg = lm[lm.policy == key]
-            merged = pd.merge(g[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
-                              lg[["sample_id", "exit_tier"]].reset_index(drop=True).reset_index(),
-                              on=["index", "sample_id"], suffixes=("_replay", "_live"))
-            same = float((merged.exit_tier_replay == merged.exit_tier_live).mean()) if len(merged) else float("nan")
-            lp = live_paper.get(key)
-            comp.add_row(str(key), _fmt(float(lp["accuracy"]), "acc") if lp is not None else "-",
-                         _fmt(float(g.correct.mean()), "acc"),
-                         _fmt(float(lp["cost_paper"]), "acc") if lp is not None else "-",
-                         _fmt(float(replay_cost[key]), "acc"), _fmt(same, "pct"))
-        out.print(comp)
+        _print_live_vs_replay(live, rows, layers, cm, paper)
     for key, rec in records.items():
         if len(rec) > 1:
             out.print(f"{key}: {json.dumps({k: v for k, v in rec.items() if k != 'class'}, default=str)}",

@@ -143,17 +143,6 @@ class Claim:
     max_drop_pt: float
 
 
-def claim_line(claim: Claim | None, key: str, cost_reduction: float, drop_pt: float) -> str | None:
-    """The paper's claim for a policy beside ours, saying plainly whether ours meets it."""
-    if claim is None or np.isnan(cost_reduction):
-        return None
-    paper, red, drop = claim.paper, claim.min_cost_reduction, claim.max_drop_pt
-    meets = cost_reduction > red and drop_pt < drop
-    return (f"{key}: {paper} claims >{red:.0%} lower cost at <{drop:g} pt accuracy drop; here {cost_reduction:.1%} "
-            f"lower cost at {drop_pt:.2f} pt drop (paper units): "
-            + ("meets the claim" if meets else "DOES NOT meet the claim on this model and data"))
-
-
 def preset(name: str) -> CostModel:
     """A named preset; raises KeyError with the choices."""
     if name not in PRESETS:

@@ -12,6 +12,7 @@ from testbed.policies.registry import (
     check,
     claim_of,
     context_for,
+    cost_preset_of,
     keys_of,
     make,
     names,
@@ -21,4 +22,4 @@ from testbed.policies.registry import (
 )
 
 __all__ = ["ALWAYS", "NEVER", "Policy", "StaticPolicy", "at_tier", "bundle_problems", "check", "claim_of",
-           "context_for", "decide", "keys_of", "make", "names", "parse", "record", "types"]
+           "cost_preset_of", "context_for", "decide", "keys_of", "make", "names", "parse", "record", "types"]

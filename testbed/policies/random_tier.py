@@ -46,7 +46,8 @@ class RandomPolicy(Policy):
 def check(p: RandomParams, tiers: tuple[str, ...]) -> list[str]:
     """Shares of known tiers, each a probability, adding up to 1."""
     if not p.shares:
-        return [".shares: random needs the share of samples per tier, e.g. {mobile: 0.5, edge: 0.3, cloud: 0.2}"]
+        example = ", ".join(f"{t}: {1 / len(tiers):.2g}" for t in tiers)
+        return [f".shares: random needs the share of samples per tier, e.g. {{{example}}}"]
     problems = []
     for tier, v in p.shares.items():
         if tier not in tiers:

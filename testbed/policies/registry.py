@@ -151,3 +151,9 @@ def claim_of(name: str) -> Claim | None:
     """The paper claim the named policy is judged by, if any."""
     ptype = types().get(name)
     return ptype.claim if ptype else None
+
+
+def cost_preset_of(name: str) -> str | None:
+    """The cost preset of the named policy's paper, if it has one."""
+    ptype = types().get(name)
+    return ptype.cost_preset if ptype else None

@@ -138,6 +138,26 @@ def test_pairs_finetune_input_offload_on_roberta(roberta_pairs_bundle):
     assert main(["bundle", "verify", str(b.root)]) == 0
 
 
+def test_a_two_tier_bundle_builds_checks_parity_and_runs_live_on_a_device_and_the_cloud(models, tmp_path):
+    """SplitEE's setting: the device holds layers 1-2 (exits after each), the cloud 3-4."""
+    out = tmp_path / "bert-two"
+    assert main(["partition", "--model", str(models["bert"]), "--data", "builtin:sentiment",
+                 "--tiers", "mobile:1-2,cloud:3-4", "--exits", "1", "--epochs", "1", "--out", str(out), *SMALL]) == 0
+    b = Bundle.load(out)
+    assert b.tiers == ("mobile", "cloud") and b.spec.exit_layers == [1, 2, 4]
+    assert b.spec.parity.max_abs_diff <= b.spec.parity.tolerance  # ONNX against torch, two tiers chained
+    assert [e.layer for e in b.tier("mobile").exits] == [1, 2] and b.tier("mobile").offload
+    exp = write_experiment(tmp_path / "exp.yaml", out, [{"name": "all-cloud"}, {"name": "splitee", "alpha": 0.6}],
+                           count=12, warmup=1, name="two", devices={"mobile": "mobile-1", "cloud": "cloud-1"})
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    df = pd.read_parquet(only_run(tmp_path / "results") / "samples.parquet")
+    cloud = df[(df.policy == "all-cloud") & (df.phase == "measure")]
+    table = b.exits("test").set_index("sample_id")
+    assert (cloud.prediction.to_numpy() == table.loc[cloud.sample_id, "prediction_cloud"].to_numpy()).all()
+    assert set(cloud.tier_path) == {"mobile>cloud"} and (cloud.bytes_mobile_cloud > 0).all()
+
+
 def test_bert_pairs_carry_token_type_ids_through_a_live_run(models, pairs_file, tmp_path):
     out = tmp_path / "bert-pairs"
     assert main(["partition", "--model", str(models["bert"]), "--data", str(pairs_file), "--text-column", "premise",

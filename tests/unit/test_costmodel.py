@@ -58,3 +58,14 @@ def test_cost_sweep_recomputes_reductions_on_the_measured_routes():
     # lambda = 0.5 with o = 0.3: cloud 3.6, mobile 1.0 -> ee 2.3
     assert ee.loc[("lambda", 0.5), "cost_reduction"] == pytest.approx(1 - 2.3 / 3.6)
     assert ee.loc[("o", 0.0), "accuracy_drop_pt"] == pytest.approx(50.0)
+
+
+def test_two_tiers_charge_the_one_offload_between_them():
+    dimee = preset("dimee")
+    layers = {"mobile": 2, "cloud": 4}
+    assert dimee.route_cost(layers, "mobile") == pytest.approx(0.2)
+    assert dimee.route_cost(layers, "cloud") == pytest.approx(0.2 + 0.3 + 0.4)
+    splitee = preset("splitee")  # the device's layers and the offload; the cloud's layers are free
+    assert splitee.route_cost(layers, "cloud") == pytest.approx(0.2 + 0.3)
+    named = CostModel("n", {"device": 0.1, "server": 0.0}, {"device-server": 0.15})
+    assert named.costs(["device", "server"], {"device": 3, "server": 3}).tolist() == pytest.approx([0.3, 0.45])

@@ -56,3 +56,11 @@ def test_a_status_outside_the_four_is_refused_on_assignment():
     m = minimal_manifest("r")
     with pytest.raises(ValueError):
         m.status = "done"  # type: ignore[assignment]
+
+
+def test_a_format_2_manifest_gets_the_three_tiers_its_run_had(tmp_path):
+    data = json.loads(minimal_manifest("r").to_json())
+    del data["tiers"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data | {"format_version": 2}))
+    m = manifest.load(tmp_path)
+    assert m.format_version == MANIFEST_FORMAT == 3 and m.tiers == ["mobile", "edge", "cloud"]

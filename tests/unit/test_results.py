@@ -7,7 +7,7 @@ from agents.protocol import DEFAULT_TIERS
 from testbed.core.errors import ResultsError
 from testbed.formats.manifest import BundleRecord, ControllerRecord, FileRecord, RunManifest
 from testbed.formats.results import PARTS, RunWriter, load_manifest, load_samples, new_run_id
-from testbed.formats.schema import SCHEMA_VERSION, for_tiers
+from testbed.formats.schema import SCHEMA_VERSION, for_tiers, tiers_in, tiers_of
 
 SCHEMA = for_tiers(DEFAULT_TIERS)
 ARROW_SCHEMA, COLUMN_NAMES, check_row, docs_table = SCHEMA.arrow, SCHEMA.names, SCHEMA.check_row, SCHEMA.docs_table
@@ -103,3 +103,36 @@ def test_not_a_run_dir(tmp_path):
 def test_run_ids_sort_by_time_and_differ():
     a, b = new_run_id(), new_run_id()
     assert a != b and a[:16] == b[:16] and a.endswith(a[-4:])
+
+
+def test_a_two_tier_schema_has_one_offload_hop_and_records_its_tiers(tmp_path):
+    two = for_tiers(("mobile", "cloud"))
+    assert two.hops == ("controller_mobile", "mobile_cloud", "return") and two.wire_hops == ("mobile_cloud",)
+    assert "bytes_wire_mobile_cloud" in two.names and not [n for n in two.names if "edge" in n]
+    assert two.arrow.metadata[b"testbed.tiers"] == b"mobile,cloud"
+    r = {c: None for c in two.names} | {k: v for k, v in row(0).items() if k in two.names}
+    r |= {"tier_path": "mobile>cloud", "bytes_mobile_cloud": 8, "bytes_controller_mobile": 8, "bytes_return": 8}
+    assert two.check_row(r) == []
+    assert "unknown column bytes_edge_cloud" in two.check_row(r | {"bytes_edge_cloud": 8})
+    w = RunWriter(tmp_path / "run", ("mobile", "cloud"), flush_rows=2)
+    for i in range(3):
+        w.append(r | {"seq": i})
+    w.close()
+    df, complete = load_samples(tmp_path / "run")
+    assert complete and df.columns.tolist() == two.names and tiers_in(df.columns) == ("mobile", "cloud")
+    with pytest.raises(ValueError, match="two or more distinct tiers"):
+        for_tiers(("mobile",))
+
+
+def test_a_schema_3_file_without_tiers_reads_as_the_three_tiers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "old"
+    run.mkdir()
+    table = pa.Table.from_pylist([row(0)], schema=ARROW_SCHEMA).replace_schema_metadata(
+        {"testbed.schema_version": "3"})
+    pq.write_table(table, run / "samples.parquet")
+    assert tiers_of(pq.read_schema(run / "samples.parquet").metadata) == DEFAULT_TIERS
+    df, _ = load_samples(run)
+    assert df.columns.tolist() == COLUMN_NAMES and tiers_in(df.columns) == DEFAULT_TIERS

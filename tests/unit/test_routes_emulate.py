@@ -73,3 +73,21 @@ def test_defaults_fill_devices_but_never_override_them(tmp_path):
                                                  "meter": {"busy_w": 6.0}}]}))
     d = load_inventory(path).device("m")
     assert d.launcher == "ssh" and d.user == "root" and d.meter.kind == "model" and d.meter.busy_w == 6.0
+
+
+def test_a_two_tier_emulation_links_the_device_straight_to_the_cloud(tmp_path):
+    tiers = ("mobile", "cloud")
+    cmds = emulate.link_plan("tb", "198.18.0", tiers)
+    assert cmds[:3] == [["ip", "netns", "add", f"tb-{n}"] for n in ("ctl", "mobile", "cloud")]
+    veths = [c for c in cmds if c[:3] == ["ip", "link", "add"]]
+    assert len(veths) == 3  # controller-mobile, controller-cloud, mobile-cloud
+    assert ["ip", "link", "add", "to-cloud", "netns", "tb-mobile", "type", "veth", "peer", "name", "to-mobile",
+            "netns", "tb-cloud"] in veths
+    data = emulate.inventory(tmp_path, "tb", "198.18.0", "/venv/bin/python", emulate.DEFAULT_CPU, True, tiers)
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(data))
+    loaded = load_inventory(path)
+    cloud = loaded.device("cloud-emu")
+    assert cloud.data_host == "198.18.0.10"  # on the mobile-cloud link, where the mobile agent sends
+    assert cloud.interface_to("mobile") == "to-mobile" and [d.id for d in loaded.devices] == ["mobile-emu",
+                                                                                               "cloud-emu"]

@@ -44,3 +44,10 @@ def test_a_good_cut_places_exits_at_every_boundary():
 def test_bad_cuts_are_refused_with_the_fix(tiers, exits, match):
     with pytest.raises(CutError, match=match):
         make_cut(tiers, exits, 12)
+
+
+def test_two_tiers_of_any_names_make_a_cut():
+    cut = make_cut({"device": (1, 2), "cloud": (3, 6)}, [1], 6)
+    assert cut.names == ("device", "cloud") and cut.first == "device" and cut.last == "cloud"
+    assert cut.exits == (1, 2, 6) and cut.next_of("device") == "cloud" and cut.next_of("cloud") is None
+    assert parse_tiers("mobile:1-3,cloud:4-6") == {"mobile": (1, 3), "cloud": (4, 6)}
