@@ -137,7 +137,8 @@ class PolicyType:
         summary: one line for the reference and the plan.
         params: its parameters' model (defaults, bounds, descriptions).
         build: (label, parameters, context) -> the policy.
-        needs: the bundle tables it reads (:data:`testbed.policies.context.TABLES`).
+        needs: the bundle tables it may read (:data:`testbed.policies.context.TABLES`), loaded for it.
+        needs_for: the tables its parameters make it read, where fewer than ``needs`` (default: ``needs``).
         check: (parameters, the run's tiers) -> problems beyond what ``params`` can see, each starting with
             its sub-path (``.thresholds: ...``).
         claim: the paper's claim it is judged by, if any.
@@ -149,6 +150,7 @@ class PolicyType:
     params: type[Params]
     build: Callable[[str, Any, PolicyContext], Policy]
     needs: frozenset[str] = field(default_factory=frozenset)
+    needs_for: Callable[[Any], frozenset[str]] | None = None
     check: Callable[[Any, tuple[str, ...]], list[str]] | None = None
     claim: Claim | None = None
     cost_preset: str | None = None

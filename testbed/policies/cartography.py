@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -13,8 +12,9 @@ from pydantic import Field, field_validator
 from testbed.core import costmodel
 from testbed.core.config import suggest
 from testbed.core.costmodel import Claim, CostModel
-from testbed.policies.base import NEVER, Params, Policy, PolicyType
+from testbed.policies.base import Params, Policy, PolicyType
 from testbed.policies.context import PolicyContext
+from testbed.policies.fitting import routes
 
 
 class CartographyParams(Params):
@@ -77,36 +77,19 @@ def cartography_clusters(carto: pd.DataFrame, exit_layers: dict[str, int], seed:
     }
 
 
-def best_thresholds(val: pd.DataFrame, cost: CostModel, layers: dict[str, int], mu: float,
-                    grid: np.ndarray | None = None) -> dict[str, Any]:
+def best_thresholds(val: pd.DataFrame, cost: CostModel, layers: dict[str, int], mu: float) -> dict[str, Any]:
     """Exit thresholds maximising accuracy - mu * cost / cost(all to the last tier) on a validation table.
 
     ``layers``: the run's tiers in order with their layers; every tier but the last gets a threshold
-    from ``grid`` (plus never), searched exhaustively, the first exit's threshold outermost.
+    (:func:`testbed.policies.fitting.routes`), the first combination of the best reward kept.
     """
-    grid = np.round(np.arange(0.30, 1.0001, 0.01), 2) if grid is None else grid
-    grid = np.append(grid, NEVER)
-    tiers = list(layers)
-    exits, last = tiers[:-1], tiers[-1]
-    conf = {t: val[f"confidence_{t}"].to_numpy() for t in exits}
-    right = {t: (val[f"prediction_{t}"] == val["label"]).to_numpy() for t in tiers}
-    route_cost = {t: cost.route_cost(layers, t) for t in tiers}
-    full, n = route_cost[last], len(val)
+    full = cost.route_cost(layers, list(layers)[-1])
     best: dict[str, Any] = {"reward": -math.inf}
-    for combo in itertools.product(grid, repeat=len(exits)):
-        left = np.ones(n, bool)
-        at: dict[str, np.ndarray] = {}
-        for t, th in zip(exits, combo, strict=True):
-            at[t] = left & (conf[t] >= th)
-            left = left & ~at[t]
-        at[last] = left
-        acc = float(sum((right[t] & at[t]).sum() for t in tiers)) / n
-        c = float(sum(at[t].sum() * route_cost[t] for t in tiers)) / n
-        reward = acc - mu * c / full
+    for r in routes(val, cost, layers):
+        reward = r.accuracy - mu * r.cost / full
         if reward > best["reward"] + 1e-12:
-            best = {"reward": reward, "accuracy": acc, "cost": c,
-                    "thresholds": {t: float(th) for t, th in zip(exits, combo, strict=True)},
-                    "shares": {t: float(at[t].mean()) for t in tiers}}
+            best = {"reward": reward, "accuracy": r.accuracy, "cost": r.cost, "thresholds": r.thresholds,
+                    "shares": r.shares}
     return best
 
 

@@ -28,7 +28,7 @@ from testbed.policies.context import PolicyContext, for_bundle, missing
 if TYPE_CHECKING:
     from testbed.formats.bundle import Bundle
 
-_NOT_POLICIES = {"base", "context", "registry"}
+_NOT_POLICIES = {"base", "context", "fitting", "registry"}  # the modules that hold no policy
 
 
 @functools.cache
@@ -132,7 +132,8 @@ def make(spec: PolicySpec, ctx: PolicyContext) -> Policy:
     (:func:`context_for`); a policy that needs no table takes ``PolicyContext(tiers)``.
     """
     ptype, params = parse(spec)
-    lacking = [n for n in sorted(ptype.needs) if getattr(ctx, n) is None]
+    need = ptype.needs_for(params) if ptype.needs_for else ptype.needs
+    lacking = [n for n in sorted(need) if getattr(ctx, n) is None]
     if lacking:
         raise ValueError(f"policy {spec.name} needs the bundle's {', '.join(lacking)}: build its context with "
                          "policies.context_for")
