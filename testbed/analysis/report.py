@@ -26,6 +26,7 @@ class Report:
     energy: pd.DataFrame | None = None
     bytes: pd.DataFrame | None = None
     papers: pd.DataFrame | None = None
+    latency: pd.DataFrame | None = None
 
 
 def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
@@ -58,7 +59,7 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
                         if batch.get("rows_without_their_window") else ""))
     title = f"{manifest.experiment.resolved.get('name', '?')} / {manifest.run_id}"
     return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep, energy,
-                  stats.bytes_by_hop(df), papers)
+                  stats.bytes_by_hop(df), papers, stats.latency_split(df))
 
 
 def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:

@@ -150,3 +150,24 @@ def quality_checks(df: pd.DataFrame) -> list[str]:
             advice.append(f"{policy}: median latency moved {abs(a - b) / min(a, b):.0%} between the two halves "
                           "of the run (thermal throttling, other load?); raise warmup or rerun")
     return advice
+
+
+def latency_split(df: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: mean latency split into compute, network and queueing, and what is left (ms, measured rows).
+
+    Compute is every visited tier's onnxruntime time, network every hop's net time (issue,
+    offloads, return), queueing every tier's arrival-to-start wait; the rest (encoding,
+    the controller's own work) is ``other``. A queue that grows with load is contention.
+    """
+    cols = _schema(df)
+    m = df[df["phase"] == "measure"]
+    rows = []
+    for policy, g in m.groupby("policy", sort=False):
+        compute = sum(g[f"compute_ms_{t}"].fillna(0) for t in cols.tiers if f"compute_ms_{t}" in g)
+        network = sum(g[f"net_ms_{h}"].fillna(0) for h in cols.hops if f"net_ms_{h}" in g)
+        queue = g["queue_ms"] if "queue_ms" in g else pd.Series(0.0, index=g.index)
+        rows.append({"policy": policy, "samples": len(g), "latency_ms": float(g["latency_ms"].mean()),
+                     "compute_ms": float(np.mean(compute)), "network_ms": float(np.mean(network)),
+                     "queue_ms": float(queue.mean()), "queue_ms_p95": _pct(queue, 95),
+                     "other_ms": float((g["latency_ms"] - compute - network - queue).mean())})
+    return pd.DataFrame(rows)

@@ -49,6 +49,8 @@ def render_report(run_dir: Path) -> None:
     for _, r in rep.hops.iterrows():
         hops.add_row(*[("-" if math.isnan(v) else f"{v:.3f}") if isinstance(v, float) else str(v) for v in r])
     out.print(hops)
+    if rep.latency is not None and len(rep.latency):
+        _print_latency(rep.latency)
     if rep.energy is not None:
         en = Table(title="energy per measured sample by tier, mJ (gross / net of idle); a tier a sample did not "
                          "visit adds nothing")
@@ -93,6 +95,17 @@ def render_report(run_dir: Path) -> None:
 
     for png in power_timelines(run_dir, run_dir / "plots"):
         out.print(f"plot: {png}")
+
+
+def _print_latency(latency: Any) -> None:
+    lat = Table(title="mean latency split (ms): compute on the tiers, network on the hops, queueing on arrival, "
+                      "the rest; a queue that grows with load is contention")
+    for c in ("policy", "n", "latency", "compute", "network", "queueing", "queue p95", "other"):
+        lat.add_column(c, justify="left" if c == "policy" else "right")
+    for _, r in latency.iterrows():
+        lat.add_row(str(r["policy"]), str(r["samples"]), *[_fmt(float(r[c]), "") for c in (
+            "latency_ms", "compute_ms", "network_ms", "queue_ms", "queue_ms_p95", "other_ms")])
+    out.print(lat)
 
 
 def _mj(v: float) -> str:
@@ -273,16 +286,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         slope = fitb["ms_per_byte"]
         out.print(f"{hop}: " + (f"{slope * 1e6:.3f} ms per MB + {fitb['ms_fixed']:.3f} ms" if slope is not None
                                 else fitb.get("note", "")) + f" ({fitb['samples']} offloads)", highlight=False)
-    out.print(f"base (controller hops, queueing, decode; not in the model): {fitted['base_ms']:.3f} ms")
-    table = Table(title="re-predicted from each policy's routes with the calibrated model vs measured (means)")
-    for col in ("policy", "n", "latency pred ms", "measured", "error", "energy pred mJ", "measured", "error"):
+    out.print(f"base (controller hops, queueing, decode; not in the model): mean {fitted['base_ms']:.3f} ms, "
+              f"median {fitted['base_ms_p50']:.3f} ms")
+    table = Table(title="re-predicted from each policy's routes vs measured: the mean model predicts means, the "
+                        "median model medians")
+    for col in ("policy", "n", "mean pred ms", "measured", "error", "p50 pred ms", "measured", "error",
+                "energy pred mJ", "measured", "error"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for _, r in pred.iterrows():
-        table.add_row(r["policy"], str(r["samples"]), _fmt(r["latency_ms_predicted"], ""),
-                      _fmt(r["latency_ms_measured"], ""), _fmt(r["latency_error"], "pct"),
-                      _fmt(r["energy_j_predicted"], "mj"), _fmt(r["energy_j_measured"], "mj"),
-                      _fmt(r["energy_error"], "pct"))
+        table.add_row(r["policy"], str(r["samples"]), *[_fmt(r[c], k) for c, k in (
+            ("latency_ms_mean_predicted", ""), ("latency_ms_mean_measured", ""), ("latency_mean_error", "pct"),
+            ("latency_ms_p50_predicted", ""), ("latency_ms_p50_measured", ""), ("latency_p50_error", "pct"),
+            ("energy_j_predicted", "mj"), ("energy_j_measured", "mj"), ("energy_error", "pct"))])
     out.print(table)
+    worst = {k: float(pred[c].abs().max()) for k, c in (("mean", "latency_mean_error"),
+                                                         ("median", "latency_p50_error"))}
+    out.print(f"largest re-prediction error of latency: means {worst['mean']:.1%}, medians {worst['median']:.1%} "
+              "(goal: within 10% per policy for both)", highlight=False)
     out.print(f"presets written to {dest}")
     return 0
 

@@ -44,7 +44,12 @@ def test_fit_recovers_per_layer_and_per_byte_costs():
     assert f["per_byte"]["mobile-edge"]["ms_per_byte"] == pytest.approx(2e-6)
     assert f["per_byte"]["mobile-edge"]["ms_fixed"] == pytest.approx(0.1)
     assert f["per_byte"]["edge-cloud"]["ms_per_byte"] == pytest.approx(1e-6)
-    assert f["base_ms"] == pytest.approx(1.5)  # controller hops 0.5 + the unknown 1.0
+    assert f["base_ms"] == pytest.approx(1.5) == f["base_ms_p50"]  # controller hops 0.5 + the unknown 1.0
+    p50 = f["presets"]["calibrated-ms-p50"]
+    assert p50.lam == pytest.approx(ms.lam)  # constant compute: mean and median agree
+    m = _rows()
+    used = m[m.bytes_mobile_edge > 0].net_ms_mobile_edge
+    assert ms.o["mobile-edge"] == pytest.approx(used.mean()) and p50.o["mobile-edge"] == pytest.approx(used.median())
     j = f["presets"]["calibrated-j"]
     assert j.lam == pytest.approx({"mobile": 0.01, "edge": 0.015, "cloud": 0.02}) and set(j.o.values()) == {0.0}
 
@@ -54,5 +59,22 @@ def test_repredict_energy_is_exact_and_latency_close_when_the_model_holds():
     pred = repredict(df, LAYERS, fit(df, LAYERS))
     assert set(pred.policy) == {"p", "q"}
     assert np.abs(pred.energy_error).max() < 1e-9
-    # offload time depends on the payload, the model uses the median per offload: small error only
-    assert np.abs(pred.latency_error).max() < 0.05
+    # offload time depends on the payload; each model uses its own statistic per offload: small errors only
+    assert np.abs(pred.latency_mean_error).max() < 0.05 and np.abs(pred.latency_p50_error).max() < 0.05
+
+
+def test_the_mean_model_predicts_means_where_a_median_model_would_miss_a_long_tail():
+    df = _rows(90)
+    slow = df.index % 5 == 0  # one sample in five, of both policies, waits 40 ms more on the mobile tier
+    df.loc[slow, "compute_ms_mobile"] += 40.0
+    df.loc[slow, "latency_ms"] += 40.0
+    f = fit(df, LAYERS)
+    assert f["presets"]["calibrated-ms"].lam["mobile"] > f["presets"]["calibrated-ms-p50"].lam["mobile"]
+    pred = repredict(df, LAYERS, f)
+    assert np.abs(pred.latency_mean_error).max() < 0.05  # the tail is in the mean model's lambda
+    assert np.abs(pred.latency_p50_error).max() < 0.05  # and not in the median model's
+    # what calibration did before: medians fitted, means predicted; the tail is missed by more than 10%
+    p50 = f["presets"]["calibrated-ms-p50"]
+    m = df[df.phase == "measure"]
+    as_mean = p50.costs(m.exit_tier.to_numpy(), LAYERS).mean() + f["base_ms_p50"]
+    assert as_mean / m.latency_ms.mean() - 1 < -0.10

@@ -76,3 +76,16 @@ def test_bytes_by_hop_compares_wire_to_tensors_where_counted():
     assert me["samples"] == 2 and me["payload_bytes_p50"] == 1000 and me["msg_bytes_p50"] == 1100
     assert me["wire_bytes_p50"] == 1250 and me["wire_overhead_pct"] == pytest.approx(25.0)
     assert np.isnan(out.loc["edge_cloud", "wire_overhead_pct"])  # not counted on that hop
+
+
+def test_latency_split_adds_up_to_the_mean_latency():
+    df = pd.DataFrame({"policy": ["p"] * 3, "phase": ["measure"] * 3, "latency_ms": [10.0, 20.0, 12.0],
+                       "queue_ms": [1.0, 5.0, 0.0], "compute_ms_mobile": [4.0, 4.0, 4.0],
+                       "compute_ms_cloud": [None, 6.0, 5.0], "bytes_controller_mobile": [8] * 3,
+                       "bytes_mobile_cloud": [0, 10, 10], "bytes_return": [4] * 3,
+                       "net_ms_controller_mobile": [1.0] * 3, "net_ms_mobile_cloud": [None, 2.0, 1.0],
+                       "net_ms_return": [1.0] * 3})
+    r = stats.latency_split(df).iloc[0]
+    assert r["compute_ms"] == pytest.approx((4 + 10 + 9) / 3) and r["network_ms"] == pytest.approx((2 + 4 + 3) / 3)
+    assert r["queue_ms"] == pytest.approx(2.0)
+    assert r["compute_ms"] + r["network_ms"] + r["queue_ms"] + r["other_ms"] == pytest.approx(r["latency_ms"])
