@@ -7,7 +7,9 @@ STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test check setup bundle lint docs bench clean-results
+PAPERS  := partitions/minilm-sentiment-papers
+
+.PHONY: demo test check setup bundle lint docs bench papers clean-results
 
 demo: $(BUNDLE)/bundle.yaml
 	$(BIN)/testbed run experiments/loopback.yaml
@@ -35,6 +37,16 @@ $(BUNDLE)/bundle.yaml: $(STAMP)
 	$(BIN)/testbed partition --config partitions/specs/minilm-sentiment.yaml --if-missing
 
 bundle: $(BUNDLE)/bundle.yaml
+
+# the papers' verdicts: a bundle with 5,000 validation and 10,000 test samples (built once, cached;
+# not part of CI), every paper policy replayed on the whole test split, then live on 1,000 of them
+$(PAPERS)/bundle.yaml: $(STAMP)
+	$(BIN)/testbed partition --config partitions/specs/minilm-sentiment-papers.yaml --if-missing
+
+papers: $(PAPERS)/bundle.yaml
+	$(BIN)/python benchmarks/papers.py --bundle $(PAPERS)
+	$(BIN)/testbed run experiments/papers.yaml
+	$(BIN)/testbed report results/papers
 
 lint: $(STAMP)
 	$(BIN)/ruff check agents testbed tests benchmarks

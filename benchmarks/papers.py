@@ -1,0 +1,94 @@
+"""Each paper's claim, judged on a bundle's whole held-out split: our figure with its interval, the verdict, n.
+
+Replays every paper policy (``testbed replay``'s code: the agents' exit rule on the stored
+exit table, learning policies fed what a live run feeds them) over the whole test split, in
+the order a live run issues them, with all samples to the last tier as the baseline. Each
+policy is scored in its own paper's cost preset; its knobs are chosen by the rule its paper
+states where one is given (``early-exit: auto``: the cheapest thresholds on the validation
+split within DIMEE's 0.3 pt budget), else its defaults, and the line says which.
+
+Compared in the same run against the bare thing it wraps: the point figures of the verdict
+are recomputed directly from the exit table with numpy (the routes the replay produced,
+costed by hand), and must agree.
+
+Usage: python benchmarks/papers.py [--bundle partitions/minilm-sentiment-papers] [--split test] [--seed 0]
+The last line is ``verdicts meets=A does_not=B cannot_tell=C``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testbed.analysis import replay, report, verdict  # noqa: E402
+from testbed.core import costmodel  # noqa: E402
+from testbed.core.config import PolicySpec  # noqa: E402
+from testbed.formats.bundle import Bundle  # noqa: E402
+
+PAPER_POLICIES = [
+    {"name": "early-exit", "thresholds": "auto"},
+    {"name": "cartography"},
+    {"name": "splitee"},
+    {"name": "splitee-s"},
+]
+
+
+def _by_hand(rows: object, bundle: Bundle, policy: str, cost: costmodel.CostModel) -> tuple[float, float]:
+    """Drop (pt) and cost reduction from the replayed routes with plain numpy: the unwrapped arithmetic."""
+    import pandas as pd
+
+    assert isinstance(rows, pd.DataFrame)
+    layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
+    m = rows[rows.phase == "measure"]
+    p, b = m[m.policy == policy], m[m.policy == f"all-{bundle.tiers[-1]}"]
+    unit = {t: cost.route_cost(layers, t) for t in layers}
+    cp = np.array([unit[t] for t in p.exit_tier]).mean()
+    cb = np.array([unit[t] for t in b.exit_tier]).mean()
+    return (b.correct.mean() - p.correct.mean()) * 100, 1 - cp / cb
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=ROOT / "partitions" / "minilm-sentiment-papers")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    bundle = Bundle.load(args.bundle)
+    last = bundle.tiers[-1]
+    specs = [PolicySpec.model_validate(p) for p in PAPER_POLICIES]
+    specs.append(PolicySpec.model_validate({"name": "all-at", "tier": last, "label": f"all-{last}"}))
+    t0 = time.perf_counter()
+    rows, records = replay.replay(bundle, specs, args.split, None, args.seed, 0)
+    layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
+    settings = {s.key: report.policy_settings(s.model_dump(), records.get(s.key, {})) for s in specs}
+    verdicts, _ = verdict.paper_table(rows, {s.key: s.name for s in specs}, layers, costmodel.preset("dimee"),
+                                      settings, args.seed)
+    took = time.perf_counter() - t0
+    n_val, n_test = bundle.spec.data.splits.get("val", 0), bundle.spec.data.splits.get(args.split, 0)
+    print(f"bundle {bundle.root.name}: tiers {', '.join(bundle.tiers)}; val {n_val} samples, {args.split} {n_test}; "
+          f"replay + verdicts in {took:.1f} s")
+    counts = {"meets": 0, "does not meet": 0, "cannot tell": 0}
+    for v in verdicts:
+        cost, _ = verdict.paper_cost(next(s.name for s in specs if s.key == v.policy), costmodel.preset("dimee"),
+                                     list(layers))
+        drop, red = _by_hand(rows, bundle, v.policy, cost)
+        agree = abs(drop - v.drop_pt.point) < 1e-9 and abs(red - v.cost_reduction.point) < 1e-9
+        print(v.line())
+        print(f"  by hand from the exit table: drop {drop:+.2f} pt, cost reduction {red:.1%} "
+              f"({'agrees' if agree else 'DISAGREES'})")
+        counts[v.outcome] += 1
+        if not agree:
+            return 1
+    print(f"verdicts meets={counts['meets']} does_not={counts['does not meet']} cannot_tell={counts['cannot tell']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
