@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from testbed.analysis import stats, verdict
+from testbed.core.config import PolicySpec
 from testbed.core.costmodel import CostModel
 from testbed.formats.manifest import RunManifest
 
@@ -93,10 +94,9 @@ def policy_settings(entry: dict[str, Any], record: dict[str, Any]) -> str:
 
 def _verdicts(df: pd.DataFrame, m: RunManifest) -> tuple[list[verdict.Verdict], pd.DataFrame]:
     """Each policy with a paper claim, judged in its paper's units with paired intervals."""
-    entries = {p.get("label") or p["name"]: p for p in m.experiment.resolved.get("policies", [])}
-    names = {key: str(e["name"]) for key, e in entries.items()}
-    settings = {key: policy_settings(e, m.policies.get(key, {})) for key, e in entries.items()}
-    return verdict.paper_table(df, names, m.cost_model["layers"], CostModel.from_record(m.cost_model), settings,
+    specs = [PolicySpec.model_validate(p) for p in m.experiment.resolved.get("policies", [])]
+    settings = {s.key: policy_settings(s.model_dump(), m.policies.get(s.key, {})) for s in specs}
+    return verdict.paper_table(df, specs, m.cost_model["layers"], CostModel.from_record(m.cost_model), settings,
                                int(m.experiment.resolved.get("seed", 0)))
 
 

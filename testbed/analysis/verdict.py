@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from testbed import policies
-from testbed.core import costmodel
+from testbed.core.config import PolicySpec
 from testbed.core.costmodel import Claim, CostModel
 
 LEVEL = 0.95
@@ -161,7 +161,7 @@ def judge(df: pd.DataFrame, policy: str, claim: Claim, cost: CostModel, layers: 
     red = paired_interval("reduction", cost.costs(p["exit_tier"].to_numpy(), layers),
                           cost.costs(b["exit_tier"].to_numpy(), layers), seed)
     outcome, needed = decide(claim, len(p), drop, red)
-    return Verdict(policy, claim, cost.name, baseline, len(p), drop, red, outcome, needed, settings)
+    return Verdict(policy, claim, _preset_text(cost), baseline, len(p), drop, red, outcome, needed, settings)
 
 
 def measured_reductions(df: pd.DataFrame, policy: str, baseline: str, seed: int = 0) -> dict[str, Interval]:
@@ -186,34 +186,31 @@ def measured_reductions(df: pd.DataFrame, policy: str, baseline: str, seed: int 
     return out
 
 
-def paper_cost(name: str, experiment: CostModel, tiers: list[str]) -> tuple[CostModel, str]:
-    """The cost model a policy's verdict uses: its paper's preset, else the experiment's (and why)."""
-    wanted = policies.cost_preset_of(name)
-    if wanted is None or wanted not in costmodel.PRESETS:
+def paper_cost(spec: PolicySpec, experiment: CostModel, tiers: list[str]) -> tuple[CostModel, str]:
+    """The cost model a policy's verdict uses: its paper's (with its own constants), else the experiment's, and why."""
+    paper = policies.paper_cost(spec)
+    if paper is None:
         return experiment, "no paper preset: the experiment's"
-    paper = costmodel.PRESETS[wanted]
     missing = paper.missing(tiers)
     if missing:
-        return experiment, f"paper preset {wanted} has no {', '.join(missing)} for these tiers: the experiment's"
+        return experiment, f"paper preset {paper.name} has no {', '.join(missing)} for these tiers: the experiment's"
     return paper, ""
 
 
-def paper_table(df: pd.DataFrame, names: dict[str, str], layers: dict[str, int], experiment: CostModel,
+def paper_table(df: pd.DataFrame, specs: list[PolicySpec], layers: dict[str, int], experiment: CostModel,
                 settings: dict[str, str], seed: int = 0) -> tuple[list[Verdict], pd.DataFrame]:
     """Per policy with a paper claim: its verdict in its paper's preset, and the figures beside it.
 
     Beside it: the cost reduction in the experiment's preset, and the measured latency, energy and
-    bytes reductions, each with its paired interval.
-
-    ``names``: policy key -> policy name; ``settings``: policy key -> how its knobs were set.
+    bytes reductions, each with its paired interval. ``settings``: policy key -> how its knobs were set.
     """
     verdicts, rows = [], []
     tiers = list(layers)
-    for key, name in names.items():
-        claim = policies.claim_of(name)
+    for spec in specs:
+        key, claim = spec.key, policies.claim_of(spec.name)
         if claim is None:
             continue
-        cost, why = paper_cost(name, experiment, tiers)
+        cost, why = paper_cost(spec, experiment, tiers)
         v = judge(df, key, claim, cost, layers, "; ".join(x for x in (settings.get(key, ""), why) if x), seed)
         if v is None:
             continue
@@ -229,6 +226,13 @@ def paper_table(df: pd.DataFrame, names: dict[str, str], layers: dict[str, int],
             row[f"{what}_reduction"] = iv
         rows.append(row)
     return verdicts, pd.DataFrame(rows)
+
+
+def _preset_text(cost: CostModel) -> str:
+    """The preset's name and its constants (lambda per layer, o per offload), as the verdict used them."""
+    lam = sorted({v for v in cost.lam.values() if v > 0})
+    o = sorted({v for v in cost.o.values() if v > 0})
+    return f"{cost.name} (lambda {'/'.join(f'{v:g}' for v in lam)}, o {'/'.join(f'{v:g}' for v in o)})"
 
 
 def _needed_text(n: float) -> str:

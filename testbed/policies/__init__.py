@@ -12,14 +12,14 @@ from testbed.policies.registry import (
     check,
     claim_of,
     context_for,
-    cost_preset_of,
     keys_of,
     make,
     names,
+    paper_cost,
     parse,
     record,
     types,
 )
 
 __all__ = ["ALWAYS", "NEVER", "Policy", "StaticPolicy", "at_tier", "bundle_problems", "check", "claim_of",
-           "cost_preset_of", "context_for", "decide", "keys_of", "make", "names", "parse", "record", "types"]
+           "paper_cost", "context_for", "decide", "keys_of", "make", "names", "parse", "record", "types"]

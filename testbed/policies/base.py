@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.protocol import should_exit
-from testbed.core.costmodel import Claim
+from testbed.core.costmodel import Claim, CostModel
 from testbed.policies.context import PolicyContext
 
 NEVER = float("inf")
@@ -143,6 +143,9 @@ class PolicyType:
             its sub-path (``.thresholds: ...``).
         claim: the paper's claim it is judged by, if any.
         cost_preset: the cost model of its paper (:data:`testbed.core.costmodel.PRESETS`).
+        scored_by: (parameters, its paper's preset) -> the cost model its verdict uses, where the entry's own
+            constants replace the preset's (a policy that learns from lambda and o is scored with the ones it
+            learned from); default: the preset as it is.
     """
 
     name: str
@@ -154,3 +157,4 @@ class PolicyType:
     check: Callable[[Any, tuple[str, ...]], list[str]] | None = None
     claim: Claim | None = None
     cost_preset: str | None = None
+    scored_by: Callable[[Any, CostModel], CostModel] | None = None

@@ -20,8 +20,9 @@ from annotated_types import Ge, Le
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from testbed.core import costmodel
 from testbed.core.config import PolicySpec, suggest
-from testbed.core.costmodel import Claim
+from testbed.core.costmodel import Claim, CostModel
 from testbed.policies.base import Params, Policy, PolicyType
 from testbed.policies.context import PolicyContext, for_bundle, missing
 
@@ -154,7 +155,17 @@ def claim_of(name: str) -> Claim | None:
     return ptype.claim if ptype else None
 
 
-def cost_preset_of(name: str) -> str | None:
-    """The cost preset of the named policy's paper, if it has one."""
-    ptype = types().get(name)
-    return ptype.cost_preset if ptype else None
+def paper_cost(spec: PolicySpec) -> CostModel | None:
+    """The cost model the entry's verdict uses: its paper's preset, with the entry's own constants.
+
+    The entry's constants replace the preset's where its policy learns from them
+    (``PolicyType.scored_by``); None for a policy with no paper preset.
+    """
+    ptype = types().get(spec.name)
+    if ptype is None or ptype.cost_preset is None:
+        return None
+    preset = costmodel.PRESETS[ptype.cost_preset]
+    if ptype.scored_by is None:
+        return preset
+    _, params = parse(spec)
+    return ptype.scored_by(params, preset)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from testbed.core.costmodel import Claim
+from testbed.core.costmodel import Claim, CostModel
 from testbed.policies.base import NEVER, Measured, Policy, PolicyType
 from testbed.policies.context import PolicyContext
 
@@ -26,14 +26,17 @@ class SplitEEParams(Measured):
 class SplitEEPolicy(Policy):
     """SplitEE (UCB over the split layer), online and unsupervised; ``side_info`` gives SplitEE-S.
 
-    Arms are the exits at the tier boundaries (every tier but the last). A sample sent with arm i exits at
-    its tier when the confidence C_i >= alpha, else goes on to the cloud. Rewards follow the
-    authors' code: C_i - lam*i on exit, C_L - o - lam*i on offload, C_L being the final
-    exit's confidence. Each arm is played once, then the arm with the largest
-    mean + c*sqrt(ln(t+1)/n) is chosen. SplitEE-S also updates the shallower arms from the
-    confidences the sample produced on its way; when a shallower arm would have offloaded
-    and the sample never reached the cloud, the deepest confidence seen stands in for C_L
-    (the strong-dominance assumption SplitEE relies on).
+    Arms are the exits at the tier boundaries (every tier but the last). A sample sent with arm i
+    exits at its tier when the confidence C_i >= alpha, else goes on to the cloud. Rewards follow
+    the authors' code: C_i - lam*i on exit, C_L - o - lam*i on offload, C_L being the final exit's
+    confidence, with one correction where a run has more than two tiers: an offloaded sample runs
+    every layer before the cloud (from the mobile arm it also runs the edge's), so its reward
+    charges lam times the last of those layers, as the report's cost does; in a two-tier run (the
+    paper's device and cloud) that is the arm's own layer, exactly the authors' reward. Each arm
+    is played once, then the arm with the largest mean + c*sqrt(ln(t+1)/n) is chosen. SplitEE-S
+    also updates the shallower arms from the confidences the sample produced on its way; when a
+    shallower arm would have offloaded and the sample never reached the cloud, the deepest
+    confidence seen stands in for C_L (the strong-dominance assumption SplitEE relies on).
     """
 
     def __init__(self, name: str, ctx: PolicyContext, alpha: float, c: float, lam: float, o: float,
@@ -71,9 +74,9 @@ class SplitEEPolicy(Policy):
         """The authors' reward for ``arm`` given the confidences the sample produced."""
         tier = self.arms[arm]
         conf = confidences[tier]
-        cost = self.lam * self.layer[tier]
         if conf >= self.alpha:
-            return conf - cost
+            return conf - self.lam * self.layer[tier]
+        cost = self.lam * self.layer[self.tiers[-2]]  # every layer before the cloud ran (the arm's own in 2 tiers)
         final = confidences.get(self.tiers[-1])
         if final is None:  # never reached the cloud: the deepest confidence seen stands in
             final = confidences[max(confidences, key=self.tiers.index)]
@@ -111,6 +114,12 @@ class SplitEEPolicy(Policy):
                 "params": {"alpha": self.alpha, "c": self.c, "lam": self.lam, "o": self.o, "side_info": self.side_info}}
 
 
+def scored_by(p: SplitEEParams, preset: CostModel) -> CostModel:
+    """The splitee preset with the entry's own lam and o: what it learned from is what it is scored in."""
+    return preset.with_values(lam={t: p.lam for t, v in preset.lam.items() if v > 0},
+                              o={h: p.o for h, v in preset.o.items() if v > 0})
+
+
 def _builder(side_info: bool) -> Any:
     def build(label: str, p: SplitEEParams, ctx: PolicyContext) -> SplitEEPolicy:
         return SplitEEPolicy(label, ctx, p.alpha, p.c, p.lam, p.o, side_info, p.measure)
@@ -119,8 +128,9 @@ def _builder(side_info: bool) -> Any:
 
 POLICIES = [
     PolicyType(name="splitee", summary="SplitEE: a UCB bandit over the split layer, online and without labels",
-               params=SplitEEParams, build=_builder(False), claim=Claim("SplitEE", 0.50, 2.0), cost_preset="splitee"),
+               params=SplitEEParams, build=_builder(False), claim=Claim("SplitEE", 0.50, 2.0), cost_preset="splitee",
+               scored_by=scored_by),
     PolicyType(name="splitee-s", summary="SplitEE-S: SplitEE that also updates the shallower arms from the "
                "confidences a sample produced on its way", params=SplitEEParams, build=_builder(True),
-               claim=Claim("SplitEE-S", 0.50, 2.0), cost_preset="splitee"),
+               claim=Claim("SplitEE-S", 0.50, 2.0), cost_preset="splitee", scored_by=scored_by),
 ]

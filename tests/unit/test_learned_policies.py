@@ -96,9 +96,13 @@ def test_splitee_converges_to_the_best_arm_on_a_synthetic_table():
     assert pol.best_arm == "mobile"
     assert pol.n[0] > 5 * pol.n[1]
     assert pol.choice(1999) in ("L2", "L4")
-    # the reward follows the authors' code: exit C_i - lam*i, offload C_L - o - lam*i
+    # the reward follows the authors' code: exit C_i - lam*i, offload C_L - o - lam*i ...
     assert pol.reward(0, {"mobile": 0.9}) == pytest.approx(0.9 - 0.2)
-    assert pol.reward(0, {"mobile": 0.5, "edge": 0.6, "cloud": 0.97}) == pytest.approx(0.97 - 0.3 - 0.2)
+    # ... but an offload from the mobile arm also ran the edge's layers (4 in all), as the report charges
+    assert pol.reward(0, {"mobile": 0.5, "edge": 0.6, "cloud": 0.97}) == pytest.approx(0.97 - 0.3 - 0.4)
+    two = SplitEEPolicy("s2", PolicyContext(("mobile", "cloud"), layers={"mobile": 2, "cloud": 4},
+                                            exit_layers={"mobile": 2, "cloud": 6}), 0.8, 1.0, 0.1, 0.3, False)
+    assert two.reward(0, {"mobile": 0.5, "cloud": 0.97}) == pytest.approx(0.97 - 0.3 - 0.2)  # the authors' exactly
 
 
 def test_splitee_s_updates_shallower_arms_too():
@@ -109,7 +113,7 @@ def test_splitee_s_updates_shallower_arms_too():
     pol.observe(1, {"mobile": 0.5, "edge": 0.9})
     assert pol.n.tolist() == [1, 1]  # the edge arm and, from side information, the mobile arm
     # mobile would have offloaded; the deepest confidence seen (edge 0.9) stands in for C_L
-    assert pol.sum[0] == pytest.approx(0.9 - 0.3 - 0.2)
+    assert pol.sum[0] == pytest.approx(0.9 - 0.3 - 0.4)
 
 
 @pytest.mark.parametrize(("spec", "fragment"), [

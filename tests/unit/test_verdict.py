@@ -90,3 +90,14 @@ def test_judge_pairs_by_sample_and_scores_in_the_papers_units():
     assert red["latency_ms"].point == pytest.approx(1 - 8.75 / 20) and "energy_j" not in red
     assert red["offload_bytes"].point == pytest.approx(0.75)
     assert judge(df[df.policy != "all-cloud"], "ee", Claim("x", 0.1, 1), preset("dimee"), layers) is None
+
+
+def test_a_policy_is_scored_with_the_constants_it_learned_from():
+    from testbed import policies
+    from testbed.core.config import PolicySpec
+
+    cm = policies.paper_cost(PolicySpec(name="splitee", o=0.1, lam=0.05, label="splitee-o0.1"))
+    assert cm.lam == {"mobile": 0.05, "edge": 0.05, "cloud": 0.0}  # the cloud's layers stay free
+    assert cm.o == {"mobile-edge": 0.0, "edge-cloud": 0.1, "mobile-cloud": 0.1}
+    assert policies.paper_cost(PolicySpec(name="early-exit", thresholds="auto")) == preset("dimee")
+    assert policies.paper_cost(PolicySpec(name="random", shares={"cloud": 1})) is None
