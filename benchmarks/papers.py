@@ -68,16 +68,14 @@ def main() -> int:
     rows, records = replay.replay(bundle, specs, args.split, None, args.seed, 0)
     layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
     settings = {s.key: report.policy_settings(s.model_dump(), records.get(s.key, {})) for s in specs}
-    verdicts, _ = verdict.paper_table(rows, {s.key: s.name for s in specs}, layers, costmodel.preset("dimee"),
-                                      settings, args.seed)
+    verdicts, _ = verdict.paper_table(rows, specs, layers, costmodel.preset("dimee"), settings, args.seed)
     took = time.perf_counter() - t0
     n_val, n_test = bundle.spec.data.splits.get("val", 0), bundle.spec.data.splits.get(args.split, 0)
     print(f"bundle {bundle.root.name}: tiers {', '.join(bundle.tiers)}; val {n_val} samples, {args.split} {n_test}; "
           f"replay + verdicts in {took:.1f} s")
     counts = {"meets": 0, "does not meet": 0, "cannot tell": 0}
     for v in verdicts:
-        cost, _ = verdict.paper_cost(next(s.name for s in specs if s.key == v.policy), costmodel.preset("dimee"),
-                                     list(layers))
+        cost, _ = verdict.paper_cost(next(s for s in specs if s.key == v.policy), costmodel.preset("dimee"), layers)
         drop, red = _by_hand(rows, bundle, v.policy, cost)
         agree = abs(drop - v.drop_pt.point) < 1e-9 and abs(red - v.cost_reduction.point) < 1e-9
         print(v.line())

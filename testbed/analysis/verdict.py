@@ -186,9 +186,14 @@ def measured_reductions(df: pd.DataFrame, policy: str, baseline: str, seed: int 
     return out
 
 
-def paper_cost(spec: PolicySpec, experiment: CostModel, tiers: list[str]) -> tuple[CostModel, str]:
-    """The cost model a policy's verdict uses: its paper's (with its own constants), else the experiment's, and why."""
-    paper = policies.paper_cost(spec)
+def paper_cost(spec: PolicySpec, experiment: CostModel, layers: dict[str, int]) -> tuple[CostModel, str]:
+    """The cost model a policy's verdict uses, and why where it is not its paper's.
+
+    Its paper's preset, kept at the paper's ratios on this model's depth and with the entry's
+    own constants; else the experiment's.
+    """
+    tiers = list(layers)
+    paper = policies.paper_cost(spec, sum(layers.values()))
     if paper is None:
         return experiment, "no paper preset: the experiment's"
     missing = paper.missing(tiers)
@@ -205,12 +210,11 @@ def paper_table(df: pd.DataFrame, specs: list[PolicySpec], layers: dict[str, int
     bytes reductions, each with its paired interval. ``settings``: policy key -> how its knobs were set.
     """
     verdicts, rows = [], []
-    tiers = list(layers)
     for spec in specs:
         key, claim = spec.key, policies.claim_of(spec.name)
         if claim is None:
             continue
-        cost, why = paper_cost(spec, experiment, tiers)
+        cost, why = paper_cost(spec, experiment, layers)
         v = judge(df, key, claim, cost, layers, "; ".join(x for x in (settings.get(key, ""), why) if x), seed)
         if v is None:
             continue
@@ -232,7 +236,13 @@ def _preset_text(cost: CostModel) -> str:
     """The preset's name and its constants (lambda per layer, o per offload), as the verdict used them."""
     lam = sorted({v for v in cost.lam.values() if v > 0})
     o = sorted({v for v in cost.o.values() if v > 0})
-    return f"{cost.name} (lambda {'/'.join(f'{v:g}' for v in lam)}, o {'/'.join(f'{v:g}' for v in o)})"
+    text = f"{cost.name} (lambda {'/'.join(f'{v:g}' for v in lam)}, o {'/'.join(f'{v:.3g}' for v in o)}"
+    paper = cost.extra.get("paper_constants")
+    if paper:
+        po = sorted({v for v in paper["o"].values() if v > 0})
+        text += (f"; the paper's o {'/'.join(f'{v:g}' for v in po)} on {paper['layers']} layers, kept at "
+                 f"{cost.extra['offload_ratio']:.3g} of a full pass on {cost.extra['scaled_to_layers']}")
+    return text + ")"
 
 
 def _needed_text(n: float) -> str:

@@ -59,6 +59,7 @@ class CostModel:
     o: dict[str, float]
     charge: tuple[str, ...] | None = None
     unit: str = "paper cost units"
+    paper_layers: int | None = None  # the depth the paper states its constants for (12: BERT-base)
     source: str = ""
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -98,13 +99,35 @@ class CostModel:
         """A copy with some lambdas or offload costs replaced (a sweep point, or an experiment override)."""
         return replace(self, lam=self.lam | (lam or {}), o=self.o | (o or {}))
 
+    def offload_ratio(self) -> float | None:
+        """An offload's cost as a fraction of a full pass on the paper's model: o / (lambda * L)."""
+        lam = max(self.lam.values(), default=0.0)
+        o = max(self.o.values(), default=0.0)
+        if not self.paper_layers or lam <= 0:
+            return None
+        return o / (lam * self.paper_layers)
+
+    def for_depth(self, num_layers: int) -> CostModel:
+        """The preset on a model of ``num_layers`` layers, keeping the paper's ratios instead of its constants.
+
+        lambda stays per layer; every o is scaled by num_layers / paper_layers, so an offload is
+        worth the same fraction of a full pass as in the paper. The paper's constants and the ratio
+        go to ``extra``. A preset with no stated depth, or one already at it, is returned as it is.
+        """
+        if not self.paper_layers or num_layers == self.paper_layers:
+            return self
+        scale = num_layers / self.paper_layers
+        return replace(self, o={h: v * scale for h, v in self.o.items()}, extra=self.extra | {
+            "paper_constants": {"lam": dict(self.lam), "o": dict(self.o), "layers": self.paper_layers},
+            "offload_ratio": self.offload_ratio(), "scaled_to_layers": num_layers})
+
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> CostModel:
         """The model a manifest or a calibrated presets file recorded (:meth:`record`)."""
         charge = rec.get("charge")
         return cls(rec["name"], rec["lam"], rec["o"], None if charge is None else tuple(charge),
-                   rec.get("unit", "paper cost units"), rec.get("source", ""), rec.get("notes", ""),
-                   rec.get("extra", {}))
+                   rec.get("unit", "paper cost units"), rec.get("paper_layers"), rec.get("source", ""),
+                   rec.get("notes", ""), rec.get("extra", {}))
 
     def record(self) -> dict[str, Any]:
         """What the manifest stores."""
@@ -116,21 +139,22 @@ class CostModel:
 PRESETS: dict[str, CostModel] = {
     "dimee": CostModel(
         "dimee", {"mobile": 0.1, "edge": 0.1, "cloud": 0.1},
-        {"mobile-edge": 0.3, "edge-cloud": 0.3, "mobile-cloud": 0.3},
+        {"mobile-edge": 0.3, "edge-cloud": 0.3, "mobile-cloud": 0.3}, paper_layers=12,
         source="DIMEE: early exits after the mobile and edge partitions; every tier's layers and every offload "
-               "are charged", notes="lambda and o are sweep defaults, not the paper's measured values"),
+               "are charged", notes="lambda and o are sweep defaults, not the paper's measured values, stated for "
+               "a 12-layer BERT-base"),
     "dimec-dc": CostModel(
         "dimec-dc", {"mobile": 0.1, "edge": 0.1, "cloud": 0.1},
-        {"mobile-edge": 0.3, "edge-cloud": 0.3, "mobile-cloud": 0.3},
+        {"mobile-edge": 0.3, "edge-cloud": 0.3, "mobile-cloud": 0.3}, paper_layers=12,
         source="DIMEC-DC: same convention as DIMEE; the reward is accuracy minus the weighted cost",
-        notes="lambda and o are sweep defaults, not the paper's measured values"),
+        notes="lambda and o are sweep defaults, not the paper's measured values, stated for a 12-layer BERT-base"),
     "splitee": CostModel(
         "splitee", {"mobile": 0.1, "edge": 0.1, "cloud": 0.0},
-        {"mobile-edge": 0.0, "edge-cloud": 0.3, "mobile-cloud": 0.3},
+        {"mobile-edge": 0.0, "edge-cloud": 0.3, "mobile-cloud": 0.3}, paper_layers=12,
         charge=("mobile", "edge"),
         source="SplitEE (Div290/SplitEE, SplitEE.py): cost = lambda*(split layer) on the device, + o when "
                "offloaded; the cloud's layers are not charged",
-        notes="lambda = 1/10 as in the authors' code; o swept over 0.1..0.6 there"),
+        notes="lambda = 1/10 as in the authors' code on 12-layer BERT/ElasticBERT; o swept over 0.1..0.6 there"),
 }
 
 

@@ -121,7 +121,7 @@ class CartographyPolicy(Policy):
 
 
 def _build(label: str, p: CartographyParams, ctx: PolicyContext) -> CartographyPolicy:
-    return CartographyPolicy(label, ctx, costmodel.preset(p.cost), p.mu)
+    return CartographyPolicy(label, ctx, costmodel.preset(p.cost).for_depth(sum(ctx.layers.values())), p.mu)
 
 
 POLICIES = [PolicyType(

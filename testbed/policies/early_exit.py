@@ -56,7 +56,8 @@ class AutoEarlyExit(StaticPolicy):
 
     def __init__(self, name: str, ctx: PolicyContext, measure: str):
         assert ctx.val_exits is not None, "the registry hands early-exit: auto the validation exit table"
-        cost = costmodel.PRESETS[PRESET]  # a run whose tiers it lacks values for is refused by route_cost, by name
+        # the paper's preset at its ratios on this depth; a run whose tiers it lacks values for is refused by name
+        cost = costmodel.PRESETS[PRESET].for_depth(sum(ctx.layers.values()))
         route, full = cheapest_within(ctx.val_exits, cost, ctx.layers, CLAIM.max_drop_pt, measure)
         super().__init__(name, route.thresholds, measure)
         n = len(ctx.val_exits)

@@ -155,16 +155,17 @@ def claim_of(name: str) -> Claim | None:
     return ptype.claim if ptype else None
 
 
-def paper_cost(spec: PolicySpec) -> CostModel | None:
-    """The cost model the entry's verdict uses: its paper's preset, with the entry's own constants.
+def paper_cost(spec: PolicySpec, num_layers: int) -> CostModel | None:
+    """The cost model the entry's verdict uses on a model of ``num_layers`` layers.
 
-    The entry's constants replace the preset's where its policy learns from them
-    (``PolicyType.scored_by``); None for a policy with no paper preset.
+    Its paper's preset, keeping the paper's ratios on this depth (:meth:`CostModel.for_depth`),
+    with the entry's own constants where its policy learns from them (``PolicyType.scored_by``);
+    None for a policy with no paper preset.
     """
     ptype = types().get(spec.name)
     if ptype is None or ptype.cost_preset is None:
         return None
-    preset = costmodel.PRESETS[ptype.cost_preset]
+    preset = costmodel.PRESETS[ptype.cost_preset].for_depth(num_layers)
     if ptype.scored_by is None:
         return preset
     _, params = parse(spec)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from testbed.core import costmodel
 from testbed.core.costmodel import Claim, CostModel
 from testbed.policies.base import NEVER, Measured, Policy, PolicyType
 from testbed.policies.context import PolicyContext
@@ -20,7 +21,9 @@ class SplitEEParams(Measured):
                          "its confidence reaches it")
     c: float = Field(1.0, ge=0, description="the UCB exploration constant")
     lam: float = Field(0.1, ge=0, description="the cost per layer in the reward")
-    o: float = Field(0.3, ge=0, description="the cost per offload in the reward")
+    o: float | None = Field(None, ge=0, description="the cost per offload in the reward; default: the splitee "
+                            "preset's 0.3 on 12 layers kept at its ratio to a full pass (o / (lam * L) = 0.25) on "
+                            "this model's depth (0.15 on 6 layers)")
 
 
 class SplitEEPolicy(Policy):
@@ -114,15 +117,21 @@ class SplitEEPolicy(Policy):
                 "params": {"alpha": self.alpha, "c": self.c, "lam": self.lam, "o": self.o, "side_info": self.side_info}}
 
 
+def default_o(num_layers: int) -> float:
+    """The splitee preset's offload cost on a model of ``num_layers`` layers, at the paper's ratio."""
+    return max(costmodel.PRESETS["splitee"].for_depth(num_layers).o.values())
+
+
 def scored_by(p: SplitEEParams, preset: CostModel) -> CostModel:
-    """The splitee preset with the entry's own lam and o: what it learned from is what it is scored in."""
+    """The splitee preset (at this depth) with the entry's own lam and o: it is scored in what it learned from."""
     return preset.with_values(lam={t: p.lam for t, v in preset.lam.items() if v > 0},
-                              o={h: p.o for h, v in preset.o.items() if v > 0})
+                              o={h: p.o for h, v in preset.o.items() if v > 0} if p.o is not None else None)
 
 
 def _builder(side_info: bool) -> Any:
     def build(label: str, p: SplitEEParams, ctx: PolicyContext) -> SplitEEPolicy:
-        return SplitEEPolicy(label, ctx, p.alpha, p.c, p.lam, p.o, side_info, p.measure)
+        o = p.o if p.o is not None else default_o(sum(ctx.layers.values()))
+        return SplitEEPolicy(label, ctx, p.alpha, p.c, p.lam, o, side_info, p.measure)
     return build
 
 

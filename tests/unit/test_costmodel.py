@@ -69,3 +69,14 @@ def test_two_tiers_charge_the_one_offload_between_them():
     assert splitee.route_cost(layers, "cloud") == pytest.approx(0.2 + 0.3)
     named = CostModel("n", {"device": 0.1, "server": 0.0}, {"device-server": 0.15})
     assert named.costs(["device", "server"], {"device": 3, "server": 3}).tolist() == pytest.approx([0.3, 0.45])
+
+
+def test_a_preset_on_a_shallower_model_keeps_the_papers_offload_ratio():
+    splitee = preset("splitee")
+    assert splitee.paper_layers == 12 and splitee.offload_ratio() == pytest.approx(0.3 / (0.1 * 12))
+    six = splitee.for_depth(6)
+    assert six.lam == splitee.lam and six.o["edge-cloud"] == pytest.approx(0.15)  # a quarter of a 6-layer pass
+    assert six.offload_ratio() == pytest.approx(0.125)  # against the paper's 12 layers: half, as it should be
+    assert six.extra["paper_constants"]["o"]["edge-cloud"] == 0.3 and six.extra["scaled_to_layers"] == 6
+    assert splitee.for_depth(12) is splitee
+    assert CostModel.from_record(six.record()).o == six.o

@@ -96,8 +96,10 @@ def test_a_policy_is_scored_with_the_constants_it_learned_from():
     from testbed import policies
     from testbed.core.config import PolicySpec
 
-    cm = policies.paper_cost(PolicySpec(name="splitee", o=0.1, lam=0.05, label="splitee-o0.1"))
+    cm = policies.paper_cost(PolicySpec(name="splitee", o=0.1, lam=0.05, label="splitee-o0.1"), 6)
     assert cm.lam == {"mobile": 0.05, "edge": 0.05, "cloud": 0.0}  # the cloud's layers stay free
-    assert cm.o == {"mobile-edge": 0.0, "edge-cloud": 0.1, "mobile-cloud": 0.1}
-    assert policies.paper_cost(PolicySpec(name="early-exit", thresholds="auto")) == preset("dimee")
-    assert policies.paper_cost(PolicySpec(name="random", shares={"cloud": 1})) is None
+    assert cm.o == {"mobile-edge": 0.0, "edge-cloud": 0.1, "mobile-cloud": 0.1}  # what it learned from, as given
+    default = policies.paper_cost(PolicySpec(name="splitee"), 6)  # no o given: the paper's ratio on 6 layers
+    assert default.o["edge-cloud"] == pytest.approx(0.15) and default.extra["offload_ratio"] == pytest.approx(0.25)
+    assert policies.paper_cost(PolicySpec(name="early-exit", thresholds="auto"), 12) == preset("dimee")
+    assert policies.paper_cost(PolicySpec(name="random", shares={"cloud": 1}), 6) is None
