@@ -41,7 +41,7 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
         verdicts, papers = _verdicts(df, manifest)
         notes += [v.line() for v in verdicts]
         notes.append(f"cost model: preset {cm['name']} (lambda per layer {cm['lam']}, o per offload {cm['o']}, "
-                     f"processing charged on {cm['charge']}); {cm.get('notes', '')}")
+                     f"processing charged on {cm['charge'] or 'every tier'}); {cm.get('notes', '')}")
         cost_spec = manifest.experiment.resolved.get("cost") or {}
         if cost_spec.get("sweep_o") or cost_spec.get("sweep_lam"):
             sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
