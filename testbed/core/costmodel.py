@@ -60,6 +60,8 @@ class CostModel:
     charge: tuple[str, ...] | None = None
     unit: str = "paper cost units"
     paper_layers: int | None = None  # the depth the paper states its constants for (12: BERT-base)
+    # every charged layer after the first costs lambda x this (splitee.py reports 0.8*lambda*(i-1) + lambda)
+    layer_factor: float = 1.0
     source: str = ""
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -87,7 +89,10 @@ class CostModel:
             raise ValueError(f"cost model {self.name}: no value for {', '.join(missing)} (tiers {tiers}); give them "
                              "under cost.lam / cost.o in the experiment")
         last = tiers.index(exit_tier)
-        cost = sum(self.lam[t] * layers[t] for t in tiers[:last + 1] if self.charges(t))
+        charged = [t for t in tiers[:last + 1] if self.charges(t) and layers[t] > 0]
+        cost = sum(self.lam[t] * layers[t] for t in charged)
+        if self.layer_factor != 1.0 and charged:  # the first charged layer in full, the others scaled
+            cost = self.lam[charged[0]] + self.layer_factor * (cost - self.lam[charged[0]])
         return cost + sum(self.o[h] for h in offload_links(tiers)[:last])
 
     def costs(self, exit_tiers: np.ndarray | list[str], layers: dict[str, int]) -> np.ndarray:
@@ -126,8 +131,8 @@ class CostModel:
         """The model a manifest or a calibrated presets file recorded (:meth:`record`)."""
         charge = rec.get("charge")
         return cls(rec["name"], rec["lam"], rec["o"], None if charge is None else tuple(charge),
-                   rec.get("unit", "paper cost units"), rec.get("paper_layers"), rec.get("source", ""),
-                   rec.get("notes", ""), rec.get("extra", {}))
+                   rec.get("unit", "paper cost units"), rec.get("paper_layers"), rec.get("layer_factor", 1.0),
+                   rec.get("source", ""), rec.get("notes", ""), rec.get("extra", {}))
 
     def record(self) -> dict[str, Any]:
         """What the manifest stores."""
@@ -152,9 +157,17 @@ PRESETS: dict[str, CostModel] = {
         "splitee", {"mobile": 0.1, "edge": 0.1, "cloud": 0.0},
         {"mobile-edge": 0.0, "edge-cloud": 0.3, "mobile-cloud": 0.3}, paper_layers=12,
         charge=("mobile", "edge"),
-        source="SplitEE (Div290/SplitEE, SplitEE.py): cost = lambda*(split layer) on the device, + o when "
-               "offloaded; the cloud's layers are not charged",
+        source="SplitEE (Div290/SplitEE, splitee_s.py, and the reward of both scripts): cost = lambda*i for a "
+               "split at layer i on the device, + o when offloaded; the cloud's layers are not charged",
         notes="lambda = 1/10 as in the authors' code on 12-layer BERT/ElasticBERT; o swept over 0.1..0.6 there"),
+    "splitee-py": CostModel(
+        "splitee-py", {"mobile": 0.1, "edge": 0.1, "cloud": 0.0},
+        {"mobile-edge": 0.0, "edge-cloud": 0.3, "mobile-cloud": 0.3}, paper_layers=12,
+        charge=("mobile", "edge"), layer_factor=0.8,
+        source="SplitEE (Div290/SplitEE, splitee.py): its report's cost is 0.8*lambda*(i-1) + lambda for a split at "
+               "layer i, + o when offloaded, while its reward charges lambda*i: the report's convention differs from "
+               "the reward's in the authors' own script",
+        notes="the other reporting convention of the authors' code; lambda = 1/10, o swept over 0.1..0.6 there"),
 }
 
 

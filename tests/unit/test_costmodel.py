@@ -80,3 +80,13 @@ def test_a_preset_on_a_shallower_model_keeps_the_papers_offload_ratio():
     assert six.extra["paper_constants"]["o"]["edge-cloud"] == 0.3 and six.extra["scaled_to_layers"] == 6
     assert splitee.for_depth(12) is splitee
     assert CostModel.from_record(six.record()).o == six.o
+
+
+def test_both_reporting_conventions_of_the_splitee_authors():
+    layers = {"mobile": 2, "edge": 2, "cloud": 2}
+    # splitee_s.py: lambda * i (+ o); splitee.py: 0.8 * lambda * (i - 1) + lambda (+ o); the cloud never charged
+    assert preset("splitee").route_cost(layers, "edge") == pytest.approx(0.1 * 4)
+    assert preset("splitee-py").route_cost(layers, "edge") == pytest.approx(0.8 * 0.1 * 3 + 0.1)
+    assert preset("splitee-py").route_cost(layers, "cloud") == pytest.approx(0.8 * 0.1 * 3 + 0.1 + 0.3)
+    assert preset("splitee-py").route_cost(layers, "mobile") == pytest.approx(0.8 * 0.1 * 1 + 0.1)
+    assert CostModel.from_record(preset("splitee-py").record()).layer_factor == 0.8
