@@ -38,6 +38,7 @@ from testbed.formats.bundle import (
     BuildInfo,
     BundleSpec,
     DataInfo,
+    LayerGraphSpec,
     ModelInfo,
     OffloadSpec,
     ParityInfo,
@@ -216,22 +217,46 @@ class TransformerBuilder(Builder[PartitionSpec]):
                                       spec.split.seed, spec.batch_size, progress)
 
     def export(self, out: Path, progress: Progress) -> dict[str, str]:
-        """Each tier's layers and exits as ``<tier>.onnx``."""
+        """Each tier's layers and exits as ``<tier>.onnx``; and each layer as ``layers/L<k>.onnx`` where it can."""
+        self.out = out
         self.parts = tier_modules(self.model, self.cut, self.heads, self.spec.offload_mode, self.token_types)
         files = {t: f"{t}.onnx" for t in self.cut.names}
         for tier in self.cut.names:
             progress(f"exporting {tier} (layers {self.cut.tiers[tier][0]}-{self.cut.tiers[tier][1]}, exits "
                      f"{self.cut.exits_in(tier)})")
-            try:
-                export(self.parts[tier], out / files[tier], self.config.hidden_size, self.config.vocab_size)
-            except Exception as e:  # torch.onnx raises many types
-                raise BuildError(f"ONNX export of tier {tier} failed: {e}") from e
+            self._export(tier, self.parts[tier], out / files[tier])
+        self.layer_files = self._export_layers(out, progress)
+        return files
+
+    def _export(self, what: str, part: Any, path: Path) -> None:
+        try:
+            export(part, path, self.config.hidden_size, self.config.vocab_size)
+        except Exception as e:  # torch.onnx raises many types
+            raise BuildError(f"ONNX export of {what} failed: {e}") from e
+
+    def _export_layers(self, out: Path, progress: Progress) -> dict[str, str]:
+        """One graph per layer, chained by hidden states: where every layer has an exit and offloads are hidden."""
+        n = self.cut.num_layers
+        if self.spec.offload_mode != "hidden" or list(self.cut.exits) != list(range(1, n + 1)):
+            self.layer_parts: dict[str, Any] = {}
+            return {}
+        lcut = make_cut({f"l{k}": (k, k) for k in range(1, n + 1)}, None, n)
+        self.layer_parts = tier_modules(self.model, lcut, self.heads, "hidden", self.token_types)
+        (out / "layers").mkdir(exist_ok=True)
+        progress(f"exporting the {n} layers one graph each (layers/L1..L{n}.onnx): a split point at every layer")
+        files = {}
+        for k in range(1, n + 1):
+            files[f"l{k}"] = f"layers/L{k}.onnx"
+            self._export(f"layer {k}", self.layer_parts[f"l{k}"], out / files[f"l{k}"])
         return files
 
     def parity(self, sessions: dict[str, Partition]) -> ParityInfo:
         """Every output of every tier on a padded batch of 16 validation samples."""
         batch = self.enc["val"].batch(list(range(min(16, len(self.enc["val"].ids)))))
         worst = parity(self.parts, sessions, batch, self.spec.offload_mode)
+        if self.layer_files:  # the layer graphs, chained as the agents chain them, against torch
+            layers = load_sessions(self.out, self.layer_files, self.threads)
+            worst = max(worst, parity(self.layer_parts, layers, batch, "hidden"))
         return ParityInfo(max_abs_diff=worst, tolerance=PARITY_TOLERANCE, batch=16, padded=True)
 
     def exit_tables(self, sessions: dict[str, Partition]) -> pd.DataFrame:
@@ -306,6 +331,12 @@ class TransformerBuilder(Builder[PartitionSpec]):
             exits=[exit_spec(e, acc[e], exit_output(e, cut)) for e in cut.exits_in(tier)],
             offload=nxt)
 
+    def _layer_graph(self, k: int, out: Path) -> LayerGraphSpec:
+        part, file = self.layer_parts[f"l{k}"], self.layer_files[f"l{k}"]
+        return LayerGraphSpec(layer=k, file=file, sha256=sha256_file(out / file),
+                              size_bytes=(out / file).stat().st_size, inputs=part.input_names(),
+                              outputs=part.output_names())
+
     def _offload(self) -> OffloadSpec:
         hidden, mode = self.config.hidden_size, self.spec.offload_mode
         per_token = (hidden * 4 + 8) if mode == "hidden" else 8 * (2 + self.token_types)
@@ -336,6 +367,7 @@ class TransformerBuilder(Builder[PartitionSpec]):
             format_version=BUNDLE_FORMAT, kind="transformer", name=spec.name,
             model=model, task=task, offload=self._offload(),
             exit_layers=list(self.cut.exits), tiers=[self._tier(t, out, files[t]) for t in self.cut.names],
+            layer_graphs=[self._layer_graph(k, out) for k in range(1, len(self.layer_files) + 1)],
             variants=self.variants, files=hashed,
             data=DataInfo(splits={k: len(v) for k, v in self.splits.items()}, seed=spec.split.seed),
             training=training, parity=parity, build=build)

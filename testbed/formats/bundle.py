@@ -9,7 +9,8 @@ Format history:
        samples.parquet (tokenised splits) and exits.parquet (per-sample exit table).
     2: exits at any layer (``exit_layers``, per tier ``exits``), ``offload`` (mode and bytes
        per token), mobile-tier ``variants`` (fp16/int8), ``training`` settings,
-       cartography.parquet and the tokenizer files hashed, token_type_ids for sentence pairs.
+       cartography.parquet and the tokenizer files hashed, token_type_ids for sentence pairs;
+       (2026-12-02, optional) ``layer_graphs``: one graph per layer, a split point at every layer.
 """
 
 from __future__ import annotations
@@ -82,6 +83,22 @@ class TierSpec(BaseModel):
     exit: ExitSpec
     exits: list[ExitSpec] = []
     offload: dict[str, str]
+
+
+class LayerGraphSpec(BaseModel):
+    """One layer of the model as a graph of its own, for split points at every layer.
+
+    ``L1`` takes the first tier's inputs (tokens), every other one ``hidden`` and ``attention_mask``;
+    each outputs its exit's ``logits`` and, but the last, ``hidden_out`` for the next layer.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    layer: int = Field(description="the layer it runs (1-based)")
+    file: str
+    sha256: str
+    size_bytes: int
+    inputs: list[str]
+    outputs: list[str]
 
 
 class OffloadSpec(BaseModel):
@@ -216,6 +233,8 @@ class BundleSpec(BaseModel):
     offload: OffloadSpec
     exit_layers: list[int]
     tiers: list[TierSpec]
+    layer_graphs: list[LayerGraphSpec] = Field([], description="one graph per layer, in order, when the bundle "
+                                               "offers a split point at every layer")
     variants: list[VariantSpec] = []
     resnet_variants: list[ResNetVariantSpec] = []
     connections: list[ConnectionCost] = []
@@ -301,12 +320,14 @@ class Bundle:
         out = {t.file: t.sha256 for t in self.spec.tiers if t.tier == tier}
         out |= {v.file: v.sha256 for v in self.spec.variants if v.tier == tier}
         out |= {v.files[tier]: v.sha256[tier] for v in self.spec.resnet_variants if tier in v.files}
+        out |= {g.file: g.sha256 for g in self.spec.layer_graphs}  # any tier may run any layer
         return out
 
     def missing_files(self) -> list[str]:
         """Files that ``bundle.yaml`` names but that are absent."""
         names = ([t.file for t in self.spec.tiers] + [v.file for v in self.spec.variants] + list(self.spec.files)
-                 + [f for v in self.spec.resnet_variants for f in v.files.values()])
+                 + [f for v in self.spec.resnet_variants for f in v.files.values()]
+                 + [g.file for g in self.spec.layer_graphs])
         return [n for n in names if not (self.root / n).is_file()]
 
     def verify(self) -> dict[str, str]:
@@ -316,7 +337,8 @@ class Bundle:
             raise BundleError(f"bundle {self.root}: missing {', '.join(missing)}; rebuild it with `testbed partition`")
         hashes = ({t.file: t.sha256 for t in self.spec.tiers} | {v.file: v.sha256 for v in self.spec.variants}
                   | dict(self.spec.files)
-                  | {v.files[t]: v.sha256[t] for v in self.spec.resnet_variants for t in v.files})
+                  | {v.files[t]: v.sha256[t] for v in self.spec.resnet_variants for t in v.files}
+                  | {g.file: g.sha256 for g in self.spec.layer_graphs})
         for name, want in hashes.items():
             got = sha256_file(self.root / name)
             if got != want:

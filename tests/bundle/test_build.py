@@ -56,6 +56,16 @@ def roberta_pairs_bundle(models, pairs_file, tmp_path_factory):
     return Bundle.load(out)
 
 
+def test_every_layer_is_also_a_graph_of_its_own_checked_against_torch(bert_bundle):
+    graphs = bert_bundle.spec.layer_graphs
+    assert [g.layer for g in graphs] == [1, 2, 3, 4] and [g.file for g in graphs][0] == "layers/L1.onnx"
+    assert graphs[0].inputs == ["input_ids", "attention_mask"] and graphs[0].outputs == ["hidden_out", "logits"]
+    assert graphs[-1].inputs == ["hidden", "attention_mask"] and graphs[-1].outputs == ["logits"]
+    assert bert_bundle.spec.parity.max_abs_diff <= bert_bundle.spec.parity.tolerance  # tiers and layers alike
+    assert all(g.file in bert_bundle.device_files("mobile") for g in graphs)
+    assert bert_bundle.verify()  # every layer graph hashed and present
+
+
 def test_every_layer_gets_an_exit_and_the_table_matches_the_recorded_accuracy(bert_bundle):
     s = bert_bundle.spec
     assert s.exit_layers == [1, 2, 3, 4] and s.model.architecture == "bert"
@@ -147,6 +157,8 @@ def test_a_two_tier_bundle_builds_checks_parity_and_runs_live_on_a_device_and_th
     assert b.tiers == ("mobile", "cloud") and b.spec.exit_layers == [1, 2, 4]
     assert b.spec.parity.max_abs_diff <= b.spec.parity.tolerance  # ONNX against torch, two tiers chained
     assert [e.layer for e in b.tier("mobile").exits] == [1, 2] and b.tier("mobile").offload
+    # no exit after layer 3: no graph per layer (a split needs an exit at every layer)
+    assert b.spec.layer_graphs == []
     exp = write_experiment(tmp_path / "exp.yaml", out, [{"name": "all-cloud"}, {"name": "splitee", "alpha": 0.6}],
                            count=12, warmup=1, name="two", devices={"mobile": "mobile-1", "cloud": "cloud-1"})
     inv = write_inventory(tmp_path / "inv.yaml")
