@@ -53,11 +53,53 @@ class AgentTimeouts:
 
 @dataclass
 class _Config:
-    partition: Partition
+    partition: Partition | None  # the tier graph; None with a chain
     tier_final: bool
     msg: p.Configure
     wire_in: ArrivalCounter | None = None
     batching: bool = False  # energy windows span several samples (asked once, not per sample)
+    chain: list[Partition] = dataclasses.field(default_factory=list)  # one graph per layer, from msg.first_layer
+
+
+@dataclass
+class _Ran:
+    """What this tier computed for one sample: its answer there, and what goes on if it does not exit."""
+
+    logits: np.ndarray
+    confidence: float
+    prediction: int
+    exited: bool
+    layer: int
+    layer_confidences: list[float]
+    onward: dict[str, np.ndarray]  # the next tier's inputs (empty when it exited)
+
+
+def run_chain(chain: list[Partition], first_layer: int, final_layer: int, work: p.Work,
+              tier_final: bool) -> _Ran:
+    """Run the layer graphs from where the sample stands to where it exits or is split off.
+
+    It starts after the last layer an earlier tier ran (or at ``first_layer``), exits after layer
+    k when its confidence reaches ``thresholds["L<k>"]`` or k is the model's last layer, and
+    otherwise stops at ``work.split`` (or the chain's end) and hands on the hidden state.
+    """
+    start = work.stages[-1].layer + 1 if work.stages else first_layer
+    end = first_layer + len(chain) - 1
+    stop = work.split if start <= work.split <= end else end
+    if not first_layer <= start <= end:
+        raise ValueError(f"layer {start} is not among the layers {first_layer}-{end} this tier holds")
+    mask = work.tensors["attention_mask"]
+    feed = dict(work.tensors)
+    confs: list[float] = []
+    for k in range(start, stop + 1):
+        out = chain[k - first_layer].run(feed)
+        logits = out["logits"]
+        confidence, prediction = measure_confidence(logits[0], work.measure)
+        confs.append(confidence)
+        final = k == final_layer or (k == end and tier_final)
+        if final or p.should_exit(work.thresholds.get(f"L{k}", float("inf")), confidence):
+            return _Ran(logits, confidence, prediction, True, k, confs, {})
+        feed = {"hidden": out["hidden_out"], "attention_mask": mask}
+    return _Ran(logits, confidence, prediction, False, stop, confs, feed)
 
 
 @dataclass
@@ -257,20 +299,35 @@ class Agent:
                                   np.asarray(times, np.float64),
                                   {r: np.asarray(v, np.float64) for r, v in rails.items()}))
 
+    def _path(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else self.workdir / path
+
+    def _load(self, msg: p.Configure) -> tuple[Partition | None, list[Partition]]:
+        """The tier graph, or with ``msg.chain`` the layer graphs instead; raises PartitionError."""
+        if not msg.chain:
+            part = Partition.load(self._path(msg.partition_path), msg.sha256, threads=msg.threads)
+            if msg.logits_name not in part.outputs:
+                raise PartitionError(f"{msg.partition_path} has no output {msg.logits_name!r}; it has {part.outputs}")
+            return part, []
+        bad = [e for e in msg.chain if not (isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e))]
+        if bad or msg.first_layer < 1 or msg.final_layer < msg.first_layer:
+            raise PartitionError(f"chain {msg.chain[:3]}... from layer {msg.first_layer} to {msg.final_layer}: give "
+                                 "[[path, sha256], ...] and layers from 1")
+        chain = [Partition.load(self._path(f), sha, threads=msg.threads) for f, sha in msg.chain]
+        lacking = [msg.chain[i][0] for i, g in enumerate(chain) if "logits" not in g.outputs]
+        if lacking:
+            raise PartitionError(f"layer graphs {lacking} have no output 'logits'")
+        return None, chain
+
     def _configure(self, msg: p.Configure) -> None:
         self._close_window()  # a window never spans two configurations
-        path = Path(msg.partition_path)
-        if not path.is_absolute():
-            path = self.workdir / path
         try:
-            part = Partition.load(path, msg.sha256, threads=msg.threads)
+            part, chain = self._load(msg)
         except PartitionError as e:
             self._fail("configure", str(e))
             return
         final = not msg.next_endpoint
-        if msg.logits_name not in part.outputs:
-            self._fail("configure", f"{path} has no output {msg.logits_name!r}; it has {part.outputs}")
-            return
         if not final:
             if self._data_out is not None:
                 self._data_out.close()
@@ -284,12 +341,14 @@ class Agent:
             except NicError as e:
                 self._fail("configure", str(e))
                 return
-        self._config = _Config(part, final, msg, wire_in, msg.batch_samples > 1 or msg.min_window_s > 0)
+        self._config = _Config(part, final, msg, wire_in, msg.batch_samples > 1 or msg.min_window_s > 0, chain)
         self._out.set(msg.delay_ms, msg.jitter_ms)
         self._ctl_in.set(0.0, 0.0)
         for link in self._ctl_links():
             link.set(msg.ctl_delay_ms, msg.ctl_jitter_ms)
-        log.info("loaded %s in %.1f ms (final=%s, next=%s)", path, part.load_ms, final, msg.next_endpoint or "-")
+        log.info("loaded %s in %.1f ms (final=%s, next=%s)", f"{len(chain)} layer graphs" if chain else
+                 msg.partition_path, sum(g.load_ms for g in chain) if chain else part.load_ms,  # type: ignore[union-attr]
+                 final, msg.next_endpoint or "-")
         if msg.idle_s > 0:
             # Ready goes out from the loop once the baseline window closes; heartbeats keep flowing meanwhile
             self.meter.begin("idle-baseline")
@@ -308,9 +367,13 @@ class Agent:
 
     def _ready(self) -> None:
         assert self._config is not None
-        part, msg = self._config.partition, self._config.msg
-        self._send(p.Ready(self.agent_id, msg.seq, part.load_ms, part.inputs, part.outputs, ["CPUExecutionProvider"],
-                           self.idle_w))
+        cfg, msg = self._config, self._config.msg
+        if cfg.chain:
+            load_ms, ins, outs = sum(g.load_ms for g in cfg.chain), cfg.chain[0].inputs, cfg.chain[-1].outputs
+        else:
+            assert cfg.partition is not None
+            load_ms, ins, outs = cfg.partition.load_ms, cfg.partition.inputs, cfg.partition.outputs
+        self._send(p.Ready(self.agent_id, msg.seq, load_ms, ins, outs, ["CPUExecutionProvider"], self.idle_w))
 
     def _finish_baseline(self) -> None:
         """Idle power = energy of the baseline window over its length; NaN without a meter."""
@@ -382,7 +445,7 @@ class Agent:
         key = self._open_energy(work, cfg.batching)
         start_ns = time.time_ns()
         try:
-            outputs = cfg.partition.run(work.tensors)
+            ran = self._compute(work, cfg)
         except Exception as e:  # onnxruntime raises untyped errors; report and keep serving
             if key:
                 self.meter.end(key)
@@ -390,29 +453,37 @@ class Agent:
             return
         end_ns = time.time_ns()
         energy_j, net_j, approx, batch, closing = self._close_energy(work, cfg, key, end_ns - start_ns)
-        logits = outputs[cfg.msg.logits_name]
-        confidence, prediction = measure_confidence(logits[0], work.measure)
-        exited = cfg.tier_final or p.should_exit(work.thresholds.get(self.tier, float("inf")), confidence)
         self.served += 1
-        if exited:
-            stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                            confidence, prediction, True, int(logits.nbytes), energy_j, approx, net_j, frame_bytes,
-                            wire_in, batch)
-            result = p.encode(p.Result(self.agent_id, work.run_seq, work.sample_id, logits, [*work.stages, stage]))
+        nbytes = int(ran.logits.nbytes) if ran.exited else sum(int(t.nbytes) for t in ran.onward.values())
+        stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(), ran.confidence,
+                        ran.prediction, ran.exited, nbytes, energy_j, approx, net_j, frame_bytes, wire_in, batch,
+                        ran.layer, ran.layer_confidences)
+        if ran.exited:
+            result = p.encode(p.Result(self.agent_id, work.run_seq, work.sample_id, ran.logits,
+                                       [*work.stages, stage]))
             if self._ctl_out.active:
                 self._ctl_out.hold(result, time.monotonic())
             else:
                 self._ctrl.send_multipart(result, copy=False)
         else:
-            tensors = {dst: outputs[src] if src in outputs else work.tensors[src]
-                       for src, dst in cfg.msg.offload.items()}
-            stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(),
-                            confidence, prediction, False, sum(int(t.nbytes) for t in tensors.values()), energy_j,
-                            approx, net_j, frame_bytes, wire_in, batch)
-            self._offload(p.encode(p.Work(work.run_seq, work.sample_id, tensors, work.thresholds,
-                                          [*work.stages, stage], work.measure)))
+            self._offload(p.encode(p.Work(work.run_seq, work.sample_id, ran.onward, work.thresholds,
+                                          [*work.stages, stage], work.measure, work.split)))
         if closing is not None:  # after the sample left: the window report is not on the sample's path
             self._send_window(closing)
+
+    def _compute(self, work: p.Work, cfg: _Config) -> _Ran:
+        """Run the tier's part of the sample: its layer graphs (a chain), or its tier graph and exit rule."""
+        msg = cfg.msg
+        if cfg.chain:
+            return run_chain(cfg.chain, msg.first_layer, msg.final_layer, work, cfg.tier_final)
+        assert cfg.partition is not None
+        outputs = cfg.partition.run(work.tensors)
+        logits = outputs[msg.logits_name]
+        confidence, prediction = measure_confidence(logits[0], work.measure)
+        if cfg.tier_final or p.should_exit(work.thresholds.get(self.tier, float("inf")), confidence):
+            return _Ran(logits, confidence, prediction, True, msg.last_layer, [], {})
+        onward = {dst: outputs[src] if src in outputs else work.tensors[src] for src, dst in msg.offload.items()}
+        return _Ran(logits, confidence, prediction, False, msg.last_layer, [], onward)
 
     def _offload(self, frames: list[Any]) -> None:
         """Send a Work on to the next tier (held first when the link has a userspace delay)."""

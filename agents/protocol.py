@@ -37,6 +37,11 @@ Format history:
     7: a run's tiers are any names (``TIER_NAME``), two or more, ordered by the bundle: the agent takes
        any valid name, and Configure.first says whether the controller issues Work to this tier (the
        first tier, whose data socket hears the controller), which the tier's name no longer tells.
+    8: a split point at every layer: Configure.chain (one graph per layer, in order, from
+       Configure.first_layer; Configure.final_layer is the model's last) and Configure.last_layer (the
+       layer a tier graph ends at); Work.split (offload after this layer; 0: after the last one held);
+       Stage.layer (the last layer the tier ran) and Stage.layer_confidences (the confidence after each
+       layer a chain ran, in order; empty for a tier graph).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Any, ClassVar, NamedTuple
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 LINKS = ("data", "controller")  # what a Shape message reshapes
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
@@ -128,6 +133,8 @@ class Stage(NamedTuple):
     frame_bytes_in: int  # bytes of all frames of the Work message this tier received
     wire_in_bytes: int  # interface rx bytes since the previous arrival on this hop; -1: not measured
     energy_batch: int  # the agent's energy window holding this sample; -1: its own window (energy above)
+    layer: int = 0  # the last layer this tier ran (0: not said)
+    layer_confidences: list = []  # a chain's confidence after each layer it ran, in order; [] for a tier graph
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,10 @@ class Configure:
     ctl_delay_ms: float = 0.0
     ctl_jitter_ms: float = 0.0
     first: bool = False  # this is the first tier: the controller issues Work to its data socket
+    last_layer: int = 0  # the layer this tier's graph ends at (stamped into its stages)
+    chain: list = field(default_factory=list)  # [[path, sha256], ...]: one graph per layer instead of a tier graph
+    first_layer: int = 0  # the layer chain[0] runs
+    final_layer: int = 0  # the model's last layer: a chain that reaches it exits there
 
 
 @dataclass(frozen=True)
@@ -239,6 +250,7 @@ class Work:
     thresholds: dict[str, float]
     stages: list[Stage] = field(default_factory=list)
     measure: str = "max"
+    split: int = 0  # with a chain: offload after this layer unless the sample exits by then (0: the chain's end)
 
 
 @dataclass(frozen=True)
@@ -407,7 +419,7 @@ def _encode_work(msg: Work) -> Frames:
     frames: Frames = [b""]
     body = {"run_seq": msg.run_seq, "sample_id": msg.sample_id,
             "tensors": {k: _pack_array(v, frames) for k, v in msg.tensors.items()},
-            "thresholds": msg.thresholds, "stages": msg.stages, "measure": msg.measure}
+            "thresholds": msg.thresholds, "stages": msg.stages, "measure": msg.measure, "split": msg.split}
     frames[0] = _packb({"v": PROTOCOL_VERSION, "kind": "work", "body": body})
     return frames
 
@@ -496,12 +508,13 @@ def _decode_work(body: dict[str, Any], frames: Frames) -> Work | None:
         run_seq, sample_id, tensors, thresholds = body["run_seq"], body["sample_id"], body["tensors"], body[
             "thresholds"]
         stages = _fast_stages(body.get("stages", []))
-        measure = body.get("measure", "max")
+        measure, split = body.get("measure", "max"), body.get("split", 0)
         if (type(run_seq) is not int or type(sample_id) is not int or type(tensors) is not dict
-                or type(thresholds) is not dict or stages is None or type(measure) is not str):
+                or type(thresholds) is not dict or stages is None or type(measure) is not str
+                or type(split) is not int):
             return None
         return Work(run_seq, sample_id, {k: _unpack_array(v, frames) for k, v in tensors.items()}, thresholds,
-                    stages, measure)
+                    stages, measure, split)
     except (KeyError, TypeError, ValueError):
         return None
 

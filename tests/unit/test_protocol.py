@@ -144,3 +144,19 @@ def test_encode_refuses_non_messages():
                                                      (float("inf"), 1.0, False)])
 def test_should_exit(threshold, conf, expected):
     assert p.should_exit(threshold, conf) is expected
+
+
+def test_a_split_and_the_layers_a_chain_ran_travel_with_the_sample():
+    stage = _sample_work(1).stages[0]._replace(layer=3, layer_confidences=[0.41, 0.55, 0.62])
+    work = p.Work(7, 42, {"hidden": np.zeros((1, 2, 4), np.float32)}, {"L2": 0.8}, [stage], "max", split=3)
+    for decoded in (p.decode(p.encode(work)), p.decode(p.encode_generic(work), fast=False)):
+        assert decoded.split == 3 and decoded.stages[0].layer == 3
+        assert decoded.stages[0].layer_confidences == [0.41, 0.55, 0.62]
+    cfg = p.Configure(1, "", "", "logits", {}, "", 1, chain=[["layers/L1.onnx", "ab"], ["layers/L2.onnx", "cd"]],
+                      first_layer=1, final_layer=6, last_layer=0)
+    assert p.decode(p.encode(cfg)).chain == [["layers/L1.onnx", "ab"], ["layers/L2.onnx", "cd"]]
+    short = p.encode(work)  # a stage of an older version (16 fields) is refused by name
+    body = __import__("msgpack").unpackb(short[0], raw=False)
+    body["body"]["stages"][0] = body["body"]["stages"][0][:16]
+    with pytest.raises(p.ProtocolError, match="stages: expected a list of stages of 18 fields"):
+        p.decode([__import__("msgpack").packb(body), *short[1:]])
