@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from testbed import policies  # noqa: E402
 from testbed.analysis import replay, report, verdict  # noqa: E402
 from testbed.core import costmodel  # noqa: E402
 from testbed.core.config import PolicySpec  # noqa: E402
@@ -40,17 +41,28 @@ PAPER_POLICIES = [
 ]
 
 
-def _by_hand(rows: object, bundle: Bundle, policy: str, cost: costmodel.CostModel) -> tuple[float, float]:
-    """Drop (pt) and cost reduction from the replayed routes with plain numpy: the unwrapped arithmetic."""
+def _by_hand(rows: object, bundle: Bundle, policy: str, cost: costmodel.CostModel, depth: int) -> tuple[float, float]:
+    """Drop (pt) and cost reduction from the replayed rows with plain arithmetic: the unwrapped figures.
+
+    A row costs lambda per layer each charged tier ran (``layers_<tier>``) plus o per hop it crossed;
+    ``depth`` > 0: the baseline is every sample at the final layer on the device (lambda_device * depth).
+    """
     import pandas as pd
 
     assert isinstance(rows, pd.DataFrame)
-    layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
+    tiers = list(bundle.tiers)
     m = rows[rows.phase == "measure"]
-    p, b = m[m.policy == policy], m[m.policy == f"all-{bundle.tiers[-1]}"]
-    unit = {t: cost.route_cost(layers, t) for t in layers}
-    cp = np.array([unit[t] for t in p.exit_tier]).mean()
-    cb = np.array([unit[t] for t in b.exit_tier]).mean()
+    p, b = m[m.policy == policy], m[m.policy == f"all-{tiers[-1]}"]
+
+    def row_cost(r: pd.Series) -> float:
+        ran = [t for t in tiers if pd.notna(r[f"layers_{t}"])]
+        lam = [cost.lam[t] * r[f"layers_{t}"] for t in ran if cost.charge is None or t in cost.charge]
+        first = cost.lam[ran[0]] if cost.layer_factor != 1 and lam else 0.0
+        hops = [cost.o[f"{x}-{y}"] for x, y in zip(ran, ran[1:], strict=False)]
+        return first + cost.layer_factor * (sum(lam) - first) + sum(hops)
+
+    cp = float(np.mean([row_cost(r) for _, r in p.iterrows()]))
+    cb = cost.lam[tiers[0]] * depth if depth else float(np.mean([row_cost(r) for _, r in b.iterrows()]))
     return (b.correct.mean() - p.correct.mean()) * 100, 1 - cp / cb
 
 
@@ -62,13 +74,20 @@ def main() -> int:
     args = ap.parse_args()
     bundle = Bundle.load(args.bundle)
     last = bundle.tiers[-1]
-    specs = [PolicySpec.model_validate(p) for p in PAPER_POLICIES]
+    specs = []
+    for entry in PAPER_POLICIES:
+        spec = PolicySpec.model_validate(entry)
+        lacking = policies.bundle_problems(spec, bundle)
+        if lacking:
+            print(f"{spec.key}: left out{'; '.join(lacking)}")
+            continue
+        specs.append(spec)
     specs.append(PolicySpec.model_validate({"name": "all-at", "tier": last, "label": f"all-{last}"}))
     t0 = time.perf_counter()
     rows, records = replay.replay(bundle, specs, args.split, None, args.seed, 0)
     layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
     settings = {s.key: report.policy_settings(s.model_dump(), records.get(s.key, {})) for s in specs}
-    verdicts, _ = verdict.paper_table(rows, specs, layers, costmodel.preset("dimee"), settings, args.seed)
+    verdicts, _ = verdict.paper_table(rows, specs, layers, costmodel.preset("dimee"), settings, args.seed, records)
     took = time.perf_counter() - t0
     n_val, n_test = bundle.spec.data.splits.get("val", 0), bundle.spec.data.splits.get(args.split, 0)
     print(f"bundle {bundle.root.name}: tiers {', '.join(bundle.tiers)}; val {n_val} samples, {args.split} {n_test}; "
@@ -76,7 +95,9 @@ def main() -> int:
     counts = {"meets": 0, "does not meet": 0, "cannot tell": 0}
     for v in verdicts:
         cost, _ = verdict.paper_cost(next(s for s in specs if s.key == v.policy), costmodel.preset("dimee"), layers)
-        drop, red = _by_hand(rows, bundle, v.policy, cost)
+        rec = records.get(v.policy, {})
+        depth = len(rec.get("arms", [])) if rec.get("arms_are") == "layers" else 0
+        drop, red = _by_hand(rows, bundle, v.policy, cost, depth)
         agree = abs(drop - v.drop_pt.point) < 1e-9 and abs(red - v.cost_reduction.point) < 1e-9
         print(v.line())
         print(f"  by hand from the exit table: drop {drop:+.2f} pt, cost reduction {red:.1%} "

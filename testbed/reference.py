@@ -141,7 +141,8 @@ def _policy_sections() -> list[str]:
         if ptype.cost_preset:
             judged.append(f"Its paper's cost preset: `{ptype.cost_preset}`.")
         if ptype.needs:
-            judged.append(f"Reads the bundle's {', '.join(sorted(ptype.needs))}.")
+            judged.append(f"Reads the bundle's {', '.join(sorted(ptype.needs))}"
+                          + (" where its parameters ask for it." if ptype.needs_for else "."))
         extra = "".join(f" {s}" for s in judged)
         parts.append(f"\n### `{name}`\n\n{ptype.summary}.{extra}\n\n")
         rows = list(keys(ptype.params, f"policies[name={name}]."))

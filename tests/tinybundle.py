@@ -106,6 +106,10 @@ def make_tiny_bundle(root: Path, n_test: int = 60, seed: int = 0,
            "offload": {"mode": "hidden", "bytes_per_token": HIDDEN * 4 + 8, "bytes_fixed": 0,
                        "formula": f"seq_len * ({HIDDEN} * 4 + 8)"}, "exit_layers": list(range(1, n_layers + 1)),
            "tiers": specs,
+           # one layer per tier: the tier graphs are the layer graphs too (a split point at every layer)
+           "layer_graphs": [{"layer": i + 1, "file": spec["file"], "sha256": spec["sha256"],
+                             "size_bytes": spec["size_bytes"], "inputs": [x["name"] for x in spec["inputs"]],
+                             "outputs": [x["name"] for x in spec["outputs"]]} for i, spec in enumerate(specs)],
            "files": {f: sha256_file(root / f) for f in ("samples.parquet", "exits.parquet")},
            "data": {"splits": splits, "seed": seed},
            # no torch here, so nothing to compare ONNX with

@@ -108,11 +108,10 @@ def repredict(df: pd.DataFrame, layers: dict[str, int], fitted: dict[str, Any]) 
     mean_ms, p50_ms, j = presets["calibrated-ms"], presets["calibrated-ms-p50"], presets["calibrated-j"]
     rows = []
     for policy, g in m.groupby("policy", sort=False):
-        tiers = g["exit_tier"].to_numpy()
-        pred_mean = float(mean_ms.costs(tiers, layers).mean() + mean_ms.extra["base_ms"])
-        pred_p50 = float(np.median(p50_ms.costs(tiers, layers) + p50_ms.extra["base_ms"]))
+        pred_mean = float(mean_ms.costs_of(g, layers).mean() + mean_ms.extra["base_ms"])
+        pred_p50 = float(np.median(p50_ms.costs_of(g, layers) + p50_ms.extra["base_ms"]))
         meas_mean, meas_p50 = float(g["latency_ms"].mean()), float(g["latency_ms"].median())
-        pred_j = float(j.costs(tiers, layers).mean())
+        pred_j = float(j.costs_of(g, layers).mean())
         meas_j = float(g["energy_j"].mean()) if "energy_j" in g and g["energy_j"].notna().any() else float("nan")
         rows.append({"policy": policy, "samples": len(g),
                      "latency_ms_mean_predicted": pred_mean, "latency_ms_mean_measured": meas_mean,

@@ -97,7 +97,7 @@ def _verdicts(df: pd.DataFrame, m: RunManifest) -> tuple[list[verdict.Verdict], 
     specs = [PolicySpec.model_validate(p) for p in m.experiment.resolved.get("policies", [])]
     settings = {s.key: policy_settings(s.model_dump(), m.policies.get(s.key, {})) for s in specs}
     return verdict.paper_table(df, specs, m.cost_model["layers"], CostModel.from_record(m.cost_model), settings,
-                               int(m.experiment.resolved.get("seed", 0)))
+                               int(m.experiment.resolved.get("seed", 0)), m.policies)
 
 
 def _policy_notes(records: dict[str, dict[str, Any]]) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -148,18 +148,27 @@ def pair(df: pd.DataFrame, policy: str, baseline: str) -> tuple[pd.DataFrame, pd
 
 
 def judge(df: pd.DataFrame, policy: str, claim: Claim, cost: CostModel, layers: dict[str, int],
-          settings: str = "", seed: int = 0) -> Verdict | None:
+          settings: str = "", seed: int = 0, on_device: int = 0) -> Verdict | None:
     """The verdict on ``policy``'s rows against all samples to the last tier, in ``cost``'s units.
 
     ``layers``: the run's tiers in order with their layers. None when the baseline is not in ``df``.
+    ``on_device``: the model's depth where the paper's baseline is every sample at the final layer
+    on the device (SplitEE's): its answers are the last tier's (the same final layer), its cost
+    the device running every layer.
     """
     baseline = f"all-{list(layers)[-1]}"
     p, b = pair(df, policy, baseline)
     if not len(p):
         return None
     drop = paired_interval("drop", p["correct"].to_numpy(float), b["correct"].to_numpy(float), seed)
-    red = paired_interval("reduction", cost.costs(p["exit_tier"].to_numpy(), layers),
-                          cost.costs(b["exit_tier"].to_numpy(), layers), seed)
+    tiers = list(layers)
+    if on_device:
+        device = {t: (on_device if t == tiers[0] else 0) for t in tiers}
+        base_cost = np.full(len(b), cost.route_cost(device, tiers[0]))
+        baseline = f"every sample at the final layer (L{on_device}) on the device, answers from {baseline}"
+    else:
+        base_cost = cost.costs_of(b, layers)
+    red = paired_interval("reduction", cost.costs_of(p, layers), base_cost, seed)
     outcome, needed = decide(claim, len(p), drop, red)
     return Verdict(policy, claim, _preset_text(cost), baseline, len(p), drop, red, outcome, needed, settings)
 
@@ -203,11 +212,14 @@ def paper_cost(spec: PolicySpec, experiment: CostModel, layers: dict[str, int]) 
 
 
 def paper_table(df: pd.DataFrame, specs: list[PolicySpec], layers: dict[str, int], experiment: CostModel,
-                settings: dict[str, str], seed: int = 0) -> tuple[list[Verdict], pd.DataFrame]:
+                settings: dict[str, str], seed: int = 0,
+                records: dict[str, dict[str, Any]] | None = None) -> tuple[list[Verdict], pd.DataFrame]:
     """Per policy with a paper claim: its verdict in its paper's preset, and the figures beside it.
 
     Beside it: the cost reduction in the experiment's preset, and the measured latency, energy and
-    bytes reductions, each with its paired interval. ``settings``: policy key -> how its knobs were set.
+    bytes reductions, each with its paired interval. ``settings``: policy key -> how its knobs were set;
+    ``records``: what each policy recorded (a SplitEE over every layer is judged against its paper's
+    baseline, every sample at the final layer on the device).
     """
     verdicts, rows = [], []
     for spec in specs:
@@ -215,7 +227,9 @@ def paper_table(df: pd.DataFrame, specs: list[PolicySpec], layers: dict[str, int
         if claim is None:
             continue
         cost, why = paper_cost(spec, experiment, layers)
-        v = judge(df, key, claim, cost, layers, "; ".join(x for x in (settings.get(key, ""), why) if x), seed)
+        rec = (records or {}).get(key, {})
+        depth = len(rec.get("arms", [])) if rec.get("arms_are") == "layers" else 0
+        v = judge(df, key, claim, cost, layers, "; ".join(x for x in (settings.get(key, ""), why) if x), seed, depth)
         if v is None:
             continue
         verdicts.append(v)
@@ -226,7 +240,7 @@ def paper_table(df: pd.DataFrame, specs: list[PolicySpec], layers: dict[str, int
             "preset": v.preset, "n": v.n, "cost_reduction": v.cost_reduction, "drop_pt": v.drop_pt,
             "verdict": v.outcome if v.needed is None else f"{v.outcome} (~{_needed_text(v.needed)} needed)",
             f"cost_reduction_{experiment.name}": here.cost_reduction if here else None, "settings": v.settings}
-        for what, iv in measured_reductions(df, key, v.baseline, seed).items():
+        for what, iv in measured_reductions(df, key, f"all-{list(layers)[-1]}", seed).items():
             row[f"{what}_reduction"] = iv
         rows.append(row)
     return verdicts, pd.DataFrame(rows)

@@ -244,7 +244,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     n = len(rows[rows.phase == 'measure']) // len(specs)
     _print_paper(paper, f"replay on {bundle.root} split {split} ({n} samples per policy), cost preset {cm.name}")
     settings = {s.key: report.policy_settings(s.model_dump(), records.get(s.key, {})) for s in specs}
-    _, papers = verdict.paper_table(rows, specs, layers, cm, settings, seed)
+    _, papers = verdict.paper_table(rows, specs, layers, cm, settings, seed, records)
     if len(papers):
         print_papers(papers, f"the papers' claims on {n} replayed samples of split {split}: each policy in its "
                              "paper's cost preset, paired 95% intervals")

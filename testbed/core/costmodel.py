@@ -100,6 +100,27 @@ class CostModel:
         table = {t: self.route_cost(layers, t) for t in layers}
         return np.array([table[str(t)] for t in exit_tiers], np.float64)
 
+    def costs_of(self, rows: pd.DataFrame, layers: dict[str, int]) -> np.ndarray:
+        """Route costs of result rows: each row's own layers per tier (``layers_<tier>``) where it has them.
+
+        A split inside a tier makes the layers a sample ran its own; rows without those columns (runs
+        before schema 5) cost their exit tier's route at the bundle's ``layers`` per tier.
+        """
+        cols = [f"layers_{t}" for t in layers]
+        by_tier = self.costs(rows["exit_tier"].to_numpy(), layers)
+        if not all(c in rows.columns for c in cols):
+            return by_tier
+        known = rows[cols].notna().any(axis=1).to_numpy()
+        counts = rows[cols].fillna(0).astype(int).to_numpy()
+        tiers, exits = list(layers), rows["exit_tier"].to_numpy()
+        cache: dict[tuple[Any, ...], float] = {}
+        for i in np.flatnonzero(known):
+            key = (*counts[i].tolist(), str(exits[i]))
+            if key not in cache:
+                cache[key] = self.route_cost(dict(zip(tiers, key[:-1], strict=True)), key[-1])
+            by_tier[i] = cache[key]
+        return by_tier
+
     def with_values(self, lam: dict[str, float] | None = None, o: dict[str, float] | None = None) -> CostModel:
         """A copy with some lambdas or offload costs replaced (a sweep point, or an experiment override)."""
         return replace(self, lam=self.lam | (lam or {}), o=self.o | (o or {}))
@@ -202,7 +223,7 @@ def paper_costs(df: pd.DataFrame, layers: dict[str, int], cost: CostModel) -> pd
     m = df[df["phase"] == "measure"] if "phase" in df.columns else df
     out = []
     for policy, g in m.groupby("policy", sort=False):
-        c = cost.costs(g["exit_tier"].to_numpy(), layers)
+        c = cost.costs_of(g, layers)
         out.append({"policy": policy, "samples": len(g), "accuracy": float(g["correct"].mean()),
                     "cost_paper": float(c.mean()),
                     **{f"share_{t}": float((g["exit_tier"] == t).mean()) for t in layers}})

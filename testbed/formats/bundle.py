@@ -374,6 +374,8 @@ class Bundle:
             out.add("cartography")
         if self.spec.resnet_variants:
             out.add("resnet_variants")
+        if self.spec.layer_graphs:
+            out.add("layer_graphs")
         return out
 
     def cartography(self) -> pd.DataFrame:

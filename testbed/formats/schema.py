@@ -17,6 +17,8 @@ Format history:
        ``energy_batch_<tier>`` (the energy window a sample's energy was shared out of).
     4: the tiers are the run's (two or more, named by the bundle), recorded in the file's metadata
        (``testbed.tiers``); a file without it has the three tiers mobile, edge, cloud.
+    5: ``layers_<tier>``: the layers each tier ran for the sample (a split can fall inside a tier);
+       ``exit_layer`` is the layer the sample exited at, wherever that is.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow as pa
 from agents.protocol import DEFAULT_TIERS
 from testbed.core.hops import data_hops, offload_hops
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PHASES = ("warmup", "measure")
 #: parquet metadata keys
 VERSION_KEY, TIERS_KEY = "testbed.schema_version", "testbed.tiers"
@@ -60,7 +62,7 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
         Column("split", pa.string(), "", "bundle split the sample comes from"),
         Column("phase", pa.string(), "", "warmup or measure; warmups are kept, never dropped"),
         Column("exit_tier", pa.string(), "", "tier that finished the sample"),
-        Column("exit_layer", pa.int64(), "layer", "encoder layer after which it exited (1-based)"),
+        Column("exit_layer", pa.int64(), "layer", "layer after which it exited (1-based)"),
         Column("tier_path", pa.string(), "", "tiers visited, e.g. mobile>edge"),
         Column("label", pa.int64(), "class", "gold label"),
         Column("prediction", pa.int64(), "class", "predicted class"),
@@ -76,6 +78,8 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
         c.append(Column(f"compute_ms_{t}", pa.float64(), "ms", f"onnxruntime time on {t}", True))
         c.append(Column(f"queue_ms_{t}", pa.float64(), "ms", f"arrival to compute start on {t}", True))
         c.append(Column(f"device_{t}", pa.string(), "", f"device id of the {t} agent", True))
+        c.append(Column(f"layers_{t}", pa.int64(), "layers", f"layers the {t} tier ran for the sample (null: it "
+                        "did not run it)", True))
         c.append(Column(f"energy_j_{t}", pa.float64(), "J", f"energy of the {t} compute window (null: no meter)", True))
         c.append(Column(f"energy_net_j_{t}", pa.float64(), "J",
                         f"energy_j_{t} above the {t} device's measured idle power (null: no baseline)", True))

@@ -86,6 +86,14 @@ class Policy:
         """Choose from measured resources (only for ``needs_resources`` policies)."""
         raise TypeError(f"policy {self.name} does not plan from resources")
 
+    def split(self, sample_id: int) -> int:
+        """The layer after which the sample is offloaded unless it exits there (0: at its tier's end)."""
+        return 0
+
+    def layer_ranges(self) -> dict[str, tuple[int, int]] | None:
+        """Tier -> (first, last) layer it runs as layer graphs for this policy; None: the tier graphs."""
+        return None
+
     def partitions(self) -> dict[str, tuple[str, str]] | None:
         """Tier -> (file, sha256) the agents should run for this policy; None: the bundle's own."""
         return None

@@ -24,6 +24,7 @@ class PolicyContext:
         val_exits: the validation split's exit table: for policies fitted offline (cartography).
         cartography: the bundle's training dynamics (``cartography.parquet``).
         resnet_variants: an adaptive-ResNet bundle's variants (accuracy per exit, MACs, bytes per offload).
+        layer_graphs: how many layer graphs the bundle has (a split point at every layer); None: none.
     """
 
     tiers: tuple[str, ...]
@@ -34,6 +35,7 @@ class PolicyContext:
     val_exits: pd.DataFrame | None = None
     cartography: pd.DataFrame | None = None
     resnet_variants: list[dict[str, Any]] | None = None
+    layer_graphs: int | None = None
 
 
 #: what a policy may need from a bundle: table -> (what it is, how a bundle that lacks it gets it)
@@ -43,6 +45,8 @@ TABLES: dict[str, tuple[str, str]] = {
     "cartography": ("the training dynamics (cartography.parquet)", "rebuild the bundle with `testbed partition`"),
     "resnet_variants": ("ResNet variants with connections dropped", "build a ResNet bundle: testbed partition "
                         "--config partitions/specs/resnet-digits.yaml"),
+    "layer_graphs": ("one graph per layer (a split point at every layer)", "rebuild it with an exit after every "
+                     "layer (exits: all) and hidden-state offloads, which export layers/L<k>.onnx"),
 }
 
 
@@ -62,4 +66,5 @@ def for_bundle(bundle: Bundle, split: str, seed: int, need: set[str]) -> PolicyC
         val_exits=bundle.exits("val") if "val_exits" in need else None,
         cartography=bundle.cartography() if "cartography" in need else None,
         resnet_variants=[v.model_dump() for v in bundle.spec.resnet_variants] or None,
+        layer_graphs=len(bundle.spec.layer_graphs) or None,
     )

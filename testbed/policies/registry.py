@@ -118,7 +118,14 @@ def bundle_problems(spec: PolicySpec, bundle: Bundle) -> list[str]:
     """What ``bundle`` lacks for the entry's policy (empty for an unknown name: :func:`check` says that)."""
     if spec.name not in types():
         return []
-    return [f": {spec.name} needs {m}" for m in missing(bundle, types()[spec.name].needs)]
+    ptype = types()[spec.name]
+    need = ptype.needs
+    if ptype.needs_for is not None:
+        try:
+            need = ptype.needs_for(parse(spec)[1])
+        except ValidationError:
+            return []  # check() names what is wrong with the parameters
+    return [f": {spec.name} needs {m}" for m in missing(bundle, need)]
 
 
 def context_for(bundle: Bundle, split: str, seed: int, names_: set[str]) -> PolicyContext:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from testbed.core import costmodel
 from testbed.core.costmodel import Claim, CostModel
-from testbed.policies.base import NEVER, Measured, Policy, PolicyType
+from testbed.policies.base import ALWAYS, NEVER, Measured, Policy, PolicyType
 from testbed.policies.context import PolicyContext
 
 
@@ -21,6 +21,10 @@ class SplitEEParams(Measured):
                          "its confidence reaches it")
     c: float = Field(1.0, ge=0, description="the UCB exploration constant")
     lam: float = Field(0.1, ge=0, description="the cost per layer in the reward")
+    arms: Literal["auto", "tiers", "layers"] = Field(
+        "auto", description="layers: every layer the device holds is an arm, the last one included (the paper's; "
+        "two tiers, a bundle with a graph per layer); tiers: the tier boundaries; auto: layers where the run and "
+        "the bundle allow it, else tiers")
     o: float | None = Field(None, ge=0, description="the cost per offload in the reward; default: the splitee "
                             "preset's 0.3 on 12 layers kept at its ratio to a full pass (o / (lam * L) = 0.25) on "
                             "this model's depth (0.15 on 6 layers)")
@@ -43,12 +47,18 @@ class SplitEEPolicy(Policy):
     """
 
     def __init__(self, name: str, ctx: PolicyContext, alpha: float, c: float, lam: float, o: float,
-                 side_info: bool, measure: str = "max"):
+                 side_info: bool, measure: str = "max", per_layer: bool = False):
         super().__init__(name)
         self.measure = measure
         self.tiers = ctx.tiers
-        self.arms = list(ctx.tiers[:-1])
-        self.layer = {t: ctx.exit_layers[t] for t in ctx.tiers}
+        self.per_layer = per_layer
+        self.depth = ctx.layer_graphs or 0
+        if per_layer:  # every layer the device holds is an arm; the device holds the whole model
+            self.arms = [f"L{k}" for k in range(1, self.depth + 1)]
+            self.layer = {a: k for k, a in enumerate(self.arms, start=1)}
+        else:
+            self.arms = list(ctx.tiers[:-1])
+            self.layer = {t: ctx.exit_layers[t] for t in ctx.tiers}
         self.alpha, self.c, self.lam, self.o, self.side_info = alpha, c, lam, o, side_info
         self.sum = np.zeros(len(self.arms))
         self.n = np.zeros(len(self.arms), np.int64)
@@ -66,24 +76,44 @@ class SplitEEPolicy(Policy):
         return int(np.argmax(ucb))
 
     def thresholds(self, sample_id: int, rng: np.random.Generator) -> dict[str, float]:
-        """Exit at the chosen arm's tier when confident enough, else straight on to the cloud."""
+        """Exit at the chosen arm when confident enough, else straight on to the cloud."""
         arm = self._pick()
         self._issued += 1
         self._pending[sample_id] = arm
-        self._choice[sample_id] = f"L{self.layer[self.arms[arm]]}"
-        return {t: (self.alpha if t == self.arms[arm] else NEVER) for t in self.arms}
+        key = self.arms[arm]
+        self._choice[sample_id] = f"L{self.layer[key]}"
+        if self.per_layer:  # the last layer always exits: everything on the device
+            return {key: ALWAYS if self.layer[key] == self.depth else self.alpha}
+        return {t: (self.alpha if t == key else NEVER) for t in self.arms}
+
+    def split(self, sample_id: int) -> int:
+        """Per layer: the sample leaves the device after its arm's layer unless it exits there."""
+        arm = self._pending.get(sample_id)
+        if not self.per_layer or arm is None or self.layer[self.arms[arm]] == self.depth:
+            return 0
+        return self.layer[self.arms[arm]]
+
+    def layer_ranges(self) -> dict[str, tuple[int, int]] | None:
+        """Per layer: every tier holds the whole model's layer graphs (the cloud continues where the device split)."""
+        return {t: (1, self.depth) for t in self.tiers} if self.per_layer else None
 
     def reward(self, arm: int, confidences: dict[str, float]) -> float:
         """The authors' reward for ``arm`` given the confidences the sample produced."""
-        tier = self.arms[arm]
-        conf = confidences[tier]
-        if conf >= self.alpha:
-            return conf - self.lam * self.layer[tier]
-        cost = self.lam * self.layer[self.tiers[-2]]  # every layer before the cloud ran (the arm's own in 2 tiers)
-        final = confidences.get(self.tiers[-1])
+        key = self.arms[arm]
+        conf = confidences[key]
+        if conf >= self.alpha or (self.per_layer and self.layer[key] == self.depth):
+            return conf - self.lam * self.layer[key]
+        # every layer before the cloud ran: the arm's own with layer splits or in two tiers
+        cost = self.lam * (self.layer[key] if self.per_layer else self.layer[self.tiers[-2]])
+        final = confidences.get(f"L{self.depth}" if self.per_layer else self.tiers[-1])
         if final is None:  # never reached the cloud: the deepest confidence seen stands in
-            final = confidences[max(confidences, key=self.tiers.index)]
+            final = confidences[self._deepest(confidences)]
         return final - self.o - cost
+
+    def _deepest(self, confidences: dict[str, float]) -> str:
+        if self.per_layer:
+            return max((k for k in confidences if k.startswith("L")), key=lambda k: int(k[1:]))
+        return max((k for k in confidences if k in self.tiers), key=self.tiers.index)
 
     def observe(self, sample_id: int, confidences: dict[str, float]) -> None:
         """Update the played arm (and with side information the shallower ones) from the agents' confidences."""
@@ -111,7 +141,8 @@ class SplitEEPolicy(Policy):
 
     def summary(self) -> dict[str, Any]:
         """The bandit's state: arms, pulls, mean rewards, the best arm, its parameters."""
-        return {"arms": self.arms, "arm_layers": {a: self.layer[a] for a in self.arms}, "pulls": self.n.tolist(),
+        return {"arms": self.arms, "arms_are": "layers" if self.per_layer else "tiers",
+                "arm_layers": {a: self.layer[a] for a in self.arms}, "pulls": self.n.tolist(),
                 "mean_reward": [float(s / n) if n else None for s, n in zip(self.sum, self.n, strict=True)],
                 "best_arm": self.best_arm,
                 "params": {"alpha": self.alpha, "c": self.c, "lam": self.lam, "o": self.o, "side_info": self.side_info}}
@@ -131,15 +162,29 @@ def scored_by(p: SplitEEParams, preset: CostModel) -> CostModel:
 def _builder(side_info: bool) -> Any:
     def build(label: str, p: SplitEEParams, ctx: PolicyContext) -> SplitEEPolicy:
         o = p.o if p.o is not None else default_o(sum(ctx.layers.values()))
-        return SplitEEPolicy(label, ctx, p.alpha, p.c, p.lam, o, side_info, p.measure)
+        per_layer = p.arms == "layers" or (p.arms == "auto" and len(ctx.tiers) == 2 and bool(ctx.layer_graphs))
+        return SplitEEPolicy(label, ctx, p.alpha, p.c, p.lam, o, side_info, p.measure, per_layer)
     return build
+
+
+def check(p: SplitEEParams, tiers: tuple[str, ...]) -> list[str]:
+    """Arms at every layer are SplitEE's own setting: a device and the cloud."""
+    if p.arms == "layers" and len(tiers) != 2:
+        return [f".arms: layers puts every layer on the device and splits to the cloud, SplitEE's two-tier setting; "
+                f"this run has {len(tiers)} tiers ({', '.join(tiers)}): use a two-tier bundle, or arms: tiers"]
+    return []
+
+
+def _needs(p: SplitEEParams) -> frozenset[str]:
+    return frozenset({"layer_graphs"}) if p.arms == "layers" else frozenset()
 
 
 POLICIES = [
     PolicyType(name="splitee", summary="SplitEE: a UCB bandit over the split layer, online and without labels",
                params=SplitEEParams, build=_builder(False), claim=Claim("SplitEE", 0.50, 2.0), cost_preset="splitee",
-               scored_by=scored_by),
+               scored_by=scored_by, check=check, needs=frozenset({"layer_graphs"}), needs_for=_needs),
     PolicyType(name="splitee-s", summary="SplitEE-S: SplitEE that also updates the shallower arms from the "
                "confidences a sample produced on its way", params=SplitEEParams, build=_builder(True),
-               claim=Claim("SplitEE-S", 0.50, 2.0), cost_preset="splitee", scored_by=scored_by),
+               claim=Claim("SplitEE-S", 0.50, 2.0), cost_preset="splitee", scored_by=scored_by, check=check,
+               needs=frozenset({"layer_graphs"}), needs_for=_needs),
 ]

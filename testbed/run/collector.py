@@ -26,8 +26,9 @@ class Collector:
     ``context`` (the columns every row shares: run id, experiment, split, energy sources by device).
     """
 
-    def __init__(self, writer: RunWriter, exit_layers: dict[str, int]):
+    def __init__(self, writer: RunWriter, exit_layers: dict[str, int], tier_layers: dict[str, int] | None = None):
         self.writer = writer
+        self.tier_layers = tier_layers or {}  # the layers each tier graph runs (the bundle's)
         self.exit_layers = exit_layers  # the run's tiers in order, each with its exit's layer
         self.tiers = tuple(exit_layers)
         self.ledger = EnergyLedger()
@@ -46,7 +47,8 @@ class Collector:
 
     def result(self, got: Received, msg: p.Result, issued: Issued) -> list[dict[str, Any]]:
         """The row of an answered sample, written now unless it waits for its energy window."""
-        row = build_row(msg, issued, got.mono_ns, got.wall_ns, self.offsets, self.exit_layers, self.context)
+        row = build_row(msg, issued, got.mono_ns, got.wall_ns, self.offsets, self.exit_layers, self.context,
+                        self.tier_layers)
         return self._write(self.ledger.add_row(row))
 
     def window(self, msg: p.EnergyWindow) -> list[dict[str, Any]]:

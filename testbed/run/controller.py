@@ -87,7 +87,8 @@ class Controller:
         fleet = self.fleet = self.fleet or Fleet(self.exp, self.inv, self.bundle, self.run_dir, self.run_id,
                                                  Ownership(self.run_dir), self.trust_new_hosts,
                                                  exp_path=self.exp_path)
-        self.collector = Collector(writer, {t.tier: t.exit.layer for t in self.bundle.spec.tiers})
+        self.collector = Collector(writer, {t.tier: t.exit.layer for t in self.bundle.spec.tiers},
+                                   {t.tier: len(t.runs_layers or t.layers) for t in self.bundle.spec.tiers})
         m = self.manifest = records.initial_manifest(self.run_id, self.exp, self.exp_path, self.inv, self.inv_path,
                                                      self.bundle, hashes)
         writer.write_manifest(m)
@@ -167,8 +168,13 @@ class Controller:
     def _wire(self) -> dict[str, dict[str, str]]:
         return records.wire_ifaces(self.inv, self.exp.devices, self.tiers)
 
-    def _configure(self, files: dict[str, tuple[str, str]] | None = None, seq: int = 1) -> None:
-        """Load each tier's partition (``files``: tier -> (file, sha256) of a variant; default the bundle's)."""
+    def _configure(self, files: dict[str, tuple[str, str]] | None = None, seq: int = 1,
+                   ranges: dict[str, tuple[int, int]] | None = None) -> None:
+        """Load each tier's partition (``files``: tier -> (file, sha256) of a variant; default the bundle's).
+
+        ``ranges``: tier -> (first, last) layer: that tier runs the bundle's layer graphs of that range
+        as a chain instead of its tier graph (a split point at every layer).
+        """
         assert self.session is not None and self.fleet is not None and self.issuer is not None
         by_tier = self.session.by_tier()
         wire = self._wire()
@@ -190,8 +196,17 @@ class Controller:
                 ctl_delay_ms=ctl.delay_ms if ctl else 0.0, ctl_jitter_ms=ctl.jitter_ms if ctl else 0.0,
                 wire_in_iface=wire.get(tier, {}).get("interface", ""),
                 batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s,
-                first=i == 0)
+                first=i == 0, last_layer=spec.layers[-1], **self._chain(a, (ranges or {}).get(tier)))
         self.session.configure(messages, self.exp.timeouts.configure_s + self.exp.energy.idle_s)
+
+    def _chain(self, a: Any, layer_range: tuple[int, int] | None) -> dict[str, Any]:
+        """Configure's chain fields for a tier that runs ``layer_range`` as layer graphs (none: its tier graph)."""
+        if layer_range is None:
+            return {}
+        graphs = self.bundle.spec.layer_graphs
+        chain = [[a.handle.partition_path(g.file), g.sha256] for g in graphs
+                 if layer_range[0] <= g.layer <= layer_range[1]]
+        return {"chain": chain, "first_layer": layer_range[0], "final_layer": len(graphs)}
 
     # ------------------------------------------------------------------ samples
 
@@ -203,11 +218,18 @@ class Controller:
         if policy.needs_resources:
             self._run_adaptive(policy, rng, samples, count, max(warm, 3))
             return
-        # warmup and measure run as two phases, so no batch energy window holds samples of both
-        if warm:
-            self.issuer.issue_all(policy, rng, samples, [("warmup", i % count) for i in range(warm)],
-                                  (0, warm + count))
-        self.issuer.issue_all(policy, rng, samples, [("measure", i) for i in range(count)], (warm, warm + count))
+        ranges = policy.layer_ranges()
+        if ranges is not None:  # the policy splits inside tiers: the agents run layer graphs for it
+            self._configure(seq=2, ranges=ranges)
+        try:
+            # warmup and measure run as two phases, so no batch energy window holds samples of both
+            if warm:
+                self.issuer.issue_all(policy, rng, samples, [("warmup", i % count) for i in range(warm)],
+                                      (0, warm + count))
+            self.issuer.issue_all(policy, rng, samples, [("measure", i) for i in range(count)], (warm, warm + count))
+        finally:
+            if ranges is not None:
+                self._configure(None, seq=3)
 
     def _run_adaptive(self, policy: policies.Policy, rng: np.random.Generator, samples: Samples, count: int,
                       warm: int) -> None:

@@ -26,6 +26,20 @@ from testbed.run.session import NS, AgentSession
 from testbed.run.transport import Received
 
 
+def confidences(stages: list[p.Stage]) -> dict[str, float]:
+    """What a policy learns from an answered sample: each tier's confidence, and each layer's (``L<k>``).
+
+    The layers' confidences come from the tiers that ran a chain of layer graphs.
+    """
+    out: dict[str, float] = {}
+    for s in stages:
+        out[s.tier] = s.confidence
+        if s.layer_confidences:
+            first = s.layer - len(s.layer_confidences) + 1
+            out |= {f"L{first + j}": float(c) for j, c in enumerate(s.layer_confidences)}
+    return out
+
+
 @dataclass(frozen=True)
 class Progress:
     """Reported to the caller after every finished sample."""
@@ -72,7 +86,8 @@ class Issuer:
                endpoint: str) -> Issued:
         tensors = samples.tensors(idx)
         sample_id = int(samples.sample_id[idx])
-        work = p.Work(self.seq, sample_id, tensors, policy.thresholds(sample_id, rng), [], policy.measure)
+        work = p.Work(self.seq, sample_id, tensors, policy.thresholds(sample_id, rng), [], policy.measure,
+                      policy.split(sample_id))
         issued = Issued(self.seq, sample_id, int(samples.label[idx]), phase, policy.name,
                         self.clock.monotonic_ns(), self.clock.time_ns(),
                         sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id))
@@ -120,7 +135,7 @@ class Issuer:
                     continue  # a late answer to a sample this run already gave up on
                 answered = in_flight.pop(msg.run_seq)
                 written += self.collector.result(got, msg, answered)
-                policy.observe(answered.sample_id, {s.tier: s.confidence for s in msg.stages})
+                policy.observe(answered.sample_id, confidences(msg.stages))
                 done += 1
                 self.on_progress(Progress(policy.name, answered.phase, before + done, total))
             elif isinstance(msg, p.EnergyWindow):

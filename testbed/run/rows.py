@@ -41,10 +41,13 @@ def build_row(
     offsets_ns: dict[str, int],
     exit_layers: dict[str, int],
     context: dict[str, Any],
+    tier_layers: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """One row of the result schema of the run's tiers (``exit_layers``' keys, in order).
 
-    ``context`` holds run_id, experiment, split and ``energy_sources`` (device -> meter source).
+    ``tier_layers``: the layers each tier's graph runs (the bundle's), for stages of tier graphs;
+    a stage of a chain of layer graphs says itself which layers it ran. ``context`` holds run_id,
+    experiment, split and ``energy_sources`` (device -> meter source).
     A row's energy is null unless every tier it visited had a meter.
     """
     stages = result.stages
@@ -54,7 +57,7 @@ def build_row(
         **{k: context[k] for k in ("run_id", "experiment", "split")},
         "policy": issued.policy, "policy_choice": issued.choice,
         "seq": issued.seq, "sample_id": issued.sample_id, "phase": issued.phase,
-        "exit_tier": last.tier, "exit_layer": exit_layers[last.tier],
+        "exit_tier": last.tier, "exit_layer": last.layer or exit_layers[last.tier],
         "tier_path": ">".join(s.tier for s in stages),
         "label": issued.label, "prediction": prediction, "correct": prediction == issued.label,
         "confidence": last.confidence,
@@ -63,8 +66,8 @@ def build_row(
     }
     cols = schema.for_tiers(list(exit_layers))
     for tier in cols.tiers:
-        for col in ("confidence", "compute_ms", "queue_ms", "device", "energy_j", "energy_net_j", "energy_approx",
-                    "energy_batch"):
+        for col in ("confidence", "compute_ms", "queue_ms", "device", "layers", "energy_j", "energy_net_j",
+                    "energy_approx", "energy_batch"):
             row[f"{col}_{tier}"] = None
     for hop in cols.hops:
         row[f"net_ms_{hop}"] = None
@@ -92,6 +95,8 @@ def build_row(
         row[f"compute_ms_{s.tier}"] = (s.end_ns - s.start_ns) / NS_PER_MS
         row[f"queue_ms_{s.tier}"] = queue
         row[f"device_{s.tier}"] = s.device
+        row[f"layers_{s.tier}"] = len(s.layer_confidences) if s.layer_confidences else (tier_layers or {}).get(
+            s.tier)
         row[f"energy_j_{s.tier}"] = None if math.isnan(s.energy_j) else s.energy_j
         row[f"energy_net_j_{s.tier}"] = None if math.isnan(s.energy_net_j) else s.energy_net_j
         row[f"energy_approx_{s.tier}"] = s.energy_approx

@@ -61,16 +61,28 @@ def test_the_device_to_cloud_hop_is_shaped_and_measured(two_tier_run):
     assert shaping["links"]["mobile-cloud"]["delay_ms"] == 8.0
 
 
-def test_splitee_picks_among_the_device_exits_and_live_equals_replay(two_tier_run):
+def test_splitee_picks_among_every_layer_of_the_device_and_live_equals_replay(two_tier_run):
     bundle, run_dir, df = two_tier_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["policies"]["splitee"]["arms"] == ["mobile"]
+    rec = manifest["policies"]["splitee"]
+    assert rec["arms"] == ["L1", "L2"] and rec["arms_are"] == "layers"  # every layer, the last one included
+    sp = df[(df.policy == "splitee")]
+    assert set(sp["policy_choice"]) == {"L1", "L2"}  # each arm played at least once
+    # a split after layer 1: the device ran one layer, the cloud the other; the last arm keeps it all on the device
+    offloaded = sp[(sp.policy_choice == "L1") & (sp.exit_tier == "cloud")]
+    assert (offloaded.layers_mobile == 1).all() and (offloaded.layers_cloud == 1).all()
+    assert (sp[sp.policy_choice == "L2"].exit_tier == "mobile").all()
+    last = sp[sp.policy_choice == "L2"]
+    assert (last.exit_layer == 2).all() and (last.layers_mobile == 2).all()
     specs = [PolicySpec.model_validate(p) for p in POLICIES]
-    rows, _ = replay.replay(bundle, specs, "test", 40, 0, 2)
+    rows, records = replay.replay(bundle, specs, "test", 40, 0, 2)
+    assert records["splitee"]["pulls"] == rec["pulls"]  # the bandit learned the same thing from the same feedback
     for key in ("early-exit", "splitee", "random"):
-        live = df[(df.policy == key) & (df.phase == "measure")].sort_values("seq")
-        again = rows[(rows.policy == key) & (rows.phase == "measure")]
+        live = df[(df.policy == key)].sort_values("seq")
+        again = rows[(rows.policy == key)]
         assert list(live["exit_tier"]) == list(again["exit_tier"]), key
+        assert list(live["exit_layer"]) == list(again["exit_layer"]), key
+        assert list(live["prediction"]) == list(again["prediction"]), key
     ee = df[(df.policy == "early-exit") & (df.phase == "measure")]
     assert set(ee["exit_tier"]) == set(T2)  # the threshold splits the samples between the two tiers
 

@@ -123,7 +123,8 @@ def test_splitee_s_updates_shallower_arms_too():
     (PolicySpec(name="splitee", alpha=1.5), ".alpha: 1.5 is outside [0, 1]"),
     (PolicySpec(name="splitee-s", o=-0.1), ".o: -0.1 is negative"),
     (PolicySpec(name="cartography", cost="nope"), "unknown cost preset"),
-    (PolicySpec(name="splitee", mu=0.1), ".mu: splitee takes no mu (it takes alpha, c, lam, measure, o)"),
+    (PolicySpec(name="splitee", mu=0.1), ".mu: splitee takes no mu (it takes alpha, arms, c, lam, measure, o)"),
+    (PolicySpec(name="splitee", arms="layers"), ".arms: layers puts every layer on the device"),
     (PolicySpec(name="oracle", alpha=0.5), ".alpha: oracle takes no alpha; remove it"),
 ])
 def test_bad_parameters_are_refused(spec, fragment):
