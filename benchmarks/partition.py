@@ -8,6 +8,12 @@ For each tier (and each mobile variant), the median time per sample at batch 1 (
 sample of median length, unpadded, as the agents run it) and at batch 32 (32 test samples
 padded to the longest, time divided by 32), over ``--repeats`` timed runs after a warmup.
 The build time is measured when ``--build`` is given, else read from ``bundle.yaml``.
+
+Where the bundle has a graph per layer (a split point at every layer), each tier's range is
+also run as that chain of layer graphs, the way an agent chains them (hidden state handed from
+one session to the next, the confidence measured after every layer), against the tier's own
+graph in the same run; the line ``layer_chain_overhead_pct=<float>`` is the whole model as a
+chain against the tier graphs one after the other, at batch 1.
 """
 
 from __future__ import annotations
@@ -58,6 +64,50 @@ def _time(part: Partition, feed: dict[str, np.ndarray], repeats: int) -> float:
         part.run(feed)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+def _time_chain(chain: list[Partition], feed: dict[str, np.ndarray], repeats: int) -> float:
+    """Median ms of one pass through ``chain`` as an agent runs it (hidden state on, confidence after each)."""
+    from agents.runtime import top1
+
+    def once() -> None:
+        cur = feed
+        for g in chain:
+            out = g.run(cur)
+            top1(out["logits"][0])
+            if "hidden_out" in out:
+                cur = {"hidden": out["hidden_out"], "attention_mask": feed["attention_mask"]}
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _layer_chains(bundle: Bundle, feed: dict[str, np.ndarray], threads: int, repeats: int) -> None:
+    """Each tier's range as a chain of layer graphs against its tier graph; the whole model both ways."""
+    graphs = {g.layer: Partition.load(bundle.root / g.file, g.sha256, threads=threads)
+              for g in bundle.spec.layer_graphs}
+    print(f"{'tier':<8} {'layers':<8} {'tier graph ms':>14} {'layer chain ms':>15} {'overhead':>9}")
+    cur, tier_total = feed, 0.0
+    for t in bundle.spec.tiers:
+        part = Partition.load(bundle.root / t.file, t.sha256, threads=threads)
+        whole = _time(part, cur, repeats)
+        chain_feed = cur if t.layers[0] == 1 else {"hidden": cur["hidden"], "attention_mask": cur["attention_mask"]}
+        chained = _time_chain([graphs[k] for k in t.layers], chain_feed, repeats)
+        tier_total += whole
+        print(f"{t.tier:<8} {t.layers[0]}-{t.layers[-1]:<6} {whole:>14.2f} {chained:>15.2f} "
+              f"{(chained / whole - 1) * 100:>8.1f}%")
+        out = part.run(cur)
+        if "hidden_out" in out:
+            cur = {"hidden": out["hidden_out"], "attention_mask": feed["attention_mask"]}
+    full = _time_chain([graphs[k] for k in sorted(graphs)], feed, repeats)
+    print(f"whole model: tier graphs {tier_total:.2f} ms, layer chain {full:.2f} ms")
+    print(f"layer_chain_overhead_pct={(full / tier_total - 1) * 100:.1f}")
 
 
 def main() -> None:
@@ -112,6 +162,8 @@ def main() -> None:
                     hidden[(nxt[i + 1], b)] = {"hidden": out["hidden_out"], "attention_mask": cur[b]["attention_mask"]}
         size = (bundle.root / file).stat().st_size / 1e6
         print(f"{tier:<8} {file:<20} {size:>7.1f} {res[0]:>13.2f} {res[1]:>14.2f}")
+    if bundle.spec.layer_graphs:
+        _layer_chains(bundle, feeds[1], args.threads, args.repeats)
     print(f"build_s={build_s:.1f}")
 
 
