@@ -8,6 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 PAPERS  := partitions/minilm-sentiment-papers
+PAPERS2 := partitions/minilm-sentiment-papers-2t
 
 .PHONY: demo test check setup bundle lint docs bench papers clean-results
 
@@ -38,15 +39,21 @@ $(BUNDLE)/bundle.yaml: $(STAMP)
 
 bundle: $(BUNDLE)/bundle.yaml
 
-# the papers' verdicts: a bundle with 5,000 validation and 10,000 test samples (built once, cached;
-# not part of CI), every paper policy replayed on the whole test split, then live on 1,000 of them
+# the papers' verdicts: bundles with 5,000 validation and 10,000 test samples, in three tiers (DIMEE,
+# DIMEC-DC) and in two (SplitEE), built once and cached, not part of CI; every paper policy replayed on
+# the whole test split, then live on 1,000 of them
 $(PAPERS)/bundle.yaml: $(STAMP)
 	$(BIN)/testbed partition --config partitions/specs/minilm-sentiment-papers.yaml --if-missing
 
-papers: $(PAPERS)/bundle.yaml
-	$(BIN)/python benchmarks/papers.py --bundle $(PAPERS)
+$(PAPERS2)/bundle.yaml: $(STAMP)
+	$(BIN)/testbed partition --config partitions/specs/minilm-sentiment-papers-2t.yaml --if-missing
+
+papers: $(PAPERS)/bundle.yaml $(PAPERS2)/bundle.yaml
+	$(BIN)/python benchmarks/papers.py --bundle $(PAPERS) --two-tier-bundle $(PAPERS2)
 	$(BIN)/testbed run experiments/papers.yaml
+	$(BIN)/testbed run experiments/papers-splitee.yaml
 	$(BIN)/testbed report results/papers
+	$(BIN)/testbed report results/papers-splitee
 
 lint: $(STAMP)
 	$(BIN)/ruff check agents testbed tests benchmarks

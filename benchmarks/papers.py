@@ -11,7 +11,12 @@ Compared in the same run against the bare thing it wraps: the point figures of t
 are recomputed directly from the exit table with numpy (the routes the replay produced,
 costed by hand), and must agree.
 
-Usage: python benchmarks/papers.py [--bundle partitions/minilm-sentiment-papers] [--split test] [--seed 0]
+SplitEE is judged in its own setting, a device and the cloud, on ``--two-tier-bundle`` where it
+exists (every layer of the device an arm, against the paper's baseline); DIMEE and DIMEC-DC on
+the three-tier ``--bundle``.
+
+Usage: python benchmarks/papers.py [--bundle partitions/minilm-sentiment-papers]
+       [--two-tier-bundle partitions/minilm-sentiment-papers-2t] [--split test] [--seed 0]
 The last line is ``verdicts meets=A does_not=B cannot_tell=C``.
 """
 
@@ -66,33 +71,27 @@ def _by_hand(rows: object, bundle: Bundle, policy: str, cost: costmodel.CostMode
     return (b.correct.mean() - p.correct.mean()) * 100, 1 - cp / cb
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, default=ROOT / "partitions" / "minilm-sentiment-papers")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    bundle = Bundle.load(args.bundle)
+def judge_on(bundle: Bundle, entries: list[dict[str, object]], split: str, seed: int,
+             counts: dict[str, int]) -> bool:
+    """Replay ``entries`` on ``bundle``'s whole split and print each verdict and its check; False on a disagreement."""
     last = bundle.tiers[-1]
     specs = []
-    for entry in PAPER_POLICIES:
+    for entry in entries:
         spec = PolicySpec.model_validate(entry)
-        lacking = policies.bundle_problems(spec, bundle)
+        lacking = policies.bundle_problems(spec, bundle) + policies.check(spec, bundle.tiers)
         if lacking:
-            print(f"{spec.key}: left out{'; '.join(lacking)}")
+            print(f"{spec.key}: left out on {bundle.root.name}{'; '.join(lacking)}")
             continue
         specs.append(spec)
     specs.append(PolicySpec.model_validate({"name": "all-at", "tier": last, "label": f"all-{last}"}))
     t0 = time.perf_counter()
-    rows, records = replay.replay(bundle, specs, args.split, None, args.seed, 0)
+    rows, records = replay.replay(bundle, specs, split, None, seed, 0)
     layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
     settings = {s.key: report.policy_settings(s.model_dump(), records.get(s.key, {})) for s in specs}
-    verdicts, _ = verdict.paper_table(rows, specs, layers, costmodel.preset("dimee"), settings, args.seed, records)
-    took = time.perf_counter() - t0
-    n_val, n_test = bundle.spec.data.splits.get("val", 0), bundle.spec.data.splits.get(args.split, 0)
-    print(f"bundle {bundle.root.name}: tiers {', '.join(bundle.tiers)}; val {n_val} samples, {args.split} {n_test}; "
-          f"replay + verdicts in {took:.1f} s")
-    counts = {"meets": 0, "does not meet": 0, "cannot tell": 0}
+    verdicts, _ = verdict.paper_table(rows, specs, layers, costmodel.preset("dimee"), settings, seed, records)
+    n_val, n_test = bundle.spec.data.splits.get("val", 0), bundle.spec.data.splits.get(split, 0)
+    print(f"bundle {bundle.root.name}: tiers {', '.join(bundle.tiers)}; val {n_val} samples, {split} {n_test}; "
+          f"replay + verdicts in {time.perf_counter() - t0:.1f} s")
     for v in verdicts:
         cost, _ = verdict.paper_cost(next(s for s in specs if s.key == v.policy), costmodel.preset("dimee"), layers)
         rec = records.get(v.policy, {})
@@ -104,7 +103,31 @@ def main() -> int:
               f"({'agrees' if agree else 'DISAGREES'})")
         counts[v.outcome] += 1
         if not agree:
-            return 1
+            return False
+    return True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=ROOT / "partitions" / "minilm-sentiment-papers")
+    ap.add_argument("--two-tier-bundle", type=Path, default=ROOT / "partitions" / "minilm-sentiment-papers-2t",
+                    help="SplitEE's own setting (a device and the cloud); without it SplitEE is judged on --bundle")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    bundle = Bundle.load(args.bundle)
+    two = Bundle.load(args.two_tier_bundle) if (args.two_tier_bundle / "bundle.yaml").is_file() else None
+    counts = {"meets": 0, "does not meet": 0, "cannot tell": 0}
+    three_tier = [e for e in PAPER_POLICIES if not str(e["name"]).startswith("splitee")]
+    splitee = [e for e in PAPER_POLICIES if str(e["name"]).startswith("splitee")]
+    ok = judge_on(bundle, three_tier if two else PAPER_POLICIES, args.split, args.seed, counts)
+    if two is not None:
+        ok = ok and judge_on(two, splitee, args.split, args.seed, counts)
+    else:
+        print(f"no two-tier bundle at {args.two_tier_bundle}: SplitEE judged on {bundle.root.name}, arms at its tier "
+              "boundaries (build it with make papers)")
+    if not ok:
+        return 1
     print(f"verdicts meets={counts['meets']} does_not={counts['does not meet']} cannot_tell={counts['cannot tell']}")
     return 0
 
