@@ -40,7 +40,7 @@ from testbed.formats.bundle import Bundle  # noqa: E402
 
 PAPER_POLICIES = [
     {"name": "early-exit", "thresholds": "auto"},
-    {"name": "cartography"},
+    {"name": "cartography", "mu": "auto"},
     {"name": "splitee"},
     {"name": "splitee-s"},
 ]

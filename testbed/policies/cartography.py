@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -14,15 +14,26 @@ from testbed.core.config import suggest
 from testbed.core.costmodel import Claim, CostModel
 from testbed.policies.base import Params, Policy, PolicyType
 from testbed.policies.context import PolicyContext
-from testbed.policies.fitting import routes
+from testbed.policies.fitting import Route, routes
+
+CLAIM = Claim("DIMEC-DC", 0.43, 0.5)
 
 
 class CartographyParams(Params):
     """Parameters of ``cartography``."""
 
-    mu: float = Field(0.1, ge=0, description="weight of the normalised cost against accuracy in the reward the "
-                      "thresholds maximise on the validation split")
+    mu: float | Literal["auto"] = Field(0.1, description="weight of the normalised cost against accuracy in the "
+                                        "reward the thresholds maximise on the validation split (>= 0); auto: the "
+                                        "weight whose thresholds are the cheapest on validation within DIMEC-DC's "
+                                        "0.5 pt budget")
     cost: str = Field("dimec-dc", description="the cost preset the thresholds are fitted against")
+
+    @field_validator("mu")
+    @classmethod
+    def _non_negative(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v < 0:
+            raise ValueError(f"{v} is negative; the cost weight is >= 0 (or auto)")
+        return v
 
     @field_validator("cost")
     @classmethod
@@ -77,20 +88,47 @@ def cartography_clusters(carto: pd.DataFrame, exit_layers: dict[str, int], seed:
     }
 
 
-def best_thresholds(val: pd.DataFrame, cost: CostModel, layers: dict[str, int], mu: float) -> dict[str, Any]:
+def best_thresholds(val: pd.DataFrame, cost: CostModel, layers: dict[str, int], mu: float,
+                    candidates: list[Route] | None = None) -> dict[str, Any]:
     """Exit thresholds maximising accuracy - mu * cost / cost(all to the last tier) on a validation table.
 
     ``layers``: the run's tiers in order with their layers; every tier but the last gets a threshold
-    (:func:`testbed.policies.fitting.routes`), the first combination of the best reward kept.
+    (:func:`testbed.policies.fitting.routes`, or ``candidates`` already computed from it), the first
+    combination of the best reward kept.
     """
     full = cost.route_cost(layers, list(layers)[-1])
     best: dict[str, Any] = {"reward": -math.inf}
-    for r in routes(val, cost, layers):
+    for r in candidates if candidates is not None else routes(val, cost, layers):
         reward = r.accuracy - mu * r.cost / full
         if reward > best["reward"] + 1e-12:
             best = {"reward": reward, "accuracy": r.accuracy, "cost": r.cost, "thresholds": r.thresholds,
                     "shares": r.shares}
     return best
+
+
+#: the cost weights ``mu: auto`` tries
+MU_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+def choose_mu(val: pd.DataFrame, cost: CostModel, layers: dict[str, int],
+              budget_pt: float) -> tuple[float, dict[str, Any]]:
+    """The cost weight whose reward-maximising thresholds are the cheapest on ``val`` within ``budget_pt``.
+
+    Each weight's thresholds come from the reward mechanism (:func:`best_thresholds`); among those whose
+    validation accuracy drop against the last tier stays within the budget, the cheapest wins (ties:
+    the smaller weight). Where none does, the weight 0 (accuracy alone).
+    """
+    last = list(layers)[-1]
+    full = float((val[f"prediction_{last}"] == val["label"]).mean())
+    candidates = list(routes(val, cost, layers))
+    tried = []
+    for mu in MU_GRID:
+        fit = best_thresholds(val, cost, layers, mu, candidates)
+        tried.append({"mu": mu, "val_accuracy": fit["accuracy"], "val_cost": fit["cost"],
+                      "val_drop_pt": (full - fit["accuracy"]) * 100})
+    ok = [t for t in tried if t["val_drop_pt"] <= budget_pt + 1e-9] or tried[:1]
+    chosen = min(ok, key=lambda t: (t["val_cost"], t["mu"]))
+    return float(chosen["mu"]), {"tried": tried, "val_accuracy_last_tier": full, "budget_pt": budget_pt}
 
 
 class CartographyPolicy(Policy):
@@ -103,15 +141,22 @@ class CartographyPolicy(Policy):
     thresholds and the expected reward.
     """
 
-    def __init__(self, name: str, ctx: PolicyContext, cost: CostModel, mu: float):
+    def __init__(self, name: str, ctx: PolicyContext, cost: CostModel, mu: float | str):
         assert ctx.cartography is not None and ctx.val_exits is not None
         super().__init__(name)
         clusters = cartography_clusters(ctx.cartography, ctx.exit_layers, ctx.seed)
-        fit = best_thresholds(ctx.val_exits, cost, ctx.layers, mu)
+        chosen: dict[str, Any] = {}
+        if mu == "auto":
+            mu, chosen = choose_mu(ctx.val_exits, cost, ctx.layers, CLAIM.max_drop_pt)
+        fit = best_thresholds(ctx.val_exits, cost, ctx.layers, float(mu))
         self._thresholds = fit["thresholds"]
         self.record = {"clusters": clusters["clusters"], "cost_preset": cost.name, "mu": mu,
                        "thresholds": fit["thresholds"], "expected": {k: fit[k] for k in ("reward", "accuracy", "cost",
                                                                                          "shares")}}
+        if chosen:
+            self.record |= {"chosen": f"auto on val (n={len(ctx.val_exits)}): mu={mu}, the weight whose reward-chosen "
+                                      f"thresholds are the cheapest within {CLAIM.paper}'s {CLAIM.max_drop_pt} pt "
+                                      "budget", "mu_search": chosen}
 
     def thresholds(self, sample_id: int, rng: np.random.Generator) -> dict[str, float]:
         """The fitted thresholds."""
@@ -128,4 +173,4 @@ POLICIES = [PolicyType(
     name="cartography", summary="DIMEC-DC: thresholds fitted on validation against a reward over accuracy and cost, "
     "training samples clustered easy / medium / hard by their training dynamics",
     params=CartographyParams, needs=frozenset({"val_exits", "cartography"}), build=_build,
-    claim=Claim("DIMEC-DC", 0.43, 0.5), cost_preset="dimec-dc")]
+    claim=CLAIM, cost_preset="dimec-dc")]

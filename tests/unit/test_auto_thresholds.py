@@ -62,3 +62,19 @@ def test_auto_uses_the_policys_own_measure_and_hand_set_says_so():
     with pytest.raises(ValueError, match="needs the bundle's val_exits"):
         policies.make(PolicySpec(name="early-exit", thresholds="auto"), PolicyContext(T3))
     assert policies.check(PolicySpec(name="early-exit", thresholds="auto"), T3) == []
+
+
+def test_cartography_auto_picks_the_cost_weight_whose_thresholds_are_cheapest_within_the_budget():
+    from testbed.policies.cartography import MU_GRID, best_thresholds, choose_mu
+
+    val = val_table(seed=4)
+    dimec = preset("dimec-dc").for_depth(6)
+    mu, search = choose_mu(val, dimec, LAYERS, 0.5)
+    assert [t["mu"] for t in search["tried"]] == list(MU_GRID)
+    ok = [t for t in search["tried"] if t["val_drop_pt"] <= 0.5 + 1e-9]
+    assert ok and mu == min(ok, key=lambda t: (t["val_cost"], t["mu"]))["mu"]
+    fit = best_thresholds(val, dimec, LAYERS, mu)  # its thresholds come from the reward mechanism at that weight
+    full = search["val_accuracy_last_tier"]
+    assert (full - fit["accuracy"]) * 100 <= 0.5 + 1e-9
+    heavier = [t for t in search["tried"] if t["mu"] > mu]
+    assert all(t["val_drop_pt"] > 0.5 or t["val_cost"] >= fit["cost"] for t in heavier)

@@ -101,8 +101,12 @@ def test_not_a_run_dir(tmp_path):
 
 
 def test_run_ids_sort_by_time_and_differ():
-    a, b = new_run_id(), new_run_id()
-    assert a != b and a[:16] == b[:16] and a.endswith(a[-4:])
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 2, 1, 2, 3, tzinfo=UTC)  # one instant: two calls may straddle a second otherwise
+    ids = {new_run_id(now) for _ in range(20)}
+    assert len(ids) > 1 and all(i.startswith("20261202T010203Z-") for i in ids)
+    assert new_run_id(datetime(2026, 12, 2, 1, 2, 4, tzinfo=UTC)) > max(ids)
 
 
 def test_a_two_tier_schema_has_one_offload_hop_and_records_its_tiers(tmp_path):
