@@ -168,3 +168,30 @@ def test_adaptive_resnet_measures_its_resources_from_warmup_rows():
     assert res["ms_per_offload"] == {"mobile-edge": 0.5, "edge-cloud": 0.0}  # no offload measured: nothing charged
     with pytest.raises(TypeError, match="does not measure resources"):
         policies.make(PolicySpec(name="all-cloud"), PolicyContext(T3)).resources(rows)
+
+
+def test_splitee_over_every_layer_converges_to_the_best_layer_of_a_synthetic_table():
+    """Six layers on the device; layer 3 is confident 95% of the time, earlier ones rarely: with lam 0.1 and o 0.5,
+    exiting at 3 (reward ~0.95 - 0.3) beats every other arm, the last one (0.97 - 0.6) included."""
+    two = ("mobile", "cloud")
+    ctx = PolicyContext(two, layers={"mobile": 3, "cloud": 3}, exit_layers={"mobile": 3, "cloud": 6}, layer_graphs=6)
+    pol = SplitEEPolicy("s", ctx, alpha=0.8, c=1.0, lam=0.1, o=0.5, side_info=False, per_layer=True)
+    assert pol.arms == ["L1", "L2", "L3", "L4", "L5", "L6"] and pol.layer_ranges() == {"mobile": (1, 6),
+                                                                                    "cloud": (1, 6)}
+    rng = np.random.default_rng(0)
+    for sid in range(3000):
+        th = pol.thresholds(sid, rng)
+        arm = int(pol.choice(sid)[1:])
+        assert pol.split(sid) == (0 if arm == 6 else arm) and list(th) == [f"L{arm}"]
+        conf = {f"L{k}": (0.95 if rng.random() < 0.95 else 0.5) if k == 3 else (0.3 if k < 3 else 0.9)
+                for k in range(1, 7)}
+        conf["L6"] = 0.97
+        seen = {k: v for k, v in conf.items() if int(k[1:]) <= arm}
+        if arm < 6 and seen[f"L{arm}"] < 0.8:
+            seen |= {k: v for k, v in conf.items() if int(k[1:]) > arm}  # offloaded: the cloud ran the rest
+        pol.observe(sid, seen)
+    assert pol.best_arm == "L3" and pol.n[2] > pol.n.sum() / 2
+    # the reward by hand: exit at layer 3, and an offload from layer 1 charged 1 layer on the device and o
+    assert pol.reward(2, {"L3": 0.95}) == pytest.approx(0.95 - 0.3)
+    assert pol.reward(0, {"L1": 0.3, "L6": 0.97}) == pytest.approx(0.97 - 0.5 - 0.1)
+    assert pol.reward(5, {"L6": 0.6}) == pytest.approx(0.6 - 0.6)  # the last arm always exits
