@@ -15,7 +15,7 @@ PAPERS2 := partitions/minilm-sentiment-papers-2t
 demo: $(BUNDLE)/bundle.yaml
 	$(BIN)/testbed run experiments/loopback.yaml
 
-test: lint $(BUNDLE)/bundle.yaml
+test: lint $(BUNDLE)/bundle.yaml $(AGENT38)
 	$(BIN)/python -m pytest -q
 
 # lint and the unit tests, without building the bundle (under a minute after setup)
@@ -23,6 +23,17 @@ check: lint
 	$(BIN)/python -m pytest -q tests/unit
 
 setup: $(STAMP)
+
+# the boards' oldest Python (JetPack 5: 3.8) with the newest wheels it gets, for the agents' own tests and a
+# loopback run whose agents use it; skipped, and said so, where no Python 3.8 is installed
+PY38    ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.8.*/bin/python3) $(shell command -v python3.8))
+AGENT38 := .venv38/.installed
+
+$(AGENT38):
+	@if [ -n "$(PY38)" ]; then \
+	  $(PY38) -m venv .venv38 && .venv38/bin/pip install -qq "numpy==1.24.4" "onnxruntime==1.19.2" pyzmq msgpack psutil \
+	  && touch $(AGENT38); \
+	else echo "no Python 3.8 here (pyenv 3.8.x or python3.8): the agents' tests on the boards' oldest Python are skipped"; fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -176,7 +176,7 @@ class Agent:
             port = self._data_in.bind_to_random_port(f"tcp://{self.bind_host}")
         endpoint = f"tcp://{self.advertise_host}:{port}"
         self._ctrl.connect(self.controller)
-        facts = host_facts() | {"meter": self.meter.describe()}
+        facts = {**host_facts(), "meter": self.meter.describe()}
         self._send(p.Hello(self.agent_id, self.tier, p.AGENT_VERSION, p.PROTOCOL_VERSION, endpoint, facts))
         log.info("agent %s (%s) data socket %s, controller %s", self.agent_id, self.tier, endpoint, self.controller)
         try:

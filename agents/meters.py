@@ -316,8 +316,8 @@ def integrate(times: list[float], watts: list[float], t0: float, t1: float) -> t
         return watts[i - 1] + (watts[i] - watts[i - 1]) * (t - ta) / (tb - ta)
 
     lo, hi = bisect.bisect_right(times, t0), bisect.bisect_left(times, t1)
-    pts = [(t0, at(t0)), *zip(times[lo:hi], watts[lo:hi], strict=True), (t1, at(t1))]
-    energy = sum((tb - ta) * (wa + wb) / 2 for (ta, wa), (tb, wb) in zip(pts, pts[1:], strict=False))
+    pts = [(t0, at(t0)), *zip(times[lo:hi], watts[lo:hi]), (t1, at(t1))]
+    energy = sum((tb - ta) * (wa + wb) / 2 for (ta, wa), (tb, wb) in zip(pts, pts[1:]))
     return energy, hi - lo
 
 

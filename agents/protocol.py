@@ -51,7 +51,8 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, List, NamedTuple
+from typing import Callable as TypingCallable  # a runtime alias: subscriptable on Python 3.8
 
 import msgpack
 import numpy as np
@@ -360,7 +361,7 @@ MESSAGES: dict[str, type] = {
                 EnergyWindow, Flushed, Stop, Bye)
 }
 
-Frames = list[Any]  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
+Frames = List[Any]  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
 _STAGE_FIELDS = list(Stage._fields)
 
 
@@ -384,7 +385,7 @@ def _to_wire(value: Any, frames: Frames) -> Any:
         return _pack_array(value, frames)
     if isinstance(value, dict):
         return {k: _to_wire(v, frames) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_to_wire(v, frames) for v in value]
     return value
 
@@ -461,7 +462,7 @@ def wire_size(frames: Frames) -> int:
 
 # --------------------------------------------------------------------------- decode
 
-Converter = Callable[[Any, Frames], Any]
+Converter = TypingCallable[[Any, Frames], Any]
 
 
 _DTYPES: dict[str, np.dtype] = {}

@@ -93,4 +93,4 @@ class Partition:
     def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on the tensors it takes; returns every output by name."""
         feed = {name: tensors[name] for name in self.inputs}
-        return dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))
+        return dict(zip(self.outputs, self.session.run(self.outputs, feed)))

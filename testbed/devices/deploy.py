@@ -32,7 +32,7 @@ from testbed.devices.ssh import Remote, SshTarget
 from testbed.formats.bundle import Bundle
 
 AGENT_MODULES = ("numpy", "onnxruntime", "zmq", "msgpack", "psutil")
-MIN_PYTHON = (3, 9)
+MIN_PYTHON = (3, 8)  # JetPack 5; the agents run on it (tests/loopback/test_python38.py)
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 
 # The device-side helpers (testbed/devices/helpers/*.py), as the text ``python -c`` runs there.
