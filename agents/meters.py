@@ -202,7 +202,11 @@ class RaplDomain:
 
 
 def find_rapl_domains(root: Path = RAPL_ROOT) -> list[RaplDomain]:
-    """Package and DRAM zones under a powercap tree (core/uncore are inside package)."""
+    """Package and DRAM zones under a powercap tree (core/uncore are inside package).
+
+    Every socket has a zone called ``dram``; each is named after its socket (``dram-0``, ``dram-1``)
+    so that two sockets' DRAM are two rails, not one.
+    """
     domains = []
     for zone in sorted(root.glob("intel-rapl:*")):
         try:
@@ -213,6 +217,8 @@ def find_rapl_domains(root: Path = RAPL_ROOT) -> list[RaplDomain]:
             (zone / "energy_uj").read_text()  # readable? (root-only on recent kernels)
         except (OSError, ValueError):
             continue
+        if name == "dram":  # intel-rapl:<socket>:<n>
+            name = f"dram-{zone.name.split(':')[1]}"
         domains.append(RaplDomain(name, zone / "energy_uj", max_range))
     return domains
 
@@ -331,8 +337,9 @@ class PowerTimelineMeter:
 
     def __init__(self, source: str, read_watts: Callable[[], dict[str, float]], period_s: float = 0.005,
                  clock: Callable[[], float] = time.monotonic, background: bool = True, keep: int = 200_000,
-                 initial: bool = True):
+                 initial: bool = True, total_rail: str | None = None):
         self.source = source
+        self.total_rail = total_rail  # a rail that already holds the others (a board's input): the total, alone
         self.update_period_s: float | None = period_s
         self._read, self._clock, self._period = read_watts, clock, period_s
         self._keep = keep
@@ -399,11 +406,13 @@ class PowerTimelineMeter:
             rails_j, inside = {}, 0
             for rail, watts in self.rails.items():
                 rails_j[rail], inside = integrate(self.times, watts, t0, t1)
-        return EnergyDelta(sum(rails_j.values()), t1 - t0, self.source, inside < 2, rails_j)
+        total = rails_j[self.total_rail] if self.total_rail in rails_j else sum(rails_j.values())
+        return EnergyDelta(total, t1 - t0, self.source, inside < 2, rails_j)
 
     def describe(self) -> dict:
         """For the manifest."""
-        return {"source": self.source, "update_period_s": self.update_period_s, "rails": sorted(self.rails)}
+        return {"source": self.source, "update_period_s": self.update_period_s, "rails": sorted(self.rails),
+                "total": self.total_rail or "sum of the rails"}
 
 
 class CounterTimeline(PowerTimelineMeter):
@@ -488,13 +497,25 @@ def read_ina_watts(rails: dict[str, tuple[Path, ...]]) -> dict[str, float]:
     return out
 
 
+#: a Jetson's input rail, which already carries every other rail (Orin, Xavier NX, TX2: VDD_IN; Nano: POM_5V_IN)
+INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
+#: how the Jetson device trees label a channel with nothing connected
+UNCONNECTED = ("NC",)
+
+
 def ina_meter(root: Path = HWMON_ROOT, period_s: float = 0.005, iio_root: Path = IIO_ROOT,
-              **kwargs) -> PowerTimelineMeter:
-    """A timeline meter over every INA rail found under ``root`` (hwmon), else under ``iio_root``."""
-    rails = find_ina_rails(root) or find_ina_iio_rails(iio_root)
+              **kwargs: Any) -> PowerTimelineMeter:
+    """A timeline meter over every INA rail found under ``root`` (hwmon), else under ``iio_root``.
+
+    The energy of a window is the board's input rail where it has one (the other rails are its
+    breakdown, kept per rail: summing them with it counted them twice), else the sum of the
+    rails; channels labelled unconnected are left out.
+    """
+    rails = {k: v for k, v in (find_ina_rails(root) or find_ina_iio_rails(iio_root)).items() if k not in UNCONNECTED}
     if not rails:
         raise MeterError(f"no INA3221/INA238 power rail under {root} or {iio_root}")
-    return PowerTimelineMeter("ina", lambda: read_ina_watts(rails), period_s, **kwargs)
+    total = next((r for r in INPUT_RAILS if r in rails), None)
+    return PowerTimelineMeter("ina", lambda: read_ina_watts(rails), period_s, total_rail=total, **kwargs)
 
 
 class NvmlMeter(CounterMeter):

@@ -55,7 +55,7 @@ def set_uj(root, zone, value):
 
 def test_rapl_finds_package_and_dram_only(tmp_path):
     names = [d.name for d in find_rapl_domains(fake_rapl(tmp_path))]
-    assert names == ["package-0", "dram"]
+    assert names == ["package-0", "dram-0"]
 
 
 def test_rapl_window_is_the_counter_difference_per_rail(tmp_path):
@@ -66,7 +66,7 @@ def test_rapl_window_is_the_counter_difference_per_rail(tmp_path):
     set_uj(root, "intel-rapl:0:2", 50 + 500_000)
     clock.t += 0.5
     d = m.end("a")
-    assert d.rails_j == {"package-0": 2.5, "dram": 0.5}
+    assert d.rails_j == {"package-0": 2.5, "dram-0": 0.5}
     assert d.energy_j == pytest.approx(3.0) and d.duration_s == pytest.approx(0.5)
     assert d.source == "rapl" and not d.approx
 
@@ -224,7 +224,9 @@ def test_timeline_meter_integrates_each_rail_and_flags_sparse_windows(tmp_path):
     m.begin("short")
     clock.t += 0.004
     short = m.end("short")
-    assert short.approx and short.energy_j == pytest.approx((12.0 + 2.0 + 1.5) * 0.004)
+    # VDD_IN is the board's input: it already carries the other rails, which stay its breakdown
+    assert short.approx and short.energy_j == pytest.approx(12.0 * 0.004)
+    assert d.energy_j == pytest.approx(d.rails_j["VDD_IN"]) and m.describe()["total"] == "VDD_IN"
 
 
 def test_timeline_meter_background_thread_samples_and_stops(tmp_path):
@@ -236,7 +238,7 @@ def test_timeline_meter_background_thread_samples_and_stops(tmp_path):
     d = m.end("bg")
     m.close()
     assert len(m.times) > 3 and d.energy_j > 0
-    assert d.energy_j == pytest.approx(9.5 * d.duration_s, rel=1e-6)  # constant 6+2+1.5 W
+    assert d.energy_j == pytest.approx(6.0 * d.duration_s, rel=1e-6)  # constant: VDD_IN's 6 W (it holds the rest)
 
 
 class FakeNvml:
@@ -390,7 +392,7 @@ def test_rapl_power_timeline_from_counter_differences(tmp_path):
         tl.sample_once()
     times, rails = m.snapshot()
     assert times == pytest.approx([100.05, 100.15, 100.25])
-    assert rails["package-0"] == pytest.approx([15.0] * 3) and rails["dram"] == pytest.approx([2.0] * 3)
+    assert rails["package-0"] == pytest.approx([15.0] * 3) and rails["dram-0"] == pytest.approx([2.0] * 3)
     m.close()
 
 
@@ -432,4 +434,47 @@ def test_ina_rails_under_iio_on_older_jetsons(tmp_path):
         clock.t += 0.01
         m.sample_once()
     d = m.end("w")
-    assert d.source == "ina" and d.energy_j == pytest.approx((5.2 + 1.9) * 0.1)
+    assert d.source == "ina" and d.energy_j == pytest.approx(5.2 * 0.1)  # the input rail, not input + GPU
+
+
+def test_two_sockets_keep_both_drams(tmp_path):
+    """A two-socket server: package-0/1 and a ``dram`` zone under each; the fake counters advance by +1, +0.5, +2
+    and +0.25 J, so the window holds 3.75 J (keying both drams by name lost socket 0's and read 3.25 J)."""
+    zones = {"intel-rapl:0": "package-0", "intel-rapl:0:2": "dram", "intel-rapl:1": "package-1",
+             "intel-rapl:1:2": "dram"}
+    for zone, name in zones.items():
+        d = tmp_path / zone
+        d.mkdir()
+        (d / "name").write_text(name + "\n")
+        (d / "energy_uj").write_text("0\n")
+        (d / "max_energy_range_uj").write_text(f"{2**32}\n")
+    clock = Clock()
+    m = RaplMeter(tmp_path, clock, update_period_s=0.001)
+    m.begin("w")
+    for zone, uj in zip(zones, (1_000_000, 500_000, 2_000_000, 250_000), strict=True):
+        set_uj(tmp_path, zone, uj)
+    clock.t += 1
+    d = m.end("w")
+    assert d.rails_j == {"package-0": 1.0, "dram-0": 0.5, "package-1": 2.0, "dram-1": 0.25}
+    assert d.energy_j == pytest.approx(3.75)
+
+
+def test_a_jetson_nano_takes_its_input_rail_and_leaves_out_unconnected_channels(tmp_path):
+    """Jetson Nano's INA3221 (hwmon, L4T 32): POM_5V_IN is the module's input; the GPU and CPU rails are inside."""
+    ina = tmp_path / "hwmon1"
+    ina.mkdir()
+    (ina / "name").write_text("ina3221\n")
+    for n, (label, mv, ma) in enumerate([("POM_5V_IN", 5000, 800), ("POM_5V_GPU", 5000, 100),
+                                         ("POM_5V_CPU", 5000, 300), ("NC", 0, 0)], start=1):
+        (ina / f"in{n}_label").write_text(label + "\n")
+        (ina / f"in{n}_input").write_text(f"{mv}\n")
+        (ina / f"curr{n}_input").write_text(f"{ma}\n")
+    clock = Clock()
+    m = ina_meter(tmp_path, period_s=0.01, clock=clock, background=False)
+    m.begin("w")
+    for _ in range(10):
+        clock.t += 0.01
+        m.sample_once()
+    d = m.end("w")
+    assert set(d.rails_j) == {"POM_5V_IN", "POM_5V_GPU", "POM_5V_CPU"}  # the NC channel is not a rail
+    assert d.energy_j == pytest.approx(4.0 * 0.1)  # 4 W in, not 4 + 0.5 + 1.5
