@@ -695,6 +695,64 @@ def _open_nvml() -> EnergyMeter:
     return meter
 
 
+class CompositeMeter:
+    """Several meters read together, for a machine whose draw no single one of them sees.
+
+    A GPU server: RAPL for the CPU packages and DRAM, NVML for the GPUs. A window's energy is the
+    sum; rails are named ``<source>:<rail>``.
+    """
+
+    def __init__(self, meters: list[Any]):
+        self.meters = meters
+        self.source = "+".join(m.source for m in meters)
+        periods = [m.update_period_s for m in meters if getattr(m, "update_period_s", None)]
+        self.update_period_s = max(periods) if periods else None
+
+    def begin(self, key: str) -> None:
+        """Open the window on every meter."""
+        for m in self.meters:
+            m.begin(key)
+
+    def end(self, key: str) -> EnergyDelta:
+        """Close it on every meter; the energy is their sum (unknown if any is unknown)."""
+        parts = [m.end(key) for m in self.meters]
+        known = [d.energy_j for d in parts if d.energy_j is not None]
+        rails = {f"{m.source}:{r}": j for m, d in zip(self.meters, parts) for r, j in (d.rails_j or {}).items()}
+        return EnergyDelta(sum(known) if len(known) == len(parts) else None, max(d.duration_s for d in parts),
+                           self.source, any(d.approx for d in parts), rails)
+
+    def snapshot(self) -> tuple[list[float], dict[str, list[float]]]:
+        """Every meter's timeline on the first one's sample times (the others interpolated)."""
+        import numpy as np
+
+        times: list[float] = []
+        rails: dict[str, list[float]] = {}
+        for m in self.meters:
+            get = getattr(m, "snapshot", None)
+            if get is None:
+                continue
+            t, r = get()
+            if not t:
+                continue
+            if not times:
+                times = list(t)
+            for name, values in r.items():
+                rails[f"{m.source}:{name}"] = [float(x) for x in np.interp(times, t, values)]
+        return times, rails
+
+    def describe(self) -> dict:
+        """For the manifest."""
+        return {"source": self.source, "update_period_s": self.update_period_s,
+                "parts": [m.describe() for m in self.meters]}
+
+    def close(self) -> None:
+        """Stop every meter's sampling thread."""
+        for m in self.meters:
+            close = getattr(m, "close", None)
+            if close is not None:
+                close()
+
+
 def _import_pynvml() -> object:
     try:
         import pynvml  # optional: only GPU devices install nvidia-ml-py
@@ -708,6 +766,9 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
                command: list[str] | None = None, iio_root: Path = IIO_ROOT) -> EnergyMeter:
     """The meter ``kind`` names; ``auto`` probes rapl, nvml, ina, pmic, then model (if calibrated), then none.
 
+    ``auto`` on a machine with both RAPL and NVML (a GPU server) reads them together
+    (:class:`CompositeMeter`): RAPL alone would leave its GPUs out.
+
     ``external`` runs ``command`` and is never probed: it has to be named.
 
     Raises:
@@ -718,10 +779,16 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
             meter = RaplMeter(rapl_root)
             meter.measure_update_period()
             meter.record()
-            return meter
         except MeterError:
             if kind == "rapl":
                 raise
+        else:
+            if kind == "rapl":
+                return meter
+            try:
+                return CompositeMeter([meter, _open_nvml()])
+            except MeterError:
+                return meter
     if kind in ("nvml", "auto"):
         try:
             return _open_nvml()

@@ -478,3 +478,25 @@ def test_a_jetson_nano_takes_its_input_rail_and_leaves_out_unconnected_channels(
     d = m.end("w")
     assert set(d.rails_j) == {"POM_5V_IN", "POM_5V_GPU", "POM_5V_CPU"}  # the NC channel is not a rail
     assert d.energy_j == pytest.approx(4.0 * 0.1)  # 4 W in, not 4 + 0.5 + 1.5
+
+
+def test_a_gpu_server_reads_rapl_and_nvml_together(tmp_path, monkeypatch):
+    """meter: auto on a machine with RAPL and NVML: the CPU packages, DRAM and GPUs in one window (RAPL alone, as
+    before, left the GPUs out)."""
+    from agents import meters
+
+    nv, clock = FakeNvml(), Clock()
+    gpu = NvmlMeter(nv, clock=clock)
+    monkeypatch.setattr(meters, "_open_nvml", lambda: gpu)
+    root = fake_rapl(tmp_path / "rapl")
+    m = open_meter("auto", rapl_root=root, hwmon_root=tmp_path / "absent")
+    assert m.source == "rapl+nvml" and [p["source"] for p in m.describe()["parts"]] == ["rapl", "nvml"]
+    m.begin("w")
+    set_uj(root, "intel-rapl:0", 1000 + 2_000_000)
+    nv.energy_mj[0] += 3_000
+    clock.t += 0.2
+    d = m.end("w")
+    assert d.rails_j == {"rapl:package-0": 2.0, "rapl:dram-0": 0.0, "nvml:gpu0": 3.0, "nvml:gpu1": 0.0}
+    assert d.energy_j == pytest.approx(5.0)
+    m.close()
+    assert open_meter("rapl", rapl_root=root, hwmon_root=tmp_path / "absent").source == "rapl"  # named: alone
