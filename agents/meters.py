@@ -340,6 +340,7 @@ class PowerTimelineMeter:
                  initial: bool = True, total_rail: str | None = None):
         self.source = source
         self.total_rail = total_rail  # a rail that already holds the others (a board's input): the total, alone
+        self.warnings: dict[str, str] = {}  # rails that failed to read, and why
         self.update_period_s: float | None = period_s
         self._read, self._clock, self._period = read_watts, clock, period_s
         self._keep = keep
@@ -412,7 +413,8 @@ class PowerTimelineMeter:
     def describe(self) -> dict:
         """For the manifest."""
         return {"source": self.source, "update_period_s": self.update_period_s, "rails": sorted(self.rails),
-                "total": self.total_rail or "sum of the rails"}
+                "total": self.total_rail or "sum of the rails",
+                **({"unreadable_rails": dict(self.warnings)} if self.warnings else {})}
 
 
 class CounterTimeline(PowerTimelineMeter):
@@ -485,15 +487,25 @@ def find_ina_iio_rails(root: Path = IIO_ROOT) -> dict[str, tuple[Path, ...]]:
     return _find_rails(root, "iio")
 
 
-def read_ina_watts(rails: dict[str, tuple[Path, ...]]) -> dict[str, float]:
-    """Watts per rail: power in uW (hwmon) or mW (iio ``in_power``), or millivolts times milliamps."""
+def read_ina_watts(rails: dict[str, tuple[Path, ...]], failed: dict[str, str] | None = None) -> dict[str, float]:
+    """Watts per rail: power in uW (hwmon) or mW (iio ``in_power``), or millivolts times milliamps.
+
+    A rail that cannot be read (a disabled channel answers ENODATA) is left out of this reading and
+    noted in ``failed`` (rail -> why); only when no rail reads does it raise.
+    """
     out = {}
     for label, files in rails.items():
-        if len(files) == 1:
-            scale = 1e3 if files[0].name.startswith("in_power") else 1e6
-            out[label] = int(files[0].read_text()) / scale
-        else:
-            out[label] = int(files[0].read_text()) * int(files[1].read_text()) / 1e6
+        try:
+            if len(files) == 1:
+                scale = 1e3 if files[0].name.startswith("in_power") else 1e6
+                out[label] = int(files[0].read_text()) / scale
+            else:
+                out[label] = int(files[0].read_text()) * int(files[1].read_text()) / 1e6
+        except (OSError, ValueError) as e:
+            if failed is not None:
+                failed[label] = f"{type(e).__name__}: {e}"
+    if rails and not out:
+        raise MeterError(f"no INA rail could be read: {failed or 'every read failed'}")
     return out
 
 
@@ -515,7 +527,10 @@ def ina_meter(root: Path = HWMON_ROOT, period_s: float = 0.005, iio_root: Path =
     if not rails:
         raise MeterError(f"no INA3221/INA238 power rail under {root} or {iio_root}")
     total = next((r for r in INPUT_RAILS if r in rails), None)
-    return PowerTimelineMeter("ina", lambda: read_ina_watts(rails), period_s, total_rail=total, **kwargs)
+    failed: dict[str, str] = {}
+    meter = PowerTimelineMeter("ina", lambda: read_ina_watts(rails, failed), period_s, total_rail=total, **kwargs)
+    meter.warnings = failed  # rails skipped because they did not read; in the manifest
+    return meter
 
 
 class NvmlMeter(CounterMeter):

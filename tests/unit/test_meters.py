@@ -500,3 +500,17 @@ def test_a_gpu_server_reads_rapl_and_nvml_together(tmp_path, monkeypatch):
     assert d.energy_j == pytest.approx(5.0)
     m.close()
     assert open_meter("rapl", rapl_root=root, hwmon_root=tmp_path / "absent").source == "rapl"  # named: alone
+
+
+def test_a_rail_that_does_not_read_is_skipped_not_fatal(tmp_path):
+    """A disabled INA channel answers an error on read: that rail is left out and named, the others go on."""
+    root = fake_hwmon(tmp_path)
+    (root / "hwmon3" / "curr2_input").write_text("")  # what a read that fails leaves: no number
+    m = ina_meter(root, period_s=0.01, clock=Clock(), background=False)
+    assert "VDD_CPU_GPU_CV" not in m.rails and "VDD_IN" in m.rails
+    assert "ValueError" in m.describe()["unreadable_rails"]["VDD_CPU_GPU_CV"]
+    for f in ("curr1_input", "in1_input"):
+        (root / "hwmon3" / f).unlink()
+    (root / "hwmon4" / "power1_input").unlink()
+    with pytest.raises(MeterError, match="no INA rail could be read"):
+        m.sample_once()
