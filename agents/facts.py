@@ -1,4 +1,8 @@
-"""Host facts an agent reports in its Hello: CPU, cores, memory, runtime versions."""
+"""Host facts an agent reports in its Hello: CPU, cores, memory, runtime versions, the board and its OS.
+
+Every fact that may be absent on a board (no L4T on a Pi, no device tree on a server) is None
+there; none of them is read on the per-sample path.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,59 @@ import socket
 import sys
 from typing import Any
 
+import msgpack
+import numpy as np
 import onnxruntime as ort
 import psutil
+import zmq
 
 
-def _cpu_model() -> str:
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name: x86 ``model name``, else Arm's ``Hardware`` or a Pi's ``Model`` line (x86's bare
+    ``model`` is a number, not a name).
+    """
+    found: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.lower().startswith(("model name", "hardware", "model\t")):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() in ("model name", "hardware", "model") and value.strip():
+                    found.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
+    for key in ("model name", "hardware", "model"):
+        if key in found and not (key == "model" and found[key].isdigit()):
+            return found[key]
     return platform.processor() or platform.machine()
+
+
+def _read(path: str, limit: int = 200) -> str | None:
+    """A short text file's stripped contents, or None where it is absent or unreadable."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read(limit).replace("\x00", "").strip() or None
+    except OSError:
+        return None
+
+
+def _os_release() -> str | None:
+    text = _read("/etc/os-release", 4000) or ""
+    for line in text.splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return None
+
+
+def board_facts() -> dict[str, Any]:
+    """The board and its OS: kernel, OS release, L4T release (Jetson), device-tree model (Pi, Jetson), governor."""
+    l4t = _read("/etc/nv_tegra_release")
+    return {
+        "kernel": platform.release(),
+        "os_release": _os_release(),
+        "l4t_release": l4t.splitlines()[0] if l4t else None,
+        "board_model": _read("/proc/device-tree/model"),
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+    }
 
 
 def host_facts() -> dict[str, Any]:
@@ -30,7 +74,7 @@ def host_facts() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores_logical": psutil.cpu_count(logical=True),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
         "cpu_freq_max_mhz": float(freq.max) if freq else None,
@@ -38,6 +82,12 @@ def host_facts() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "onnxruntime": ort.__version__,
         "onnxruntime_providers": ort.get_available_providers(),
+        "numpy": np.__version__,
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "psutil": psutil.__version__,
+        **board_facts(),
         "pid": os.getpid(),
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }

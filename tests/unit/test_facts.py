@@ -1,0 +1,23 @@
+"""What an agent says about its board: names read the way each board writes them."""
+
+from agents.facts import cpu_model, host_facts
+
+
+def test_the_cpu_name_is_the_model_name_on_x86_and_the_model_line_on_a_pi(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 85\nmodel name\t: Intel(R) Xeon(R)\n")
+    assert cpu_model(str(x86)) == "Intel(R) Xeon(R)"  # not "85", the bare model number that comes first
+    pi = tmp_path / "pi"
+    pi.write_text("processor\t: 0\nBogoMIPS\t: 108.00\n\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B\n")
+    assert cpu_model(str(pi)) == "BCM2835"
+    only = tmp_path / "pi5"
+    only.write_text("processor\t: 0\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n")
+    assert cpu_model(str(only)) == "Raspberry Pi 5 Model B Rev 1.0"
+
+
+def test_the_facts_carry_every_agent_dependency_and_the_board():
+    facts = host_facts()
+    for key in ("python", "onnxruntime", "onnxruntime_providers", "numpy", "pyzmq", "libzmq", "msgpack", "psutil",
+                "kernel", "os_release", "l4t_release", "board_model", "cpu_governor"):
+        assert key in facts, key
+    assert facts["kernel"] and facts["numpy"].count(".") >= 1
