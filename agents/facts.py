@@ -20,8 +20,9 @@ import zmq
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's name: x86 ``model name``, else Arm's ``Hardware`` or a Pi's ``Model`` line (x86's bare
-    ``model`` is a number, not a name).
+    """The CPU's name: x86 ``model name``, else Arm's ``Hardware`` or a Pi's ``Model`` line.
+
+    x86's bare ``model`` line is a number, not a name, and comes first.
     """
     found: dict[str, str] = {}
     try:
