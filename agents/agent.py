@@ -251,18 +251,30 @@ class Agent:
         self._ctrl.send_multipart(p.encode(msg), copy=False)
 
     def _fail(self, stage: str, what: str) -> None:
+        what = what[:1000]  # hostile input is not echoed whole into logs and replies
         log.error("%s: %s", stage, what)
         self._send(p.Failure(self.agent_id, stage, what))
 
     # ------------------------------------------------------------------ control
 
     def on_control(self, raw: list[zmq.Frame]) -> bool:
-        """Handle one control message; True means exit now."""
+        """Handle one control message; True means exit now.
+
+        No message can crash the agent: an error in handling one becomes a Failure reply, and the
+        agent goes on serving.
+        """
         try:
             msg = p.decode(raw)
         except p.ProtocolError as e:
-            self._fail("decode", str(e))
+            self._fail("decode", str(e)[:500])
             return False
+        try:
+            return self._handle(msg)
+        except Exception as e:  # noqa: BLE001 - whatever a hostile or buggy message provokes, keep serving
+            self._fail("control", f"{msg.KIND}: {type(e).__name__}: {str(e)[:300]}")
+            return False
+
+    def _handle(self, msg: Any) -> bool:
         if isinstance(msg, p.Configure):
             self._configure(msg)
         elif isinstance(msg, p.Ping):

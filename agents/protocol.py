@@ -465,14 +465,22 @@ def wire_size(frames: Frames) -> int:
 Converter = TypingCallable[[Any, Frames], Any]
 
 
+#: the tensor types a message may carry (little-endian as numpy writes them): anything else is refused
+ALLOWED_DTYPES = frozenset(np.dtype(t).str for t in ("float16", "float32", "float64", "int8", "int16", "int32",
+                                                     "int64", "uint8", "bool"))
+MAX_TENSOR_DIMS = 8
 _DTYPES: dict[str, np.dtype] = {}
 
 
 def _unpack_array(obj: Any, frames: Frames) -> np.ndarray:
     try:
         name = obj["dtype"]
+        if name not in ALLOWED_DTYPES:
+            raise ValueError(f"dtype {str(name)[:20]!r} is not one of {sorted(ALLOWED_DTYPES)}")
         dtype = _DTYPES.get(name) or _DTYPES.setdefault(name, np.dtype(name))
         shape = tuple(obj["shape"])
+        if len(shape) > MAX_TENSOR_DIMS:
+            raise ValueError(f"{len(shape)} dimensions, at most {MAX_TENSOR_DIMS}")
         i = obj["frame"]
         if type(i) is not int or i < 1:  # frame 0 is the header
             raise ValueError(f"frame {i!r} is not a tensor frame")
@@ -500,6 +508,12 @@ def _fast_stages(value: Any) -> list[Stage] | None:
     return [Stage(*s) for s in value]
 
 
+def thresholds_ok(value: Any) -> bool:
+    """Exit thresholds as a Work carries them: names to numbers, none of them NaN (inf: never exit)."""
+    return type(value) is dict and all(
+        type(k) is str and type(v) in (int, float) and v == v for k, v in value.items())
+
+
 def _decode_work(body: dict[str, Any], frames: Frames) -> Work | None:
     """A well-formed Work, checked as the generic path checks it, with no per-field calls.
 
@@ -511,8 +525,8 @@ def _decode_work(body: dict[str, Any], frames: Frames) -> Work | None:
         stages = _fast_stages(body.get("stages", []))
         measure, split = body.get("measure", "max"), body.get("split", 0)
         if (type(run_seq) is not int or type(sample_id) is not int or type(tensors) is not dict
-                or type(thresholds) is not dict or stages is None or type(measure) is not str
-                or type(split) is not int):
+                or not thresholds_ok(thresholds) or stages is None or measure not in MEASURES
+                or type(split) is not int or split < 0):
             return None
         return Work(run_seq, sample_id, {k: _unpack_array(v, frames) for k, v in tensors.items()}, thresholds,
                     stages, measure, split)
@@ -565,6 +579,12 @@ def _arrays(value: Any, frames: Frames) -> dict[str, np.ndarray]:
     return out
 
 
+def _thresholds(value: Any, frames: Frames) -> dict[str, float]:
+    if not thresholds_ok(value):
+        raise ValueError("expected a map of names to numbers (not NaN; inf never exits)")
+    return {k: float(v) for k, v in value.items()}
+
+
 def _stages(value: Any, frames: Frames) -> list[Stage]:
     if not isinstance(value, list) or not all(isinstance(s, list) and len(s) == len(_STAGE_FIELDS) for s in value):
         raise ValueError(f"expected a list of stages of {len(_STAGE_FIELDS)} fields each")
@@ -579,6 +599,7 @@ _CONVERTERS: dict[str, Converter] = {
     "np.ndarray": _unpack_array,
     "dict[str, np.ndarray]": _arrays,
     "list[Stage]": _stages,
+    "dict[str, float]": _thresholds,
 }
 
 
@@ -645,8 +666,24 @@ def decode(frames: Frames | bytes, fast: bool = True) -> Any:
             continue
         try:
             values[name] = convert(body[name], frames)
-        except (TypeError, ValueError) as e:
-            problems.append(f"{name}: {e}")
+        except Exception as e:  # noqa: BLE001 - numpy and msgpack raise many types on hostile input
+            problems.append(f"{name}: {str(e)[:200]}")
+    problems += _semantic_problems(kind, values)
     if problems:
         raise ProtocolError(kind, problems)
     return MESSAGES[kind](**values)
+
+
+def _semantic_problems(kind: str, values: dict[str, Any]) -> list[str]:
+    """What well-typed fields may still get wrong: values outside what the receiver can act on."""
+    problems = []
+    if values.get("measure", "max") not in MEASURES:
+        problems.append(f"measure: {str(values['measure'])[:20]!r} is not one of {MEASURES}")
+    for name in ("split", "delay_ms", "jitter_ms", "ctl_delay_ms", "ctl_jitter_ms", "idle_s", "min_window_s",
+                 "first_layer", "final_layer", "last_layer"):
+        v = values.get(name)
+        if v is not None and (v != v or v < 0):
+            problems.append(f"{name}: {v} must be a non-negative number")
+    if kind == "configure" and values.get("threads", 1) < 1:
+        problems.append(f"threads: {values['threads']} must be at least 1")
+    return problems
