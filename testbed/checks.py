@@ -95,11 +95,23 @@ def _load_bundle(exp: Experiment, base: Path) -> tuple[Bundle | None, list[str]]
     root = resolve(base, exp.bundle)
     if not (root / "bundle.yaml").is_file():
         return None, [f"bundle: {exp.bundle!r} has no bundle.yaml ({root / 'bundle.yaml'}); build it with "
-                      "`testbed partition --config partitions/specs/<name>.yaml` (or `make bundle`)"]
+                      f"`{_build_command(base, exp.bundle)}`"]
     try:
         return Bundle.load(root), []
     except BundleError as e:
         return None, [f"bundle: {e}"]
+
+
+def _build_command(base: Path, bundle: str) -> str:
+    """The command that builds ``bundle``: the spec under partitions/specs whose ``out`` it is, if one is."""
+    for spec in sorted((base / "partitions" / "specs").glob("*.yaml")):
+        try:
+            out = (yaml.safe_load(spec.read_text()) or {}).get("out")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if out and resolve(base, str(out)) == resolve(base, bundle):
+            return f"testbed partition --config {spec.relative_to(base)}"
+    return "testbed partition --config partitions/specs/<name>.yaml"
 
 
 def _bundle_problems(exp: Experiment, bundle: Bundle) -> list[str]:
