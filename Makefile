@@ -4,6 +4,10 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 BUNDLE  := partitions/minilm-sentiment
 STAMP   := $(VENV)/.installed
+# the boards' oldest Python (JetPack 5: 3.8) with the newest wheels it gets, for the agents' own tests and a
+# loopback run whose agents use it; skipped, and said so, where no Python 3.8 is installed
+PY38    ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.8.*/bin/python3) $(shell command -v python3.8))
+AGENT38 := .venv38/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -24,10 +28,6 @@ check: lint
 
 setup: $(STAMP)
 
-# the boards' oldest Python (JetPack 5: 3.8) with the newest wheels it gets, for the agents' own tests and a
-# loopback run whose agents use it; skipped, and said so, where no Python 3.8 is installed
-PY38    ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.8.*/bin/python3) $(shell command -v python3.8))
-AGENT38 := .venv38/.installed
 
 $(AGENT38):
 	@if [ -n "$(PY38)" ]; then \
