@@ -86,7 +86,7 @@ def judge_on(bundle: Bundle, entries: list[dict[str, object]], split: str, seed:
     specs.append(PolicySpec.model_validate({"name": "all-at", "tier": last, "label": f"all-{last}"}))
     t0 = time.perf_counter()
     rows, records = replay.replay(bundle, specs, split, None, seed, 0)
-    layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
+    layers = bundle.layers_run
     settings = {s.key: report.policy_settings(s.model_dump(), records.get(s.key, {})) for s in specs}
     verdicts, _ = verdict.paper_table(rows, specs, layers, costmodel.preset("dimee"), settings, seed, records)
     n_val, n_test = bundle.spec.data.splits.get("val", 0), bundle.spec.data.splits.get(split, 0)

@@ -36,12 +36,13 @@ class Route:
 
 
 def _tier_route(table: dict[str, np.ndarray], r: int, th: dict[str, float], conf: np.ndarray,
-                bundle: Bundle) -> Route:
-    """The agents' rule with tier graphs: the first tier confident enough at its boundary exits."""
-    tiers = bundle.tiers
+                tiers: tuple[str, ...], run: dict[str, int], boundary: dict[str, int]) -> Route:
+    """The agents' rule with tier graphs: the first tier confident enough at its boundary exits.
+
+    ``run``: the layers each tier's graph runs; ``boundary``: the layer each tier ends at.
+    """
     t = int(policies.decide(th, conf[r:r + 1], tiers)[0])
-    run = {x.tier: len(x.runs_layers or x.layers) for x in bundle.spec.tiers}
-    return Route(tiers[t], bundle.tier(tiers[t]).layers[-1], int(table[f"prediction_{tiers[t]}"][r]),
+    return Route(tiers[t], boundary[tiers[t]], int(table[f"prediction_{tiers[t]}"][r]),
                  float(conf[r, t]), {tiers[j]: run[tiers[j]] for j in range(t + 1)},
                  {tiers[j]: float(conf[r, j]) for j in range(t + 1)})
 
@@ -81,6 +82,7 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
     tiers = bundle.tiers
     plan = [("warmup", i % len(table)) for i in range(warmup)] + [("measure", i) for i in range(len(table))]
     cols = {c: table[c].to_numpy() for c in table.columns}
+    run, boundary = bundle.layers_run, {t.tier: t.layers[-1] for t in bundle.spec.tiers}
     rows, records = [], {}
     for i, spec in enumerate(specs):
         policy = policies.make(spec, ctx)
@@ -91,7 +93,7 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
             sid = int(cols["sample_id"][r])
             th = policy.thresholds(sid, rng)
             route = (_layer_route(cols, r, th, policy.split(sid), ranges, len(bundle.spec.layer_graphs))
-                     if ranges is not None else _tier_route(cols, r, th, conf, bundle))
+                     if ranges is not None else _tier_route(cols, r, th, conf, tiers, run, boundary))
             label = int(cols["label"][r])
             rows.append({"policy": spec.key, "phase": phase, "sample_id": sid, "exit_tier": route.tier,
                          "exit_layer": route.layer, "prediction": route.prediction, "label": label,

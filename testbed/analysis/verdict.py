@@ -233,13 +233,14 @@ def paper_table(df: pd.DataFrame, specs: list[PolicySpec], layers: dict[str, int
         if v is None:
             continue
         verdicts.append(v)
-        here = judge(df, key, claim, experiment, layers, seed=seed)
+        p, b = pair(df, key, f"all-{list(layers)[-1]}")  # the experiment's preset: the cost reduction alone
+        here = paired_interval("reduction", experiment.costs_of(p, layers), experiment.costs_of(b, layers), seed)
         row: dict[str, object] = {
             "policy": key, "paper": claim.paper,
             "claim": f">{claim.min_cost_reduction:.0%} at <{claim.max_drop_pt:g} pt",
             "preset": v.preset, "n": v.n, "cost_reduction": v.cost_reduction, "drop_pt": v.drop_pt,
             "verdict": v.outcome if v.needed is None else f"{v.outcome} (~{_needed_text(v.needed)} needed)",
-            f"cost_reduction_{experiment.name}": here.cost_reduction if here else None, "settings": v.settings}
+            f"cost_reduction_{experiment.name}": here, "settings": v.settings}
         for what, iv in measured_reductions(df, key, f"all-{list(layers)[-1]}", seed).items():
             row[f"{what}_reduction"] = iv
         rows.append(row)

@@ -238,7 +238,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if reference not in {s.key for s in specs}:  # every verdict is against all samples to the last tier
         specs.append(PolicySpec.model_validate({"name": "all-at", "tier": bundle.tiers[-1], "label": reference}))
     rows, records = replay.replay(bundle, specs, split, count, seed, warmup)
-    layers = {t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers}
+    layers = bundle.layers_run
     cm = costmodel.from_spec(cost)
     paper = costmodel.paper_costs(rows, layers, cm)
     n = len(rows[rows.phase == 'measure']) // len(specs)

@@ -308,6 +308,11 @@ class Bundle:
         """The bundle's tiers, in the order a sample crosses them: a run's tiers."""
         return tuple(t.tier for t in self.spec.tiers)
 
+    @property
+    def layers_run(self) -> dict[str, int]:
+        """Tier -> the layers its graph runs on a full pass (the cost model's input), in the tiers' order."""
+        return {t.tier: len(t.runs_layers or t.layers) for t in self.spec.tiers}
+
     def tier(self, name: str) -> TierSpec:
         """The spec of one tier."""
         for t in self.spec.tiers:

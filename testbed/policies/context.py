@@ -60,7 +60,7 @@ def missing(bundle: Bundle, need: frozenset[str] | set[str]) -> list[str]:
 def for_bundle(bundle: Bundle, split: str, seed: int, need: set[str]) -> PolicyContext:
     """What policies that ``need`` the named tables get from ``bundle`` (tables are read only when needed)."""
     return PolicyContext(
-        tiers=bundle.tiers, seed=seed, layers={t.tier: len(t.runs_layers or t.layers) for t in bundle.spec.tiers},
+        tiers=bundle.tiers, seed=seed, layers=bundle.layers_run,
         exit_layers={t.tier: t.exit.layer for t in bundle.spec.tiers},
         exits=bundle.exits(split) if "exits" in need else None,
         val_exits=bundle.exits("val") if "val_exits" in need else None,

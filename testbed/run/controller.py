@@ -88,7 +88,7 @@ class Controller:
                                                  Ownership(self.run_dir), self.trust_new_hosts,
                                                  exp_path=self.exp_path)
         self.collector = Collector(writer, {t.tier: t.exit.layer for t in self.bundle.spec.tiers},
-                                   {t.tier: len(t.runs_layers or t.layers) for t in self.bundle.spec.tiers})
+                                   self.bundle.layers_run)
         m = self.manifest = records.initial_manifest(self.run_id, self.exp, self.exp_path, self.inv, self.inv_path,
                                                      self.bundle, hashes)
         writer.write_manifest(m)

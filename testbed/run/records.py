@@ -70,7 +70,7 @@ def initial_manifest(run_id: str, exp: Experiment, exp_path: Path, inv: Inventor
         git=git_state(Path(__file__).resolve().parent.parent.parent),
         controller=ControllerRecord(host=platform.node(), platform=platform.platform(), versions=versions()),
         cost_model=costmodel.from_spec(exp.cost).record()
-        | {"layers": {t.tier: len(t.runs_layers or t.layers) for t in s.tiers}})
+        | {"layers": bundle.layers_run})
 
 
 def shaping_record(backend: str, links: dict[str, LinkProfile], readback: dict[str, Any] | None) -> dict[str, Any]:
