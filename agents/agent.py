@@ -35,7 +35,7 @@ from agents import protocol as p
 from agents.facts import host_facts
 from agents.meters import EnergyDelta, EnergyMeter, MeterError, NullMeter, open_meter
 from agents.netio import ArrivalCounter, NicError
-from agents.runtime import Partition, PartitionError
+from agents.runtime import Partition, PartitionError, softmax
 from agents.runtime import confidence as measure_confidence
 from agents.shaper import HeldLink
 
@@ -59,6 +59,7 @@ class _Config:
     wire_in: ArrivalCounter | None = None
     batching: bool = False  # energy windows span several samples (asked once, not per sample)
     chain: list[Partition] = dataclasses.field(default_factory=list)  # one graph per layer, from msg.first_layer
+    router: Partition | None = None  # the pool router (first tier of a bundle that has one)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class _Ran:
     layer: int
     layer_confidences: list[float]
     onward: dict[str, np.ndarray]  # the next tier's inputs (empty when it exited)
+    thresholds: dict[str, float] | None = None  # the onward thresholds, where a pool router chose the route
 
 
 def run_chain(chain: list[Partition], first_layer: int, final_layer: int, work: p.Work,
@@ -100,6 +102,21 @@ def run_chain(chain: list[Partition], first_layer: int, final_layer: int, work: 
             return _Ran(logits, confidence, prediction, True, k, confs, {})
         feed = {"hidden": out["hidden_out"], "attention_mask": mask}
     return _Ran(logits, confidence, prediction, False, stop, confs, feed)
+
+
+def _pool_thresholds(router: Partition | None, outputs: dict[str, np.ndarray], work: p.Work) -> dict[str, float]:
+    """The thresholds of the route the pool router picks (:func:`agents.protocol.pool_route`).
+
+    0 at the chosen tier, inf at the others: the tiers after this one follow the route unchanged.
+    """
+    if router is None:
+        raise ValueError("the Work routes by difficulty pools but this tier has no pool router: the bundle has none "
+                         "(rebuild it with `testbed partition`)")
+    if "hidden_out" not in outputs or "attention_mask" not in work.tensors:
+        raise ValueError("the pool router reads hidden_out and attention_mask, which this tier's graph lacks")
+    logits = router.run({"hidden": outputs["hidden_out"], "attention_mask": work.tensors["attention_mask"]})
+    route = p.pool_route(softmax(logits["pool_logits"][0]), work.pools)
+    return {str(tier): (0.0 if tier == route else float("inf")) for tier, _ in work.pools}
 
 
 @dataclass
@@ -353,7 +370,13 @@ class Agent:
             except NicError as e:
                 self._fail("configure", str(e))
                 return
-        self._config = _Config(part, final, msg, wire_in, msg.batch_samples > 1 or msg.min_window_s > 0, chain)
+        try:
+            router = Partition.load(self._path(msg.router[0]), msg.router[1], threads=1) if msg.router else None
+        except PartitionError as e:
+            self._fail("configure", f"pool router: {e}")
+            return
+        self._config = _Config(part, final, msg, wire_in, msg.batch_samples > 1 or msg.min_window_s > 0, chain,
+                               router)
         self._out.set(msg.delay_ms, msg.jitter_ms)
         self._ctl_in.set(0.0, 0.0)
         for link in self._ctl_links():
@@ -478,7 +501,8 @@ class Agent:
             else:
                 self._ctrl.send_multipart(result, copy=False)
         else:
-            self._offload(p.encode(p.Work(work.run_seq, work.sample_id, ran.onward, work.thresholds,
+            self._offload(p.encode(p.Work(work.run_seq, work.sample_id, ran.onward,
+                                          work.thresholds if ran.thresholds is None else ran.thresholds,
                                           [*work.stages, stage], work.measure, work.split)))
         if closing is not None:  # after the sample left: the window report is not on the sample's path
             self._send_window(closing)
@@ -492,10 +516,12 @@ class Agent:
         outputs = cfg.partition.run(work.tensors)
         logits = outputs[msg.logits_name]
         confidence, prediction = measure_confidence(logits[0], work.measure)
-        if cfg.tier_final or p.should_exit(work.thresholds.get(self.tier, float("inf")), confidence):
+        thresholds = _pool_thresholds(cfg.router, outputs, work) if work.pools and not work.stages else None
+        rule = work.thresholds if thresholds is None else thresholds
+        if cfg.tier_final or p.should_exit(rule.get(self.tier, float("inf")), confidence):
             return _Ran(logits, confidence, prediction, True, msg.last_layer, [], {})
         onward = {dst: outputs[src] if src in outputs else work.tensors[src] for src, dst in msg.offload.items()}
-        return _Ran(logits, confidence, prediction, False, msg.last_layer, [], onward)
+        return _Ran(logits, confidence, prediction, False, msg.last_layer, [], onward, thresholds)
 
     def _offload(self, frames: list[Any]) -> None:
         """Send a Work on to the next tier (held first when the link has a userspace delay)."""

@@ -42,6 +42,10 @@ Format history:
        layer a tier graph ends at); Work.split (offload after this layer; 0: after the last one held);
        Stage.layer (the last layer the tier ran) and Stage.layer_confidences (the confidence after each
        layer a chain ran, in order; empty for a tier graph).
+    9: routing by difficulty pools (DIMEC-DC): Configure.router ([path, sha256] of the first tier's pool
+       router; empty: none) and Work.pools ([[tier, threshold], ...] in the tiers' order; empty: route by
+       thresholds alone). The first tier runs the router, picks the route by :func:`pool_route` and
+       sends the sample on with thresholds that make it exit at that tier.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from typing import Callable as TypingCallable  # a runtime alias: subscriptable 
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
 LINKS = ("data", "controller")  # what a Shape message reshapes
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
@@ -97,6 +101,28 @@ def should_exit(threshold: float, confidence: float) -> bool:
     Policies in ``testbed/`` compile to these thresholds, so the rule lives here once.
     """
     return confidence >= threshold
+
+
+def pool_route(probs: list[float], pools: list[Any]) -> str:
+    """The tier a pool router sends a sample to: "" for the last tier.
+
+    ``probs``: the router's probability of each pool, easiest first; ``pools``: [[tier, threshold],
+    ...] for every tier but the last, in order. Tier i takes the sample when the probability that
+    it is in one of the first i+1 pools reaches its threshold; the first such tier wins.
+    """
+    cumulative = 0.0
+    for i, (tier, threshold) in enumerate(pools):
+        cumulative += probs[i] if i < len(probs) else 0.0
+        if cumulative >= threshold:
+            return str(tier)
+    return ""
+
+
+def pools_ok(value: Any) -> bool:
+    """Pool thresholds as a Work carries them: a list of [tier name, number not NaN]."""
+    return type(value) is list and all(
+        type(e) is list and len(e) == 2 and type(e[0]) is str and type(e[1]) in (int, float) and e[1] == e[1]
+        for e in value)
 
 
 # --------------------------------------------------------------------------- messages
@@ -191,6 +217,7 @@ class Configure:
     chain: list = field(default_factory=list)  # [[path, sha256], ...]: one graph per layer instead of a tier graph
     first_layer: int = 0  # the layer chain[0] runs
     final_layer: int = 0  # the model's last layer: a chain that reaches it exits there
+    router: list = field(default_factory=list)  # [path, sha256] of the pool router (first tier, DIMEC-DC)
 
 
 @dataclass(frozen=True)
@@ -252,6 +279,7 @@ class Work:
     stages: list[Stage] = field(default_factory=list)
     measure: str = "max"
     split: int = 0  # with a chain: offload after this layer unless the sample exits by then (0: the chain's end)
+    pools: list = field(default_factory=list)  # [[tier, threshold], ...]: the first tier routes by its pool router
 
 
 @dataclass(frozen=True)
@@ -420,7 +448,8 @@ def _encode_work(msg: Work) -> Frames:
     frames: Frames = [b""]
     body = {"run_seq": msg.run_seq, "sample_id": msg.sample_id,
             "tensors": {k: _pack_array(v, frames) for k, v in msg.tensors.items()},
-            "thresholds": msg.thresholds, "stages": msg.stages, "measure": msg.measure, "split": msg.split}
+            "thresholds": msg.thresholds, "stages": msg.stages, "measure": msg.measure, "split": msg.split,
+            "pools": msg.pools}
     frames[0] = _packb({"v": PROTOCOL_VERSION, "kind": "work", "body": body})
     return frames
 
@@ -523,13 +552,13 @@ def _decode_work(body: dict[str, Any], frames: Frames) -> Work | None:
         run_seq, sample_id, tensors, thresholds = body["run_seq"], body["sample_id"], body["tensors"], body[
             "thresholds"]
         stages = _fast_stages(body.get("stages", []))
-        measure, split = body.get("measure", "max"), body.get("split", 0)
+        measure, split, pools = body.get("measure", "max"), body.get("split", 0), body.get("pools", [])
         if (type(run_seq) is not int or type(sample_id) is not int or type(tensors) is not dict
                 or not thresholds_ok(thresholds) or stages is None or measure not in MEASURES
-                or type(split) is not int or split < 0):
+                or type(split) is not int or split < 0 or not pools_ok(pools)):
             return None
         return Work(run_seq, sample_id, {k: _unpack_array(v, frames) for k, v in tensors.items()}, thresholds,
-                    stages, measure, split)
+                    stages, measure, split, pools)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -684,6 +713,11 @@ def _semantic_problems(kind: str, values: dict[str, Any]) -> list[str]:
         v = values.get(name)
         if v is not None and (v != v or v < 0):
             problems.append(f"{name}: {v} must be a non-negative number")
+    if "pools" in values and not pools_ok(values["pools"]):
+        problems.append(f"pools: {str(values['pools'])[:60]} is not a list of [tier, threshold]")
+    router = values.get("router")
+    if router and not (len(router) == 2 and all(type(x) is str for x in router)):
+        problems.append(f"router: {str(router)[:60]} is not [path, sha256]")
     if kind == "configure" and values.get("threads", 1) < 1:
         problems.append(f"threads: {values['threads']} must be at least 1")
     return problems

@@ -47,6 +47,15 @@ def top1_entropy(logits: np.ndarray) -> tuple[float, int]:
     return (1.0 - entropy / math.log(len(row)) if len(row) > 1 else 1.0), row.index(top)
 
 
+def softmax(logits: np.ndarray) -> list[float]:
+    """The softmax of one row of logits, as plain floats (the pool router's probabilities)."""
+    row = logits.tolist()
+    top = max(row)
+    exps = [math.exp(v - top) for v in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
 def confidence(logits: np.ndarray, measure: str = "max") -> tuple[float, int]:
     """(confidence under ``measure``, argmax): ``max`` softmax or ``entropy`` (see :func:`top1_entropy`)."""
     return top1_entropy(logits) if measure == "entropy" else top1(logits)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agents.protocol import should_exit
+from agents.protocol import pool_route, should_exit
 from testbed import policies
 from testbed.core.config import PolicySpec
 from testbed.core.errors import BundleError
@@ -42,6 +42,17 @@ def _tier_route(table: dict[str, np.ndarray], r: int, th: dict[str, float], conf
     ``run``: the layers each tier's graph runs; ``boundary``: the layer each tier ends at.
     """
     t = int(policies.decide(th, conf[r:r + 1], tiers)[0])
+    return Route(tiers[t], boundary[tiers[t]], int(table[f"prediction_{tiers[t]}"][r]),
+                 float(conf[r, t]), {tiers[j]: run[tiers[j]] for j in range(t + 1)},
+                 {tiers[j]: float(conf[r, j]) for j in range(t + 1)})
+
+
+def _pool_route(table: dict[str, np.ndarray], r: int, pools: list[list[Any]], conf: np.ndarray,
+                tiers: tuple[str, ...], run: dict[str, int], boundary: dict[str, int]) -> Route:
+    """The agents' rule with a pool router (:func:`agents.protocol.pool_route`) on the stored pool probabilities."""
+    probs = [float(table[c][r]) for c in table if c.startswith("pool_")]
+    chosen = pool_route(probs, pools)
+    t = tiers.index(chosen) if chosen else len(tiers) - 1
     return Route(tiers[t], boundary[tiers[t]], int(table[f"prediction_{tiers[t]}"][r]),
                  float(conf[r, t]), {tiers[j]: run[tiers[j]] for j in range(t + 1)},
                  {tiers[j]: float(conf[r, j]) for j in range(t + 1)})
@@ -91,9 +102,13 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
         ranges = policy.layer_ranges()
         for phase, r in plan:
             sid = int(cols["sample_id"][r])
-            th = policy.thresholds(sid, rng)
-            route = (_layer_route(cols, r, th, policy.split(sid), ranges, len(bundle.spec.layer_graphs))
-                     if ranges is not None else _tier_route(cols, r, th, conf, tiers, run, boundary))
+            th, pools = policy.thresholds(sid, rng), policy.pools(sid)
+            if pools:
+                route = _pool_route(cols, r, pools, conf, tiers, run, boundary)
+            elif ranges is not None:
+                route = _layer_route(cols, r, th, policy.split(sid), ranges, len(bundle.spec.layer_graphs))
+            else:
+                route = _tier_route(cols, r, th, conf, tiers, run, boundary)
             label = int(cols["label"][r])
             rows.append({"policy": spec.key, "phase": phase, "sample_id": sid, "exit_tier": route.tier,
                          "exit_layer": route.layer, "prediction": route.prediction, "label": label,

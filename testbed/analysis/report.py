@@ -111,9 +111,10 @@ def _policy_notes(records: dict[str, dict[str, Any]]) -> list[str]:
                          f"{dict(zip(rec['arms'], rec['pulls'], strict=True))}")
         if "expected" in rec:
             e = rec["expected"]
-            notes.append(f"{key}: thresholds {rec['thresholds']} fitted on val (expected accuracy {e['accuracy']:.3f}, "
-                         f"cost {e['cost']:.3f}, reward {e['reward']:.4f}); clusters "
-                         + ", ".join(f"{k} {v['size']}" for k, v in rec["clusters"].items()))
+            notes.append(f"{key}: pool thresholds {rec['pool_thresholds']} fitted on val (expected accuracy "
+                         f"{e['accuracy']:.3f}, cost {e['cost']:.3f}, reward {e['reward']:.4f}); training pools "
+                         + ", ".join(f"{k} {v['size']:.0f}" for k, v in rec["pools"].items())
+                         + (f"; {rec['note']}" if "note" in rec else ""))
     return notes
 
 

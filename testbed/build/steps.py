@@ -71,6 +71,11 @@ class Builder(ABC, Generic[S]):
                  parity: ParityInfo, build: BuildInfo) -> BundleSpec:
         """The bundle's ``bundle.yaml``, as a validated model."""
 
+    def router(self, out: Path, sessions: dict[str, Partition], table: pd.DataFrame,
+               progress: Progress) -> pd.DataFrame:
+        """DIMEC-DC's pool router where the kind has training dynamics; returns the exit table with its columns."""
+        return table
+
     def versions(self) -> dict[str, str]:
         """Library versions the build record names besides torch (the transformer builder adds transformers)."""
         return {}
@@ -93,6 +98,7 @@ def run(builder: Builder[Any], out: Path, final_out: Path, progress: Progress) -
              f"max abs diff {parity.max_abs_diff:.2e}")
     table = builder.exit_tables(sessions)
     data_files = builder.write_data(out, table, progress)
+    table = builder.router(out, sessions, table, progress)
     table.to_parquet(out / "exits.parquet", index=False)
     builder.extras(out, sessions, table, progress)
     hashed = {f: sha256_file(out / f) for f in ["samples.parquet", "exits.parquet", *data_files]}

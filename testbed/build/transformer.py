@@ -30,6 +30,7 @@ from testbed.build.cartography import dynamics_table
 from testbed.build.common import PARITY_TOLERANCE, Progress, SplitSizes
 from testbed.build.datasets import load_text_dataset, split_indices
 from testbed.build.encoder import Encoded, Training, exit_table, export, parity, tier_modules, train
+from testbed.build.router import make_router
 from testbed.build.steps import Builder, accuracies, exit_spec, load_sessions
 from testbed.build.tiers import Cut, CutError, exit_output, make_cut
 from testbed.core.errors import BuildError
@@ -42,6 +43,7 @@ from testbed.formats.bundle import (
     ModelInfo,
     OffloadSpec,
     ParityInfo,
+    RouterSpec,
     TaskInfo,
     TensorSpec,
     TierSpec,
@@ -284,6 +286,7 @@ class TransformerBuilder(Builder[PartitionSpec]):
         carto = dynamics_table(self.gold, self.right, np.arange(len(self.enc["train"].ids)),
                                self.enc["train"].labels, exits, [self.cut.tier_of(e) for e in exits])
         carto.to_parquet(out / "cartography.parquet", index=False)
+        self.carto = carto
         self.acc = accuracies(table, exits)
         for layer in exits:
             progress(f"exit after layer {layer} ({self.cut.tier_of(layer)}): val accuracy "
@@ -291,6 +294,21 @@ class TransformerBuilder(Builder[PartitionSpec]):
         self.tok.save_pretrained(str(out / "tokenizer"))
         tok_files = sorted(p.relative_to(out).as_posix() for p in (out / "tokenizer").rglob("*") if p.is_file())
         return ["cartography.parquet", *tok_files]
+
+    def router(self, out: Path, sessions: dict[str, Partition], table: pd.DataFrame,
+               progress: Progress) -> pd.DataFrame:
+        """The pool router on the first tier (hidden-state offloads, two or three tiers); else none, said why."""
+        cut = self.cut
+        self.router_spec: RouterSpec | None = None
+        if self.spec.offload_mode != "hidden" or len(cut.names) not in (2, 3):
+            progress("no pool router: it reads the first tier's hidden state (hidden offloads) and routes to two "
+                     "or three tiers")
+            return table
+        self.router_spec, cols = make_router(
+            out, sessions[cut.first], cut.first, cut.boundary(cut.first), self.carto,
+            [cut.boundary(t) for t in cut.names[:-1]], self.spec.split.seed, self.enc["train"].one,
+            (self.enc[k].one(i) for k in ("val", "test") for i in range(len(self.enc[k].ids))), progress)
+        return pd.concat([table.reset_index(drop=True), cols], axis=1)
 
     def extras(self, out: Path, sessions: dict[str, Partition], table: pd.DataFrame, progress: Progress) -> None:
         """The fp16/int8 variants of the mobile tier the spec asks for."""
@@ -368,6 +386,7 @@ class TransformerBuilder(Builder[PartitionSpec]):
             model=model, task=task, offload=self._offload(),
             exit_layers=list(self.cut.exits), tiers=[self._tier(t, out, files[t]) for t in self.cut.names],
             layer_graphs=[self._layer_graph(k, out) for k in range(1, len(self.layer_files) + 1)],
+            router=self.router_spec,
             variants=self.variants, files=hashed,
             data=DataInfo(splits={k: len(v) for k, v in self.splits.items()}, seed=spec.split.seed),
             training=training, parity=parity, build=build)

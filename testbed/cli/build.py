@@ -140,6 +140,16 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle_add_router(args: argparse.Namespace) -> int:
+    """`testbed bundle add-router`: DIMEC-DC's pool router for a bundle built without one."""
+    from testbed.build.router import add_router
+
+    router = add_router(args.bundle, progress=lambda m: err.print(f"[dim]add-router[/dim] {m}", highlight=False))
+    out.print(f"pool router {args.bundle / router.file} on the {router.tier} tier: pools "
+              + ", ".join(f"{p} {router.centroids[p]['size']:.0f}" for p in router.pools))
+    return 0
+
+
 def cmd_bundle_show(args: argparse.Namespace) -> int:
     """`testbed bundle show`: tiers, layers, bytes per offload, exit accuracies, variants."""
     bundle = Bundle.load(args.bundle)
@@ -239,6 +249,10 @@ def add_commands(sub: Any) -> None:
     bv.add_argument("bundle", type=Path)
     bv.add_argument("--samples", type=int, default=32, help="val samples to replay (default 32)")
     bv.set_defaults(func=cmd_bundle_verify)
+    br = bsub.add_parser("add-router", help="give a transformer bundle DIMEC-DC's pool router from its own training "
+                         "dynamics (no torch; for bundles built before the router existed)")
+    br.add_argument("bundle", type=Path)
+    br.set_defaults(func=cmd_bundle_add_router)
     bs = bsub.add_parser("show", help="tiers, layers, bytes per offload, exit accuracies, variants")
     bs.add_argument("bundle", type=Path)
     bs.set_defaults(func=cmd_bundle_show)

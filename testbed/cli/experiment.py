@@ -50,7 +50,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     ctx = policies.context_for(bundle, exp.samples.split, exp.seed, {s.name for s in exp.policies})
     for pspec in exp.policies:
         pol = policies.make(pspec, ctx)
-        if isinstance(pol, policies.StaticPolicy) or "thresholds" in pol.record:
+        if pol.pools(0):
+            out.print(f"policy {pspec.key}: pool router on the first tier, pool thresholds {pol.pools(0)} (go to the "
+                      "first tier whose easier pools' probability >= its threshold)", highlight=False)
+        elif isinstance(pol, policies.StaticPolicy) or "thresholds" in pol.record:
             rule = pol.thresholds(0, np.random.default_rng(exp.seed))
             out.print(f"policy {pspec.key}: exit thresholds {rule} (exit when {pol.measure} "
                       "confidence >= threshold)", highlight=False)

@@ -10,7 +10,9 @@ Format history:
     2: exits at any layer (``exit_layers``, per tier ``exits``), ``offload`` (mode and bytes
        per token), mobile-tier ``variants`` (fp16/int8), ``training`` settings,
        cartography.parquet and the tokenizer files hashed, token_type_ids for sentence pairs;
-       (2026-12-02, optional) ``layer_graphs``: one graph per layer, a split point at every layer.
+       (2026-12-02, optional) ``layer_graphs``: one graph per layer, a split point at every layer;
+       (2026-12-02, optional) ``router``: DIMEC-DC's pool router for the first tier (``difficulty.onnx``)
+       and ``pool_<name>`` columns in exits.parquet.
 """
 
 from __future__ import annotations
@@ -221,6 +223,24 @@ class TrainingInfo(BaseModel):
     dynamics: str | None = Field(None, description="what cartography.parquet holds")
 
 
+class RouterSpec(BaseModel):
+    """DIMEC-DC's pool router: predicts a sample's training-dynamics pool from the first tier's hidden state."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    file: str
+    sha256: str
+    size_bytes: int
+    tier: str = Field(description="the tier that runs it, after its own graph (the first)")
+    layer: int = Field(description="the layer whose hidden state it reads (the first tier's last)")
+    pools: list[str] = Field(description="the pools it scores, easiest first (its output order)")
+    clustered_on: list[int] = Field(description="exit layers whose training dynamics were clustered")
+    epochs: int = Field(description="training epochs the dynamics span")
+    centroids: dict[str, dict[str, float]] = Field(description="per pool: size, mean confidence and variability")
+    train_samples: int
+    train_accuracy: float = Field(description="share of training samples it puts in their own pool")
+    method: str = Field(description="how the pools and the router were made")
+
+
 class BundleSpec(BaseModel):
     """The whole ``bundle.yaml``."""
 
@@ -235,6 +255,7 @@ class BundleSpec(BaseModel):
     tiers: list[TierSpec]
     layer_graphs: list[LayerGraphSpec] = Field([], description="one graph per layer, in order, when the bundle "
                                                "offers a split point at every layer")
+    router: RouterSpec | None = None
     variants: list[VariantSpec] = []
     resnet_variants: list[ResNetVariantSpec] = []
     connections: list[ConnectionCost] = []
@@ -326,13 +347,16 @@ class Bundle:
         out |= {v.file: v.sha256 for v in self.spec.variants if v.tier == tier}
         out |= {v.files[tier]: v.sha256[tier] for v in self.spec.resnet_variants if tier in v.files}
         out |= {g.file: g.sha256 for g in self.spec.layer_graphs}  # any tier may run any layer
+        if self.spec.router is not None and self.spec.router.tier == tier:
+            out[self.spec.router.file] = self.spec.router.sha256
         return out
 
     def missing_files(self) -> list[str]:
         """Files that ``bundle.yaml`` names but that are absent."""
         names = ([t.file for t in self.spec.tiers] + [v.file for v in self.spec.variants] + list(self.spec.files)
                  + [f for v in self.spec.resnet_variants for f in v.files.values()]
-                 + [g.file for g in self.spec.layer_graphs])
+                 + [g.file for g in self.spec.layer_graphs]
+                 + ([self.spec.router.file] if self.spec.router else []))
         return [n for n in names if not (self.root / n).is_file()]
 
     def verify(self) -> dict[str, str]:
@@ -343,7 +367,8 @@ class Bundle:
         hashes = ({t.file: t.sha256 for t in self.spec.tiers} | {v.file: v.sha256 for v in self.spec.variants}
                   | dict(self.spec.files)
                   | {v.files[t]: v.sha256[t] for v in self.spec.resnet_variants for t in v.files}
-                  | {g.file: g.sha256 for g in self.spec.layer_graphs})
+                  | {g.file: g.sha256 for g in self.spec.layer_graphs}
+                  | ({self.spec.router.file: self.spec.router.sha256} if self.spec.router else {}))
         for name, want in hashes.items():
             got = sha256_file(self.root / name)
             if got != want:
@@ -381,6 +406,8 @@ class Bundle:
             out.add("resnet_variants")
         if self.spec.layer_graphs:
             out.add("layer_graphs")
+        if self.spec.router is not None:
+            out.add("router")
         return out
 
     def cartography(self) -> pd.DataFrame:

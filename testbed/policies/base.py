@@ -71,6 +71,10 @@ class Policy:
         """Exit thresholds per tier for one sample, sent with it to the first tier."""
         raise NotImplementedError
 
+    def pools(self, sample_id: int) -> list[list[Any]]:
+        """[[tier, threshold], ...]: route the sample by the first tier's pool router instead (empty: do not)."""
+        return []
+
     def observe(self, sample_id: int, confidences: dict[str, float]) -> None:
         """Feedback after a sample finished (confidence at each tier it visited); most policies do not learn."""
 

@@ -25,6 +25,7 @@ class PolicyContext:
         cartography: the bundle's training dynamics (``cartography.parquet``).
         resnet_variants: an adaptive-ResNet bundle's variants (accuracy per exit, MACs, bytes per offload).
         layer_graphs: how many layer graphs the bundle has (a split point at every layer); None: none.
+        router: the bundle's pool router (:class:`testbed.formats.bundle.RouterSpec` as a dict); None: none.
     """
 
     tiers: tuple[str, ...]
@@ -36,6 +37,7 @@ class PolicyContext:
     cartography: pd.DataFrame | None = None
     resnet_variants: list[dict[str, Any]] | None = None
     layer_graphs: int | None = None
+    router: dict[str, Any] | None = None
 
 
 #: what a policy may need from a bundle: table -> (what it is, how a bundle that lacks it gets it)
@@ -45,6 +47,9 @@ TABLES: dict[str, tuple[str, str]] = {
     "cartography": ("the training dynamics (cartography.parquet)", "rebuild the bundle with `testbed partition`"),
     "resnet_variants": ("ResNet variants with connections dropped", "build a ResNet bundle: testbed partition "
                         "--config partitions/specs/resnet-digits.yaml"),
+    "router": ("a pool router trained on the training dynamics' easy / medium / hard pools (DIMEC-DC)",
+               "rebuild it with this testbed's `testbed partition` (a transformer with hidden-state offloads and "
+               "two or three tiers), or add one to it with `testbed bundle add-router BUNDLE`"),
     "layer_graphs": ("one graph per layer (a split point at every layer)", "rebuild it with an exit after every "
                      "layer (exits: all) and hidden-state offloads, which export layers/L<k>.onnx"),
 }
@@ -67,4 +72,5 @@ def for_bundle(bundle: Bundle, split: str, seed: int, need: set[str]) -> PolicyC
         cartography=bundle.cartography() if "cartography" in need else None,
         resnet_variants=[v.model_dump() for v in bundle.spec.resnet_variants] or None,
         layer_graphs=len(bundle.spec.layer_graphs) or None,
+        router=bundle.spec.router.model_dump() if bundle.spec.router is not None else None,
     )

@@ -21,6 +21,8 @@ from testbed.policies.base import NEVER
 
 #: thresholds searched: 0.30..1.00 by 0.01, and never (the tier does not exit)
 GRID = np.append(np.round(np.arange(0.30, 1.0001, 0.01), 2), NEVER)
+#: pool-router thresholds (probability of the easier pools): 0.05..1.00 by 0.05, and never
+POOL_GRID = np.append(np.round(np.arange(0.05, 1.0001, 0.05), 2), NEVER)
 #: with three exits or more, a coarser grid keeps the search exhaustive (0.30..1.00 by 0.05)
 COARSE = np.append(np.round(np.arange(0.30, 1.0001, 0.05), 2), NEVER)
 
@@ -35,18 +37,32 @@ class Route:
     shares: dict[str, float]
 
 
+def pool_scores(val: pd.DataFrame, tiers: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per tier but the last, what its pool threshold applies to (:func:`agents.protocol.pool_route`).
+
+    Tier i's score is the router's probability that the sample is in one of the i+1 easiest
+    pools (``pool_<name>`` columns of the exit table, easiest first), summed in that order.
+    """
+    cols = [c for c in val.columns if c.startswith("pool_")]
+    if not cols:
+        raise ValueError("the exit table has no pool_<name> columns: the bundle has no pool router")
+    cumulative = np.cumsum(val[cols].to_numpy(np.float64), axis=1)
+    return {t: cumulative[:, i] if i < len(cols) else cumulative[:, -1] for i, t in enumerate(tiers[:-1])}
+
+
 def routes(val: pd.DataFrame, cost: CostModel, layers: dict[str, int], measure: str = "max",
-           grid: np.ndarray | None = None) -> Iterator[Route]:
+           grid: np.ndarray | None = None, scores: dict[str, np.ndarray] | None = None) -> Iterator[Route]:
     """Every threshold combination on ``grid`` (the first exit's outermost) and what it does on ``val``.
 
     ``layers``: the run's tiers in order with their layers (the cost of each route);
-    ``measure``: the confidence the thresholds apply to (``max`` or ``entropy``).
+    ``measure``: the confidence the thresholds apply to (``max`` or ``entropy``); ``scores``: per
+    tier but the last, what the thresholds apply to instead of a confidence (:func:`pool_scores`).
     """
     tiers = list(layers)
     exits, last = tiers[:-1], tiers[-1]
     grid = (GRID if len(exits) <= 2 else COARSE) if grid is None else grid
     col = "confidence_entropy_{}" if measure == "entropy" else "confidence_{}"
-    conf = {t: val[col.format(t)].to_numpy() for t in exits}
+    conf = scores if scores is not None else {t: val[col.format(t)].to_numpy() for t in exits}
     right = {t: (val[f"prediction_{t}"] == val["label"]).to_numpy() for t in tiers}
     route_cost = {t: cost.route_cost(layers, t) for t in tiers}
     n = len(val)

@@ -196,8 +196,14 @@ class Controller:
                 ctl_delay_ms=ctl.delay_ms if ctl else 0.0, ctl_jitter_ms=ctl.jitter_ms if ctl else 0.0,
                 wire_in_iface=wire.get(tier, {}).get("interface", ""),
                 batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s,
-                first=i == 0, last_layer=spec.layers[-1], **self._chain(a, (ranges or {}).get(tier)))
+                first=i == 0, last_layer=spec.layers[-1], router=self._router(a, tier),
+                **self._chain(a, (ranges or {}).get(tier)))
         self.session.configure(messages, self.exp.timeouts.configure_s + self.exp.energy.idle_s)
+
+    def _router(self, a: Any, tier: str) -> list[str]:
+        """Configure's router for ``tier``: the bundle's pool router where this tier runs it, else none."""
+        r = self.bundle.spec.router
+        return [a.handle.partition_path(r.file), r.sha256] if r is not None and r.tier == tier else []
 
     def _chain(self, a: Any, layer_range: tuple[int, int] | None) -> dict[str, Any]:
         """Configure's chain fields for a tier that runs ``layer_range`` as layer graphs (none: its tier graph)."""

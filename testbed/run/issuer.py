@@ -87,7 +87,7 @@ class Issuer:
         tensors = samples.tensors(idx)
         sample_id = int(samples.sample_id[idx])
         work = p.Work(self.seq, sample_id, tensors, policy.thresholds(sample_id, rng), [], policy.measure,
-                      policy.split(sample_id))
+                      policy.split(sample_id), policy.pools(sample_id))
         issued = Issued(self.seq, sample_id, int(samples.label[idx]), phase, policy.name,
                         self.clock.monotonic_ns(), self.clock.time_ns(),
                         sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id))

@@ -288,18 +288,19 @@ def test_every_policy_live_equals_its_replay_and_the_report_puts_paper_beside_me
     inv = write_inventory(tmp_path / "inv.yaml")
     assert main(["plan", str(exp), "--inventory", str(inv)]) == 0
     plan = " ".join(capsys.readouterr().out.split())
-    assert "policy splitee: SplitEEPolicy" in plan and "policy cartography: exit thresholds" in plan
+    assert "policy splitee: SplitEEPolicy" in plan and "policy cartography: pool router on the first tier" in plan
     assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
     run_dir = only_run(tmp_path / "results")
     out = " ".join(capsys.readouterr().out.split())
     assert "paper cost model vs measurement" in out and "oracle: UPPER BOUND" in out
-    assert "splitee: best arm" in out and "cartography: thresholds" in out
+    assert "splitee: best arm" in out and "cartography: pool thresholds" in out
     live = pd.read_parquet(run_dir / "samples.parquet")
     manifest = __import__("json").loads((run_dir / "manifest.json").read_text())
     assert manifest["cost_model"]["name"] == "dimee" and manifest["cost_model"]["o"]["edge-cloud"] == 0.5
     assert manifest["policies"]["splitee-s"]["params"]["side_info"] is True
     assert sum(manifest["policies"]["splitee"]["pulls"]) == 43
-    assert set(manifest["policies"]["cartography"]["clusters"]) == {"easy", "medium", "hard"}
+    assert set(manifest["policies"]["cartography"]["pools"]) == {"easy", "medium", "hard"}
+    assert manifest["policies"]["cartography"]["router"]["tier"] == "mobile"
     specs = [PolicySpec.model_validate(p) for p in ALL_POLICIES]
     rows, _ = replay.replay(bert_bundle, specs, "test", 40, 0, 3)
     for key, g in live.groupby("policy", sort=False):

@@ -130,3 +130,47 @@ def test_default_bundle_has_every_exit_cartography_and_the_int8_variant(real_bun
     assert s.variants[0].size_bytes < real_bundle.tier("mobile").size_bytes / 2
     assert real_bundle.check_graphs() == []
     assert real_bundle.replay("test", 16) < 1e-4
+
+
+def test_the_default_bundle_has_a_pool_router_whose_columns_the_agents_reproduce(real_bundle):
+    from testbed.build.router import pool_columns
+
+    r = real_bundle.spec.router
+    assert r is not None and r.tier == "mobile" and r.layer == 2 and r.pools == ["easy", "medium", "hard"]
+    assert r.clustered_on == [2, 4] and sum(c["size"] for c in r.centroids.values()) == r.train_samples
+    table = real_bundle.exits("val").iloc[:8]
+    samples = real_bundle.samples("val")
+    mobile = real_bundle.tier("mobile")
+    first = Partition.load(real_bundle.root / mobile.file, mobile.sha256)
+    router = Partition.load(real_bundle.root / r.file, r.sha256)
+    cols = pool_columns(first, router, (samples.tensors(i) for i in range(8)))
+    assert np.array_equal(cols.to_numpy(), table[list(cols.columns)].to_numpy())  # bit for bit
+    assert np.allclose(cols.sum(axis=1), 1.0)
+
+
+def test_cartography_routes_follow_its_pools_on_the_real_bundle(real_bundle, tmp_path):
+    """Shuffle which sample had which training history: the pools, the router and the routes change."""
+    import shutil
+
+    from testbed.analysis.replay import replay
+    from testbed.build.router import add_router
+    from testbed.core.config import PolicySpec
+    from testbed.formats.bundle import Bundle
+
+    copy = tmp_path / "shuffled"
+    shutil.copytree(real_bundle.root, copy)
+    carto = pd.read_parquet(copy / "cartography.parquet")
+    ids = carto.sample_id.unique()
+    moved = dict(zip(ids, np.random.default_rng(0).permutation(ids), strict=True))
+    carto["sample_id"] = carto.sample_id.map(moved)
+    carto.to_parquet(copy / "cartography.parquet", index=False)
+    spec = yaml.safe_load((copy / "bundle.yaml").read_text())
+    spec["files"]["cartography.parquet"] = sha256_file(copy / "cartography.parquet")
+    (copy / "bundle.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    add_router(copy, progress=lambda m: None)
+    policy = [PolicySpec(name="cartography", mu=0.2)]
+    before, _ = replay(real_bundle, policy, "test")
+    after, rec = replay(Bundle.load(copy), policy, "test")
+    changed = (before.exit_tier.to_numpy() != after.exit_tier.to_numpy()).mean()
+    assert changed > 0.1, changed  # the same exits and thresholds rule; only the dynamics differ
+    assert rec["cartography"]["router"]["train_accuracy"] < real_bundle.spec.router.train_accuracy

@@ -166,5 +166,6 @@ def test_a_policy_that_needs_a_table_the_bundle_lacks_is_refused_with_how_to_get
     text = " ".join(str(e.value).split())
     assert "policies[0]: adaptive-resnet needs ResNet variants with connections dropped" in text
     assert "partitions/specs/resnet-digits.yaml" in text
-    assert "policies[1]: cartography needs the training dynamics (cartography.parquet)" in text
-    assert "rebuild the bundle with `testbed partition`" in text
+    assert "policies[1]: cartography needs a pool router trained on the training dynamics" in text
+    assert "testbed bundle add-router" in text
+    assert "rebuild it with this testbed's `testbed partition`" in text

@@ -7,7 +7,7 @@ import pytest
 from testbed import policies
 from testbed.core.config import PolicySpec
 from testbed.core.costmodel import preset
-from testbed.policies.cartography import best_thresholds, cartography_clusters, kmeans
+from testbed.policies.cartography import best_thresholds
 from testbed.policies.context import PolicyContext
 from testbed.policies.splitee import SplitEEPolicy
 
@@ -47,26 +47,6 @@ def test_oracle_picks_the_cheapest_correct_tier():
     conf = t[[f"confidence_{x}" for x in ("mobile", "edge", "cloud")]].to_numpy()
     routes = [policies.decide(o.thresholds(i, None), conf[i:i + 1], T3)[0] for i in range(4)]
     assert routes == [0, 1, 2, 0]
-
-
-def test_kmeans_and_cartography_clusters_on_a_hand_made_history():
-    rng = np.random.default_rng(0)
-    rows = []
-    groups = {"easy": (0.95, 0.02), "medium": (0.6, 0.25), "hard": (0.15, 0.05)}
-    sid = 0
-    for name, (conf, var) in groups.items():
-        for _ in range(30):
-            for layer in (2, 4, 6):
-                rows.append({"sample_id": sid, "exit_layer": layer, "confidence": conf + rng.normal(0, 0.01),
-                             "variability": var + rng.normal(0, 0.005), "truth": name})
-            sid += 1
-    carto = pd.DataFrame(rows)
-    out = cartography_clusters(carto, EXIT_LAYERS, seed=0)
-    truth = carto.drop_duplicates("sample_id").set_index("sample_id")["truth"]
-    assert all(out["sample_cluster"][s] == truth[s] for s in truth.index)
-    assert {k: v["size"] for k, v in out["clusters"].items()} == {"easy": 30, "medium": 30, "hard": 30}
-    labels, cent = kmeans(np.array([[0.0], [0.1], [10.0], [10.1]]), 2, seed=1)
-    assert labels[0] == labels[1] != labels[2] == labels[3]
 
 
 def test_best_thresholds_trade_accuracy_for_cost():
