@@ -146,6 +146,7 @@ class Agent:
         timeouts: AgentTimeouts = AgentTimeouts(),
         meter: EnergyMeter | None = None,
         rx_counter: type[ArrivalCounter] | Any = ArrivalCounter,
+        models: Path | None = None,
     ):
         problem = p.tier_name_problem(tier)
         if problem:
@@ -154,6 +155,7 @@ class Agent:
         self.tier = tier
         self.controller = controller
         self.workdir = workdir
+        self.models = (models if models is not None else workdir / "bundles").resolve()
         self.bind_host = bind_host
         self.advertise_host = advertise_host or bind_host
         self.data_port = data_port
@@ -329,8 +331,13 @@ class Agent:
                                   {r: np.asarray(v, np.float64) for r, v in rails.items()}))
 
     def _path(self, name: str) -> Path:
+        """The graph file ``name`` names (relative to the workdir), only if it is an .onnx file under ``models``."""
         path = Path(name)
-        return path if path.is_absolute() else self.workdir / path
+        full = (path if path.is_absolute() else self.workdir / path).resolve()
+        if full.suffix != ".onnx" or self.models not in full.parents:
+            raise PartitionError(f"{name[:120]!r} is not an .onnx file under {self.models} (--models): this agent "
+                                 "loads graphs only from there")
+        return full
 
     def _load(self, msg: p.Configure) -> tuple[Partition | None, list[Partition]]:
         """The tier graph, or with ``msg.chain`` the layer graphs instead; raises PartitionError."""
@@ -591,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--id", required=True, dest="agent_id", help="device id from inventory.yaml")
     ap.add_argument("--tier", required=True, type=_tier_arg, help="this device's tier in the run, e.g. mobile")
     ap.add_argument("--workdir", default=".", help="partition paths are relative to this directory")
+    ap.add_argument("--models", default=None, help="the only directory graphs are loaded from (default: "
+                    "WORKDIR/bundles, where deploy puts them)")
     ap.add_argument("--bind", default="127.0.0.1", help="address the data socket binds to")
     ap.add_argument("--advertise", default=None, help="address other tiers use to reach the data socket")
     ap.add_argument("--data-port", type=int, default=0, help="0 picks a free port")
@@ -619,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("energy meter: %s", meter.describe())
     agent = Agent(args.agent_id, args.tier, args.controller, Path(args.workdir), args.bind, args.advertise,
-                  args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness, args.first_contact_s), meter)
+                  args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness, args.first_contact_s), meter,
+                  models=Path(args.models) if args.models else None)
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)
     return agent.serve()

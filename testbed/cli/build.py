@@ -107,6 +107,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
             existing.verify()
             if existing.spec.build.spec_sha256 == spec_sha256(spec):
                 out.print(f"bundle {dest} exists, verifies and was built from this spec; not rebuilding")
+                _add_missing_router(existing)
                 return 0
             err.print(f"bundle {dest} was built from another spec; rebuilding")
         except TestbedError as e:
@@ -118,6 +119,17 @@ def cmd_partition(args: argparse.Namespace) -> int:
                  force=args.force)
     out.print(f"bundle written to {dest}")
     return 0
+
+
+def _add_missing_router(bundle: Bundle) -> None:
+    """Give a bundle built before the pool router existed the router a build makes now (no torch, a minute)."""
+    from testbed.build.router import add_router
+
+    spec = bundle.spec
+    if (spec.router is None and spec.kind == "transformer" and spec.offload.mode == "hidden"
+            and len(spec.tiers) in (2, 3)):
+        err.print(f"bundle {bundle.root} predates the pool router; adding it (testbed bundle add-router)")
+        add_router(bundle.root, progress=lambda m: err.print(f"[dim]add-router[/dim] {m}", highlight=False))
 
 
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
@@ -208,6 +220,12 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
         out.print(rt)
         costs = ", ".join(f"{c.connection} {c.accuracy_cost:+.3f}" for c in s.connections)
         out.print(f"val accuracy lost by dropping one connection alone: {costs}")
+    if s.router:
+        r = s.router
+        out.print(f"pool router {r.file} on the {r.tier} tier (layer {r.layer}): training pools "
+                  + ", ".join(f"{p} {r.centroids[p]['size']:.0f}" for p in r.pools)
+                  + f" from {r.epochs} epochs of dynamics at layers {r.clustered_on}; {r.train_accuracy:.3f} of the "
+                  "training samples predicted in their own pool")
     return 0
 
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from agents.protocol import tier_name_problem
 from testbed.core.errors import ConfigError
@@ -150,10 +151,27 @@ class CostSpec(Strict):
     sweep_lam: list[float] | None = Field(None, description="... and with every tier's lambda set to each of these")
 
 
+#: names that become file names (experiments, device ids): no '/', no '..', no leading '-' or '.'
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def safe_name(value: str) -> str:
+    """``value`` when it can name a file or directory of its own; else ValueError saying what can."""
+    if not SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{value[:80]!r} cannot name a file: use 1-64 letters, digits, '_', '.' or '-', starting "
+                         "with a letter or digit")
+    return value
+
+
+#: a name that becomes a file name (:func:`safe_name`)
+SafeName = Annotated[str, AfterValidator(safe_name)]
+
+
 class Experiment(Strict):
     """``experiments/<name>.yaml``."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="results go to results/<name>/<run_id>/")
+    name: SafeName = Field(description="results go to results/<name>/<run_id>/: 1-64 letters, digits, '_', '.', "
+                           "'-', starting with a letter or digit")
     description: str = Field("", description="free text, kept in the manifest")
     bundle: str = Field(description="the partition bundle's directory (built by `testbed partition`)")
     devices: dict[str, str] = Field(description="tier -> device id in the inventory: one device for each of the "
@@ -187,7 +205,8 @@ class DeviceSpec(Strict):
     ``known_hosts``) into ``workdir`` and starts it there with ``python``.
     """
 
-    id: str = Field(description="the name experiments use for the device")
+    id: SafeName = Field(description="the name experiments use for the device (its log file's name too): 1-64 "
+                         "letters, digits, '_', '.', '-', starting with a letter or digit")
     tier: str = Field(description="mobile, edge or cloud: the tier it can serve")
     host: str = Field("127.0.0.1", description="address the controller reaches it at (SSH, probes)")
     launcher: str = Field("local", pattern=r"^(local|ssh)$", description="local: a process of this machine; "

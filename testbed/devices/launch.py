@@ -146,6 +146,7 @@ class LocalLauncher:
         log_dir = self.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         argv = agent_argv(device, args, device.python or self.python, device.workdir or ".", device.host)
+        argv += ["--models", str(self.bundle_root.resolve())]  # it shares this disk: the bundle, nothing else
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AGENTS_PARENT), env.get("PYTHONPATH")]))
         env["OMP_NUM_THREADS"] = str(device.threads)

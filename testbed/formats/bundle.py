@@ -18,13 +18,13 @@ Format history:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from agents.protocol import tier_name_problem
 from agents.runtime import sha256_file
@@ -34,6 +34,20 @@ BUNDLE_FORMAT = 2
 REPLAY_TOLERANCE = 1e-4
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+def inside(path: str) -> str:
+    """``path`` when it names a file inside the bundle: relative, '/'-separated, no '..', no NUL; else ValueError."""
+    parts = PurePosixPath(path).parts
+    if (not path or "\x00" in path or "\\" in path or path.startswith("/") or ".." in parts
+            or path.startswith("~")):
+        raise ValueError(f"{path[:80]!r} is not a file inside the bundle: give a relative path without '..' "
+                         "(a bundle names only its own files)")
+    return path
+
+
+#: a file of the bundle, confined to its directory (checked when bundle.yaml is read)
+BundleFile = Annotated[str, AfterValidator(inside)]
 
 
 class TensorSpec(BaseModel):
@@ -61,7 +75,7 @@ class VariantSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     tier: str
-    file: str
+    file: BundleFile
     sha256: str
     size_bytes: int
     exits: list[dict[str, float]]
@@ -76,7 +90,7 @@ class TierSpec(BaseModel):
     tier: str
     layers: list[int]
     runs_layers: list[int] | None = None
-    file: str
+    file: BundleFile
     sha256: str
     size_bytes: int
     inputs: list[TensorSpec]
@@ -96,7 +110,7 @@ class LayerGraphSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     layer: int = Field(description="the layer it runs (1-based)")
-    file: str
+    file: BundleFile
     sha256: str
     size_bytes: int
     inputs: list[str]
@@ -162,7 +176,7 @@ class ResNetVariantSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     dropped: list[str]
-    files: dict[str, str]
+    files: dict[str, BundleFile]
     sha256: dict[str, str]
     exits: list[dict[str, Any]] = Field(description="per tier: block, tier, val_accuracy, test_accuracy")
     val_accuracy: float
@@ -227,7 +241,7 @@ class RouterSpec(BaseModel):
     """DIMEC-DC's pool router: predicts a sample's training-dynamics pool from the first tier's hidden state."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    file: str
+    file: BundleFile
     sha256: str
     size_bytes: int
     tier: str = Field(description="the tier that runs it, after its own graph (the first)")
@@ -259,7 +273,7 @@ class BundleSpec(BaseModel):
     variants: list[VariantSpec] = []
     resnet_variants: list[ResNetVariantSpec] = []
     connections: list[ConnectionCost] = []
-    files: dict[str, str]
+    files: dict[BundleFile, str]
     data: DataInfo
     training: TrainingInfo | None = None
     parity: ParityInfo

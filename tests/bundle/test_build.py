@@ -115,6 +115,7 @@ def test_verify_and_show(bert_bundle, capsys):
     assert main(["bundle", "show", str(bert_bundle.root)]) == 0
     text = capsys.readouterr().out
     assert "exit_L2" in text and "int8" in text and "seq_len * (32 * 4 + 8)" in text
+    assert "pool router difficulty.onnx on the mobile tier" in " ".join(text.split())
 
 
 def test_verify_fails_loudly_on_a_changed_file(bert_bundle, tmp_path, capsys):

@@ -130,6 +130,7 @@ def test_default_bundle_has_every_exit_cartography_and_the_int8_variant(real_bun
     assert s.variants[0].size_bytes < real_bundle.tier("mobile").size_bytes / 2
     assert real_bundle.check_graphs() == []
     assert real_bundle.replay("test", 16) < 1e-4
+    assert real_bundle.spec.router is not None and (real_bundle.root / real_bundle.spec.router.file).is_file()
 
 
 def test_the_default_bundle_has_a_pool_router_whose_columns_the_agents_reproduce(real_bundle):

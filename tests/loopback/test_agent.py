@@ -16,14 +16,14 @@ pytestmark = pytest.mark.loopback
 
 
 @pytest.fixture
-def agent(tmp_path):
+def agent(tmp_path, tiny_bundle):
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     log = open(tmp_path / "agent.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "agents", "--controller", f"tcp://127.0.0.1:{port}",
                              "--id", "cloud-9", "--tier", "cloud", "--heartbeat-s", "0.1", "--liveness", "10",
-                             "--first-contact-s", "1.5",
+                             "--first-contact-s", "1.5", "--models", str(tiny_bundle.root),
                              "--meter", "none"],
                             cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
 
@@ -55,6 +55,10 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
     send(p.Configure(1, path, "0" * 64, "logits", {}, "", 1))
     _, fail = recv("failure")
     assert fail.stage == "configure" and "stale or corrupt" in fail.what
+    for outside in ("/etc/passwd", str(tiny_bundle.root / ".." / "x.onnx"), str(tiny_bundle.root / "bundle.yaml")):
+        send(p.Configure(1, outside, "0" * 64, "logits", {}, "", 1))
+        _, fail = recv("failure")
+        assert "is not an .onnx file under" in fail.what and str(tiny_bundle.root.resolve()) in fail.what
 
     ctx = zmq.Context.instance()
     push = ctx.socket(zmq.PUSH)

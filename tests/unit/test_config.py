@@ -169,3 +169,35 @@ def test_a_policy_that_needs_a_table_the_bundle_lacks_is_refused_with_how_to_get
     assert "policies[1]: cartography needs a pool router trained on the training dynamics" in text
     assert "testbed bundle add-router" in text
     assert "rebuild it with this testbed's `testbed partition`" in text
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "-help", "a/b", "../up", "x" * 65, "a\x00b", ""])
+def test_names_that_become_file_names_are_confined(tmp_path, bad):
+    """An experiment name is a results directory and a device id a log file: neither may leave its folder."""
+    exp = write_experiment(tmp_path / "exp.yaml", tmp_path, [{"name": "all-cloud"}], name=bad)
+    with pytest.raises(ConfigError) as e:
+        load_experiment(exp)
+    assert "name" in str(e.value) and "cannot name a file: use 1-64 letters, digits" in str(e.value)
+    inv = write_inventory(tmp_path / "inv.yaml", **{"mobile-1": {"id": bad}})
+    with pytest.raises(ConfigError) as e:
+        load_inventory(inv)
+    assert "devices[0].id" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["../../x.onnx", "/etc/passwd", "a/../../b.onnx", "~root/x.onnx", "a\\..\\b"])
+def test_a_bundle_names_only_its_own_files(tiny_bundle, tmp_path, bad):
+    import shutil
+
+    import yaml
+
+    from testbed.core.errors import BundleError
+    from testbed.formats.bundle import Bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle.root, copy)
+    spec = yaml.safe_load((copy / "bundle.yaml").read_text())
+    spec["tiers"][1]["file"] = bad
+    (copy / "bundle.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(BundleError) as e:
+        Bundle.load(copy)
+    assert "tiers.1.file" in str(e.value) and "is not a file inside the bundle" in str(e.value)
