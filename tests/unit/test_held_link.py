@@ -63,7 +63,7 @@ def test_a_controller_link_delay_holds_the_answers_and_only_the_first_tier_holds
     from agents.agent import Agent
 
     spec = tiny_bundle.tier("cloud")  # a partition with no next tier: nothing to connect to
-    agent = Agent(f"{tier}-1", tier, "tcp://127.0.0.1:1", tmp_path)
+    agent = Agent(f"{tier}-1", tier, "tcp://127.0.0.1:1", tmp_path, models=tiny_bundle.root)
     try:
         links = agent.links
         agent.on_control(p.encode(p.Configure(1, str(tiny_bundle.root / spec.file), spec.sha256, "logits", {}, "", 1,
