@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shutil
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -32,9 +33,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors, values are frozen."""
+    """Base of every config model: unknown keys are errors, values are frozen, numbers finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PolicySpec(BaseModel):
@@ -81,13 +82,15 @@ class RunSpec(Strict):
 class TimeoutSpec(Strict):
     """Timeouts, in seconds, and the heartbeat liveness count."""
 
-    hello_s: float = Field(60.0, gt=0, description="from starting the agents to every Hello (and each clock ping)")
-    configure_s: float = Field(60.0, gt=0, description="from Configure to Ready: loading the partitions")
-    heartbeat_s: float = Field(0.5, gt=0, description="period of the heartbeats both ways")
-    liveness: int = Field(6, ge=2, description="heartbeats missed before a silent agent (or controller) is "
+    hello_s: float = Field(60.0, ge=1, le=86_400, description="from starting the agents to every Hello (and each "
+                           "clock ping)")
+    configure_s: float = Field(60.0, ge=1, le=86_400, description="from Configure to Ready: loading the partitions")
+    heartbeat_s: float = Field(0.5, ge=0.01, le=60, description="period of the heartbeats both ways")
+    liveness: int = Field(6, ge=2, le=1000, description="heartbeats missed before a silent agent (or controller) is "
                           "declared lost")
-    sample_s: float = Field(30.0, gt=0, description="longest wait for one sample's answer")
-    stop_s: float = Field(5.0, gt=0, description="grace after Stop before an agent is terminated, then killed")
+    sample_s: float = Field(30.0, ge=0.01, le=86_400, description="longest wait for one sample's answer")
+    stop_s: float = Field(5.0, ge=0.1, le=3600, description="grace after Stop before an agent is terminated, then "
+                          "killed")
 
 
 class EnergySpec(Strict):
@@ -178,7 +181,8 @@ class Experiment(Strict):
                                     "bundle's tiers (mobile, edge and cloud; or two tiers such as mobile and cloud)")
     samples: SampleSpec = SampleSpec()
     policies: list[PolicySpec] = Field(min_length=1, description="run one after the other, on the same samples")
-    seed: int = Field(0, description="seed of every random choice of the run (random policy, bandits' ties)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random choice of the run (random policy, "
+                      "bandits' ties)")
     run: RunSpec = RunSpec()
     energy: EnergySpec = EnergySpec()
     timeouts: TimeoutSpec = TimeoutSpec()
@@ -368,17 +372,80 @@ def validation_problems(model: type[BaseModel], e: ValidationError, lines: dict[
     return problems
 
 
+#: the largest config file read, and the most nodes its aliases may expand to (a YAML alias bomb is refused)
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader that notes duplicate keys (plain YAML keeps the last one silently)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in first:
+                self.duplicates.append(f"line {line}: key {str(key)[:40]!r} appears twice (first at line "
+                                       f"{first[key]}); YAML would keep only the last: remove one")
+            elif key is not None:
+                first[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (shared nodes counted per use)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once
+    if isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_nodes(k, memo) + _expanded_nodes(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_nodes(v, memo) for v in node.value)
+    else:
+        total = 1
+    memo[id(node)] = min(total, MAX_YAML_NODES + 1)
+    return memo[id(node)]
+
+
 def read_yaml(path: Path) -> tuple[Any, str]:
-    """Parse a YAML file; returns (data, text). Raises ConfigError with the line on a syntax error."""
+    """Parse a YAML file; returns (data, text).
+
+    Raises ConfigError naming the file: a syntax error (with its line), a file that is not
+    UTF-8 or larger than :data:`MAX_YAML_BYTES`, aliases expanding past :data:`MAX_YAML_NODES`,
+    a key given twice in one mapping.
+    """
     if not path.is_file():
         raise ConfigError(str(path), ["file does not exist; check the path (commands take --inventory FILE)"])
-    text = path.read_text()
+    raw = path.read_bytes()
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(str(path), [f"{len(raw):,} bytes: a config file is at most {MAX_YAML_BYTES:,}"])
     try:
-        return yaml.safe_load(text), text
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(str(path), [f"line {line}, byte {e.start}: not UTF-8 ({e.reason}); save the file as "
+                                      "UTF-8"]) from e
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_nodes(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(str(path), [f"its aliases expand to more than {MAX_YAML_NODES:,} values; a config "
+                                          "needs far fewer: write the values out, or use fewer nested aliases"])
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from e
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError(str(path), loader.duplicates)
+    return data, text
 
 
 #: more structural checks of a parsed file: (data, YAML path -> line) -> problems
@@ -433,6 +500,9 @@ def load_inventory(path: Path) -> Inventory:
                             "one power reading per line]")
         elif m.idle_w is not None and m.busy_w is not None and m.idle_w > m.busy_w:
             problems.append(f"devices[{i}].meter: idle_w={m.idle_w} is above busy_w={m.busy_w}")
+        if d.launcher == "local" and d.python and not shutil.which(d.python):
+            problems.append(f"devices[{i}].python: {d.python!r} is not an executable on this machine (launcher "
+                            "local runs the agent here); give the interpreter's path, e.g. .venv38/bin/python")
         if d.launcher == "ssh" and d.host in ("127.0.0.1", "localhost") and not d.key_file:
             problems.append(f"devices[{i}]: launcher ssh to {d.host} without key_file; give the private key the "
                             "device accepts (key auth only), or use launcher: local")

@@ -29,7 +29,7 @@ from testbed.devices import helpers
 from testbed.devices.launch import AGENTS_PARENT, AgentArgs, agent_argv
 from testbed.devices.owned import GONE, REMOVED, Ownership
 from testbed.devices.ssh import Remote, SshTarget
-from testbed.formats.bundle import Bundle
+from testbed.formats.bundle import Bundle, inside
 
 AGENT_MODULES = ("numpy", "onnxruntime", "zmq", "msgpack", "psutil")
 MIN_PYTHON = (3, 8)  # JetPack 5; the agents run on it (tests/loopback/test_python38.py)
@@ -137,6 +137,10 @@ class PushReport:
 def push(remote: Remote, device: DeviceSpec, workdir: str, files: dict[str, tuple[Path, str]],
          owned: Ownership | None) -> PushReport:
     """Copy ``files`` (relative path -> (local file, sha256)) unless the device has the same sha256."""
+    escaping = [rel for rel in files if not _inside(rel)]
+    if escaping:
+        raise DeployError(f"{device.id}: refusing to write {escaping[:3]} outside {workdir}: a pushed file's path must "
+                          "be relative to the workdir, without '..'")
     t0 = time.perf_counter()
     report = PushReport()
     where = remote.target.to_dict()
@@ -163,8 +167,21 @@ def deploy_files(bundle: Bundle, tier: str) -> dict[str, tuple[Path, str]]:
     """Everything a device of ``tier`` needs: the agent package and its tier's bundle files."""
     out = {rel: (path, sha256_file(path)) for rel, path in agent_files().items()}
     for file, sha in bundle.device_files(tier).items():
-        out[f"bundles/{bundle.root.name}/{file}"] = (bundle.root / file, sha)
+        out[f"bundles/{bundle_dir_name(bundle)}/{file}"] = (bundle.root / file, sha)
     return out
+
+
+def bundle_dir_name(bundle: Bundle) -> str:
+    """The bundle's directory name on a device (under WORKDIR/bundles): its own directory's real name."""
+    return bundle.root.resolve().name
+
+
+def _inside(rel: str) -> bool:
+    try:
+        inside(rel)
+    except ValueError:
+        return False
+    return True
 
 
 class RemoteAgent:
@@ -247,7 +264,8 @@ def start_agent(remote: Remote, device: DeviceSpec, args: AgentArgs, workdir: st
             owned.add("rundir" if made == rundir else "dir", where, path=made)
     log, exitf = f"{rundir}/{device.id}.log", f"{rundir}/{device.id}.exit"
     bind = device.data_host or device.host
-    inner = shlex.join(agent_argv(device, args, py, workdir, bind)) + f"; echo $? > {shlex.quote(exitf)}"
+    argv = agent_argv(device, args, py, workdir, bind) + ["--models", f"{workdir}/bundles/{bundle_name}"]
+    inner = shlex.join(argv) + f"; echo $? > {shlex.quote(exitf)}"
     q = shlex.quote
     cmd = (f"cd {q(workdir)} && pid=$( env PYTHONPATH={q(workdir)} OMP_NUM_THREADS={device.threads} "
            f"setsid sh -c {q(inner)} > {q(log)} 2>&1 < /dev/null & echo $! ) && "

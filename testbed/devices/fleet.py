@@ -23,6 +23,7 @@ from testbed.core.hops import CONTROLLER, link_ends  # CONTROLLER: tc runs here,
 from testbed.devices import shaping
 from testbed.devices.deploy import (
     DeployRecord,
+    bundle_dir_name,
     deploy_device,
     probe_link,
     run_steps,
@@ -149,7 +150,7 @@ class Fleet:
         remote = self.remotes[device.id]
         workdir = self.deploys[device.id].workdir
         return start_agent(remote, device, args, workdir, self.run_id, self.owned,
-                           self.run_dir / "logs" / f"{device.id}.log", self.bundle.root.name)
+                           self.run_dir / "logs" / f"{device.id}.log", bundle_dir_name(self.bundle))
 
     # ------------------------------------------------------------------ shaping
 

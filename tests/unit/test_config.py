@@ -201,3 +201,47 @@ def test_a_bundle_names_only_its_own_files(tiny_bundle, tmp_path, bad):
     with pytest.raises(BundleError) as e:
         Bundle.load(copy)
     assert "tiers.1.file" in str(e.value) and "is not a file inside the bundle" in str(e.value)
+
+
+def _bomb(levels: int = 8) -> str:
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    prev = "a"
+    for c in "bcdefghijk"[:levels]:
+        lines.append(f"{c}: &{c} [" + ", ".join([f"*{prev}"] * 9) + "]")
+        prev = c
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"name: a\nbundle: b\nname: c\n", "line 3: key 'name' appears twice (first at line 1)"),
+    (b"name: caf\xe9\n", "line 1, byte 9: not UTF-8"),
+    (_bomb().encode(), "aliases expand to more than 100,000 values"),
+    (b"x: " + b"y" * (1 << 20) + b"\n", "a config file is at most 1,048,576"),
+])
+def test_files_a_run_could_not_read_as_meant_are_refused_by_name(tmp_path, content, expected):
+    f = tmp_path / "exp.yaml"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load_experiment(f)
+    assert str(f) in str(e.value) and expected in str(e.value)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**40}, "seed"),
+    ({"timeouts": {"heartbeat_s": 1e-9}}, "timeouts.heartbeat_s"),
+    ({"timeouts": {"sample_s": float("inf")}}, "timeouts.sample_s"),
+    ({"timeouts": {"hello_s": 0.5}}, "timeouts.hello_s"),
+    ({"timeouts": {"configure_s": float("nan")}}, "timeouts.configure_s"),
+])
+def test_validate_refuses_settings_a_run_would_fail_on(tmp_path, change, expected):
+    exp = write_experiment(tmp_path / "exp.yaml", tmp_path, [{"name": "all-cloud"}], **change)
+    with pytest.raises(ConfigError) as e:
+        load_experiment(exp)
+    assert expected in str(e.value)
+
+
+def test_a_local_python_that_does_not_exist_is_named(tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", **{"edge-1": {"python": "/nonexistent/python3.8"}})
+    with pytest.raises(ConfigError, match=r"devices\[1\]\.python: '/nonexistent/python3.8' is not an executable"):
+        load_inventory(inv)

@@ -107,6 +107,16 @@ def test_push_skips_files_whose_sha256_matches_and_records_what_it_copies(tmp_pa
     assert owned.entries[-1]["sha256"] == "sha-b" and owned.entries[-1]["where"]["host"] == "10.0.0.2"
 
 
+@pytest.mark.parametrize("rel", ["../x.onnx", "bundles/../../x", "/etc/cron.d/x"])
+def test_push_writes_nothing_outside_the_workdir(tmp_path, rel):
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"\0")
+    remote = ScriptedRemote([])
+    with pytest.raises(DeployError, match="refusing to write .* outside /home/pi/tb"):
+        deploy.push(remote, PI, "/home/pi/tb", {"agents/a.py": (f, "s"), rel: (f, "s")}, None)
+    assert remote.put_files == []
+
+
 def test_push_through_a_real_shell_copies_then_skips(tmp_path):
     """The real helpers (hash script, atomic copy) against this machine's own shell: second push skips all."""
     src = tmp_path / "src"
