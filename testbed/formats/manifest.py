@@ -101,6 +101,8 @@ class RunManifest(Section):
     policies: dict[str, dict[str, Any]] = {}
     agent_exit: dict[str, AgentExit] = {}
     teardown_problems: list[str] = []
+    rejected_messages: dict[str, int] = Field({}, description="control messages the run ignored, by reason: "
+                                              "undecodable, from an identity it did not start, forged Results")
 
     def to_json(self) -> bytes:
         """The file's bytes."""

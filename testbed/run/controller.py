@@ -290,6 +290,7 @@ class Controller:
         assert m is not None and writer is not None and collector is not None
         if self.session is not None:
             m.agent_exit = {d: AgentExit(**rec) for d, rec in self.session.stop(status, collector.late).items()}
+            m.rejected_messages = dict(self.session.rejected)
         if self.transport is not None:
             self.transport.close()
         if self.fleet is not None:

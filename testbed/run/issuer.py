@@ -124,7 +124,7 @@ class Issuer:
                 issued = self._issue(policy, rng, samples, *plan[nxt], first.hello.data_endpoint)
                 in_flight[issued.seq] = issued
                 nxt += 1
-            got = self.transport.recv(self._wait_s(nxt < len(plan), len(in_flight)), spin=spin)
+            got = self.session.recv(self._wait_s(nxt < len(plan), len(in_flight)), spin=spin)
             self.session.keepalive(in_flight)
             if got is None:
                 continue

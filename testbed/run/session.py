@@ -9,7 +9,9 @@ Every wait is on the injected clock, so the rules are tested on a fake clock and
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,7 +23,11 @@ from testbed.core.config import TimeoutSpec
 from testbed.core.errors import AgentLostError, AgentStartError, RunProtocolError, TestbedError
 from testbed.devices.launch import AgentHandle
 from testbed.run.rows import Issued, clock_offset_ns
-from testbed.run.transport import Received
+from testbed.run.transport import Received, Rejected
+
+log = logging.getLogger(__name__)
+#: rejected messages logged per reason before the log goes quiet (the counts stay exact)
+REJECT_LOG_LIMIT = 5
 
 NS = 1_000_000_000
 PINGS = 16  # clock-offset round trips per agent
@@ -74,6 +80,7 @@ class AgentSession:
         self.agents: dict[str, AgentState] = {}
         self.flushed: set[str] = set()
         self.last_heartbeat_ns = 0
+        self.rejected: Counter[str] = Counter()  # reason -> messages the run did not act on
 
     # ------------------------------------------------------------------ agents
 
@@ -99,6 +106,42 @@ class AgentSession:
         except TestbedError as e:
             raise self.lost(a, e) from e
 
+    # ------------------------------------------------------------------ receiving
+
+    def recv(self, timeout_s: float, spin: bool = False) -> Received | None:
+        """The next message from one of this run's agents, or None after ``timeout_s``.
+
+        What no agent of the run could have sent (an undecodable frame, an identity the run did not
+        start, a Result whose sender is not the agent its last stage names) is counted in
+        ``rejected``, logged (the first few of each reason) and skipped: it neither ends the run nor
+        reaches a row.
+        """
+        deadline = self.clock.monotonic_ns() + int(timeout_s * NS)
+        while True:
+            got = self.transport.recv(max(0.0, (deadline - self.clock.monotonic_ns()) / NS), spin)
+            if got is None:
+                return None
+            reason = self._rejection(got)
+            if reason is None:
+                return got
+            self.rejected[reason] += 1
+            if self.rejected[reason] <= REJECT_LOG_LIMIT:
+                log.warning("ignored a message from %r: %s", got.agent_id, reason)
+            if self.clock.monotonic_ns() >= deadline:
+                return None
+
+    def _rejection(self, got: Received) -> str | None:
+        msg = got.msg
+        if isinstance(msg, Rejected):
+            return msg.reason.split(":")[0]
+        a = self.agents.get(got.agent_id)
+        if a is None:
+            return f"{msg.KIND} from an identity this run did not start"
+        if isinstance(msg, p.Result) and (msg.agent_id != got.agent_id or not msg.stages
+                                          or msg.stages[-1].device != got.agent_id or msg.stages[-1].tier != a.tier):
+            return "a Result its sender did not finish"
+        return None
+
     # ------------------------------------------------------------------ waiting
 
     def wait_for(self, what: str, timeout_s: float, done: Callable[[], bool], on_msg: Callable[[Received], None],
@@ -123,7 +166,7 @@ class AgentSession:
                                       f"(timeouts.{'hello_s' if what in ('Hello', 'Pong') else 'configure_s'} in "
                                       f"{self.where}); their logs:\n{tails}")
             self.heartbeat()  # agents give up on a silent controller, also while they load or measure idle
-            got = self.transport.recv(poll_s)
+            got = self.recv(poll_s)
             if got is not None:
                 self.note_heard(got.agent_id)
                 if isinstance(got.msg, p.EnergyWindow):
@@ -145,9 +188,7 @@ class AgentSession:
         def on_msg(got: Received) -> None:
             agent_id, msg = got.agent_id, got.msg
             if isinstance(msg, p.Hello):
-                a = self.agents.get(agent_id)
-                if a is None:
-                    raise RunProtocolError(f"Hello from {agent_id!r}, which this run did not start")
+                a = self.agents[agent_id]  # recv admits only the run's agents
                 if msg.protocol_version != p.PROTOCOL_VERSION:
                     raise RunProtocolError(f"agent {agent_id} speaks protocol {msg.protocol_version}, the controller "
                                            f"{p.PROTOCOL_VERSION}; deploy the same agents/ version to every device")
@@ -283,7 +324,7 @@ class AgentSession:
         while self.clock.monotonic_ns() < deadline:
             alive = any(a.handle.returncode() is None for a in self.agents.values())
             try:
-                got = self.transport.recv(0.05)
+                got = self.recv(0.05)
             except TestbedError:
                 continue
             if got is None and not alive:

@@ -13,7 +13,7 @@ import zmq
 
 from agents import protocol as p
 from testbed.core.clock import Clock, SystemClock
-from testbed.core.errors import RunProtocolError, TestbedError
+from testbed.core.errors import TestbedError
 
 
 class Received(NamedTuple):
@@ -23,6 +23,12 @@ class Received(NamedTuple):
     msg: Any
     mono_ns: int
     wall_ns: int
+
+
+class Rejected(NamedTuple):
+    """What arrived on the control socket but is no message a run acts on: why."""
+
+    reason: str
 
 
 class TransportError(TestbedError):
@@ -50,6 +56,9 @@ class ZmqTransport:
     def recv(self, timeout_s: float, spin: bool = False) -> Received | None:
         """Next control message, stamped on arrival (before decoding), or None after ``timeout_s``.
 
+        A frame that does not decode comes back as a :class:`Rejected` message (the session counts it),
+        never as an exception: one hostile frame does not end a run.
+
         ``spin``: busy-poll the socket instead of sleeping in poll (``run.wait: spin``); the deadline is
         on the real monotonic clock, since the socket is real.
         """
@@ -62,11 +71,11 @@ class ZmqTransport:
             return None
         ident, *frames = self._router.recv_multipart(copy=False)
         mono_ns, wall_ns = self._clock.monotonic_ns(), self._clock.time_ns()
-        agent_id = ident.bytes.decode()
+        agent_id = ident.bytes.decode("utf-8", errors="replace")[:64]
         try:
             return Received(agent_id, p.decode(frames), mono_ns, wall_ns)
         except p.ProtocolError as e:
-            raise RunProtocolError(f"agent {agent_id!r} sent a bad message: {e}") from e
+            return Received(agent_id, Rejected(f"undecodable message: {str(e)[:160]}"), mono_ns, wall_ns)
 
     def send(self, agent_id: str, msg: Any) -> None:
         """Send a control message to one agent."""

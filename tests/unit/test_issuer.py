@@ -121,3 +121,39 @@ def test_a_failure_on_the_data_path_names_the_agent(tmp_path):
     with pytest.raises(AgentLostError, match="mobile-1.*failed during the run .compute.: out of memory"):
         issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile", T3)), np.random.default_rng(0), samples,
                          [("measure", 0), ("measure", 1)])
+
+
+class Hostile(InProcess):
+    """Before every real answer, something the run must not act on: a bad frame, a stranger, forged Results."""
+
+    def __init__(self, clock, service_s):
+        super().__init__(clock, service_s)
+        self.turn = 0
+
+    def recv(self, timeout_s, spin=False):
+        self.turn += 1
+        t = self.clock.now
+        logits = np.array([[9.0, 0.0, 0.0]], np.float32)  # a wrong answer
+        forged = p.Stage("mobile", "mobile-1", t, t, t, t, 0.9, 0, True, 12, math.nan, False, math.nan, 1, -1, -1)
+        kind = self.turn % 4
+        if kind == 1:
+            from testbed.run.transport import Rejected
+            return Received("mobile-1", Rejected("undecodable message: bad 'work' message: tensors: bad"), t, t)
+        if kind == 2 and self.due:  # a Failure from an identity the run did not start
+            return Received("evil", p.Failure("evil", "compute", "ha"), t, t)
+        if kind == 3 and self.due:  # the edge claims the mobile finished a sample in flight
+            work = self.due[0][1]
+            return Received("edge-1", p.Result("mobile-1", work.run_seq, work.sample_id, logits, [forged]), t, t)
+        return super().recv(timeout_s, spin)
+
+
+def test_hostile_messages_are_counted_and_ignored_and_never_become_rows(tmp_path):
+    issuer, _, writer, samples, _ = setup(tmp_path, RunSpec(), service_s=0.002)
+    hostile = Hostile(issuer.clock, 0.002)
+    issuer.transport = issuer.session.transport = hostile
+    rows = issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile", T3)), np.random.default_rng(0), samples,
+                            [("measure", i) for i in range(8)])
+    assert len(rows) == 8 and all(r["prediction"] == 1 for r in rows)  # only the real answers
+    rejected = issuer.session.rejected
+    assert rejected["undecodable message"] >= 8 and rejected["failure from an identity this run did not start"] >= 1
+    assert rejected["a Result its sender did not finish"] >= 1
