@@ -77,6 +77,9 @@ def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
     for device, meter in meters.items():
         notes.append("energy meter " + meter_line(device, meter, df))
     notes.append(f"shaping: {(m.shaping or {}).get('backend', 'none')}")
+    if m.rejected_messages:
+        notes.append(f"IGNORED {sum(m.rejected_messages.values())} control messages no agent of the run sent "
+                     "(none became a row): " + ", ".join(f"{k} x{n}" for k, n in m.rejected_messages.items()))
     warm = int((df["phase"] == "warmup").sum())
     notes.append(f"{len(df) - warm} measured rows, {warm} warmup rows (kept in the parquet, left out here)")
     return notes

@@ -155,3 +155,40 @@ def test_controller_killed_flushed_rows_survive_and_agents_exit_by_themselves(ti
     report = subprocess.run([sys.executable, "-m", "testbed", "report", str(run_dir)], cwd=ROOT, env=env(),
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 0 and "INCOMPLETE" in report.stdout and "running" in report.stdout
+
+
+def test_a_hostile_local_peer_on_the_controller_socket_changes_no_row(tiny_bundle, tmp_path):
+    """Garbage, a stranger's Failure and forged Results sent to the controller's socket mid-run: counted, ignored."""
+    import numpy as np
+    import zmq
+
+    from agents import protocol as p
+
+    sent = {}
+
+    def on_progress(pr):
+        if pr.done == 5 and not sent:
+            ctx = zmq.Context.instance()
+            evil = ctx.socket(zmq.DEALER)
+            evil.setsockopt(zmq.IDENTITY, b"evil")
+            evil.setsockopt(zmq.LINGER, 0)
+            evil.connect(ctrl.transport.endpoint)
+            stage = p.Stage("cloud", "cloud-1", 0, 0, 0, 0, 1.0, 0, True, 12, 0.0, False, 0.0, 1, -1, -1)
+            logits = np.array([[9.0, 0.0, 0.0]], np.float32)
+            for seq in range(5, 60):
+                evil.send_multipart(p.encode(p.Result("cloud-1", seq, seq, logits, [stage])))
+            evil.send_multipart([b"\x93garbage"])
+            evil.send_multipart(p.encode(p.Failure("evil", "compute", "stop the run")))
+            time.sleep(0.2)
+            evil.close()
+            sent["n"] = 57
+
+    ctrl = _controller(tmp_path, tiny_bundle, on_progress)
+    ctrl.run()
+    df, complete = load_samples(ctrl.run_dir)
+    table = tiny_bundle.exits("test").set_index("sample_id")
+    assert complete and len(df) == 60 and sent
+    assert (df.prediction.to_numpy() == table.loc[df.sample_id, "prediction_cloud"].to_numpy()).all()
+    m = json.loads((ctrl.run_dir / "manifest.json").read_text())
+    assert m["status"] == "complete" and sum(m["rejected_messages"].values()) == 57
+    assert m["rejected_messages"]["result from an identity this run did not start"] == 55
