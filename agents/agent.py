@@ -171,8 +171,10 @@ class Agent:
         self._ctrl = self._ctx.socket(zmq.DEALER)
         self._ctrl.setsockopt(zmq.IDENTITY, agent_id.encode())
         self._ctrl.setsockopt(zmq.LINGER, 500)
+        self._ctrl.setsockopt(zmq.MAXMSGSIZE, p.MAX_CONTROL_BYTES)
         self._data_in = self._ctx.socket(zmq.PULL)
         self._data_in.setsockopt(zmq.LINGER, 0)
+        self._data_in.setsockopt(zmq.MAXMSGSIZE, p.MAX_DATA_BYTES)
         self._data_out: zmq.Socket | None = None
         # userspace link shaping (Configure, then Shape steps): offloads held until due, in order; the
         # controller link: Results held before they leave, and on the first tier Work held before it counts

@@ -62,6 +62,12 @@ import msgpack
 import numpy as np
 
 PROTOCOL_VERSION = 9
+#: the largest message an agent's data socket takes (a Work: a hidden state of 512 tokens x 1024 floats is 2 MiB)
+MAX_DATA_BYTES = 64 << 20
+#: ... its control socket (Configure, Shape, Stop: a few KiB)
+MAX_CONTROL_BYTES = 16 << 20
+#: ... and the controller's socket (Results, energy windows, a device's whole power timeline at Stop)
+MAX_CONTROLLER_BYTES = 256 << 20
 LINKS = ("data", "controller")  # what a Shape message reshapes
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
@@ -97,7 +103,7 @@ class ProtocolError(Exception):
 def should_exit(threshold: float, confidence: float) -> bool:
     """The exit rule every tier applies: exit when confidence reaches the threshold.
 
-    A threshold of 0 always exits; one above 1 (or infinite) never does.
+    A threshold of 0 always exits; infinity never does (a Work carries only [0, 1] or infinity).
     Policies in ``testbed/`` compile to these thresholds, so the rule lives here once.
     """
     return confidence >= threshold
@@ -121,8 +127,7 @@ def pool_route(probs: list[float], pools: list[Any]) -> str:
 def pools_ok(value: Any) -> bool:
     """Pool thresholds as a Work carries them: a list of [tier name, number not NaN]."""
     return type(value) is list and all(
-        type(e) is list and len(e) == 2 and type(e[0]) is str and type(e[1]) in (int, float) and e[1] == e[1]
-        for e in value)
+        type(e) is list and len(e) == 2 and type(e[0]) is str and threshold_ok(e[1]) for e in value)
 
 
 # --------------------------------------------------------------------------- messages
@@ -537,10 +542,14 @@ def _fast_stages(value: Any) -> list[Stage] | None:
     return [Stage(*s) for s in value]
 
 
+def threshold_ok(v: Any) -> bool:
+    """A threshold as the exit rule takes it: a number in [0, 1], or infinity (never exit)."""
+    return type(v) in (int, float) and (0 <= v <= 1 or v == math.inf)
+
+
 def thresholds_ok(value: Any) -> bool:
-    """Exit thresholds as a Work carries them: names to numbers, none of them NaN (inf: never exit)."""
-    return type(value) is dict and all(
-        type(k) is str and type(v) in (int, float) and v == v for k, v in value.items())
+    """Exit thresholds as a Work carries them: names to :func:`threshold_ok` numbers."""
+    return type(value) is dict and all(type(k) is str and threshold_ok(v) for k, v in value.items())
 
 
 def _decode_work(body: dict[str, Any], frames: Frames) -> Work | None:
@@ -610,7 +619,7 @@ def _arrays(value: Any, frames: Frames) -> dict[str, np.ndarray]:
 
 def _thresholds(value: Any, frames: Frames) -> dict[str, float]:
     if not thresholds_ok(value):
-        raise ValueError("expected a map of names to numbers (not NaN; inf never exits)")
+        raise ValueError("expected a map of names to numbers in [0, 1] (0: always exit) or inf (never exit)")
     return {k: float(v) for k, v in value.items()}
 
 

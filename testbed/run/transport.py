@@ -44,6 +44,7 @@ class ZmqTransport:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.MAXMSGSIZE, p.MAX_CONTROLLER_BYTES)
         try:
             port = self._router.bind_to_random_port(f"tcp://{bind_host}")
         except zmq.ZMQError as e:

@@ -83,9 +83,20 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
     push.send(b"not a message")
     _, bad = recv("failure")
     assert bad.stage == "decode"
+    # a frame over the data socket's limit is dropped with its connection; the agent serves the next sender
+    big = ctx.socket(zmq.PUSH)
+    big.connect(hello.data_endpoint)
+    big.send(b"\0" * (p.MAX_DATA_BYTES + 1))
+    again = ctx.socket(zmq.PUSH)
+    again.connect(hello.data_endpoint)
+    again.send_multipart(p.encode(work))
+    _, result = recv("result")
+    assert result.sample_id == 3
+    big.close(0)
+    again.close(0)
     send(p.Stop("test over"))
     _, bye = recv("bye")
-    assert bye.served == 1
+    assert bye.served == 2
     assert proc.wait(10) == 0
     push.close(0)
 

@@ -103,7 +103,7 @@ def _sample_work(stages: int = 2) -> p.Work:
     stage = p.Stage("mobile", "mobile-1", 1, 2, 3, 4, 0.25, 2, False, 4608, float("nan"), False, float("nan"), 900, -1,
                     -1)
     return p.Work(7, 42, {"hidden": rng.standard_normal((1, 3, 384), dtype=np.float32),
-                          "attention_mask": np.ones((1, 3), np.int64)}, {"mobile": 0.9, "edge": 1.5},
+                          "attention_mask": np.ones((1, 3), np.int64)}, {"mobile": 0.9, "edge": float("inf")},
                   [stage._replace(tier=f"t{i}") for i in range(stages)], "entropy")
 
 
@@ -144,6 +144,19 @@ def test_encode_refuses_non_messages():
                                                      (float("inf"), 1.0, False)])
 def test_should_exit(threshold, conf, expected):
     assert p.should_exit(threshold, conf) is expected
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("-inf"), float("nan"), "0.5", True])
+def test_a_work_threshold_is_in_0_1_or_never(bad):
+    w = _sample_work(0)
+    for work in (w.__class__(**{**w.__dict__, "thresholds": {"mobile": bad}}),
+                 w.__class__(**{**w.__dict__, "pools": [["mobile", bad]]})):
+        with pytest.raises(p.ProtocolError, match="thresholds|pools"):
+            p.decode(p.encode(work))
+    ok = w.__class__(**{**w.__dict__, "thresholds": {"mobile": 0, "edge": 1, "cloud": float("inf")},
+                        "pools": [["mobile", 0.4], ["edge", float("inf")]]})
+    got = p.decode(p.encode(ok))
+    assert got.thresholds == ok.thresholds and got.pools == ok.pools
 
 
 def test_a_split_and_the_layers_a_chain_ran_travel_with_the_sample():
