@@ -4,7 +4,8 @@ A hop is shaped in both directions by shaping the egress of each of its two ends
 backends:
 
 - ``netem`` (real boards' kernels): an htb root with one class at the rate limit, and
-  netem (delay, jitter, loss) under it; without a rate, netem alone at the root;
+  netem (delay, jitter, loss) under it; without a rate, netem alone at the root; jitter
+  always comes with a netem rate, which keeps packets in order (:func:`_netem_args`);
 - ``userspace`` (kernels without netem, like these CI machines): the kernel shapes the rate
   (htb, as above, without netem) and the agents apply delay, jitter and loss to their
   outgoing messages (:func:`userspace_params`); the manifest and report say ``userspace``.
@@ -44,12 +45,24 @@ def _rate(dev: str, rate_mbit: float, change: bool) -> list[Step]:
     ]
 
 
+#: netem's own rate where a jittered link has none (fast enough never to be the limit): it keeps the order
+ORDER_KEEPING_RATE_MBIT = 100_000.0
+
+
 def _netem_args(p: LinkProfile) -> list[str]:
+    """netem's arguments for ``p``; with jitter, a netem ``rate`` too, so packets leave in the order they came.
+
+    netem schedules each packet at its own delay draw, so plain jitter reorders a stream; with
+    a rate it times each packet from the one before it (tc-netem(8), "rate"), which keeps the
+    order. The rate is the link's (htb limits it as well) or :data:`ORDER_KEEPING_RATE_MBIT`.
+    """
     args = ["netem"]
     if p.delay_ms or p.jitter_ms:
         args += ["delay", f"{_num(p.delay_ms)}ms"] + ([f"{_num(p.jitter_ms)}ms"] if p.jitter_ms else [])
     if p.loss_pct:
         args += ["loss", f"{_num(p.loss_pct)}%"]
+    if p.jitter_ms:
+        args += ["rate", f"{_num(p.rate_mbit or ORDER_KEEPING_RATE_MBIT)}mbit"]
     return args
 
 

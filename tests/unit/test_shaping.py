@@ -22,8 +22,15 @@ def test_netem_under_an_htb_rate():
         ["tc", "class", "replace", "dev", "veth-m", "parent", "1:", "classid", "1:1", "htb", "rate", "10mbit",
          "ceil", "10mbit"],
         ["tc", "qdisc", "replace", "dev", "veth-m", "parent", "1:1", "handle", "10:", "netem", "delay", "20ms",
-         "2.5ms", "loss", "0.5%"],
+         "2.5ms", "loss", "0.5%", "rate", "10mbit"],
     ]
+
+
+def test_jitter_always_comes_with_a_netem_rate_that_keeps_the_order():
+    assert argv(shaping.plan("eth0", LinkProfile(delay_ms=5, jitter_ms=1), "netem")) == [
+        ["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "netem", "delay", "5ms", "1ms", "rate",
+         "100000mbit"]]
+    assert "rate" not in argv(shaping.plan("eth0", LinkProfile(delay_ms=5), "netem"))[0]  # no jitter: no reordering
 
 
 def test_netem_alone_rate_alone_and_nothing():
