@@ -77,6 +77,14 @@ def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
     for device, meter in meters.items():
         notes.append("energy meter " + meter_line(device, meter, df))
     notes.append(f"shaping: {(m.shaping or {}).get('backend', 'none')}")
+    for device, rec in m.agents.items():
+        if rec.get("clock_drift_ppm") is not None:
+            moved_ms = (rec["clock_offset_end_ns"] - rec["clock_offset_ns"]) / 1e6
+            bound_ms = (rec["clock_rtt_ns"] + rec["clock_rtt_end_ns"]) / 2e6
+            if abs(moved_ms) > max(1.0, bound_ms):
+                notes.append(f"CLOCK DRIFT {device}: its offset moved {moved_ms:+.2f} ms over "
+                             f"{rec['clock_elapsed_s']:.0f} s ({rec['clock_drift_ppm']:+.1f} ppm; measurement bound "
+                             f"{bound_ms:.2f} ms); hop times late in the run carry up to that error")
     if m.rejected_messages:
         notes.append(f"IGNORED {sum(m.rejected_messages.values())} control messages no agent of the run sent "
                      "(none became a row): " + ", ".join(f"{k} x{n}" for k, n in m.rejected_messages.items()))

@@ -103,6 +103,7 @@ class Controller:
                 self._run_policy(policy, np.random.default_rng(self.exp.seed + i))
                 m.policies[spec.key] = policies.record(policy)
                 writer.write_manifest(m)
+            self._measure_drift(m)
             status = "complete"
         except KeyboardInterrupt:
             status, error = "interrupted", "interrupted by the user (Ctrl-C)"
@@ -164,6 +165,14 @@ class Controller:
         m.energy = records.energy_record(agents, self.exp.energy)
         m.bytes_wire = {r.pop("hop"): r for r in self._wire().values()}
         self.writer.write_manifest(m)
+
+    def _measure_drift(self, m: RunManifest) -> None:
+        """Each agent's clock offset again after the samples: the drift goes beside the offset the rows used."""
+        assert self.session is not None
+        self.session.align_clocks(end=True)
+        for a in self.session.agents.values():
+            m.agents.setdefault(a.device_id, {}).update(records.clock_drift(a))
+        self.writer.write_manifest(m)  # type: ignore[union-attr]
 
     def _wire(self) -> dict[str, dict[str, str]]:
         return records.wire_ifaces(self.inv, self.exp.devices, self.tiers)

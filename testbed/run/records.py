@@ -120,6 +120,18 @@ def agent_records(agents: list[AgentState]) -> dict[str, Any]:
     return out
 
 
+def clock_drift(a: AgentState) -> dict[str, Any]:
+    """The offset measured again after the samples, and the drift between the two (ppm of elapsed time)."""
+    if a.offset_end_ns is None or not a.pings or not a.pings_end:
+        return {}
+    elapsed_ns = a.pings_end[0][0] - a.pings[0][0]
+    drift = (a.offset_end_ns - a.offset_ns) / elapsed_ns * 1e6 if elapsed_ns > 0 else None
+    return {"clock_offset_end_ns": a.offset_end_ns, "clock_rtt_end_ns": a.rtt_end_ns,
+            "clock_drift_ppm": None if drift is None else round(drift, 3),
+            "clock_drift_bound_ppm": round((a.rtt_ns + (a.rtt_end_ns or 0)) / 2 / elapsed_ns * 1e6, 3)
+            if elapsed_ns > 0 else None, "clock_elapsed_s": round(elapsed_ns / 1e9, 3)}
+
+
 def wire_ifaces(inv: Inventory, devices: dict[str, str], tiers: Sequence[str]) -> dict[str, dict[str, str]]:
     """Per receiving tier: the interface its hop from the previous tier arrives through, or why none is counted.
 

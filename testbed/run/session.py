@@ -57,10 +57,13 @@ class AgentState:
     offset_ns: int = 0
     rtt_ns: int = 0
     pings: list[tuple[int, int, int]] = field(default_factory=list)
+    pings_end: list[tuple[int, int, int]] = field(default_factory=list)  # the second round, after the samples
+    offset_end_ns: int | None = None
+    rtt_end_ns: int | None = None
 
 
-def _has_pings(agent: AgentState, n: int) -> bool:
-    return len(agent.pings) >= n
+def _has_pings(agent: AgentState, n: int, end: bool = False) -> bool:
+    return len(agent.pings_end if end else agent.pings) >= n
 
 
 class AgentSession:
@@ -213,12 +216,14 @@ class AgentSession:
 
         self.wait_for("Ready", timeout_s, lambda: all(a.ready for a in self.agents.values()), on_msg)
 
-    def align_clocks(self) -> None:
+    def align_clocks(self, end: bool = False) -> None:
         """Estimate each agent's clock offset from PINGS round trips, one agent at a time, PING_GAP_S apart.
 
         The min-RTT round trip wins (its error is at most half of it). One agent at a time, so no Pong
         waits behind another's decode; spread out, so a CPU-capped agent (throttled for a while after
-        loading its partition) answers some of them right away.
+        loading its partition) answers some of them right away. ``end``: again after the samples, into
+        ``pings_end`` / ``offset_end_ns`` (the rows keep the offset measured before them; the two give
+        the drift).
         """
         sent: dict[tuple[str, int], int] = {}
 
@@ -226,19 +231,26 @@ class AgentSession:
             if isinstance(got.msg, p.Pong):
                 t0 = sent.pop((got.agent_id, got.msg.seq), None)
                 if t0 is not None:
-                    self.agents[got.agent_id].pings.append((t0, got.msg.t_ns, got.wall_ns))
+                    a = self.agents[got.agent_id]
+                    (a.pings_end if end else a.pings).append((t0, got.msg.t_ns, got.wall_ns))
 
         for a in self.agents.values():
+            if end:
+                a.pings_end.clear()
+            base = PINGS if end else 0  # Ping seqs of the second round differ from the first's
             for k in range(PINGS):
                 if k:
                     pause = self.clock.monotonic_ns() + int(PING_GAP_S * NS)
                     self.wait_for("Pong", self.timeouts.hello_s, partial(self._past, pause), on_msg,
                                   poll_s=PING_GAP_S / 3, waiting_on=[a.device_id])
-                sent[(a.device_id, k)] = self.clock.time_ns()
-                self.send(a, p.Ping(k))
-                self.wait_for("Pong", self.timeouts.hello_s, partial(_has_pings, a, k + 1), on_msg,
+                sent[(a.device_id, base + k)] = self.clock.time_ns()
+                self.send(a, p.Ping(base + k))
+                self.wait_for("Pong", self.timeouts.hello_s, partial(_has_pings, a, k + 1, end), on_msg,
                               waiting_on=[a.device_id])
-            a.offset_ns, a.rtt_ns = clock_offset_ns(a.pings)
+            if end:
+                a.offset_end_ns, a.rtt_end_ns = clock_offset_ns(a.pings_end)
+            else:
+                a.offset_ns, a.rtt_ns = clock_offset_ns(a.pings)
 
     def flush(self, seq: int, on_msg: Callable[[Received], None]) -> None:
         """Ask every agent to close its open energy window (Flush ``seq``) and wait for every Flushed."""

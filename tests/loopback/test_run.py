@@ -109,6 +109,9 @@ def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
     for rec in m["agents"].values():  # one clock here: the estimate is within its bound of the true offset, 0
         assert rec["clock_pings"] == PINGS and 0 < rec["clock_rtt_ns"] and abs(rec["clock_offset_ns"]) <= rec[
             "clock_rtt_ns"] / 2
+        # measured again after the samples: the same clock, so both estimates sit within their bounds of 0
+        assert abs(rec["clock_offset_end_ns"]) <= rec["clock_rtt_end_ns"] / 2 and rec["clock_elapsed_s"] > 0
+        assert abs(rec["clock_drift_ppm"]) <= rec["clock_drift_bound_ppm"]
     facts = m["agents"]["edge-1"]["facts"]
     assert facts["onnxruntime"] and facts["cpu_cores_logical"] >= 1 and facts["memory_total_bytes"] > 0
     assert "CPUExecutionProvider" in facts["onnxruntime_providers"]

@@ -63,3 +63,16 @@ def test_clock_offset_uses_min_rtt_sample():
     assert (offset, rtt) == (1_000_000, 200)
     with pytest.raises(ValueError):
         clock_offset_ns([])
+
+
+def test_clock_drift_from_the_offsets_before_and_after_the_samples():
+    from testbed.run.records import clock_drift
+    from testbed.run.session import AgentState
+
+    a = AgentState("pi-1", "mobile", None)
+    a.pings, a.pings_end = [(0, 0, 0)], [(100 * 10**9, 0, 0)]  # the rounds 100 s apart
+    a.offset_ns, a.rtt_ns, a.offset_end_ns, a.rtt_end_ns = 1_000_000, 200_000, 6_000_000, 400_000
+    d = clock_drift(a)
+    assert d["clock_drift_ppm"] == pytest.approx(50.0)  # 5 ms in 100 s
+    assert d["clock_drift_bound_ppm"] == pytest.approx(3.0)  # (0.2 + 0.4) / 2 ms in 100 s
+    assert clock_drift(AgentState("pi-2", "mobile", None)) == {}  # no second round: nothing claimed
