@@ -50,7 +50,7 @@ ORDER_KEEPING_RATE_MBIT = 100_000.0
 
 
 def _netem_args(p: LinkProfile) -> list[str]:
-    """netem's arguments for ``p``; with jitter, a netem ``rate`` too, so packets leave in the order they came.
+    """Netem's arguments for ``p``; with jitter, a netem ``rate`` too, so packets leave in the order they came.
 
     netem schedules each packet at its own delay draw, so plain jitter reorders a stream; with
     a rate it times each packet from the one before it (tc-netem(8), "rate"), which keeps the
