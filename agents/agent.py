@@ -344,7 +344,8 @@ class Agent:
     def _load(self, msg: p.Configure) -> tuple[Partition | None, list[Partition]]:
         """The tier graph, or with ``msg.chain`` the layer graphs instead; raises PartitionError."""
         if not msg.chain:
-            part = Partition.load(self._path(msg.partition_path), msg.sha256, threads=msg.threads)
+            part = Partition.load(self._path(msg.partition_path), msg.sha256, threads=msg.threads,
+                                  providers=msg.providers)
             if msg.logits_name not in part.outputs:
                 raise PartitionError(f"{msg.partition_path} has no output {msg.logits_name!r}; it has {part.outputs}")
             return part, []
@@ -352,7 +353,8 @@ class Agent:
         if bad or msg.first_layer < 1 or msg.final_layer < msg.first_layer:
             raise PartitionError(f"chain {msg.chain[:3]}... from layer {msg.first_layer} to {msg.final_layer}: give "
                                  "[[path, sha256], ...] and layers from 1")
-        chain = [Partition.load(self._path(f), sha, threads=msg.threads) for f, sha in msg.chain]
+        chain = [Partition.load(self._path(f), sha, threads=msg.threads, providers=msg.providers)
+                 for f, sha in msg.chain]
         lacking = [msg.chain[i][0] for i, g in enumerate(chain) if "logits" not in g.outputs]
         if lacking:
             raise PartitionError(f"layer graphs {lacking} have no output 'logits'")
@@ -414,10 +416,16 @@ class Agent:
         cfg, msg = self._config, self._config.msg
         if cfg.chain:
             load_ms, ins, outs = sum(g.load_ms for g in cfg.chain), cfg.chain[0].inputs, cfg.chain[-1].outputs
+            providers = cfg.chain[0].providers
         else:
             assert cfg.partition is not None
             load_ms, ins, outs = cfg.partition.load_ms, cfg.partition.inputs, cfg.partition.outputs
-        self._send(p.Ready(self.agent_id, msg.seq, load_ms, ins, outs, ["CPUExecutionProvider"], self.idle_w))
+            providers = cfg.partition.providers
+        missing = [w for w in msg.providers if w not in providers]
+        if missing:
+            log.warning("execution providers %s asked for but not offered by this onnxruntime; running on %s",
+                        missing, providers)
+        self._send(p.Ready(self.agent_id, msg.seq, load_ms, ins, outs, providers, self.idle_w))
 
     def _finish_baseline(self) -> None:
         """Idle power = energy of the baseline window over its length; NaN without a meter."""

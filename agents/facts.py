@@ -65,7 +65,18 @@ def board_facts() -> dict[str, Any]:
         "l4t_release": l4t.splitlines()[0] if l4t else None,
         "board_model": _read("/proc/device-tree/model"),
         "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "gpu": gpu_kind(),
     }
+
+
+def gpu_kind(root: str = "/") -> str | None:
+    """``jetson`` (an L4T board's integrated GPU), ``nvidia`` (a discrete GPU's driver is loaded), else None."""
+    base = os.path.join(root, "")
+    if os.path.exists(base + "etc/nv_tegra_release"):
+        return "jetson"
+    if os.path.exists(base + "proc/driver/nvidia/version"):
+        return "nvidia"
+    return None
 
 
 def host_facts() -> dict[str, Any]:

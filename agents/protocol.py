@@ -45,7 +45,8 @@ Format history:
     9: routing by difficulty pools (DIMEC-DC): Configure.router ([path, sha256] of the first tier's pool
        router; empty: none) and Work.pools ([[tier, threshold], ...] in the tiers' order; empty: route by
        thresholds alone). The first tier runs the router, picks the route by :func:`pool_route` and
-       sends the sample on with thresholds that make it exit at that tier.
+       sends the sample on with thresholds that make it exit at that tier. Configure.providers: the
+       onnxruntime execution providers to try, in order; Ready.providers says which the graphs took.
 """
 
 from __future__ import annotations
@@ -223,6 +224,7 @@ class Configure:
     first_layer: int = 0  # the layer chain[0] runs
     final_layer: int = 0  # the model's last layer: a chain that reaches it exits there
     router: list = field(default_factory=list)  # [path, sha256] of the pool router (first tier, DIMEC-DC)
+    providers: list = field(default_factory=list)  # onnxruntime execution providers to try, in order (empty: CPU)
 
 
 @dataclass(frozen=True)
@@ -724,6 +726,9 @@ def _semantic_problems(kind: str, values: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: {v} must be a non-negative number")
     if "pools" in values and not pools_ok(values["pools"]):
         problems.append(f"pools: {str(values['pools'])[:60]} is not a list of [tier, threshold]")
+    prov = values.get("providers")
+    if prov and not all(type(x) is str and x.endswith("ExecutionProvider") and len(x) <= 64 for x in prov):
+        problems.append(f"providers: {str(prov)[:80]} is not a list of onnxruntime execution provider names")
     router = values.get("router")
     if router and not (len(router) == 2 and all(type(x) is str for x in router)):
         problems.append(f"router: {str(router)[:60]} is not [path, sha256]")

@@ -61,6 +61,16 @@ def confidence(logits: np.ndarray, measure: str = "max") -> tuple[float, int]:
     return top1_entropy(logits) if measure == "entropy" else top1(logits)
 
 
+CPU = "CPUExecutionProvider"
+
+
+def usable_providers(wanted: list[str] | None, available: list[str] | None = None) -> list[str]:
+    """``wanted`` in order, less what this onnxruntime lacks (``available``: its own list), the CPU last."""
+    have = ort.get_available_providers() if available is None else available
+    out = [w for w in (wanted or []) if w in have and w != CPU]
+    return [*out, CPU]
+
+
 @dataclass
 class Partition:
     """An onnxruntime session for one tier's partition."""
@@ -73,10 +83,15 @@ class Partition:
         # asked once: the session's own getters build new lists on every call
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.providers = list(self.session.get_providers())
 
     @classmethod
-    def load(cls, path: Path, sha256: str, threads: int = 1) -> Partition:
-        """Verify ``path`` against ``sha256`` and open it with onnxruntime on the CPU.
+    def load(cls, path: Path, sha256: str, threads: int = 1, providers: list[str] | None = None) -> Partition:
+        """Verify ``path`` against ``sha256`` and open it with onnxruntime.
+
+        ``providers``: the execution providers to try, in order (default the CPU); those this
+        onnxruntime lacks are left out (:func:`usable_providers`), the CPU is always the last
+        resort, and :attr:`providers` says which the session really took.
 
         Raises:
             PartitionError: the file is missing, its hash differs, or onnxruntime refuses it.
@@ -94,7 +109,7 @@ class Partition:
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), opts, providers=usable_providers(providers))
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise PartitionError(f"onnxruntime cannot load {path}: {e}") from e
         return cls(path, session, (time.perf_counter() - t0) * 1e3)

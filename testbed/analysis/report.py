@@ -78,6 +78,12 @@ def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
         notes.append("energy meter " + meter_line(device, meter, df))
     notes.append(f"shaping: {(m.shaping or {}).get('backend', 'none')}")
     for device, rec in m.agents.items():
+        gpu = (rec.get("facts") or {}).get("gpu")
+        if gpu and rec.get("providers") == ["CPUExecutionProvider"]:
+            notes.append(f"CPU ONLY on a GPU board: {device} ({gpu}) ran its graphs on CPUExecutionProvider; "
+                         + ("install NVIDIA's onnxruntime-gpu for its JetPack (PyPI's aarch64 onnxruntime is "
+                            "CPU-only)" if gpu == "jetson" else "install onnxruntime-gpu")
+                         + " and list CUDAExecutionProvider in its inventory providers")
         if rec.get("clock_drift_ppm") is not None:
             moved_ms = (rec["clock_offset_end_ns"] - rec["clock_offset_ns"]) / 1e6
             bound_ms = (rec["clock_rtt_ns"] + rec["clock_rtt_end_ns"]) / 2e6

@@ -168,6 +168,8 @@ def safe_name(value: str) -> str:
 
 #: a name that becomes a file name (:func:`safe_name`)
 SafeName = Annotated[str, AfterValidator(safe_name)]
+#: an onnxruntime execution provider's name
+Provider = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,40}ExecutionProvider$")]
 
 
 class Experiment(Strict):
@@ -225,6 +227,11 @@ class DeviceSpec(Strict):
     python: str | None = Field(None, description="the device's interpreter (default python3 over SSH, this "
                                "one locally)")
     threads: int = Field(1, ge=1, le=256, description="onnxruntime intra-op threads")
+    providers: list[Provider] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1,
+                                      description="onnxruntime execution providers to try, in order (e.g. "
+                                      "[TensorrtExecutionProvider, CUDAExecutionProvider] on a Jetson with the "
+                                      "vendor's onnxruntime-gpu); those the device's onnxruntime lacks are left "
+                                      "out, the CPU is the last resort, and the manifest records what ran")
     cpus: list[int] | None = Field(None, description="CPU ids the agent is pinned to (local emulation)")
     interface: str | None = Field(None, description="network interface shaping applies to")
     interfaces: dict[str, str] = Field(default_factory=dict, description="peer (tier or 'controller') -> "

@@ -88,6 +88,21 @@ def shaping_facts(remote: Remote, python: str) -> dict[str, Any]:
     return run_py(remote, python, SHAPING_PY)
 
 
+def _provider_problems(device: DeviceSpec, facts: dict[str, Any]) -> list[str]:
+    """Asked-for execution providers the device's onnxruntime lacks, with the install line for its board."""
+    have = facts.get("onnxruntime_providers")
+    if have is None or facts.get("missing"):
+        return []
+    d, gpu = device.id, facts.get("gpu")
+    lacking = [w for w in device.providers if w not in have]
+    fix = ("install NVIDIA's onnxruntime-gpu wheel for its JetPack (PyPI's aarch64 onnxruntime is CPU-only)"
+           if gpu == "jetson" else "install onnxruntime-gpu in its Python")
+    if lacking:
+        return [f"device {d}: devices[id={d}].providers asks for {lacking}, its onnxruntime offers {have}; {fix}, "
+                "or drop them from the inventory"]
+    return []  # a GPU board computing on its CPU on purpose runs; the report flags it
+
+
 def preflight_problems(device: DeviceSpec, facts: dict[str, Any], need_bytes: int = 0,
                        max_clock_offset_ms: float | None = None, backend: str | None = None) -> list[str]:
     """What a run needs and the device lacks, each with what to do."""
@@ -111,6 +126,7 @@ def preflight_problems(device: DeviceSpec, facts: dict[str, Any], need_bytes: in
     if max_clock_offset_ms is not None and abs(facts.get("clock_offset_ms", 0.0)) > max_clock_offset_ms:
         problems.append(f"device {d}: clock is {facts['clock_offset_ms']:+.1f} ms off the controller's "
                         f"(limit deploy.max_clock_offset_ms={max_clock_offset_ms}); sync it (chrony/ntp)")
+    problems += _provider_problems(device, facts)
     if backend == "netem" and not facts.get("netem"):
         problems.append(f"device {d}: kernel {facts.get('kernel')} has no sch_netem; use shaping.backend: userspace "
                         "or load the module (modprobe sch_netem)")

@@ -206,6 +206,7 @@ class Controller:
                 wire_in_iface=wire.get(tier, {}).get("interface", ""),
                 batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s,
                 first=i == 0, last_layer=spec.layers[-1], router=self._router(a, tier),
+                providers=list(self.inv.device(a.device_id).providers),
                 **self._chain(a, (ranges or {}).get(tier)))
         self.session.configure(messages, self.exp.timeouts.configure_s + self.exp.energy.idle_s)
 

@@ -29,7 +29,8 @@ def tiny_run(tiny_bundle, tmp_path_factory):
     exp = write_experiment(tmp / "exp.yaml", tiny_bundle.root, POLICIES, count=60, warmup=2, name="tiny",
                            energy={"idle_s": 1.5})  # longer than heartbeat_s x liveness: heartbeats must go on
     inv = write_inventory(tmp / "inv.yaml", meter={"kind": "model", "idle_w": 1.0, "busy_w": 4.0},
-                          **{"edge-1": {"cpus": [0]}})
+                          **{"edge-1": {"cpus": [0]},
+                             "cloud-1": {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}})
     code = main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp / "results"), "-q"])
     assert code == 0
     run_dir = only_run(tmp / "results")
@@ -112,6 +113,11 @@ def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
         # measured again after the samples: the same clock, so both estimates sit within their bounds of 0
         assert abs(rec["clock_offset_end_ns"]) <= rec["clock_rtt_end_ns"] / 2 and rec["clock_elapsed_s"] > 0
         assert abs(rec["clock_drift_ppm"]) <= rec["clock_drift_bound_ppm"]
+    # the cloud asked for CUDA first; this CPU-only onnxruntime has none, so it ran on the CPU, and says so
+    assert m["agents"]["cloud-1"]["providers"] == ["CPUExecutionProvider"]
+    assert "CUDAExecutionProvider" not in m["agents"]["cloud-1"]["facts"]["onnxruntime_providers"]
+    log = (tiny_run[0] / "logs" / "cloud-1.log").read_text()
+    assert "execution providers ['CUDAExecutionProvider'] asked for but not offered" in log
     facts = m["agents"]["edge-1"]["facts"]
     assert facts["onnxruntime"] and facts["cpu_cores_logical"] >= 1 and facts["memory_total_bytes"] > 0
     assert "CPUExecutionProvider" in facts["onnxruntime_providers"]

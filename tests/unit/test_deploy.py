@@ -91,6 +91,17 @@ def test_preflight_names_everything_missing_at_once():
     assert deploy.preflight_problems(PI, facts(clock_offset_ms=1.0), 10**6, 100, "userspace") == []
 
 
+def test_preflight_names_execution_providers_the_board_lacks_with_its_install_line():
+    jetson = PI.model_copy(update={"id": "orin-1", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    cpu_only = facts(onnxruntime_providers=["CPUExecutionProvider"], gpu="jetson")
+    [problem] = deploy.preflight_problems(jetson, cpu_only)
+    assert "asks for ['CUDAExecutionProvider']" in problem
+    assert "NVIDIA's onnxruntime-gpu wheel for its JetPack" in problem
+    gpu_ort = facts(onnxruntime_providers=["CUDAExecutionProvider", "CPUExecutionProvider"], gpu="jetson")
+    assert deploy.preflight_problems(jetson, gpu_ort) == []
+    assert deploy.preflight_problems(PI, cpu_only) == []  # computing on the CPU on purpose runs; the report flags it
+
+
 def test_push_skips_files_whose_sha256_matches_and_records_what_it_copies(tmp_path):
     a, b = tmp_path / "a.py", tmp_path / "m.onnx"
     a.write_text("print(1)")

@@ -21,3 +21,25 @@ def test_the_facts_carry_every_agent_dependency_and_the_board():
                 "kernel", "os_release", "l4t_release", "board_model", "cpu_governor"):
         assert key in facts, key
     assert facts["kernel"] and facts["numpy"].count(".") >= 1
+
+
+def test_the_gpu_of_a_jetson_and_of_a_server_is_recognised(tmp_path):
+    from agents.facts import gpu_kind
+
+    assert gpu_kind(str(tmp_path)) is None
+    (tmp_path / "proc/driver/nvidia").mkdir(parents=True)
+    (tmp_path / "proc/driver/nvidia/version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module 550.54\n")
+    assert gpu_kind(str(tmp_path)) == "nvidia"
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text("# R35 (release), REVISION: 4.1\n")
+    assert gpu_kind(str(tmp_path)) == "jetson"
+
+
+def test_providers_are_tried_in_order_less_what_onnxruntime_lacks_cpu_last():
+    from agents.runtime import usable_providers
+
+    have = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert usable_providers(["CUDAExecutionProvider", "TensorrtExecutionProvider"], have) == [
+        "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"]
+    assert usable_providers(["CUDAExecutionProvider"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert usable_providers(None, have) == ["CPUExecutionProvider"]

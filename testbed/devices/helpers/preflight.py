@@ -73,6 +73,14 @@ def main() -> None:
         "executable": sys.executable, "modules": {}, "missing": [], "workdir": wd, "host": platform.node(),
         "kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
     _modules(out, json.loads(sys.argv[3]))
+    try:
+        import onnxruntime
+
+        out["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
+    except Exception:  # already reported as missing
+        out["onnxruntime_providers"] = []
+    out["gpu"] = ("jetson" if os.path.exists("/etc/nv_tegra_release")
+                  else "nvidia" if os.path.exists("/proc/driver/nvidia/version") else None)
     _workdir(out, wd)
     _board(out)
     shaping_facts(out)
