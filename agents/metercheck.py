@@ -47,7 +47,8 @@ def check(kind: str = "auto", seconds: float = 1.0, root: Path | None = None) ->
         warnings.append("the window was shorter than the meter's update period: the reading is approximate")
     return {"source": delta.source, "energy_j": delta.energy_j, "duration_s": delta.duration_s,
             "power_w": None if delta.energy_j is None or not delta.duration_s else delta.energy_j / delta.duration_s,
-            "rails": delta.rails_j or {}, "period_s": info.get("update_period_s"), "total": info.get("total"),
+            "rails": delta.rails_j or {}, "period_s": info.get("update_period_s"),
+            "achieved_period_s": info.get("achieved_period_s"), "total": info.get("total"),
             "warnings": warnings}
 
 

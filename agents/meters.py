@@ -42,7 +42,7 @@ from typing import Any, Protocol
 RAPL_ROOT = Path("/sys/class/powercap")
 HWMON_ROOT = Path("/sys/class/hwmon")
 IIO_ROOT = Path("/sys/bus/iio/devices")
-INA_CHIPS = ("ina3221", "ina238", "ina226", "ina219")
+INA_CHIPS = ("ina3221", "ina238", "ina237", "ina228", "ina226", "ina230", "ina231", "ina219", "ina209")
 
 
 class MeterError(Exception):
@@ -410,9 +410,21 @@ class PowerTimelineMeter:
         total = rails_j[self.total_rail] if self.total_rail in rails_j else sum(rails_j.values())
         return EnergyDelta(total, t1 - t0, self.source, inside < 2, rails_j)
 
+    def achieved_period_s(self) -> float | None:
+        """The median interval between the last 2,000 samples; None before three samples.
+
+        Every read waits for the sensor (an INA3221 conversion, a vcgencmd call), so it can be
+        longer than the period asked for; the manifest keeps both.
+        """
+        with self._lock:
+            t = self.times[-2001:]
+        gaps = sorted(b - a for a, b in zip(t, t[1:]))
+        return gaps[len(gaps) // 2] if len(gaps) >= 2 else None
+
     def describe(self) -> dict:
         """For the manifest."""
-        return {"source": self.source, "update_period_s": self.update_period_s, "rails": sorted(self.rails),
+        return {"source": self.source, "update_period_s": self.update_period_s,
+                "achieved_period_s": self.achieved_period_s(), "rails": sorted(self.rails),
                 "total": self.total_rail or "sum of the rails",
                 **({"unreadable_rails": dict(self.warnings)} if self.warnings else {})}
 
@@ -460,6 +472,9 @@ def _find_rails(root: Path, layout: str) -> dict[str, tuple[Path, ...]]:
         except OSError:
             continue
         if chip.rstrip("x") not in INA_CHIPS:  # iio's driver is ina3221x
+            continue
+        if layout == "hwmon" and not any(dev.glob(label_glob)) and (dev / "power1_input").is_file():
+            rails[f"{chip}.{dev.name}"] = (dev / "power1_input",)  # one-channel INA2xx (INA238, INA226): no labels
             continue
         for label_file in sorted(dev.glob(label_glob)):
             n = number(label_file.name)
