@@ -88,6 +88,44 @@ def shaping_facts(remote: Remote, python: str) -> dict[str, Any]:
     return run_py(remote, python, SHAPING_PY)
 
 
+#: numpy and onnxruntime pins known to work together per Python (cp38/cp39 aarch64 wheels end at onnxruntime 1.19.2)
+PINS = {(3, 8): '"numpy==1.24.4" "onnxruntime==1.19.2"', (3, 9): '"numpy==2.0.2" "onnxruntime==1.19.2"'}
+
+
+def install_line(python: str, gpu: str | None = None) -> str:
+    """The commands that give a board's Python the agent's modules.
+
+    A venv (Raspberry Pi OS Bookworm refuses pip outside one, PEP 668) and the pins known to
+    work for that Python.
+    """
+    try:
+        major, minor = (int(x) for x in python.split(".")[:2])
+        pins = PINS.get((major, minor), "numpy onnxruntime")
+    except ValueError:
+        pins = "numpy onnxruntime"
+    line = (f"python{python.rsplit('.', 1)[0] if python.count('.') == 2 else '3'} -m venv ~/testbed-venv && "
+            f"~/testbed-venv/bin/pip install {pins} pyzmq msgpack psutil")
+    if gpu == "jetson":
+        line += ("; for the GPU, replace onnxruntime with NVIDIA's onnxruntime-gpu wheel for this JetPack "
+                 "(PyPI's aarch64 onnxruntime is CPU-only)")
+    return line
+
+
+def _version_problems(d: str, facts: dict[str, Any]) -> list[str]:
+    """Module versions known not to work together (onnxruntime before 1.19 fails at import under numpy 2)."""
+    mods = facts.get("modules") or {}
+
+    def major_minor(v: str) -> tuple[int, int]:
+        parts = (v.split(".") + ["0", "0"])[:2]
+        return (int(parts[0]), int(parts[1])) if all(p.isdigit() for p in parts) else (0, 0)
+
+    np_v, ort_v = str(mods.get("numpy", "")), str(mods.get("onnxruntime", ""))
+    if np_v and ort_v and major_minor(np_v) >= (2, 0) and (0, 0) < major_minor(ort_v) < (1, 19):
+        return [f"device {d}: onnxruntime {ort_v} with numpy {np_v}: onnxruntime before 1.19 fails at import "
+                f"under numpy 2; install on the device: {install_line(str(facts.get('python', '')))}"]
+    return []
+
+
 def _provider_problems(device: DeviceSpec, facts: dict[str, Any]) -> list[str]:
     """Asked-for execution providers the device's onnxruntime lacks, with the install line for its board."""
     have = facts.get("onnxruntime_providers")
@@ -113,7 +151,9 @@ def preflight_problems(device: DeviceSpec, facts: dict[str, Any], need_bytes: in
                         f"{'.'.join(map(str, MIN_PYTHON))}+ (set devices[id={d}].python to a newer interpreter)")
     if facts.get("missing"):
         problems.append(f"device {d}: {py} lacks {', '.join(facts['missing'])}; install on the device: "
-                        f"{py} -m pip install numpy onnxruntime pyzmq msgpack psutil")
+                        f"{install_line(str(facts.get('python', '')), facts.get('gpu'))}, then set "
+                        f"devices[id={d}].python: ~/testbed-venv/bin/python")
+    problems += _version_problems(d, facts)
     if not facts.get("workdir_writable"):
         problems.append(f"device {d}: workdir {facts.get('workdir')} is not writable ({facts.get('workdir_error')}); "
                         f"fix devices[id={d}].workdir")

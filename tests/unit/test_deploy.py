@@ -91,6 +91,17 @@ def test_preflight_names_everything_missing_at_once():
     assert deploy.preflight_problems(PI, facts(clock_offset_ms=1.0), 10**6, 100, "userspace") == []
 
 
+def test_fix_lines_use_a_venv_and_pins_known_to_work_for_that_python():
+    assert deploy.install_line("3.8.10") == ('python3.8 -m venv ~/testbed-venv && ~/testbed-venv/bin/pip install '
+                                             '"numpy==1.24.4" "onnxruntime==1.19.2" pyzmq msgpack psutil')
+    assert '"numpy==2.0.2" "onnxruntime==1.19.2"' in deploy.install_line("3.9.2")
+    assert "pip install numpy onnxruntime pyzmq" in deploy.install_line("3.11.2")
+    assert "NVIDIA's onnxruntime-gpu wheel" in deploy.install_line("3.8.10", "jetson")
+    [problem] = deploy.preflight_problems(PI, facts(modules={"numpy": "2.0.1", "onnxruntime": "1.16.3"}))
+    assert "onnxruntime 1.16.3 with numpy 2.0.1" in problem and "fails at import under numpy 2" in problem
+    assert deploy.preflight_problems(PI, facts(modules={"numpy": "1.26.4", "onnxruntime": "1.16.3"})) == []
+
+
 def test_preflight_names_execution_providers_the_board_lacks_with_its_install_line():
     jetson = PI.model_copy(update={"id": "orin-1", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
     cpu_only = facts(onnxruntime_providers=["CPUExecutionProvider"], gpu="jetson")
