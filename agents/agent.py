@@ -38,6 +38,7 @@ from agents.netio import ArrivalCounter, NicError
 from agents.runtime import Partition, PartitionError, softmax
 from agents.runtime import confidence as measure_confidence
 from agents.shaper import HeldLink
+from agents.thermal import ThermalSampler
 
 log = logging.getLogger("agents")
 
@@ -147,6 +148,7 @@ class Agent:
         meter: EnergyMeter | None = None,
         rx_counter: type[ArrivalCounter] | Any = ArrivalCounter,
         models: Path | None = None,
+        sysfs_root: str = "/",
     ):
         problem = p.tier_name_problem(tier)
         if problem:
@@ -156,6 +158,8 @@ class Agent:
         self.controller = controller
         self.workdir = workdir
         self.models = (models if models is not None else workdir / "bundles").resolve()
+        self.sysfs_root = sysfs_root
+        self._thermal: ThermalSampler | None = None
         self.bind_host = bind_host
         self.advertise_host = advertise_host or bind_host
         self.data_port = data_port
@@ -197,7 +201,9 @@ class Agent:
             port = self._data_in.bind_to_random_port(f"tcp://{self.bind_host}")
         endpoint = f"tcp://{self.advertise_host}:{port}"
         self._ctrl.connect(self.controller)
-        facts = {**host_facts(), "meter": self.meter.describe()}
+        self._thermal = ThermalSampler(self.sysfs_root)
+        facts = {**host_facts(), "meter": self.meter.describe(), "thermal_zones": sorted(self._thermal.zones),
+                 "throttle_flags": self._thermal.has_throttled}
         self._send(p.Hello(self.agent_id, self.tier, p.AGENT_VERSION, p.PROTOCOL_VERSION, endpoint, facts))
         log.info("agent %s (%s) data socket %s, controller %s", self.agent_id, self.tier, endpoint, self.controller)
         try:
@@ -263,6 +269,8 @@ class Agent:
         close_meter = getattr(self.meter, "close", None)
         if close_meter is not None:
             close_meter()
+        if self._thermal is not None:
+            self._thermal.close()
         for s in (self._ctrl, self._data_in, self._data_out):
             if s is not None:
                 s.close()
@@ -315,6 +323,7 @@ class Agent:
             self._release_all()
             self._close_window()
             self._send_timeline()
+            self._send_thermal()
             self._send(p.Bye(self.agent_id, self.served))
             return True
         elif not isinstance(msg, p.Heartbeat):
@@ -331,6 +340,16 @@ class Agent:
             self._send(p.Timeline(self.agent_id, self.meter.source, time.time_ns() - time.monotonic_ns(),
                                   np.asarray(times, np.float64),
                                   {r: np.asarray(v, np.float64) for r, v in rails.items()}))
+
+    def _send_thermal(self) -> None:
+        """Temperatures and throttle flags sampled during the run, where the board has any."""
+        if self._thermal is None:
+            return
+        times, temps, flags = self._thermal.snapshot()
+        if times:
+            self._send(p.Thermal(self.agent_id, time.time_ns() - time.monotonic_ns(), np.asarray(times, np.float64),
+                                 {z: np.asarray(v, np.float64) for z, v in temps.items()},
+                                 np.asarray(flags, np.int64)))
 
     def _path(self, name: str) -> Path:
         """The graph file ``name`` names (relative to the workdir), only if it is an .onnx file under ``models``."""
@@ -608,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--id", required=True, dest="agent_id", help="device id from inventory.yaml")
     ap.add_argument("--tier", required=True, type=_tier_arg, help="this device's tier in the run, e.g. mobile")
     ap.add_argument("--workdir", default=".", help="partition paths are relative to this directory")
+    ap.add_argument("--sysfs-root", default="/", help="read thermal zones and throttle flags under this "
+                    "directory instead of / (a board's tree, for tests)")
     ap.add_argument("--models", default=None, help="the only directory graphs are loaded from (default: "
                     "WORKDIR/bundles, where deploy puts them)")
     ap.add_argument("--bind", default="127.0.0.1", help="address the data socket binds to")
@@ -639,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("energy meter: %s", meter.describe())
     agent = Agent(args.agent_id, args.tier, args.controller, Path(args.workdir), args.bind, args.advertise,
                   args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness, args.first_contact_s), meter,
-                  models=Path(args.models) if args.models else None)
+                  models=Path(args.models) if args.models else None, sysfs_root=args.sysfs_root)
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)
     return agent.serve()

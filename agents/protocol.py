@@ -47,6 +47,7 @@ Format history:
        thresholds alone). The first tier runs the router, picks the route by :func:`pool_route` and
        sends the sample on with thresholds that make it exit at that tier. Configure.providers: the
        onnxruntime execution providers to try, in order; Ready.providers says which the graphs took.
+       Thermal: temperatures and throttle flags sampled during the run, sent at Stop.
 """
 
 from __future__ import annotations
@@ -390,10 +391,32 @@ class Bye:
     served: int
 
 
+#: the bits of a Raspberry Pi's ``get_throttled`` that say it is limited right now (under-voltage, capped
+#: frequency, throttled, soft temperature limit)
+THROTTLED_NOW = 0xF
+
+
+@dataclass(frozen=True)
+class Thermal:
+    """A device's temperatures and throttle flags over the run, sent at Stop (where it has any).
+
+    ``times_s`` are the agent's monotonic seconds (``wall_minus_mono_ns`` maps them to its wall
+    clock); ``temps_c`` zone -> degrees C; ``throttled`` the Pi firmware's flags per sample
+    (-1: none or unreadable).
+    """
+
+    KIND: ClassVar[str] = "thermal"
+    agent_id: str
+    wall_minus_mono_ns: int
+    times_s: np.ndarray
+    temps_c: dict[str, np.ndarray]
+    throttled: np.ndarray
+
+
 MESSAGES: dict[str, type] = {
     cls.KIND: cls
-    for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Shape, Flush,
-                EnergyWindow, Flushed, Stop, Bye)
+    for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Thermal, Shape,
+                Flush, EnergyWindow, Flushed, Stop, Bye)
 }
 
 Frames = List[Any]  # bytes, memoryview or zmq.Frame: anything with the buffer protocol

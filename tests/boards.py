@@ -105,3 +105,23 @@ def two_socket_rapl(root: Path) -> tuple[threading.Thread, float]:
              "intel-rapl:1:2": "dram"}
     joules = dict(zip(zones, (1.0, 0.5, 2.0, 0.25), strict=True))
     return rapl(root, zones, dict.fromkeys(zones, 1000), joules), 3.75
+
+
+def raspberry_pi_thermal(root: Path, temp_mc: int = 62_500, throttled: str = "0x0") -> None:
+    """A Raspberry Pi's thermal zone (``cpu-thermal``, millidegrees) and firmware throttle flags (hex)."""
+    zone = root / "sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text(f"{temp_mc}\n")
+    fw = root / "sys/devices/platform/soc/soc:firmware"
+    fw.mkdir(parents=True)
+    (fw / "get_throttled").write_text(throttled + "\n")
+
+
+def jetson_thermal(root: Path) -> None:
+    """A Jetson's thermal zones (CPU-therm, GPU-therm; one unreadable), no throttle flags file."""
+    for n, (name, mc) in enumerate([("CPU-therm", "48500"), ("GPU-therm", "47000"), ("PMIC-Die", "")]):
+        zone = root / f"sys/class/thermal/thermal_zone{n}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(name + "\n")
+        (zone / "temp").write_text(mc + "\n")

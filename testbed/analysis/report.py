@@ -91,11 +91,31 @@ def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
                 notes.append(f"CLOCK DRIFT {device}: its offset moved {moved_ms:+.2f} ms over "
                              f"{rec['clock_elapsed_s']:.0f} s ({rec['clock_drift_ppm']:+.1f} ppm; measurement bound "
                              f"{bound_ms:.2f} ms); hop times late in the run carry up to that error")
+    notes += thermal_notes((m.energy or {}).get("thermal") or {})
     if m.rejected_messages:
         notes.append(f"IGNORED {sum(m.rejected_messages.values())} control messages no agent of the run sent "
                      "(none became a row): " + ", ".join(f"{k} x{n}" for k, n in m.rejected_messages.items()))
     warm = int((df["phase"] == "warmup").sum())
     notes.append(f"{len(df) - warm} measured rows, {warm} warmup rows (kept in the parquet, left out here)")
+    return notes
+
+
+#: a zone this hot is near where boards start to throttle (a Pi's soft limit is 80 C)
+HOT_C = 80.0
+
+
+def thermal_notes(thermal: dict[str, dict[str, Any]]) -> list[str]:
+    """A warning per device that throttled or ran hot during the run (``manifest.energy.thermal``)."""
+    notes = []
+    for device, rec in thermal.items():
+        if rec.get("throttled_samples"):
+            notes.append(f"THROTTLED {device}: limited in {rec['throttled_samples']} of {rec['samples']} thermal "
+                         f"samples (firmware flags {rec['flags_seen']}); its latency and energy are not those of "
+                         "the board at full speed")
+        hot = {z: c for z, c in (rec.get("max_temp_c") or {}).items() if c >= HOT_C}
+        if hot:
+            notes.append(f"HOT {device}: " + ", ".join(f"{z} reached {c:.0f} C" for z, c in hot.items())
+                         + f" (>= {HOT_C:.0f} C); see {rec['file']}")
     return notes
 
 

@@ -147,6 +147,16 @@ def write_power_timeline(run_dir: Path, device: str, t_unix_ns: list[int] | Any,
     return path
 
 
+def write_thermal(run_dir: Path, device: str, t_unix_ns: Any, temps_c: dict[str, Any], throttled: Any) -> Path:
+    """``thermal_<device>.parquet``: controller-clock timestamps, degrees C per zone, throttle flags (-1: none)."""
+    columns = {"t_unix_ns": pa.array(t_unix_ns, pa.int64())}
+    columns |= {f"temp_c_{zone}": pa.array(values, pa.float64()) for zone, values in temps_c.items()}
+    columns["throttled_flags"] = pa.array(throttled, pa.int64())
+    path = run_dir / f"thermal_{device}.parquet"
+    pq.write_table(pa.table(columns).replace_schema_metadata({"testbed.device": device}), path)
+    return path
+
+
 ENERGY_WINDOWS = "energy_windows.parquet"
 _WINDOW_SCHEMA = pa.schema([
     ("device", pa.string()), ("batch", pa.int64()), ("start_unix_ns", pa.int64()), ("end_unix_ns", pa.int64()),

@@ -8,12 +8,14 @@ windows and power timelines that are written beside the rows at the end.
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any
 
 import numpy as np
 
 from agents import protocol as p
-from testbed.formats.results import RunWriter, write_energy_windows, write_power_timeline
+from testbed.formats.results import RunWriter, write_energy_windows, write_power_timeline, write_thermal
 from testbed.run.energy import EnergyLedger, window_record
 from testbed.run.rows import Issued, build_row
 from testbed.run.transport import Received
@@ -34,6 +36,7 @@ class Collector:
         self.ledger = EnergyLedger()
         self.windows: list[dict[str, Any]] = []  # energy_windows.parquet
         self.timelines: dict[str, dict[str, Any]] = {}  # device -> what its power timeline file holds
+        self.thermals: dict[str, dict[str, Any]] = {}  # device -> its thermal file, hottest zones, throttling
         self.offsets: dict[str, int] = {}
         self.context: dict[str, Any] = {}
         self.sink: list[dict[str, Any]] | None = None  # rows completed while a flush is awaited
@@ -64,10 +67,24 @@ class Collector:
         self.timelines[msg.agent_id] = {"file": path.name, "source": msg.source, "samples": len(msg.times_s),
                                         "rails": sorted(msg.rails_w)}
 
+    def thermal(self, msg: p.Thermal) -> None:
+        """Write a device's temperatures and throttle flags beside the rows, on the controller's clock."""
+        offset = self.offsets.get(msg.agent_id, 0)
+        t_unix_ns = (msg.times_s * 1e9).astype(np.int64) + msg.wall_minus_mono_ns - offset
+        path = write_thermal(self.writer.run_dir, msg.agent_id, t_unix_ns, msg.temps_c, msg.throttled)
+        flags = [int(f) for f in msg.throttled if f >= 0]
+        hottest = {z: float(np.nanmax(v)) for z, v in msg.temps_c.items() if len(v) and not np.isnan(v).all()}
+        self.thermals[msg.agent_id] = {
+            "file": path.name, "samples": len(msg.times_s), "max_temp_c": hottest,
+            "throttled_samples": sum(1 for f in flags if f & p.THROTTLED_NOW),
+            "flags_seen": f"0x{functools.reduce(operator.or_, flags):x}" if flags else None}
+
     def late(self, got: Received) -> None:
         """A message that arrived while the agents were stopping."""
         if isinstance(got.msg, p.Timeline):
             self.timeline(got.msg)
+        elif isinstance(got.msg, p.Thermal):
+            self.thermal(got.msg)
         elif isinstance(got.msg, p.EnergyWindow):
             self.window(got.msg)
 

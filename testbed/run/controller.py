@@ -307,10 +307,12 @@ class Controller:
             handles = {a.device_id: a.handle for a in self.session.agents.values()} if self.session else {}
             m.teardown_problems = self.fleet.after_stop(handles)
         batch = collector.finish()
-        if batch is not None or collector.timelines:
+        if batch is not None or collector.timelines or collector.thermals:
             m.energy = dict(m.energy or {})
             if collector.timelines:
                 m.energy["timelines"] = collector.timelines
+            if collector.thermals:
+                m.energy["thermal"] = collector.thermals
             if batch is not None:
                 m.energy["batch_windows"] = batch
         writer.close()

@@ -15,6 +15,14 @@ from loopback.helpers import env
 pytestmark = pytest.mark.loopback
 
 
+def boards_root(tmp_path):
+    """A Raspberry Pi's thermal zone and throttle flags (throttled now) for the agent to sample."""
+    import boards
+
+    boards.raspberry_pi_thermal(tmp_path / "pi", 71_000, "0x4")
+    return tmp_path / "pi"
+
+
 @pytest.fixture
 def agent(tmp_path, tiny_bundle):
     ctx = zmq.Context()
@@ -24,6 +32,7 @@ def agent(tmp_path, tiny_bundle):
     proc = subprocess.Popen([sys.executable, "-m", "agents", "--controller", f"tcp://127.0.0.1:{port}",
                              "--id", "cloud-9", "--tier", "cloud", "--heartbeat-s", "0.1", "--liveness", "10",
                              "--first-contact-s", "1.5", "--models", str(tiny_bundle.root),
+                             "--sysfs-root", str(boards_root(tmp_path)),
                              "--meter", "none"],
                             cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
 
@@ -94,7 +103,11 @@ def test_hello_heartbeat_configure_serve_stop(agent, tiny_bundle):
     assert result.sample_id == 3
     big.close(0)
     again.close(0)
+    assert hello.facts["thermal_zones"] == ["cpu-thermal"] and hello.facts["throttle_flags"] is True
     send(p.Stop("test over"))
+    _, thermal = recv("thermal")  # sampled during the run, sent before Bye
+    assert list(thermal.temps_c) == ["cpu-thermal"] and thermal.temps_c["cpu-thermal"][0] == 71.0
+    assert len(thermal.times_s) >= 1 and (thermal.throttled == 4).all()
     _, bye = recv("bye")
     assert bye.served == 2
     assert proc.wait(10) == 0
