@@ -2,10 +2,10 @@
 
 import math
 
+import boards
 import numpy as np
 import pandas as pd
 
-import boards
 from agents import protocol as p
 from agents.thermal import ThermalSampler
 from testbed.analysis.report import thermal_notes
@@ -33,7 +33,7 @@ def test_a_jetson_has_zones_and_no_flags_an_unreadable_zone_is_nan(tmp_path):
 
 def test_a_board_without_zones_samples_nothing(tmp_path):
     s = ThermalSampler(str(tmp_path))
-    assert s.snapshot() == ([], {}, []) and s._thread is None
+    assert s.snapshot() == ([], {}, []) and not s.zones and not s.has_throttled
     s.close()
 
 
