@@ -6,6 +6,7 @@ there; none of them is read on the per-sample path.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import socket
@@ -48,24 +49,40 @@ def _read(path: str, limit: int = 200) -> str | None:
         return None
 
 
-def _os_release() -> str | None:
-    text = _read("/etc/os-release", 4000) or ""
+def _os_release(root: str = "/") -> str | None:
+    text = _read(os.path.join(root, "etc/os-release"), 4000) or ""
     for line in text.splitlines():
         if line.startswith("PRETTY_NAME="):
             return line.split("=", 1)[1].strip().strip('"')
     return None
 
 
-def board_facts() -> dict[str, Any]:
-    """The board and its OS: kernel, OS release, L4T release (Jetson), device-tree model (Pi, Jetson), governor."""
-    l4t = _read("/etc/nv_tegra_release")
+def _khz(root: str, name: str) -> int | None:
+    text = _read(os.path.join(root, "sys/devices/system/cpu/cpu0/cpufreq", name))
+    return int(text) if text and text.isdigit() else None
+
+
+def board_facts(root: str = "/") -> dict[str, Any]:
+    """The board and its OS: kernel, OS and L4T release, device-tree model, governor and CPU clocks, power mode.
+
+    ``nvpmodel``: a Jetson's power mode as ``nvpmodel`` left it (``/var/lib/nvpmodel/status``);
+    ``cpu_clocks_pinned``: the CPU's minimum clock equals its maximum, which is what
+    ``jetson_clocks`` (or a ``performance`` governor with a raised minimum) leaves. ``root``: where
+    the board's files are (``/``; a fixture in tests).
+    """
+    at = functools.partial(os.path.join, root)
+    l4t = _read(at("etc/nv_tegra_release"))
+    lo, hi = _khz(root, "scaling_min_freq"), _khz(root, "scaling_max_freq")
     return {
         "kernel": platform.release(),
-        "os_release": _os_release(),
+        "os_release": _os_release(root),
         "l4t_release": l4t.splitlines()[0] if l4t else None,
-        "board_model": _read("/proc/device-tree/model"),
-        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "gpu": gpu_kind(),
+        "board_model": _read(at("proc/device-tree/model")),
+        "cpu_governor": _read(at("sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")),
+        "cpu_freq_min_khz": lo, "cpu_freq_max_khz": hi, "cpu_freq_cur_khz": _khz(root, "scaling_cur_freq"),
+        "cpu_clocks_pinned": None if lo is None or hi is None else lo == hi,
+        "nvpmodel": _read(at("var/lib/nvpmodel/status")),
+        "gpu": gpu_kind(root),
     }
 
 

@@ -125,3 +125,19 @@ def jetson_thermal(root: Path) -> None:
         zone.mkdir(parents=True)
         (zone / "type").write_text(name + "\n")
         (zone / "temp").write_text(mc + "\n")
+
+
+def jetson_orin_power_mode(root: Path) -> None:
+    """A Jetson Orin after ``nvpmodel -m 0`` and ``jetson_clocks``: L4T release, power mode, CPU clocks pinned."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc/nv_tegra_release").write_text("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref\n")
+    (root / "etc/os-release").write_text('NAME="Ubuntu"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\n')
+    (root / "var/lib/nvpmodel").mkdir(parents=True)
+    (root / "var/lib/nvpmodel/status").write_text("pmode:0000 fmode:fanNull\n")
+    (root / "proc/device-tree").mkdir(parents=True)
+    (root / "proc/device-tree/model").write_text("NVIDIA Orin Nano Developer Kit\x00")
+    cpufreq = root / "sys/devices/system/cpu/cpu0/cpufreq"
+    cpufreq.mkdir(parents=True)
+    for name, value in (("scaling_governor", "schedutil"), ("scaling_min_freq", "1510400"),
+                        ("scaling_max_freq", "1510400"), ("scaling_cur_freq", "1510400")):
+        (cpufreq / name).write_text(value + "\n")

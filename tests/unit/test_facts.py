@@ -43,3 +43,17 @@ def test_providers_are_tried_in_order_less_what_onnxruntime_lacks_cpu_last():
         "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"]
     assert usable_providers(["CUDAExecutionProvider"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert usable_providers(None, have) == ["CPUExecutionProvider"]
+
+
+def test_a_jetsons_power_mode_and_pinned_clocks_are_facts(tmp_path):
+    import boards
+    from agents.facts import board_facts
+
+    boards.jetson_orin_power_mode(tmp_path)
+    f = board_facts(str(tmp_path))
+    assert f["l4t_release"].startswith("# R35 (release), REVISION: 4.1") and f["gpu"] == "jetson"
+    assert f["nvpmodel"] == "pmode:0000 fmode:fanNull" and f["board_model"] == "NVIDIA Orin Nano Developer Kit"
+    assert f["os_release"] == "Ubuntu 20.04.6 LTS" and f["cpu_governor"] == "schedutil"
+    assert f["cpu_clocks_pinned"] is True and f["cpu_freq_max_khz"] == 1510400
+    bare = board_facts(str(tmp_path / "nothing"))
+    assert bare["nvpmodel"] is None and bare["cpu_clocks_pinned"] is None and bare["gpu"] is None
