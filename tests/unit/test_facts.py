@@ -47,6 +47,7 @@ def test_providers_are_tried_in_order_less_what_onnxruntime_lacks_cpu_last():
 
 def test_a_jetsons_power_mode_and_pinned_clocks_are_facts(tmp_path):
     import boards
+
     from agents.facts import board_facts
 
     boards.jetson_orin_power_mode(tmp_path)
