@@ -37,6 +37,7 @@ from agents.meters import EnergyDelta, EnergyMeter, MeterError, NullMeter, open_
 from agents.netio import ArrivalCounter, NicError
 from agents.runtime import Partition, PartitionError, softmax
 from agents.runtime import confidence as measure_confidence
+from agents.security import KeysError, curve_client, curve_server, load_keys, start_zap
 from agents.shaper import HeldLink
 from agents.thermal import ThermalSampler
 
@@ -149,6 +150,7 @@ class Agent:
         rx_counter: type[ArrivalCounter] | Any = ArrivalCounter,
         models: Path | None = None,
         sysfs_root: str = "/",
+        keys: dict[str, Any] | None = None,
     ):
         problem = p.tier_name_problem(tier)
         if problem:
@@ -179,6 +181,12 @@ class Agent:
         self._data_in = self._ctx.socket(zmq.PULL)
         self._data_in.setsockopt(zmq.LINGER, 0)
         self._data_in.setsockopt(zmq.MAXMSGSIZE, p.MAX_DATA_BYTES)
+        self.keys = keys
+        self._zap = None
+        if keys is not None:  # CurveZMQ: the controller's key checked, only the run's peers admitted
+            self._zap = start_zap(self._ctx, list(keys["peers"]))
+            curve_client(self._ctrl, keys, keys["controller"])
+            curve_server(self._data_in, keys)
         self._data_out: zmq.Socket | None = None
         # userspace link shaping (Configure, then Shape steps): offloads held until due, in order; the
         # controller link: Results held before they leave, and on the first tier Work held before it counts
@@ -203,7 +211,7 @@ class Agent:
         self._ctrl.connect(self.controller)
         self._thermal = ThermalSampler(self.sysfs_root)
         facts = {**host_facts(), "meter": self.meter.describe(), "thermal_zones": sorted(self._thermal.zones),
-                 "throttle_flags": self._thermal.has_throttled}
+                 "throttle_flags": self._thermal.has_throttled, "security": "curve" if self.keys else "none"}
         self._send(p.Hello(self.agent_id, self.tier, p.AGENT_VERSION, p.PROTOCOL_VERSION, endpoint, facts))
         log.info("agent %s (%s) data socket %s, controller %s", self.agent_id, self.tier, endpoint, self.controller)
         try:
@@ -271,6 +279,8 @@ class Agent:
             close_meter()
         if self._thermal is not None:
             self._thermal.close()
+        if self._zap is not None:
+            self._zap.stop()
         for s in (self._ctrl, self._data_in, self._data_out):
             if s is not None:
                 s.close()
@@ -392,6 +402,12 @@ class Agent:
                 self._data_out.close()
             self._data_out = self._ctx.socket(zmq.PUSH)
             self._data_out.setsockopt(zmq.LINGER, 0)
+            if self.keys is not None:
+                if len(msg.next_key) != 40:
+                    self._fail("configure", "this agent runs with CurveZMQ keys and Configure names no next_key "
+                                            "(the next tier's public key)")
+                    return
+                curve_client(self._data_out, self.keys, msg.next_key)
             self._data_out.connect(msg.next_endpoint)
         wire_in = None
         if msg.wire_in_iface:
@@ -629,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=".", help="partition paths are relative to this directory")
     ap.add_argument("--sysfs-root", default="/", help="read thermal zones and throttle flags under this "
                     "directory instead of / (a board's tree, for tests)")
+    ap.add_argument("--keys", default=None, help="the run's CurveZMQ key file (0600; deleted once read); "
+                    "without it the sockets are plain")
     ap.add_argument("--models", default=None, help="the only directory graphs are loaded from (default: "
                     "WORKDIR/bundles, where deploy puts them)")
     ap.add_argument("--bind", default="127.0.0.1", help="address the data socket binds to")
@@ -658,9 +676,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("meter: %s", e)
         return 2
     log.info("energy meter: %s", meter.describe())
+    keys = None
+    if args.keys:
+        try:
+            keys = load_keys(args.keys)
+        except KeysError as e:
+            log.error("%s", e)
+            return 2
+        os.remove(args.keys)  # the secret lives in this process only from here on
     agent = Agent(args.agent_id, args.tier, args.controller, Path(args.workdir), args.bind, args.advertise,
                   args.data_port, AgentTimeouts(args.heartbeat_s, args.liveness, args.first_contact_s), meter,
-                  models=Path(args.models) if args.models else None, sysfs_root=args.sysfs_root)
+                  models=Path(args.models) if args.models else None, sysfs_root=args.sysfs_root, keys=keys)
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)
     return agent.serve()

@@ -48,6 +48,7 @@ Format history:
        sends the sample on with thresholds that make it exit at that tier. Configure.providers: the
        onnxruntime execution providers to try, in order; Ready.providers says which the graphs took.
        Thermal: temperatures and throttle flags sampled during the run, sent at Stop.
+       Configure.next_key: the next tier's CurveZMQ public key, for runs with keys.
 """
 
 from __future__ import annotations
@@ -226,6 +227,7 @@ class Configure:
     final_layer: int = 0  # the model's last layer: a chain that reaches it exits there
     router: list = field(default_factory=list)  # [path, sha256] of the pool router (first tier, DIMEC-DC)
     providers: list = field(default_factory=list)  # onnxruntime execution providers to try, in order (empty: CPU)
+    next_key: str = ""  # the next tier's CurveZMQ public key (z85), where the run has keys
 
 
 @dataclass(frozen=True)
@@ -752,6 +754,8 @@ def _semantic_problems(kind: str, values: dict[str, Any]) -> list[str]:
     prov = values.get("providers")
     if prov and not all(type(x) is str and x.endswith("ExecutionProvider") and len(x) <= 64 for x in prov):
         problems.append(f"providers: {str(prov)[:80]} is not a list of onnxruntime execution provider names")
+    if values.get("next_key") and len(values["next_key"]) != 40:
+        problems.append("next_key: not a 40-character z85 public key")
     router = values.get("router")
     if router and not (len(router) == 2 and all(type(x) is str for x in router)):
         problems.append(f"router: {str(router)[:60]} is not [path, sha256]")

@@ -35,7 +35,10 @@ def write_inventory(path: Path, threads: int = 1, meter: dict | None = None, **o
                 "meter": meter or {"kind": "none"}} for t in ("mobile", "edge", "cloud")]
     for dev in devices:
         dev.update(overrides.get(dev["id"], {}))
-    path.write_text(yaml.safe_dump({"devices": devices}))
+    doc = {"devices": devices}
+    if "controller" in overrides:
+        doc["controller"] = overrides["controller"]
+    path.write_text(yaml.safe_dump(doc))
     return path
 
 

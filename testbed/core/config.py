@@ -255,6 +255,10 @@ class ControllerSpec(Strict):
     bind: str = Field("127.0.0.1", description="address the control socket binds to (0.0.0.0 only inside a "
                       "namespace of the emulation)")
     advertise: str | None = Field(None, description="address devices reach the controller at; default: bind")
+    security: Literal["curve", "none"] = Field("curve", description="curve: every link CurveZMQ with keys made "
+                                               "for the run (only its agents get in; each Result checked against "
+                                               "its sender's key); none: plain sockets, for a network nobody else "
+                                               "reaches")
     netns: str | None = Field(None, description="network namespace the controller must run in (the emulation's); "
                               "the CLI enters it")
     route_via: list[str] | None = Field(None, description="interfaces every device address must route through "

@@ -321,6 +321,9 @@ def start_agent(remote: Remote, device: DeviceSpec, args: AgentArgs, workdir: st
     log, exitf = f"{rundir}/{device.id}.log", f"{rundir}/{device.id}.exit"
     bind = device.data_host or device.host
     argv = agent_argv(device, args, py, workdir, bind) + ["--models", f"{workdir}/bundles/{bundle_name}"]
+    if args.keys:  # 0600 before a byte is written; the agent deletes it once read
+        remote.put_secret(args.keys, f"{rundir}/keys.json")
+        argv += ["--keys", f"{rundir}/keys.json"]
     inner = shlex.join(argv) + f"; echo $? > {shlex.quote(exitf)}"
     q = shlex.quote
     cmd = (f"cd {q(workdir)} && pid=$( env PYTHONPATH={q(workdir)} OMP_NUM_THREADS={device.threads} "

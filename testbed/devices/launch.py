@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,7 @@ class AgentArgs:
     heartbeat_s: float
     liveness: int
     first_contact_s: float = 60.0
+    keys: bytes = b""  # the agent's CurveZMQ key file (empty: plain sockets); written 0600, never on argv
 
 
 class AgentHandle(Protocol):
@@ -147,6 +149,11 @@ class LocalLauncher:
         log_dir.mkdir(parents=True, exist_ok=True)
         argv = agent_argv(device, args, device.python or self.python, device.workdir or ".", device.host)
         argv += ["--models", str(self.bundle_root.resolve())]  # it shares this disk: the bundle, nothing else
+        if args.keys:  # a private file (0600, mkstemp) the agent deletes once read
+            fd, key_path = tempfile.mkstemp(prefix=f"testbed-keys-{device.id}-", suffix=".json")
+            with os.fdopen(fd, "wb") as f:
+                f.write(args.keys)
+            argv += ["--keys", key_path]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AGENTS_PARENT), env.get("PYTHONPATH")]))
         env["OMP_NUM_THREADS"] = str(device.threads)

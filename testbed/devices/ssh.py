@@ -176,6 +176,10 @@ class Remote(Protocol):
         """Copy a file to the device atomically (``remote`` absolute)."""
         ...
 
+    def put_secret(self, data: bytes, remote: str) -> None:
+        """Write ``data`` to ``remote`` readable by the device user only (0600 before a byte is written)."""
+        ...
+
     def get(self, remote: str, local: Path) -> None:
         """Copy a file from the device."""
         ...
@@ -349,6 +353,18 @@ class SshRemote:
             raise DeployError(f"device {self.target.device}: cannot copy {local} to {self.target.where}:{remote} "
                               f"({e}); check the workdir's disk space and permissions") from e
 
+    def put_secret(self, data: bytes, remote: str) -> None:
+        """SFTP ``data`` into ``remote.part`` made 0600 first, then rename over ``remote``."""
+        sftp = self._sftp_client()
+        part = remote + ".part"
+        try:
+            with sftp.open(part, "wb") as f:
+                sftp.chmod(part, 0o600)
+                f.write(data)
+            sftp.posix_rename(part, remote)
+        except (OSError, paramiko.SSHException) as e:
+            raise DeployError(f"device {self.target.device}: cannot write {self.target.where}:{remote} ({e})") from e
+
     def get(self, remote: str, local: Path) -> None:
         """SFTP a file back."""
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -427,6 +443,14 @@ class LocalRemote:
 
         part = remote + ".part"
         shutil.copyfile(local, part)
+        os.replace(part, remote)
+
+    def put_secret(self, data: bytes, remote: str) -> None:
+        """Write ``data`` into a 0600 file, then rename into place."""
+        part = remote + ".part"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(part, remote)
 
     def get(self, remote: str, local: Path) -> None:

@@ -35,6 +35,7 @@ from testbed.formats.results import RunWriter, new_run_id
 from testbed.run import records
 from testbed.run.collector import Collector
 from testbed.run.issuer import Issuer, Progress
+from testbed.run.keys import RunKeys
 from testbed.run.session import AgentSession
 from testbed.run.transport import ZmqTransport
 
@@ -73,6 +74,7 @@ class Controller:
         self.trust_new_hosts = trust_new_hosts
         self.transport, self.fleet, self.writer = transport, fleet, writer
         self.manifest: RunManifest | None = None
+        self.keys: RunKeys | None = None  # the run's CurveZMQ keys (controller.security: curve)
         self.session: AgentSession | None = None
         self.issuer: Issuer | None = None
         self.collector: Collector | None = None
@@ -136,7 +138,9 @@ class Controller:
     def _start(self, fleet: Fleet, m: RunManifest) -> None:
         """Start the agents (last tier first), hear every Hello, configure, align clocks; record them."""
         assert self.writer is not None and self.collector is not None
-        transport = self.transport = self.transport or ZmqTransport(self.inv.controller.bind, self.clock)
+        keys = self.keys = (RunKeys.create([self.exp.devices[t] for t in self.tiers])
+                            if self.inv.controller.security == "curve" else None)
+        transport = self.transport = self.transport or ZmqTransport(self.inv.controller.bind, self.clock, keys)
         session = self.session = AgentSession(transport, self.clock, self.exp.timeouts, str(self.exp_path),
                                               self.collector.window)
         self.issuer = Issuer(session, transport, self.collector, self.clock, self.exp.run, self._apply_schedule,
@@ -147,13 +151,17 @@ class Controller:
         for tier in reversed(self.tiers):
             device = self.inv.device(self.exp.devices[tier])
             args = AgentArgs(f"tcp://{self.inv.controller_address(device)}:{port}", self.exp.timeouts.heartbeat_s,
-                             self.exp.timeouts.liveness, self.exp.timeouts.hello_s)
+                             self.exp.timeouts.liveness, self.exp.timeouts.hello_s,
+                             keys.agent_file(device.id) if keys is not None else b"")
             handle = fleet.start(device, args)
             session.add(device.id, tier, handle)
             # recorded the moment it exists, so cleanup knows it even if the next start fails
             owned.append({"device": device.id, "host": device.host, "pid": handle.pid, "log": str(handle.log_path)})
             self.writer.write_manifest(m)
         session.await_hellos()
+        for a in session.agents.values():
+            assert a.hello is not None
+            transport.trust(a.hello.data_endpoint, a.device_id)
         self._configure()
         session.align_clocks()
         agents = list(session.agents.values())
@@ -190,11 +198,13 @@ class Controller:
         t = self.issuer.schedule_t()
         messages = {}
         tiers = self.tiers
+        keys = self.keys
         for i, tier in enumerate(tiers):
             spec = self.bundle.tier(tier)
             file, sha = (files or {}).get(tier, (spec.file, spec.sha256))
             a, last = by_tier[tier], i + 1 == len(tiers)
             nxt = "" if last else by_tier[tiers[i + 1]].hello.data_endpoint  # type: ignore[union-attr]
+            nxt_key = "" if last or keys is None else keys.public(by_tier[tiers[i + 1]].device_id)
             link = None if last else self.fleet.userspace_link(Hop(tier, tiers[i + 1]).link, t)
             ctl = self.fleet.userspace_link(f"controller-{tier}", t)
             messages[a.device_id] = p.Configure(
@@ -206,7 +216,7 @@ class Controller:
                 wire_in_iface=wire.get(tier, {}).get("interface", ""),
                 batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s,
                 first=i == 0, last_layer=spec.layers[-1], router=self._router(a, tier),
-                providers=list(self.inv.device(a.device_id).providers),
+                providers=list(self.inv.device(a.device_id).providers), next_key=nxt_key,
                 **self._chain(a, (ranges or {}).get(tier)))
         self.session.configure(messages, self.exp.timeouts.configure_s + self.exp.energy.idle_s)
 
