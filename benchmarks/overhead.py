@@ -24,7 +24,7 @@ the vCPUs never go idle). The target is <= 1.5. The bare pipeline, scored with t
 under the same conditions; the raw-compute formula of earlier versions is printed too.
 
 Usage: python benchmarks/overhead.py [--bundle partitions/minilm-sentiment] [--samples 150] [--rounds 5]
-       [--wait spin] [--pin]
+       [--wait spin] [--pin] [--security none]   (default curve, as runs are: CurveZMQ on every hop)
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ while True:
 
 
 PIN: dict[str, set[int] | None] = {"agents": None, "controller": None}
-WAIT = {"mode": "block"}  # run.wait of the harness runs
+WAIT = {"mode": "block", "security": "curve"}  # run.wait and controller.security of the harness runs
 
 
 def _pin_child() -> None:
@@ -135,7 +135,8 @@ def harness_rows(bundle: Bundle, n: int, tmp: Path) -> pd.DataFrame:
            "run": {"concurrency": 1, "flush_rows": 256, "wait": WAIT["mode"]}}
     (tmp / "exp.yaml").write_text(yaml.safe_dump(exp))
     pin = {"cpus": sorted(PIN["agents"])} if PIN["agents"] else {}
-    inv = {"devices": [{"id": f"{t}-1", "tier": t, "threads": 1, **pin} for t in ("mobile", "edge", "cloud")]}
+    inv = {"controller": {"security": WAIT["security"]},
+           "devices": [{"id": f"{t}-1", "tier": t, "threads": 1, **pin} for t in ("mobile", "edge", "cloud")]}
     (tmp / "inv.yaml").write_text(yaml.safe_dump(inv))
     ctrl = Controller(load_experiment(tmp / "exp.yaml"), tmp / "exp.yaml", load_inventory(tmp / "inv.yaml"),
                       tmp / "inv.yaml", bundle, tmp / "results")
@@ -283,10 +284,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="independent rounds; the ratio is their median")
     ap.add_argument("--pin", action="store_true",
                     help="agents and bare peers on the last CPU, the controller on CPU 0 (inventory cpus)")
+    ap.add_argument("--security", choices=("curve", "none"), default="curve",
+                    help="controller.security of the harness (the bare peers are always plain sockets)")
     ap.add_argument("--wait", choices=("block", "spin"), default="block",
                     help="run.wait of the harness: spin busy-polls the controller's socket for answers")
     args = ap.parse_args()
-    WAIT["mode"] = args.wait
+    WAIT["mode"], WAIT["security"] = args.wait, args.security
     if args.pin:
         last = (os.cpu_count() or 1) - 1
         PIN["agents"], PIN["controller"] = {last}, {0}
@@ -298,7 +301,7 @@ def main() -> None:
     if args.pin:
         placement = f"agents and bare peers on CPU {sorted(PIN['agents'])}, controller on {sorted(PIN['controller'])}"
     print(f"bundle {bundle.root.name}: {n} samples x {args.rounds} rounds; all-cloud, 4 hops per sample; "
-          f"{os.cpu_count()} CPUs; {placement}; run.wait {args.wait}")
+          f"{os.cpu_count()} CPUs; {placement}; run.wait {args.wait}; security {args.security}")
     rounds = []
     for r in range(args.rounds):
         res = one_round(bundle, n)

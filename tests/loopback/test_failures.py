@@ -196,8 +196,12 @@ def test_a_hostile_local_peer_on_the_controller_socket_changes_no_row(tiny_bundl
                 push.connect(ctrl.session.agents["mobile-1"].hello.data_endpoint)
                 ids = np.array([[101, 7592, 102]], np.int64)
                 for seq in range(5, 60):
-                    push.send_multipart(p.encode(p.Work(seq, seq, {"input_ids": ids, "attention_mask": ids * 0 + 1},
-                                                        {"mobile": 0.0})), zmq.NOBLOCK)
+                    try:  # without the run's keys the handshake never completes: nothing may even queue
+                        push.send_multipart(p.encode(p.Work(seq, seq, {"input_ids": ids,
+                                                                       "attention_mask": ids * 0 + 1},
+                                                            {"mobile": 0.0})), zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
                 push.close()
             time.sleep(0.2)
             evil.close()
