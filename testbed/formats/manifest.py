@@ -85,6 +85,8 @@ class RunManifest(Section):
     ended_at: str | None = None
     error: str | None = None
     rows: int | None = None
+    rows_rescued: int = Field(0, description="rows the run directory could not take (a full disk), written to the "
+                              "rescue file its error names")
     command: list[str]
     experiment: FileRecord
     inventory: FileRecord

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,10 @@ from testbed.formats.schema import SCHEMA_VERSION, VERSION_KEY
 
 PARTS = "samples.parts"
 SAMPLES = "samples.parquet"
+
+
+#: free space a run directory needs before any agent starts
+MIN_FREE = 64 * 1024 * 1024
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -47,17 +52,29 @@ class RunWriter:
     ``tiers``: the run's tiers in order (its bundle's); they decide the columns.
     """
 
-    def __init__(self, run_dir: Path, tiers: Sequence[str], flush_rows: int = 64):
+    def __init__(self, run_dir: Path, tiers: Sequence[str], flush_rows: int = 64, min_free_bytes: int = MIN_FREE):
         try:
             run_dir.mkdir(parents=True, exist_ok=False)
+            (run_dir / PARTS).mkdir()
+            (run_dir / "logs").mkdir()
+            probe = run_dir / ".write-probe"
+            probe.write_bytes(b"\0" * 4096)  # a read-only mount refuses even root
+            probe.unlink()
         except FileExistsError as e:
             raise ResultsError(f"run directory {run_dir} already exists; a run is never overwritten") from e
-        (run_dir / PARTS).mkdir()
-        (run_dir / "logs").mkdir()
+        except OSError as e:
+            raise ResultsError(f"cannot write the run directory {run_dir}: {e.strerror or e}; give --results a "
+                               "writable directory (nothing was started)") from e
+        free = shutil.disk_usage(run_dir).free
+        if free < min_free_bytes:
+            raise ResultsError(f"{run_dir} has {free / 1e6:.1f} MB free; a run needs at least "
+                               f"{min_free_bytes / 1e6:.0f} MB there: free some space or give --results another "
+                               "disk (nothing was started)")
         self.run_dir = run_dir
         self.schema = schema.for_tiers(tiers)
         self.flush_rows = flush_rows
         self.rows_written = 0
+        self.rows_rescued = 0  # rows written outside the run directory because it could not take them
         self._buffer: list[dict[str, Any]] = []
         self._parts = 0
         self._closed = False
@@ -78,17 +95,30 @@ class RunWriter:
             return
         table = pa.Table.from_pylist(self._buffer, schema=self.schema.arrow)
         path = self.run_dir / PARTS / f"part-{self._parts:05d}.parquet"
-        pq.write_table(table, path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
+        try:
+            pq.write_table(table, path.with_suffix(".tmp"))
+            os.replace(path.with_suffix(".tmp"), path)
+        except OSError as e:  # the rows stay buffered: close() rescues them elsewhere
+            path.with_suffix(".tmp").unlink(missing_ok=True)
+            raise ResultsError(f"cannot write rows to {path.parent}: {e.strerror or e}; the {len(self._buffer)} "
+                               "rows not yet on disk are kept and written elsewhere when the run stops") from e
         self._parts += 1
         self.rows_written += len(self._buffer)
         self._buffer.clear()
 
     def close(self) -> Path:
-        """Flush, join the parts into ``samples.parquet``, remove the parts; idempotent."""
+        """Flush, join the parts into ``samples.parquet``, remove the parts; idempotent.
+
+        Where the run directory cannot take the last rows (a full disk), they go to
+        :meth:`rescue` and the ResultsError names that file.
+        """
         if self._closed:
             return self.run_dir / SAMPLES
-        self.flush()
+        try:
+            self.flush()
+        except ResultsError as e:
+            where = self.rescue()
+            raise ResultsError(f"{e}; they are in {where}" if where else f"{e}; and no other disk took them") from e
         parts = sorted((self.run_dir / PARTS).glob("part-*.parquet"))
         arrow = self.schema.arrow
         table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else arrow.empty_table()
@@ -98,6 +128,19 @@ class RunWriter:
         shutil.rmtree(self.run_dir / PARTS)
         self._closed = True
         return self.run_dir / SAMPLES
+
+    def rescue(self) -> Path | None:
+        """Write the buffered rows to the system's temporary directory (another disk, often); its path or None."""
+        if not self._buffer:
+            return None
+        path = Path(tempfile.gettempdir()) / f"testbed-rescued-{self.run_dir.name}-{self._parts:05d}.parquet"
+        try:
+            pq.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema.arrow), path)
+        except OSError:
+            return None
+        self.rows_rescued = len(self._buffer)
+        self._buffer.clear()
+        return path
 
     def write_manifest(self, manifest: RunManifest) -> None:
         """Write ``manifest.json`` atomically (at the start, after each phase, and at the end)."""

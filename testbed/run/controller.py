@@ -23,7 +23,7 @@ from agents import protocol as p
 from testbed import policies
 from testbed.core.clock import Clock, SystemClock
 from testbed.core.config import Experiment, Inventory
-from testbed.core.errors import TestbedError
+from testbed.core.errors import ResultsError, TestbedError
 from testbed.core.hops import CONTROLLER, Hop, link_ends
 from testbed.devices import shaping
 from testbed.devices.fleet import Fleet
@@ -37,6 +37,7 @@ from testbed.run.collector import Collector
 from testbed.run.issuer import Issuer, Progress
 from testbed.run.keys import RunKeys
 from testbed.run.session import AgentSession
+from testbed.run.signals import Deferred, interrupts_deferred
 from testbed.run.transport import ZmqTransport
 
 __all__ = ["Controller", "Progress", "RunOutcome"]
@@ -117,7 +118,8 @@ class Controller:
             error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            self._teardown(status, error)
+            with interrupts_deferred() as deferred:
+                self._teardown(status, error, deferred)
         return RunOutcome(self.run_dir, writer.rows_written, status, error)
 
     def _prepare_devices(self, fleet: Fleet, m: RunManifest) -> None:
@@ -304,8 +306,11 @@ class Controller:
 
     # ------------------------------------------------------------------ teardown
 
-    def _teardown(self, status: str, error: str | None) -> None:
-        """Stop agents, reap them, save rows and the manifest; never raises over the original error."""
+    def _teardown(self, status: str, error: str | None, deferred: Deferred | None = None) -> None:
+        """Stop agents, reap them, save rows and the manifest; never raises over the original error.
+
+        ``deferred``: Ctrl-C presses that arrived meanwhile, counted instead of obeyed (the manifest says how many).
+        """
         m, writer, collector = self.manifest, self.writer, self.collector
         assert m is not None and writer is not None and collector is not None
         if self.session is not None:
@@ -325,7 +330,19 @@ class Controller:
                 m.energy["thermal"] = collector.thermals
             if batch is not None:
                 m.energy["batch_windows"] = batch
-        writer.close()
+        try:
+            writer.close()
+        except ResultsError as e:  # a full disk: the last rows went to a rescue file, which the error names
+            m.teardown_problems = [*m.teardown_problems, str(e)]
+            if status == "complete":
+                status, error = "failed", str(e)
         m.status = cast(Status, status)
+        if deferred is not None and deferred.count:
+            m.teardown_problems = [*m.teardown_problems, f"Ctrl-C pressed {deferred.count} more time(s) while the "
+                                   "run was stopping: not obeyed, so every measured row reached the disk"]
         m.error, m.ended_at, m.rows = error, datetime.now(UTC).isoformat(), writer.rows_written
-        writer.write_manifest(m)
+        m.rows_rescued = writer.rows_rescued
+        try:
+            writer.write_manifest(m)
+        except OSError as e:
+            m.teardown_problems = [*m.teardown_problems, f"manifest not written: {e}"]

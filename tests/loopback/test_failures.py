@@ -99,7 +99,8 @@ def test_cli_maps_errors_to_exit_codes(tiny_bundle, tmp_path, capsys):
     assert main(["run", str(exp), "--inventory", str(bad_inv), "--results", str(tmp_path / "r"), "-q"]) == 3
 
 
-def test_ctrl_c_stops_agents_and_saves_rows(tiny_bundle, tmp_path):
+@pytest.mark.parametrize("presses", [1, 3])
+def test_ctrl_c_stops_agents_and_saves_rows(tiny_bundle, tmp_path, presses):
     many = [{"name": "all-cloud", "label": f"c{i}"} for i in range(200)]  # far longer than the test waits
     exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, many, count=60, warmup=0)
     inv = write_inventory(tmp_path / "inv.yaml")
@@ -109,14 +110,19 @@ def test_ctrl_c_stops_agents_and_saves_rows(tiny_bundle, tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((tmp_path / "results").glob("*/*/samples.parts/part-*")):
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    for _ in range(presses):  # impatient presses 150 ms apart land in the middle of the teardown
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.15)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     run_dir = only_run(tmp_path / "results")
     df = pd.read_parquet(run_dir / "samples.parquet")
-    assert len(df) >= 16
-    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert len(df) >= 16 and m["rows"] == len(df) and df["seq"].is_unique  # every measured row on disk
+    assert m["status"] == "interrupted" and m["ended_at"]
+    if presses > 1:
+        assert any("Ctrl-C pressed" in t and "not obeyed" in t for t in m["teardown_problems"])
     assert_gone(agent_pids(run_dir))
 
 
