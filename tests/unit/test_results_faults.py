@@ -6,12 +6,11 @@ import tempfile
 
 import pandas as pd
 import pytest
+from test_results import row
 
 from agents.protocol import DEFAULT_TIERS
 from testbed.core.errors import ResultsError
 from testbed.formats.results import RunWriter
-
-from test_results import row
 
 
 @pytest.fixture
