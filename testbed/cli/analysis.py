@@ -11,6 +11,7 @@ from rich.table import Table
 
 from testbed import policies
 from testbed.cli.common import out
+from testbed.cli.devices import mark_lost_run
 from testbed.core.errors import ConfigError, TestbedError
 from testbed.formats.bundle import Bundle
 
@@ -317,6 +318,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise TestbedError(f"{run_dir}: not a run directory and holds no runs; give results/<experiment>/<run_id>")
         run_dir = runs[-1]
         out.print(f"latest run in {args.run_dir}: {run_dir.name}")
+    mark_lost_run(run_dir)
     render_report(run_dir)
     return 0
 

@@ -233,6 +233,19 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- clean
 
 
+def mark_lost_run(run_dir: Path) -> None:
+    """Mark the run ``lost`` when its manifest says running but its controller on this host is gone (said here)."""
+    from testbed.devices.owned import proc_starttime
+    from testbed.formats import results
+
+    if not (run_dir / "manifest.json").is_file():
+        return
+    before = results.load_manifest(run_dir).status
+    m = results.mark_lost(run_dir, lambda pid, start: proc_starttime(pid) is not None and proc_starttime(pid) == start)
+    if m.status == "lost" and before != "lost":
+        err.print(f"{run_dir.name}: marked lost: {m.error}", style="yellow", markup=False, highlight=False)
+
+
 def record_dirs(run_dir: Path | None, results: Path) -> list[Path]:
     """The run directories to clean: the one given, or every one under ``results`` with an ownership record."""
     from testbed.devices.owned import RECORD
@@ -268,6 +281,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     failures = 0
     touched_any = False
     for d in dirs:
+        mark_lost_run(d)
         rec = Ownership(d)
         if not rec.live():
             continue

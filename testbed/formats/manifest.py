@@ -28,7 +28,7 @@ from testbed.core.errors import ResultsError
 
 MANIFEST_FORMAT = 3
 MANIFEST = "manifest.json"
-Status = Literal["running", "complete", "failed", "interrupted"]
+Status = Literal["running", "complete", "failed", "interrupted", "lost"]
 
 
 class Section(BaseModel):
@@ -63,6 +63,9 @@ class ControllerRecord(Section):
     host: str
     platform: str
     versions: dict[str, str]
+    pid: int | None = Field(None, description="the controller's process id (a run whose controller is gone is lost)")
+    pid_starttime: str | None = Field(None, description="its start time in clock ticks since boot (/proc/PID/stat "
+                                      "field 22), so a reused pid is not taken for it")
 
 
 class AgentExit(Section):

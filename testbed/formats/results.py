@@ -9,10 +9,11 @@ overwritten. A run whose parts were never joined still loads (marked incomplete)
 from __future__ import annotations
 
 import os
+import platform
 import secrets
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,24 @@ class RunWriter:
     def write_manifest(self, manifest: RunManifest) -> None:
         """Write ``manifest.json`` atomically (at the start, after each phase, and at the end)."""
         _atomic_write(self.run_dir / MANIFEST, manifest.to_json())
+
+
+def mark_lost(run_dir: Path, alive: Callable[[int, str | None], bool]) -> RunManifest:
+    """The run's manifest; a run still ``running`` whose controller (on this host) is gone is marked ``lost``.
+
+    ``alive(pid, starttime)``: whether that process still runs (the start time tells a reused pid
+    apart). The manifest is rewritten with the rows that reached the disk.
+    """
+    m = load_manifest(run_dir)
+    c = m.controller
+    if m.status != "running" or c.host != platform.node() or c.pid is None or alive(c.pid, c.pid_starttime):
+        return m
+    df, _ = load_samples(run_dir)
+    m.status, m.rows = "lost", len(df)
+    m.error = (f"the controller (pid {c.pid} on {c.host}) ended without finishing the run (killed, or its "
+               f"machine restarted); the {len(df)} rows it had flushed are kept")
+    _atomic_write(run_dir / MANIFEST, m.to_json())
+    return m
 
 
 def load_manifest(run_dir: Path) -> RunManifest:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from testbed import __version__
 from testbed.core import costmodel
 from testbed.core.config import EnergySpec, Experiment, Inventory, LinkProfile
 from testbed.core.hops import Hop
+from testbed.devices.owned import proc_starttime
 from testbed.formats.bundle import Bundle
 from testbed.formats.manifest import BundleRecord, ControllerRecord, FileRecord, RunManifest
 from testbed.formats.schema import SCHEMA_VERSION
@@ -68,7 +70,8 @@ def initial_manifest(run_id: str, exp: Experiment, exp_path: Path, inv: Inventor
                             model=s.model.model_dump(exclude_none=True),
                             build=yaml.safe_dump(s.build.model_dump())),
         git=git_state(Path(__file__).resolve().parent.parent.parent),
-        controller=ControllerRecord(host=platform.node(), platform=platform.platform(), versions=versions()),
+        controller=ControllerRecord(host=platform.node(), platform=platform.platform(), versions=versions(),
+                                    pid=os.getpid(), pid_starttime=proc_starttime(os.getpid())),
         cost_model=costmodel.from_spec(exp.cost).record()
         | {"layers": bundle.layers_run})
 

@@ -170,7 +170,10 @@ def test_controller_killed_flushed_rows_survive_and_agents_exit_by_themselves(ti
     assert "no word from the controller" in (run_dir / "logs" / "edge-1.log").read_text()
     report = subprocess.run([sys.executable, "-m", "testbed", "report", str(run_dir)], cwd=ROOT, env=env(),
                             capture_output=True, text=True, timeout=60)
-    assert report.returncode == 0 and "INCOMPLETE" in report.stdout and "running" in report.stdout
+    assert report.returncode == 0 and "INCOMPLETE" in report.stdout and "run status: lost" in report.stdout
+    assert "marked lost: the controller (pid" in report.stderr
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "lost" and m["rows"] == len(df) and "ended without finishing" in m["error"]
 
 
 @pytest.mark.parametrize("security", ["curve", "none"])

@@ -140,3 +140,25 @@ def test_a_schema_3_file_without_tiers_reads_as_the_three_tiers(tmp_path):
     assert tiers_of(pq.read_schema(run / "samples.parquet").metadata) == DEFAULT_TIERS
     df, _ = load_samples(run)
     assert df.columns.tolist() == COLUMN_NAMES and tiers_in(df.columns) == DEFAULT_TIERS
+
+
+def test_a_running_run_whose_controller_is_gone_is_marked_lost(tmp_path):
+    import platform
+
+    from testbed.formats.results import mark_lost
+
+    w = RunWriter(tmp_path / "run", DEFAULT_TIERS, flush_rows=2)
+    for i in range(5):
+        w.append(row(i))  # 4 flushed, 1 only in memory: the controller "dies" here
+    m = minimal_manifest("r")
+    m.controller = m.controller.model_copy(update={"host": platform.node(), "pid": 4242, "pid_starttime": "77"})
+    w.write_manifest(m)
+    assert mark_lost(tmp_path / "run", lambda pid, start: True).status == "running"  # still alive: untouched
+    lost = mark_lost(tmp_path / "run", lambda pid, start: False)
+    assert lost.status == "lost" and lost.rows == 4 and "pid 4242" in lost.error
+    assert load_manifest(tmp_path / "run").status == "lost"
+    other = minimal_manifest("r2")
+    other.controller = other.controller.model_copy(update={"host": "another-host", "pid": 1})
+    w2 = RunWriter(tmp_path / "run2", DEFAULT_TIERS)
+    w2.write_manifest(other)
+    assert mark_lost(tmp_path / "run2", lambda pid, start: False).status == "running"  # not ours to judge
