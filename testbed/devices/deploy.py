@@ -167,6 +167,11 @@ def preflight_problems(device: DeviceSpec, facts: dict[str, Any], need_bytes: in
         problems.append(f"device {d}: clock is {facts['clock_offset_ms']:+.1f} ms off the controller's "
                         f"(limit deploy.max_clock_offset_ms={max_clock_offset_ms}); sync it (chrony/ntp)")
     problems += _provider_problems(device, facts)
+    if device.meter.kind == "rapl" and "rapl-unreadable" in (facts.get("meters") or []):
+        problems.append(f"device {d}: meter kind rapl, but /sys/class/powercap/intel-rapl:*/energy_uj is not readable "
+                        "by its user (root-only since Linux 5.10); run the agent as root, or grant read access "
+                        "(sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj, again after each boot, or a "
+                        "udev rule)")
     if backend == "netem" and not facts.get("netem"):
         problems.append(f"device {d}: kernel {facts.get('kernel')} has no sch_netem; use shaping.backend: userspace "
                         "or load the module (modprobe sch_netem)")

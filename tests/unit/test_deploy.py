@@ -91,6 +91,13 @@ def test_preflight_names_everything_missing_at_once():
     assert deploy.preflight_problems(PI, facts(clock_offset_ms=1.0), 10**6, 100, "userspace") == []
 
 
+def test_a_rapl_meter_that_the_agents_user_cannot_read_is_named():
+    server = PI.model_copy(update={"id": "srv-1", "meter": PI.meter.model_copy(update={"kind": "rapl"})})
+    [problem] = deploy.preflight_problems(server, facts(meters=["rapl-unreadable"]))
+    assert "energy_uj is not readable" in problem and "root-only since Linux 5.10" in problem
+    assert deploy.preflight_problems(server, facts(meters=["rapl"])) == []
+
+
 def test_fix_lines_use_a_venv_and_pins_known_to_work_for_that_python():
     assert deploy.install_line("3.8.10") == ('python3.8 -m venv ~/testbed-venv && ~/testbed-venv/bin/pip install '
                                              '"numpy==1.24.4" "onnxruntime==1.19.2" pyzmq msgpack psutil')

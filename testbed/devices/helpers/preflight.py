@@ -52,8 +52,11 @@ def _board(out: dict[str, Any]) -> None:
 
 def _meters() -> list[str]:
     meters = []
-    if glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"):
+    rapl = glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj")
+    if rapl and read_text(rapl[0]) is not None:  # root-only since Linux 5.10: present is not readable
         meters.append("rapl")
+    elif rapl:
+        meters.append("rapl-unreadable")
     if glob.glob("/dev/nvidia[0-9]*"):
         meters.append("nvml")
     for h in glob.glob("/sys/class/hwmon/hwmon*/name"):
