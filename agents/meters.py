@@ -339,6 +339,7 @@ class PowerTimelineMeter:
                  clock: Callable[[], float] = time.monotonic, background: bool = True, keep: int = 200_000,
                  initial: bool = True, total_rail: str | None = None):
         self.source = source
+        self.reading: str | None = None  # what a reading is, where the sensor gives more than one kind
         self.total_rail = total_rail  # a rail that already holds the others (a board's input): the total, alone
         self.warnings: dict[str, str] = {}  # rails that failed to read, and why
         self.update_period_s: float | None = period_s
@@ -425,7 +426,7 @@ class PowerTimelineMeter:
         """For the manifest."""
         return {"source": self.source, "update_period_s": self.update_period_s,
                 "achieved_period_s": self.achieved_period_s(), "rails": sorted(self.rails),
-                "total": self.total_rail or "sum of the rails",
+                "total": self.total_rail or "sum of the rails", **({"reading": self.reading} if self.reading else {}),
                 **({"unreadable_rails": dict(self.warnings)} if self.warnings else {})}
 
 
@@ -591,8 +592,17 @@ class NvmlMeter(CounterMeter):
         return {"source": self.source, "gpus": self.indices, "update_period_s": self.update_period_s}
 
 
+#: NVML's field id of instant power (mW), where the driver has it (R530 and newer)
+NVML_FI_DEV_POWER_INSTANT = 186
+
+
 def nvml_power_meter(nvml: object | None = None, period_s: float = 0.01, **kwargs) -> PowerTimelineMeter:
-    """Sampled-power fallback for GPUs without the energy counter (``nvmlDeviceGetPowerUsage``, mW)."""
+    """Sampled-power fallback for GPUs without the energy counter.
+
+    It reads instant power (the field value ``NVML_FI_DEV_POWER_INSTANT``, mW) where every GPU
+    answers it, else ``nvmlDeviceGetPowerUsage`` (mW; a one-second average on Ampere and newer);
+    ``describe()`` says which (``reading``).
+    """
     n = nvml if nvml is not None else _import_pynvml()
     try:
         n.nvmlInit()  # type: ignore[attr-defined]
@@ -602,10 +612,27 @@ def nvml_power_meter(nvml: object | None = None, period_s: float = 0.01, **kwarg
     if not handles:
         raise MeterError("NVML sees no GPU")
 
-    def read() -> dict[str, float]:
+    field = getattr(n, "NVML_FI_DEV_POWER_INSTANT", NVML_FI_DEV_POWER_INSTANT)
+
+    def instant(h: object) -> float | None:
+        try:
+            [value] = n.nvmlDeviceGetFieldValues(h, [field])  # type: ignore[attr-defined]
+            return None if value.nvmlReturn != 0 else value.value.uiVal / 1e3
+        except Exception:  # an older driver or pynvml: no such field
+            return None
+
+    def read_instant() -> dict[str, float]:
+        out = {f"gpu{i}": instant(h) for i, h in enumerate(handles)}
+        return {k: w for k, w in out.items() if w is not None}
+
+    def read_average() -> dict[str, float]:
         return {f"gpu{i}": n.nvmlDeviceGetPowerUsage(h) / 1e3 for i, h in enumerate(handles)}  # type: ignore[attr-defined]
 
-    return PowerTimelineMeter("nvml-power", read, period_s, **kwargs)
+    has_instant = all(instant(h) is not None for h in handles)
+    meter = PowerTimelineMeter("nvml-power", read_instant if has_instant else read_average, period_s, **kwargs)
+    meter.reading = ("instant power (NVML field POWER_INSTANT)" if has_instant else
+                     "nvmlDeviceGetPowerUsage: a one-second average on Ampere and newer GPUs, so short windows blur")
+    return meter
 
 
 _PMIC = re.compile(r"^\s*(\S+)_([AV])\s+(?:current|volt)\(\d+\)=([0-9.]+)[AV]\s*$")

@@ -292,6 +292,34 @@ def test_nvml_without_counter_is_refused_and_power_sampling_takes_over():
         m.sample_once()
     d = m.end("p")
     assert d.source == "nvml-power" and d.energy_j == pytest.approx(100.0 * 0.05)
+    assert "one-second average" in m.describe()["reading"]  # this pynvml has no field values
+
+
+class FakeNvmlFields(FakeNvml):
+    """A driver that answers the instant-power field (values differ from the averaged reading)."""
+
+    NVML_FI_DEV_POWER_INSTANT = 186
+
+    class _Value:
+        def __init__(self, mw):
+            self.nvmlReturn = 0
+            self.value = type("V", (), {"uiVal": mw})()
+
+    def nvmlDeviceGetFieldValues(self, h, fields):
+        assert fields == [186]
+        return [self._Value({0: 90_000, 1: 10_000}[h])]
+
+
+def test_nvml_power_reads_instant_power_where_the_driver_has_it():
+    clock = Clock()
+    m = nvml_power_meter(FakeNvmlFields(energy=False), period_s=0.01, clock=clock, background=False)
+    m.begin("p")
+    for _ in range(5):
+        clock.t += 0.01
+        m.sample_once()
+    d = m.end("p")
+    assert d.rails_j == pytest.approx({"gpu0": 90.0 * 0.05, "gpu1": 10.0 * 0.05})  # instant, not the 70/30 W average
+    assert m.describe()["reading"].startswith("instant power")
 
 
 PMIC_OUTPUT = """\
