@@ -233,24 +233,35 @@ class RaplMeter(CounterMeter):
         self.domains = find_rapl_domains(root)
         if not self.domains:
             raise MeterError(f"no readable RAPL package/dram zone under {root}")
+        self._last: dict[str, int] = {}  # the last raw value of each counter ...
+        self._wraps: dict[str, int] = {}  # ... and how often it wrapped so far
+        self._lock = threading.Lock()
         super().__init__(clock, update_period_s)
 
     def read(self) -> dict[str, int]:
-        """Current counter of every domain, in microjoules."""
-        try:
-            return {d.name: int(d.energy_file.read_text()) for d in self.domains}
-        except (OSError, ValueError) as e:
-            raise MeterError(f"cannot read RAPL counters: {e}") from e
+        """Every domain's counter in microjoules, unwrapped: it only grows, however often the raw one wraps.
+
+        A raw value below the previous one is a wrap (a counter wraps every 20-45 minutes at
+        100-200 W); the power timeline reads every 50 ms in the background, so no wrap goes
+        unseen and windows of any length are right. Read and bookkeeping are one step (a lock),
+        so the timeline's thread and the data path never see each other's values out of order.
+        """
+        with self._lock:
+            try:
+                raw = {d.name: int(d.energy_file.read_text()) for d in self.domains}
+            except (OSError, ValueError) as e:
+                raise MeterError(f"cannot read RAPL counters: {e}") from e
+            out = {}
+            for d in self.domains:
+                if raw[d.name] < self._last.get(d.name, -1):
+                    self._wraps[d.name] = self._wraps.get(d.name, 0) + 1
+                self._last[d.name] = raw[d.name]
+                out[d.name] = raw[d.name] + self._wraps.get(d.name, 0) * d.max_range_uj
+            return out
 
     def delta_j(self, start: dict[str, int], stop: dict[str, int]) -> dict[str, float]:
-        """Joules per domain between two readings; a counter that wrapped once is unwrapped."""
-        rails = {}
-        for d in self.domains:
-            delta = stop[d.name] - start[d.name]
-            if delta < 0:  # the counter wrapped once in between
-                delta += d.max_range_uj
-            rails[d.name] = delta / 1e6
-        return rails
+        """Joules per domain between two (unwrapped) readings."""
+        return {d.name: (stop[d.name] - start[d.name]) / 1e6 for d in self.domains}
 
     def measure_update_period(self, max_s: float = 0.5) -> float | None:
         """Find and remember how often the first package counter moves."""

@@ -80,6 +80,21 @@ def test_rapl_wraparound(tmp_path):
     assert m.end("w").rails_j["package-0"] == pytest.approx(4.0)
 
 
+def test_rapl_windows_of_any_length_count_every_wrap(tmp_path):
+    """A window over three wraps (a long batch window): the background reads between them see each one."""
+    root, clock = fake_rapl(tmp_path, package_uj=2**32 - 1_000_000, max_range=2**32), Clock()
+    m = RaplMeter(root, clock)
+    m.begin("long")
+    for _ in range(3):  # each lap: +1 J to the top, wrap, then to 3 J short of it again
+        set_uj(root, "intel-rapl:0", 500_000)
+        m.read()  # what the timeline's 50 ms reads do in the background
+        set_uj(root, "intel-rapl:0", 2**32 - 1_000_000)
+        m.read()
+    set_uj(root, "intel-rapl:0", 3_000_000)
+    clock.t += 3600
+    assert m.end("long").rails_j["package-0"] == pytest.approx(3 * 2**32 / 1e6 + 4.0)  # one wrap per window read 4 J
+
+
 def test_windows_nest_and_overlap_by_key(tmp_path):
     root, clock = fake_rapl(tmp_path), Clock()
     m = RaplMeter(root, clock)
