@@ -661,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto, rapl, nvml, ina, pmic, model or none (auto: the first present, in that order), "
                          "or external with --meter-command")
     ap.add_argument("--meter-command", default="", help="external meter: a command printing watts per line")
+    ap.add_argument("--meter-scale", type=float, default=None, help="pmic meter: the board's draw over the PMIC "
+                    "rail sum, measured once against a wall meter")
     ap.add_argument("--idle-w", type=float, default=None, help="model meter: idle watts")
     ap.add_argument("--busy-w", type=float, default=None, help="model meter: watts with this process busy")
     args = ap.parse_args(argv)
@@ -670,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, cpus)
         log.info("pinned to CPUs %s", sorted(cpus))
     try:
-        meter = open_meter(args.meter, idle_w=args.idle_w, busy_w=args.busy_w,
+        meter = open_meter(args.meter, idle_w=args.idle_w, busy_w=args.busy_w, scale=args.meter_scale,
                            command=shlex.split(args.meter_command) or None)
     except MeterError as e:
         log.error("meter: %s", e)

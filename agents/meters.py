@@ -351,6 +351,7 @@ class PowerTimelineMeter:
                  initial: bool = True, total_rail: str | None = None):
         self.source = source
         self.reading: str | None = None  # what a reading is, where the sensor gives more than one kind
+        self.scale = 1.0  # a calibration factor on the total (the Pi 5 PMIC's rails read below the board's draw)
         self.total_rail = total_rail  # a rail that already holds the others (a board's input): the total, alone
         self.warnings: dict[str, str] = {}  # rails that failed to read, and why
         self.update_period_s: float | None = period_s
@@ -420,7 +421,7 @@ class PowerTimelineMeter:
             for rail, watts in self.rails.items():
                 rails_j[rail], inside = integrate(self.times, watts, t0, t1)
         total = rails_j[self.total_rail] if self.total_rail in rails_j else sum(rails_j.values())
-        return EnergyDelta(total, t1 - t0, self.source, inside < 2, rails_j)
+        return EnergyDelta(total * self.scale, t1 - t0, self.source, inside < 2, rails_j)
 
     def achieved_period_s(self) -> float | None:
         """The median interval between the last 2,000 samples; None before three samples.
@@ -664,8 +665,14 @@ def parse_pmic(text: str) -> dict[str, float]:
 
 
 def pmic_meter(command: tuple[str, ...] = ("vcgencmd", "pmic_read_adc"), period_s: float = 0.1,
-               **kwargs) -> PowerTimelineMeter:
-    """Raspberry Pi PMIC rails, read by running the command every ``period_s``."""
+               scale: float | None = None, **kwargs) -> PowerTimelineMeter:
+    """Raspberry Pi 5 PMIC rails, read by running the command every ``period_s`` (each run costs ~23 ms).
+
+    The rails are what the PMIC regulates, not the board's draw (the USB ports, the 5 V rail's own
+    losses are outside them), so their sum reads low. ``scale`` (the board's draw over the rail sum,
+    measured once against a wall meter) multiplies the total; without it the total is the rails
+    only, and ``describe()`` says so.
+    """
 
     def read() -> dict[str, float]:
         try:
@@ -674,7 +681,11 @@ def pmic_meter(command: tuple[str, ...] = ("vcgencmd", "pmic_read_adc"), period_
             raise MeterError(f"{' '.join(command)} failed: {e}") from e
         return parse_pmic(out)
 
-    return PowerTimelineMeter("pmic", read, period_s, **kwargs)
+    meter = PowerTimelineMeter("pmic", read, period_s, **kwargs)
+    meter.scale = scale or 1.0
+    meter.reading = (f"PMIC rails x {scale} (calibrated against the board's draw)" if scale else
+                     "PMIC rails only: below the board's draw (set meter.scale from a wall meter)")
+    return meter
 
 
 def parse_power_line(line: str) -> tuple[float | None, float]:
@@ -831,7 +842,8 @@ def _import_pynvml() -> object:
 
 def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | None = None,
                busy_w: float | None = None, hwmon_root: Path = HWMON_ROOT,
-               command: list[str] | None = None, iio_root: Path = IIO_ROOT) -> EnergyMeter:
+               command: list[str] | None = None, iio_root: Path = IIO_ROOT,
+               scale: float | None = None) -> EnergyMeter:
     """The meter ``kind`` names; ``auto`` probes rapl, nvml, ina, pmic, then model (if calibrated), then none.
 
     ``auto`` on a machine with both RAPL and NVML (a GPU server) reads them together
@@ -874,7 +886,7 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
             probe = pmic_meter(background=False)
             probe.sample_once()  # the command works and prints rails
             probe.close()
-            return pmic_meter()
+            return pmic_meter(scale=scale)
         except MeterError:
             if kind == "pmic":
                 raise

@@ -201,6 +201,9 @@ class MeterSpec(Strict):
     idle_w: float | None = Field(None, ge=0, description="model: the device's idle power, calibrated")
     busy_w: float | None = Field(None, ge=0, description="model: its power with one core busy, calibrated")
     command: list[str] | None = Field(None, description="external: argv of a command printing watts per line")
+    scale: float | None = Field(None, gt=0, le=10, description="pmic: the board's draw over the sum of the Pi 5 "
+                                "PMIC's rails, measured once against a wall meter (the rails alone read low); "
+                                "default: the rails only")
 
 
 class DeviceSpec(Strict):

@@ -78,6 +78,8 @@ def agent_argv(device: DeviceSpec, args: AgentArgs, python: str, workdir: str, b
     argv += ["--meter", device.meter.kind]
     if device.meter.command:
         argv += ["--meter-command", shlex.join(device.meter.command)]
+    if device.meter.scale is not None:
+        argv += ["--meter-scale", str(device.meter.scale)]
     if device.meter.idle_w is not None and device.meter.busy_w is not None:
         argv += ["--idle-w", str(device.meter.idle_w), "--busy-w", str(device.meter.busy_w)]
     return argv

@@ -366,6 +366,15 @@ def test_pmic_meter_runs_the_command(tmp_path):
     m.sample_once()
     d = m.end("pi")
     assert d.source == "pmic" and d.energy_j == pytest.approx((2.0 + 3.3 * 0.0527) * 0.1)
+    assert "PMIC rails only: below the board's draw" in m.describe()["reading"]
+    scaled = pmic_meter((str(script), "pmic_read_adc"), period_s=0.1, clock=clock, background=False, scale=1.25)
+    scaled.begin("pi")
+    clock.t += 0.1
+    scaled.sample_once()
+    d = scaled.end("pi")  # calibrated against a wall meter: the total scaled, the rails as read
+    assert d.energy_j == pytest.approx(1.25 * (2.0 + 3.3 * 0.0527) * 0.1)
+    assert d.rails_j["VDD_CORE"] == pytest.approx(0.2)
+    assert "x 1.25" in scaled.describe()["reading"]
     with pytest.raises(MeterError, match="failed"):
         pmic_meter((str(tmp_path / "absent"),), background=False)
 
