@@ -111,11 +111,16 @@ def energy_record(agents: list[AgentState], e: EnergySpec) -> dict[str, Any]:
 
 
 def agent_records(agents: list[AgentState]) -> dict[str, Any]:
-    """What each agent said of itself, its load time, and its clock offset with the bound on it."""
+    """What each agent said of itself, its load time, and its clock offset with the bound on it.
+
+    ``pid`` is the agent's own process (from its Hello); ``launch_pid`` what the launcher started and
+    signals (over SSH a ``setsid sh`` whose process group holds the agent; locally the agent itself).
+    """
     out = {}
     for a in agents:
         assert a.hello is not None and a.ready is not None
-        out[a.device_id] = {"tier": a.tier, "pid": a.handle.pid, "agent_version": a.hello.agent_version,
+        out[a.device_id] = {"tier": a.tier, "pid": a.hello.facts.get("pid", a.handle.pid),
+                            "launch_pid": a.handle.pid, "agent_version": a.hello.agent_version,
                             "protocol_version": a.hello.protocol_version, "data_endpoint": a.hello.data_endpoint,
                             "facts": a.hello.facts, "load_ms": a.ready.load_ms, "providers": a.ready.providers,
                             "idle_w": None if math.isnan(a.ready.idle_w) else a.ready.idle_w,

@@ -107,6 +107,7 @@ def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
     assert m["experiment"]["yaml"] == exp.read_text() and m["inventory"]["yaml"] == inv.read_text()
     assert m["bundle"]["sha256"]["mobile.onnx"] == tiny_bundle.tier("mobile").sha256
     assert set(m["agents"]) == {"mobile-1", "edge-1", "cloud-1"}
+    assert all(rec["pid"] == rec["launch_pid"] for rec in m["agents"].values())  # local: the agent itself
     for rec in m["agents"].values():  # one clock here: the estimate is within its bound of the true offset, 0
         assert rec["clock_pings"] == PINGS and 0 < rec["clock_rtt_ns"] and abs(rec["clock_offset_ns"]) <= rec[
             "clock_rtt_ns"] / 2
