@@ -319,14 +319,32 @@ def cmd_report(args: argparse.Namespace) -> int:
         run_dir = runs[-1]
         out.print(f"latest run in {args.run_dir}: {run_dir.name}")
     mark_lost_run(run_dir)
-    render_report(run_dir)
+    if args.format in ("text", "both"):
+        render_report(run_dir)
+    if args.format in ("html", "both"):
+        page = write_html_report(run_dir, args.out or run_dir / "report")
+        out.print(f"report page: {page}", highlight=False)
     return 0
+
+
+def write_html_report(run_dir: Path, out_dir: Path) -> Path:
+    """``out_dir/index.html`` with its figures and CSVs, from the same tables the text report prints."""
+    from testbed.analysis import html, report
+    from testbed.formats import results
+
+    df, complete = results.load_samples(run_dir)
+    manifest = results.load_manifest(run_dir)
+    return html.write_page(run_dir, report.build(df, manifest, complete), df, manifest, out_dir)
 
 
 def add_commands(sub: Any) -> None:
     """Add ``report``, ``calibrate`` and ``replay`` to the subparsers ``sub``."""
     rep = sub.add_parser("report", help="tables of a run: per policy and tier, against all-cloud")
     rep.add_argument("run_dir", type=Path, help="results/<experiment>/<run_id> (or results/<experiment>: latest)")
+    rep.add_argument("--format", choices=("both", "text", "html"), default="both",
+                     help="text: the tables here; html: RUN_DIR/report/index.html with figures and CSVs; both "
+                          "(default)")
+    rep.add_argument("--out", type=Path, default=None, help="where the page goes (default RUN_DIR/report)")
     rep.set_defaults(func=cmd_report)
     cal = sub.add_parser("calibrate", help="fit the cost model (ms and J per layer, per offload) to a run")
     cal.add_argument("run_dir", type=Path)

@@ -182,3 +182,37 @@ def test_validate_and_plan_touch_nothing(tiny_run, capsys):
 def test_shipped_loopback_experiment_validates(real_bundle, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(["validate", "experiments/loopback.yaml"]) == 0
+
+
+def test_the_report_page_has_its_figures_their_numbers_and_says_what_it_left_out(tiny_run, tmp_path):
+    from html.parser import HTMLParser
+
+    run_dir = tiny_run[0]
+    assert main(["report", str(run_dir), "--format", "html", "--out", str(tmp_path / "page")]) == 0
+    page = (tmp_path / "page" / "index.html").read_text()
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.links, self.tags = [], [], set()
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.add(tag)
+            a = dict(attrs)
+            if tag == "img":
+                self.imgs.append(a["src"])
+            if tag == "a":
+                self.links.append(a["href"])
+
+    c = Collect()
+    c.feed(page)
+    assert "script" not in c.tags  # readable without JavaScript
+    figures = {"tradeoff_paper.png", "tradeoff_latency.png", "tradeoff_energy.png", "tradeoff_bytes.png",
+               "exit_shares.png", "latency_cdf.png"}
+    assert figures <= set(c.imgs) and all((tmp_path / "page" / f).stat().st_size > 1000 for f in c.imgs)
+    assert {f.replace(".png", ".csv") for f in figures} <= set(c.links)  # the numbers behind every figure
+    cdf = pd.read_csv(tmp_path / "page" / "latency_cdf.csv")
+    assert set(cdf.columns) == {"quantile", *(p.get("label", p["name"]) for p in POLICIES)}
+    # the model meter samples no power: the timeline figure is left out with a line, never drawn empty
+    assert "power timelines: left out: no device sampled power" in page
+    assert "DIMEE" in page and "early-exit" in page and tiny_run[0].name in page
