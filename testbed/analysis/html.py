@@ -78,7 +78,7 @@ def tradeoff(paper: pd.DataFrame, xcol: str, xlabel: str, out: Path, stem: str,
     plt = _plt()
     data = paper[["policy", xcol, "accuracy"]].dropna()
     data.to_csv(out / f"{stem}.csv", index=False)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=100)
     for i, r in enumerate(data.itertuples(index=False)):
         policy, x, y = r[0], float(r[1]), float(r[2])
         err = (errors or {}).get(policy)
@@ -93,7 +93,7 @@ def tradeoff(paper: pd.DataFrame, xcol: str, xlabel: str, out: Path, stem: str,
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = out / f"{stem}.png"
     fig.savefig(path)
@@ -134,7 +134,7 @@ def exit_shares(paper: pd.DataFrame, tiers: list[str], out: Path) -> Path | None
         return None
     plt = _plt()
     paper[["policy", *cols]].to_csv(out / "exit_shares.csv", index=False)
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(paper)), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.5, 0.8 + 0.4 * len(paper)), dpi=100)
     left = np.zeros(len(paper))
     for i, c in enumerate(cols):
         vals = paper[c].fillna(0).to_numpy(float)
@@ -143,12 +143,57 @@ def exit_shares(paper: pd.DataFrame, tiers: list[str], out: Path) -> Path | None
         left += vals
     ax.set_xlabel("share of measured samples")
     ax.set_xlim(0, 1)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = out / "exit_shares.png"
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def stacked(table: pd.DataFrame | None, cols: list[str], xlabel: str, out: Path, stem: str) -> Path | None:
+    """One horizontal stacked bar per policy over ``cols`` (hatched, for black and white); PNG and CSV."""
+    if table is None or table.empty or not cols or table[cols].isna().all().all():
+        return None
+    plt = _plt()
+    table[["policy", *cols]].to_csv(out / f"{stem}.csv", index=False)
+    fig, ax = plt.subplots(figsize=(8.5, 0.6 + 0.4 * len(table)), dpi=100)
+    left = np.zeros(len(table))
+    for i, c in enumerate(cols):
+        vals = table[c].fillna(0).to_numpy(float)
+        ax.barh(table["policy"], vals, left=left, color=PALETTE[i % len(PALETTE)], hatch=("", "//", "..", "xx")[i % 4],
+                edgecolor="black", linewidth=0.5, label=c)
+        left += vals
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = out / f"{stem}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def choices(df: pd.DataFrame, out: Path) -> list[Path]:
+    """For each policy that chooses per sample (``policy_choice``: a SplitEE arm), its choice over the run."""
+    plt = _plt()
+    paths = []
+    for policy, g in df[df["policy_choice"].notna()].groupby("policy", sort=False):
+        g = g.sort_values("seq")
+        arms = sorted(g["policy_choice"].unique(), key=lambda a: (len(str(a)), str(a)))
+        pos = {a: i for i, a in enumerate(arms)}
+        stem = f"choices_{policy}"
+        g[["seq", "phase", "policy_choice"]].to_csv(out / f"{stem}.csv", index=False)
+        fig, ax = plt.subplots(figsize=(7, 2.5), dpi=100)
+        ax.scatter(np.arange(len(g)), [pos[a] for a in g["policy_choice"]], s=4, color=PALETTE[0], marker="o")
+        ax.set_yticks(range(len(arms)), [str(a) for a in arms])
+        ax.set_xlabel(f"sample, in issue order ({policy})")
+        ax.set_ylabel("choice")
+        fig.tight_layout()
+        path = out / f"{stem}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def paper_errors(paper: pd.DataFrame, papers: pd.DataFrame | None,
@@ -228,6 +273,19 @@ def write_page(run_dir: Path, rep: Report, df: pd.DataFrame, m: RunManifest, out
     else:
         parts.append('<p class="missing">trade-off figures: left out: the run has no cost model record</p>')
     parts.append(_figure(latency_cdf(df, out), "latency CDF per policy", "no measured latencies"))
+    parts.append(_figure(stacked(rep.latency, ["compute_ms", "network_ms", "queue_ms", "other_ms"], "mean latency (ms)",
+                                 out, "latency_split"), "mean latency split into compute, network, queueing and "
+                         "the rest, per policy", "the run has no per-stage timings"))
+    energy_cols = [f"energy_mj_{t}" for t in m.tiers if rep.energy is not None and f"energy_mj_{t}" in rep.energy]
+    parts.append(_figure(stacked(rep.energy, energy_cols, "energy per sample (mJ), by tier", out, "energy_per_tier"),
+                         "energy per sample on each tier", "no device measured or modelled energy"))
+    if rep.bytes is not None and not rep.bytes.empty:
+        wide = rep.bytes.pivot_table(index="policy", columns="hop", values="msg_bytes_p50", sort=False).reset_index()
+        parts.append(_figure(stacked(wide, [c for c in wide.columns if c != "policy"], "median message bytes per "
+                                     "sample, by hop", out, "bytes_per_hop"), "bytes per sample on each hop",
+                             "no offloads"))
+    picked = choices(df[df["phase"] == "measure"], out)
+    parts += [_figure(p, f"{p.stem.removeprefix('choices_')}: the choice per sample over the run", "") for p in picked]
     pngs = power_timelines(run_dir, out)
     parts += [_figure(p, f"power timeline of {p.stem.removeprefix('power_')}", "") for p in pngs] or [
         '<p class="missing">power timelines: left out: no device sampled power (counter or model meters)</p>']
