@@ -8,6 +8,7 @@ Exit codes: 0 ok; 1 other testbed error; 2 config or bundle; 3 agent start;
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from testbed import __version__
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {e}", highlight=False, markup=False, style="red")
         return e.exit_code
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the rows are saved: more presses change nothing now
         err.print("interrupted; agents stopped, measured rows saved", style="yellow")
         return 130
 
