@@ -72,9 +72,18 @@ def _plt() -> Any:
     return plt
 
 
+def _style(i: int) -> tuple[str, str]:
+    """Series i's colour and marker; past eight series the markers shift, so no two series look alike."""
+    return PALETTE[i % len(PALETTE)], MARKERS[(i + i // len(PALETTE)) % len(MARKERS)]
+
+
 def tradeoff(paper: pd.DataFrame, xcol: str, xlabel: str, out: Path, stem: str,
-             errors: dict[str, tuple[tuple[float, float], tuple[float, float]]] | None = None) -> Path:
-    """Accuracy against a cost per policy, all-cloud marked, the Pareto front drawn; PNG and CSV."""
+             errors: dict[str, tuple[tuple[float, float], tuple[float, float]]] | None = None,
+             baseline: str = "all-cloud") -> Path:
+    """Accuracy against a cost per policy, the baseline marked, the Pareto front drawn; PNG and CSV.
+
+    A policy labelled ``<run>:<policy>`` (several runs) is the baseline when its policy part is.
+    """
     plt = _plt()
     data = paper[["policy", xcol, "accuracy"]].dropna()
     data.to_csv(out / f"{stem}.csv", index=False)
@@ -84,9 +93,11 @@ def tradeoff(paper: pd.DataFrame, xcol: str, xlabel: str, out: Path, stem: str,
         err = (errors or {}).get(policy)
         xerr = None if err is None else [[x - err[0][0]], [err[0][1] - x]]
         yerr = None if err is None else [[y - err[1][0]], [err[1][1] - y]]
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=MARKERS[i % len(MARKERS)], color=PALETTE[i % len(PALETTE)],
-                    markersize=8 if policy.startswith("all-cloud") else 6, capsize=3, label=policy,
-                    markeredgecolor="black" if policy.startswith("all-cloud") else None)
+        is_base = str(policy).split(":")[-1] == baseline
+        color, marker = _style(i)
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, color=color, markersize=9 if is_base else 6, capsize=3,
+                    label=f"{policy} (baseline)" if is_base else policy,
+                    markeredgecolor="black" if is_base else None, markeredgewidth=1.5 if is_base else None)
     front = _pareto([(float(a), float(b)) for a, b in zip(data[xcol], data["accuracy"], strict=True)])
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), linestyle="--", color="grey", linewidth=1, label="Pareto front")
@@ -113,8 +124,9 @@ def latency_cdf(df: pd.DataFrame, out: Path) -> Path | None:
     for i, (policy, g) in enumerate(m.groupby("policy", sort=False)):
         lat = np.sort(g["latency_ms"].dropna().to_numpy())
         table[str(policy)] = np.quantile(lat, qs)
-        ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), color=PALETTE[i % len(PALETTE)],
-                marker=MARKERS[i % len(MARKERS)], markevery=max(1, len(lat) // 8), markersize=4, label=str(policy))
+        color, marker = _style(i)
+        ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), color=color, marker=marker,
+                markevery=max(1, len(lat) // 8), markersize=4, label=str(policy))
     pd.DataFrame(table).to_csv(out / "latency_cdf.csv", index=False)
     ax.set_xlabel("end-to-end latency (ms)")
     ax.set_ylabel("share of samples at or below")
@@ -261,12 +273,12 @@ def write_page(run_dir: Path, rep: Report, df: pd.DataFrame, m: RunManifest, out
     if paper is not None and not paper.empty:
         errs = paper_errors(paper, rep.papers, baseline)
         parts.append(_figure(tradeoff(paper, "cost_paper", "cost in the experiment's paper units", out,
-                                      "tradeoff_paper", errs),
+                                      "tradeoff_paper", errs, baseline),
                              f"accuracy against cost in paper units ({baseline} marked with a black edge; error "
                              "bars: paired 95% intervals of the judged policies)", ""))
         for col, label, stem in MEASURED:
             usable = paper[col].notna() & (paper[col] > 0) if col in paper else pd.Series(False, index=paper.index)
-            parts.append(_figure(tradeoff(paper, col, label, out, stem) if usable.any() else None,
+            parts.append(_figure(tradeoff(paper, col, label, out, stem, baseline=baseline) if usable.any() else None,
                                  f"accuracy against {label} (means; intervals in the paper table)",
                                  f"no policy has a measured {label} in this run"))
         parts.append(_figure(exit_shares(paper, list(m.tiers), out), "where samples exit, per policy", "no shares"))
@@ -296,6 +308,43 @@ def write_page(run_dir: Path, rep: Report, df: pd.DataFrame, m: RunManifest, out
     if rep.summary is not None:
         rep.summary.to_csv(out / "summary.csv", index=False)
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(rep.title)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def write_comparison(runs: list[tuple[Path, Report, RunManifest]], out: Path) -> Path:
+    """``out/index.html``: several runs side by side.
+
+    One trade-off figure with every run's policies, then each run's claims table and
+    paper-vs-measured table (labels ``<run>:<policy>``, the run by its id's last part).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for _, rep, m in runs:
+        if rep.paper is not None and not rep.paper.empty:
+            t = rep.paper.copy()
+            t.insert(0, "run", m.run_id)
+            t["policy"] = m.run_id.rsplit("-", 1)[-1] + ":" + t["policy"].astype(str)
+            tables.append(t)
+    parts = [f"<h1>{len(runs)} runs side by side</h1><ul>" + "".join(
+        f"<li>{html.escape(m.run_id)}: {html.escape(str(m.experiment.resolved.get('name')))}, {html.escape(m.status)}"
+        f", {m.rows} rows, bundle {html.escape(m.bundle.name)}, cost preset "
+        f"{html.escape(str((m.cost_model or {}).get('name')))}</li>" for _, _, m in runs) + "</ul>"]
+    if tables:
+        both = pd.concat(tables, ignore_index=True)
+        parts.append(_figure(tradeoff(both, "cost_paper", "cost in each run's paper units", out, "tradeoff_paper"),
+                             "accuracy against cost, every run's policies (<run>:<policy>)", ""))
+        usable = both["latency_ms_mean"].notna().any()
+        parts.append(_figure(tradeoff(both, "latency_ms_mean", "mean latency (ms)", out, "tradeoff_latency")
+                             if usable else None, "accuracy against measured mean latency, every run",
+                             "no run measured latency"))
+    else:
+        parts.append('<p class="missing">trade-off figures: left out: no run has a cost model record</p>')
+    for _, rep, m in runs:
+        parts += [f"<h2>{html.escape(m.run_id)}</h2>", _table(rep.papers), _table(rep.paper)]
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{len(runs)} runs</title>'
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")

@@ -307,23 +307,42 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out.print(f"presets written to {dest}")
     return 0
 
-def cmd_report(args: argparse.Namespace) -> int:
-    """`testbed report`: tables of one run (or the latest under an experiment directory)."""
+def _run_dir(given: Path) -> Path:
+    """A run directory, or the latest run under an experiment's directory."""
     from testbed.formats import results
 
-    run_dir: Path = args.run_dir
-    if not (run_dir / results.MANIFEST).is_file():
-        runs = results.find_runs(run_dir.parent, run_dir.name)
-        if not runs:
-            raise TestbedError(f"{run_dir}: not a run directory and holds no runs; give results/<experiment>/<run_id>")
-        run_dir = runs[-1]
-        out.print(f"latest run in {args.run_dir}: {run_dir.name}")
-    mark_lost_run(run_dir)
-    if args.format in ("text", "both"):
-        render_report(run_dir)
-    if args.format in ("html", "both"):
-        page = write_html_report(run_dir, args.out or run_dir / "report")
+    if (given / results.MANIFEST).is_file():
+        return given
+    runs = results.find_runs(given.parent, given.name)
+    if not runs:
+        raise TestbedError(f"{given}: not a run directory and holds no runs; give results/<experiment>/<run_id>")
+    out.print(f"latest run in {given}: {runs[-1].name}")
+    return runs[-1]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`testbed report`: tables of one run (or the latest under an experiment directory); several side by side."""
+    from testbed.analysis import html, report
+    from testbed.formats import results
+
+    run_dirs = [_run_dir(d) for d in args.run_dir]
+    for run_dir in run_dirs:
+        mark_lost_run(run_dir)
+        if args.format in ("text", "both"):
+            render_report(run_dir)
+    if args.format in ("html", "both") and len(run_dirs) == 1:
+        page = write_html_report(run_dirs[0], args.out or run_dirs[0] / "report")
         out.print(f"report page: {page}", highlight=False)
+    elif args.format in ("html", "both"):
+        if args.out is None:
+            raise ConfigError("command line", ["several runs side by side: give --out DIR for their page"])
+        loaded = []
+        for d in run_dirs:
+            df, complete = results.load_samples(d)
+            m = results.load_manifest(d)
+            loaded.append((d, report.build(df, m, complete), m))
+        page = html.write_comparison(loaded, args.out)
+        out.print(f"comparison page: {page}", highlight=False)
     return 0
 
 
@@ -340,7 +359,8 @@ def write_html_report(run_dir: Path, out_dir: Path) -> Path:
 def add_commands(sub: Any) -> None:
     """Add ``report``, ``calibrate`` and ``replay`` to the subparsers ``sub``."""
     rep = sub.add_parser("report", help="tables of a run: per policy and tier, against all-cloud")
-    rep.add_argument("run_dir", type=Path, help="results/<experiment>/<run_id> (or results/<experiment>: latest)")
+    rep.add_argument("run_dir", type=Path, nargs="+", help="results/<experiment>/<run_id> (or results/<experiment>: "
+                     "its latest run); several: side by side on one page (with --out)")
     rep.add_argument("--format", choices=("both", "text", "html"), default="both",
                      help="text: the tables here; html: RUN_DIR/report/index.html with figures and CSVs; both "
                           "(default)")

@@ -216,3 +216,21 @@ def test_the_report_page_has_its_figures_their_numbers_and_says_what_it_left_out
     # the model meter samples no power: the timeline figure is left out with a line, never drawn empty
     assert "power timelines: left out: no device sampled power" in page
     assert "DIMEE" in page and "early-exit" in page and tiny_run[0].name in page
+
+
+def test_two_runs_side_by_side_on_one_page(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tiny_run[0]
+    twin = tmp_path / "t" / (run_dir.name[:-4] + "beef")  # the same rows under another run id
+    shutil.copytree(run_dir, twin)
+    manifest = json.loads((twin / "manifest.json").read_text())
+    manifest["run_id"] = twin.name
+    (twin / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["report", str(run_dir), str(twin), "--format", "html"]) == 2  # where would the page go?
+    assert "give --out DIR" in capsys.readouterr().err
+    assert main(["report", str(run_dir), str(twin), "--format", "html", "--out", str(tmp_path / "cmp")]) == 0
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    assert run_dir.name in page and twin.name in page and "tradeoff_paper.png" in page
+    points = pd.read_csv(tmp_path / "cmp" / "tradeoff_paper.csv")
+    assert len(points) == 2 * len(POLICIES) and points.policy.str.startswith("beef:").sum() == len(POLICIES)
