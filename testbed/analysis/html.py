@@ -63,6 +63,15 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
+def _save(fig: Any, out: Path, stem: str) -> Path:
+    """Lay the figure out, write ``out/<stem>.png`` and free it."""
+    fig.tight_layout()
+    path = out / f"{stem}.png"
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -105,11 +114,7 @@ def tradeoff(paper: pd.DataFrame, xcol: str, xlabel: str, out: Path, stem: str,
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = out / f"{stem}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out, stem)
 
 
 def latency_cdf(df: pd.DataFrame, out: Path) -> Path | None:
@@ -132,38 +137,17 @@ def latency_cdf(df: pd.DataFrame, out: Path) -> Path | None:
     ax.set_ylabel("share of samples at or below")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
-    fig.tight_layout()
-    path = out / "latency_cdf.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "latency_cdf")
 
 
 def exit_shares(paper: pd.DataFrame, tiers: list[str], out: Path) -> Path | None:
-    """Where samples exit: the share per tier of each policy, stacked (hatched for black and white)."""
+    """Where samples exit: the share per tier of each policy, stacked (:func:`stacked`)."""
     cols = [f"share_{t}" for t in tiers if f"share_{t}" in paper]
-    if not cols:
-        return None
-    plt = _plt()
-    paper[["policy", *cols]].to_csv(out / "exit_shares.csv", index=False)
-    fig, ax = plt.subplots(figsize=(8.5, 0.8 + 0.4 * len(paper)), dpi=100)
-    left = np.zeros(len(paper))
-    for i, c in enumerate(cols):
-        vals = paper[c].fillna(0).to_numpy(float)
-        ax.barh(paper["policy"], vals, left=left, color=PALETTE[i % len(PALETTE)], hatch=("", "//", "..", "xx")[i % 4],
-                edgecolor="black", linewidth=0.5, label=c.removeprefix("share_"))
-        left += vals
-    ax.set_xlabel("share of measured samples")
-    ax.set_xlim(0, 1)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = out / "exit_shares.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return stacked(paper, cols, "share of measured samples", out, "exit_shares", xlim=(0.0, 1.0))
 
 
-def stacked(table: pd.DataFrame | None, cols: list[str], xlabel: str, out: Path, stem: str) -> Path | None:
+def stacked(table: pd.DataFrame | None, cols: list[str], xlabel: str, out: Path, stem: str,
+            xlim: tuple[float, float] | None = None) -> Path | None:
     """One horizontal stacked bar per policy over ``cols`` (hatched, for black and white); PNG and CSV."""
     if table is None or table.empty or not cols or table[cols].isna().all().all():
         return None
@@ -177,12 +161,10 @@ def stacked(table: pd.DataFrame | None, cols: list[str], xlabel: str, out: Path,
                 edgecolor="black", linewidth=0.5, label=c)
         left += vals
     ax.set_xlabel(xlabel)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = out / f"{stem}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out, stem)
 
 
 def choices(df: pd.DataFrame, out: Path) -> list[Path]:
@@ -200,11 +182,7 @@ def choices(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_yticks(range(len(arms)), [str(a) for a in arms])
         ax.set_xlabel(f"sample, in issue order ({policy})")
         ax.set_ylabel("choice")
-        fig.tight_layout()
-        path = out / f"{stem}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out, stem))
     return paths
 
 

@@ -47,11 +47,13 @@ def _tier_route(table: dict[str, np.ndarray], r: int, th: dict[str, float], conf
                  {tiers[j]: float(conf[r, j]) for j in range(t + 1)})
 
 
-def _pool_route(table: dict[str, np.ndarray], r: int, pools: list[list[Any]], conf: np.ndarray,
+def _pool_route(table: dict[str, np.ndarray], r: int, pools: list[list[Any]], probs: np.ndarray, conf: np.ndarray,
                 tiers: tuple[str, ...], run: dict[str, int], boundary: dict[str, int]) -> Route:
-    """The agents' rule with a pool router (:func:`agents.protocol.pool_route`) on the stored pool probabilities."""
-    probs = [float(table[c][r]) for c in table if c.startswith("pool_")]
-    chosen = pool_route(probs, pools)
+    """The agents' rule with a pool router (:func:`agents.protocol.pool_route`) on the stored pool probabilities.
+
+    ``probs``: per sample, the router's probability of each pool, easiest first (``pool_<name>`` columns).
+    """
+    chosen = pool_route(probs[r].tolist(), pools)
     t = tiers.index(chosen) if chosen else len(tiers) - 1
     return Route(tiers[t], boundary[tiers[t]], int(table[f"prediction_{tiers[t]}"][r]),
                  float(conf[r, t]), {tiers[j]: run[tiers[j]] for j in range(t + 1)},
@@ -93,6 +95,7 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
     tiers = bundle.tiers
     plan = [("warmup", i % len(table)) for i in range(warmup)] + [("measure", i) for i in range(len(table))]
     cols = {c: table[c].to_numpy() for c in table.columns}
+    pool_probs = table[[c for c in table.columns if c.startswith("pool_")]].to_numpy(np.float64)
     run, boundary = bundle.layers_run, {t.tier: t.layers[-1] for t in bundle.spec.tiers}
     rows, records = [], {}
     for i, spec in enumerate(specs):
@@ -104,7 +107,7 @@ def replay(bundle: Bundle, specs: list[PolicySpec], split: str = "test", count: 
             sid = int(cols["sample_id"][r])
             th, pools = policy.thresholds(sid, rng), policy.pools(sid)
             if pools:
-                route = _pool_route(cols, r, pools, conf, tiers, run, boundary)
+                route = _pool_route(cols, r, pools, pool_probs, conf, tiers, run, boundary)
             elif ranges is not None:
                 route = _layer_route(cols, r, th, policy.split(sid), ranges, len(bundle.spec.layer_graphs))
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import zmq
 
@@ -36,9 +37,13 @@ class RunKeys:
         """A device's public key."""
         return self.devices[device_id][0]
 
+    @cached_property
+    def _by_public(self) -> dict[str, str]:
+        return {p: d for d, (p, _) in self.devices.items()}
+
     def device_of(self, public: str) -> str | None:
-        """The device whose public key this is (None: not one of the run's)."""
-        return next((d for d, (p, _) in self.devices.items() if p == public), None)
+        """The device whose public key this is (None: not one of the run's); asked of every control message."""
+        return self._by_public.get(public)
 
     def agent_file(self, device_id: str) -> bytes:
         """What the device's key file holds (JSON)."""

@@ -105,7 +105,8 @@ def _routes_with_pools_from(truth: np.ndarray, h, mask, test_h, test_mask, tmp_p
     cols = {c: test[c].to_numpy() for c in test.columns}
     conf = test[[f"confidence_{t}" for t in T3]].to_numpy()
     run = dict(LAYERS)
-    return [_pool_route(cols, r, pol.pools(r), conf, T3, run, {"mobile": 2, "edge": 4, "cloud": 6}).tier
+    probs = test[[c for c in test.columns if c.startswith("pool_")]].to_numpy()
+    return [_pool_route(cols, r, pol.pools(r), probs, conf, T3, run, {"mobile": 2, "edge": 4, "cloud": 6}).tier
             for r in range(len(test))]
 
 
