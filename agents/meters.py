@@ -42,7 +42,8 @@ from typing import Any, Protocol
 RAPL_ROOT = Path("/sys/class/powercap")
 HWMON_ROOT = Path("/sys/class/hwmon")
 IIO_ROOT = Path("/sys/bus/iio/devices")
-INA_CHIPS = ("ina3221", "ina238", "ina237", "ina228", "ina226", "ina230", "ina231", "ina219", "ina209")
+INA_CHIPS = ("ina3221", "ina238", "ina237", "ina228", "ina226", "ina230", "ina231", "ina219", "ina209", "ina700",
+             "ina780", "sq52206")
 
 
 class MeterError(Exception):
@@ -561,6 +562,63 @@ def ina_meter(root: Path = HWMON_ROOT, period_s: float = 0.005, iio_root: Path =
     return meter
 
 
+def find_ina_energy(root: Path = HWMON_ROOT) -> dict[str, Path]:
+    """INA2xx chips under hwmon with an energy accumulator (INA228, INA700, INA780, SQ52206).
+
+    Returns rail -> its ``energy1_input`` file.
+    """
+    found = {}
+    for dev in sorted(root.glob("hwmon*")):
+        try:
+            chip = (dev / "name").read_text().strip()
+        except OSError:
+            continue
+        if chip.lower() in INA_CHIPS and (dev / "energy1_input").is_file():
+            found[f"{chip}.{dev.name}"] = dev / "energy1_input"
+    return found
+
+
+class InaEnergyMeter(CounterMeter):
+    """Energy from the INA2xx's own accumulator (``energy1_input``, microjoules per the hwmon ABI).
+
+    The chip integrates power at every conversion, so no conversion between two reads is lost, as
+    a sampled ``power1_input`` would lose it. A reading below the previous one is a reset (the
+    driver clears the accumulator when it is reconfigured): the count goes on from the last value.
+    """
+
+    source = "ina-energy"
+
+    def __init__(self, root: Path = HWMON_ROOT, clock: Callable[[], float] = time.monotonic):
+        self.files = find_ina_energy(root)
+        if not self.files:
+            raise MeterError(f"no INA2xx energy1_input under {root}")
+        self._last: dict[str, int] = {}
+        self._base: dict[str, int] = {}
+        self._lock = threading.Lock()
+        super().__init__(clock, None)
+
+    def read(self) -> dict[str, int]:
+        """Every accumulator in microjoules, continued across resets."""
+        with self._lock:
+            try:
+                raw = {rail: int(f.read_text()) for rail, f in self.files.items()}
+            except (OSError, ValueError) as e:
+                raise MeterError(f"cannot read INA energy1_input: {e}") from e
+            for rail, value in raw.items():
+                if value < self._last.get(rail, -1):
+                    self._base[rail] = self._base.get(rail, 0) + self._last[rail]
+                self._last[rail] = value
+            return {rail: value + self._base.get(rail, 0) for rail, value in raw.items()}
+
+    def delta_j(self, start: dict[str, int], stop: dict[str, int]) -> dict[str, float]:
+        """Joules per chip between two readings."""
+        return {rail: (stop[rail] - start[rail]) / 1e6 for rail in self.files}
+
+    def describe(self) -> dict:
+        """For the manifest."""
+        return {"source": self.source, "update_period_s": self.update_period_s, "rails": sorted(self.files)}
+
+
 class NvmlMeter(CounterMeter):
     """GPU energy from NVML's cumulative counter (millijoules), summed over the GPUs given.
 
@@ -774,6 +832,17 @@ def _open_nvml() -> EnergyMeter:
     return meter
 
 
+def _open_ina(hwmon_root: Path, iio_root: Path) -> EnergyMeter:
+    """The chips' energy accumulators where every INA chip has one, else sampled power."""
+    energy, power = find_ina_energy(hwmon_root), find_ina_rails(hwmon_root)
+    if energy and set(energy) >= set(power):  # a board with an INA3221 too would lose its rails
+        meter = InaEnergyMeter(hwmon_root)
+        meter.update_period_s = detect_update_period(lambda: sum(meter.read().values()), max_s=0.3)
+        meter.record()
+        return meter
+    return ina_meter(hwmon_root, iio_root=iio_root)
+
+
 class CompositeMeter:
     """Several meters read together, for a machine whose draw no single one of them sees.
 
@@ -877,7 +946,7 @@ def open_meter(kind: str = "auto", rapl_root: Path = RAPL_ROOT, idle_w: float | 
                 raise
     if kind in ("ina", "auto"):
         try:
-            return ina_meter(hwmon_root, iio_root=iio_root)
+            return _open_ina(hwmon_root, iio_root)
         except MeterError:
             if kind == "ina":
                 raise

@@ -63,6 +63,31 @@ def ina238_board(root: Path) -> float:
     return 3.3
 
 
+def ina228_board(root: Path, watts: float = 4.0, seconds: float = 4.0) -> tuple[threading.Thread, float]:
+    """A board with one INA228 (hwmon, Documentation/hwmon/ina238.rst): ``energy1_input`` in uJ beside power1_input.
+
+    A thread advances the accumulator at ``watts`` from the real clock every 2 ms for ``seconds``
+    (the chip integrates at every conversion); ``power1_input`` holds the same power.
+    """
+    dev = root / "sys/class/hwmon/hwmon3"
+    dev.mkdir(parents=True)
+    (dev / "name").write_text("ina228\n")
+    (dev / "power1_input").write_text(f"{int(watts * 1e6)}\n")
+    (dev / "energy1_input").write_text("0\n")
+
+    def advance() -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            tmp = dev / "energy1_input.tmp"
+            tmp.write_text(f"{int(watts * (time.monotonic() - t0) * 1e6)}\n")
+            os.replace(tmp, dev / "energy1_input")
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=advance, daemon=True)
+    thread.start()
+    return thread, watts
+
+
 def rapl(root: Path, zones: dict[str, str], start_uj: dict[str, int], joules: dict[str, float],
          max_uj: int = 2**32, after_s: float = 1.0) -> threading.Thread:
     """A powercap tree; a thread adds ``joules`` per zone once, ``after_s`` in, wrapping at ``max_uj``.

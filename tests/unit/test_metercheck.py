@@ -8,6 +8,7 @@ import boards
 import pytest
 
 from agents.metercheck import check
+from agents.meters import InaEnergyMeter
 
 from conftest import ROOT
 
@@ -24,6 +25,27 @@ def test_every_ina_board_reads_its_input_within_one_percent(tmp_path, board, tot
     assert out["source"] == "ina" and out["total"] == total and set(out["rails"]) == rails
     assert out["power_w"] == pytest.approx(watts, rel=0.01)  # the input rail, the rails inside it not added
     assert out["period_s"] == 0.005 and out["achieved_period_s"] >= 0.005  # each read waits its period at least
+
+
+def test_an_ina228_is_read_from_its_own_energy_accumulator(tmp_path):
+    thread, watts = boards.ina228_board(tmp_path)
+    out = check("auto", 1.5, tmp_path)
+    thread.join()
+    assert out["source"] == "ina-energy" and set(out["rails"]) == {"ina228.hwmon3"}
+    assert out["power_w"] == pytest.approx(watts, rel=0.01)
+
+
+def test_an_accumulator_reset_continues_the_count(tmp_path):
+    thread, _ = boards.ina228_board(tmp_path, seconds=0.0)
+    thread.join()
+    energy = tmp_path / "sys/class/hwmon/hwmon3/energy1_input"
+    meter = InaEnergyMeter(tmp_path / "sys/class/hwmon")
+    energy.write_text("5000000\n")
+    meter.begin("w")
+    energy.write_text("7000000\n")
+    meter.read()
+    energy.write_text("1000000\n")  # the driver cleared the accumulator: 1 J since
+    assert meter.end("w").energy_j == pytest.approx(3.0)
 
 
 def test_a_laptop_package_counter_that_wraps_inside_the_window(tmp_path):
