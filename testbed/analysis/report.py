@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from testbed.analysis import stats, verdict
+from testbed.analysis import clocks, stats, verdict
 from testbed.core.config import PolicySpec
 from testbed.core.costmodel import CostModel
 from testbed.formats.manifest import RunManifest
@@ -46,7 +46,12 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
         if cost_spec.get("sweep_o") or cost_spec.get("sweep_lam"):
             sweep = cost_sweep(df, cm, cost_spec.get("sweep_o") or [], cost_spec.get("sweep_lam") or [])
     notes += _policy_notes(manifest.policies)
-    notes += fidelity_lines(df, manifest.shaping)
+    lines = clocks.offset_lines(manifest.agents)
+    hops_df = clocks.drift_corrected(df, lines)
+    if hops_df is not df:
+        notes.append(f"hop times: derived from the raw agent stamps with each clock offset drawn as a line between "
+                     f"its two measurements ({len(lines)} devices), not the start offset alone")
+    notes += fidelity_lines(hops_df, manifest.shaping)
     by_tier = stats.energy_by_tier(df)
     energy_cols = [c for c in by_tier.columns if c.startswith("energy_")]
     energy = None if not len(by_tier) or by_tier[energy_cols].isna().all().all() else by_tier
@@ -59,8 +64,8 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
                      + (f"; {batch['rows_without_their_window']} rows lost their window (energy null)"
                         if batch.get("rows_without_their_window") else ""))
     title = f"{manifest.experiment.resolved.get('name', '?')} / {manifest.run_id}"
-    return Report(title, summary, stats.hop_summary(df), stats.quality_checks(df), notes, paper, sweep, energy,
-                  stats.bytes_by_hop(df), papers, stats.latency_split(df))
+    return Report(title, summary, stats.hop_summary(hops_df), stats.quality_checks(df), notes, paper, sweep, energy,
+                  stats.bytes_by_hop(df), papers, stats.latency_split(hops_df))
 
 
 def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:

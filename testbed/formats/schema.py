@@ -19,6 +19,9 @@ Format history:
        (``testbed.tiers``); a file without it has the three tiers mobile, edge, cloud.
     5: ``layers_<tier>``: the layers each tier ran for the sample (a split can fall inside a tier);
        ``exit_layer`` is the layer the sample exited at, wherever that is.
+    6: raw stamps: ``t_recv_agent_ns_<tier>`` and ``t_send_agent_ns_<tier>`` (the agent's own wall
+       clock, uncorrected) and ``t_return_unix_ns`` (the controller's, at the answer), so hop times
+       can be derived again with other clock offsets (``testbed.analysis.clocks``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import pyarrow as pa
 from agents.protocol import DEFAULT_TIERS
 from testbed.core.hops import data_hops, offload_hops
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 PHASES = ("warmup", "measure")
 #: parquet metadata keys
 VERSION_KEY, TIERS_KEY = "testbed.schema_version", "testbed.tiers"
@@ -80,6 +83,10 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
         c.append(Column(f"device_{t}", pa.string(), "", f"device id of the {t} agent", True))
         c.append(Column(f"layers_{t}", pa.int64(), "layers", f"layers the {t} tier ran for the sample (null: it "
                         "did not run it)", True))
+        c.append(Column(f"t_recv_agent_ns_{t}", pa.int64(), "ns", f"when the {t} agent received the sample, on its "
+                        "own wall clock (raw: no offset applied)", True))
+        c.append(Column(f"t_send_agent_ns_{t}", pa.int64(), "ns", f"when the {t} agent sent it on or answered, on its "
+                        "own wall clock (raw)", True))
         c.append(Column(f"energy_j_{t}", pa.float64(), "J", f"energy of the {t} compute window (null: no meter)", True))
         c.append(Column(f"energy_net_j_{t}", pa.float64(), "J",
                         f"energy_j_{t} above the {t} device's measured idle power (null: no baseline)", True))
@@ -102,6 +109,7 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
                             "null when that interface also carries other traffic", True))
     c += [
         Column("t_issue_unix_ns", pa.int64(), "ns", "controller wall clock when the sample was issued"),
+        Column("t_return_unix_ns", pa.int64(), "ns", "controller wall clock when the answer arrived", True),
         Column("energy_j", pa.float64(), "J", "sum of the tiers' compute-window energy (null when no meter)", True),
         Column("energy_net_j", pa.float64(), "J", "sum of the tiers' net energy (null unless every tier has it)", True),
         Column("energy_source", pa.string(), "", "meters of the visited tiers: none, model, rapl; joined by +"),

@@ -136,6 +136,7 @@ def clock_drift(a: AgentState) -> dict[str, Any]:
     drift = (a.offset_end_ns - a.offset_ns) / elapsed_ns * 1e6 if elapsed_ns > 0 else None
     return {"clock_offset_end_ns": a.offset_end_ns, "clock_rtt_end_ns": a.rtt_end_ns,
             "clock_drift_ppm": None if drift is None else round(drift, 3),
+            "clock_measured_unix_ns": a.pings[0][0], "clock_measured_end_unix_ns": a.pings_end[0][0],
             "clock_drift_bound_ppm": round((a.rtt_ns + (a.rtt_end_ns or 0)) / 2 / elapsed_ns * 1e6, 3)
             if elapsed_ns > 0 else None, "clock_elapsed_s": round(elapsed_ns / 1e9, 3)}
 

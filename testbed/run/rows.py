@@ -66,8 +66,8 @@ def build_row(
     }
     cols = schema.for_tiers(list(exit_layers))
     for tier in cols.tiers:
-        for col in ("confidence", "compute_ms", "queue_ms", "device", "layers", "energy_j", "energy_net_j",
-                    "energy_approx", "energy_batch"):
+        for col in ("confidence", "compute_ms", "queue_ms", "device", "layers", "t_recv_agent_ns", "t_send_agent_ns",
+                    "energy_j", "energy_net_j", "energy_approx", "energy_batch"):
             row[f"{col}_{tier}"] = None
     for hop in cols.hops:
         row[f"net_ms_{hop}"] = None
@@ -95,6 +95,7 @@ def build_row(
         row[f"compute_ms_{s.tier}"] = (s.end_ns - s.start_ns) / NS_PER_MS
         row[f"queue_ms_{s.tier}"] = queue
         row[f"device_{s.tier}"] = s.device
+        row[f"t_recv_agent_ns_{s.tier}"], row[f"t_send_agent_ns_{s.tier}"] = s.recv_ns, s.send_ns
         row[f"layers_{s.tier}"] = len(s.layer_confidences) if s.layer_confidences else (tier_layers or {}).get(
             s.tier)
         row[f"energy_j_{s.tier}"] = None if math.isnan(s.energy_j) else s.energy_j
@@ -105,6 +106,7 @@ def build_row(
             row[f"energy_approx_{s.tier}"] = None
         prev_send = on_ctrl(s.send_ns, s.device)
     row["net_ms_return"] = (recv_wall_ns - prev_send) / NS_PER_MS
+    row["t_return_unix_ns"] = recv_wall_ns
     row["bytes_return"] = last.bytes_out
     row["queue_ms"] = queue_total
     sources = context.get("energy_sources", {})

@@ -102,7 +102,7 @@ def test_timings_are_positive_and_add_up(tiny_run):
 def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
     run_dir, df, exp, inv = tiny_run
     m = json.loads((run_dir / "manifest.json").read_text())
-    assert m["status"] == "complete" and m["rows"] == len(df) and m["schema_version"] == SCHEMA_VERSION == 5
+    assert m["status"] == "complete" and m["rows"] == len(df) and m["schema_version"] == SCHEMA_VERSION == 6
     assert m["tiers"] == ["mobile", "edge", "cloud"] and m["format_version"] == 3
     assert m["experiment"]["yaml"] == exp.read_text() and m["inventory"]["yaml"] == inv.read_text()
     assert m["bundle"]["sha256"]["mobile.onnx"] == tiny_bundle.tier("mobile").sha256
@@ -114,6 +114,10 @@ def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
         # measured again after the samples: the same clock, so both estimates sit within their bounds of 0
         assert abs(rec["clock_offset_end_ns"]) <= rec["clock_rtt_end_ns"] / 2 and rec["clock_elapsed_s"] > 0
         assert abs(rec["clock_drift_ppm"]) <= rec["clock_drift_bound_ppm"]
+        assert rec["clock_measured_end_unix_ns"] > rec["clock_measured_unix_ns"] > 0
+    raw = df[df.tier_path == "mobile"]  # the rows keep the agent's own stamps: hop times follow from them
+    assert (raw.t_send_agent_ns_mobile >= raw.t_recv_agent_ns_mobile).all()
+    assert (raw.t_return_unix_ns > raw.t_issue_unix_ns).all()
     # the cloud asked for CUDA first; this CPU-only onnxruntime has none, so it ran on the CPU, and says so
     assert m["agents"]["cloud-1"]["providers"] == ["CPUExecutionProvider"]
     assert "CUDAExecutionProvider" not in m["agents"]["cloud-1"]["facts"]["onnxruntime_providers"]

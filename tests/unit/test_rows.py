@@ -75,4 +75,5 @@ def test_clock_drift_from_the_offsets_before_and_after_the_samples():
     d = clock_drift(a)
     assert d["clock_drift_ppm"] == pytest.approx(50.0)  # 5 ms in 100 s
     assert d["clock_drift_bound_ppm"] == pytest.approx(3.0)  # (0.2 + 0.4) / 2 ms in 100 s
+    assert (d["clock_measured_unix_ns"], d["clock_measured_end_unix_ns"]) == (0, 100 * 10**9)  # for the offset line
     assert clock_drift(AgentState("pi-2", "mobile", None)) == {}  # no second round: nothing claimed
