@@ -131,9 +131,20 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory, first_tier: str) -> Non
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`testbed run`: the whole run, with a progress bar and the report at the end."""
+    from testbed.run import resume as resuming
     from testbed.run.controller import Controller
     from testbed.run.controller import Progress as RunProgress
 
+    resume = None
+    if args.resume is not None:
+        from testbed.cli.devices import mark_lost_run
+
+        mark_lost_run(args.resume)  # a run whose controller died says running until someone looks
+        resume = resuming.load(args.resume)
+        args.experiment = Path(resume.manifest.experiment.path)
+        args.inventory = Path(resume.manifest.inventory.path)
+    elif args.experiment is None:
+        raise ConfigError("command line", ["testbed run needs an experiment file, or --resume RUN_DIR"])
     exp, inv = load_all(args.experiment, args.inventory)
     from testbed.devices import shaping
 
@@ -153,8 +164,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(tasks[pr.policy], completed=pr.done)
 
         ctrl = Controller(exp, args.experiment, inv, args.inventory, bundle, args.results, on_progress=on_progress,
-                          trust_new_hosts=args.trust_new_hosts)
-        err.print(f"run {ctrl.run_id}: results in {ctrl.run_dir}")
+                          trust_new_hosts=args.trust_new_hosts, resume=resume)
+        if resume is not None:
+            err.print(f"run {ctrl.run_id}: resuming in {ctrl.run_dir}, attempt {resume.attempt}: {len(resume.done)} "
+                      "rows on disk are replayed to the policies, the rest are issued")
+        else:
+            err.print(f"run {ctrl.run_id}: results in {ctrl.run_dir}")
         try:
             outcome = ctrl.run()
         except (TestbedError, KeyboardInterrupt):
@@ -169,7 +184,8 @@ def add_commands(sub: Any) -> None:
     """Add ``validate``, ``plan`` and ``run`` to the subparsers ``sub``."""
     def with_experiment(name: str, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("experiment", type=Path, help="experiments/<name>.yaml")
+        sp.add_argument("experiment", type=Path, help="experiments/<name>.yaml", **(
+            {"nargs": "?", "default": None} if name == "run" else {}))
         sp.add_argument("--inventory", type=Path, default=Path("inventory.yaml"), help="default: inventory.yaml")
         sp.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
         return sp
@@ -178,6 +194,9 @@ def add_commands(sub: Any) -> None:
                     ).set_defaults(func=cmd_validate)
     with_experiment("plan", "print what would run where; starts nothing").set_defaults(func=cmd_plan)
     run = with_experiment("run", "run an experiment: start agents, issue samples, write results, report")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
+                     help="go on with a stopped run (interrupted, failed, lost) in its directory: issue exactly the "
+                          "samples without a row, after replaying the rows on disk to the policies")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--trust-new-hosts", action="store_true",
                      help="SSH devices: record unknown host keys in known_hosts instead of refusing")

@@ -108,6 +108,10 @@ class RunManifest(Section):
     teardown_problems: list[str] = []
     rejected_messages: dict[str, int] = Field({}, description="control messages the run ignored, by reason: "
                                               "undecodable, from an identity it did not start, forged Results")
+    attempts: list[dict[str, Any]] = Field([], description="earlier attempts of a resumed run (testbed run "
+                                           "--resume): when each ran, how it ended, its rows, controller and agents")
+    resumed: dict[str, Any] | None = Field(None, description="the last resume: rows replayed to the policies, "
+                                           "rows issued, replayed choices that came out otherwise")
 
     def to_json(self) -> bytes:
         """The file's bytes."""

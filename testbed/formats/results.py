@@ -80,6 +80,38 @@ class RunWriter:
         self._parts = 0
         self._closed = False
 
+    @classmethod
+    def reopen(cls, run_dir: Path, tiers: Sequence[str], flush_rows: int = 64,
+               min_free_bytes: int = MIN_FREE) -> RunWriter:
+        """The writer of an existing run directory, to add rows to it (``testbed run --resume``).
+
+        Rows already joined into ``samples.parquet`` go back among the parts, so the next
+        :meth:`close` joins the old rows and the new into one file; nothing is rewritten before then.
+        """
+        parts = run_dir / PARTS
+        try:
+            parts.mkdir(exist_ok=True)
+            (run_dir / "logs").mkdir(exist_ok=True)
+            probe = run_dir / ".write-probe"
+            probe.write_bytes(b"\0" * 4096)
+            probe.unlink()
+        except OSError as e:
+            raise ResultsError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from e
+        free = shutil.disk_usage(run_dir).free
+        if free < min_free_bytes:
+            raise ResultsError(f"{run_dir} has {free / 1e6:.1f} MB free; a run needs at least "
+                               f"{min_free_bytes / 1e6:.0f} MB there: free some space (nothing was started)")
+        existing = sorted(parts.glob("part-*.parquet"))
+        n = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        if (run_dir / SAMPLES).is_file():
+            os.replace(run_dir / SAMPLES, parts / f"part-{n:05d}.parquet")
+            n += 1
+        writer = cls.__new__(cls)
+        writer.run_dir, writer.schema, writer.flush_rows = run_dir, schema.for_tiers(tiers), flush_rows
+        writer.rows_written = sum(pq.read_metadata(p).num_rows for p in parts.glob("part-*.parquet"))
+        writer.rows_rescued, writer._buffer, writer._parts, writer._closed = 0, [], n, False
+        return writer
+
     def append(self, row: dict[str, Any]) -> None:
         """Add one row; flushes a part when ``flush_rows`` are buffered."""
         problems = self.schema.check_row(row)

@@ -21,7 +21,8 @@ Format history:
        ``exit_layer`` is the layer the sample exited at, wherever that is.
     6: raw stamps: ``t_recv_agent_ns_<tier>`` and ``t_send_agent_ns_<tier>`` (the agent's own wall
        clock, uncorrected) and ``t_return_unix_ns`` (the controller's, at the answer), so hop times
-       can be derived again with other clock offsets (``testbed.analysis.clocks``).
+       can be derived again with other clock offsets (``testbed.analysis.clocks``); ``policy_feedback``
+       (what the policy learned from the sample, so ``testbed run --resume`` can feed it back).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
         Column("confidence", pa.float64(), "prob", "confidence at the exit: max softmax, or 1 - normalised entropy "
                "for a policy with measure: entropy"),
         Column("latency_ms", pa.float64(), "ms", "end to end as the controller saw it (monotonic clock)"),
+        Column("policy_feedback", pa.string(), "", "what the policy learned from the sample: the confidence at each "
+               "tier and layer it reached, JSON (`testbed run --resume` feeds it back)", True),
         Column("queue_ms", pa.float64(), "ms", "sum over tiers of arrival to compute start (decode + wait)"),
     ]
     for t in tiers:

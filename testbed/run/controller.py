@@ -32,10 +32,11 @@ from testbed.devices.owned import Ownership
 from testbed.formats.bundle import Bundle, Samples
 from testbed.formats.manifest import AgentExit, RunManifest, Status
 from testbed.formats.results import RunWriter, new_run_id
-from testbed.run import records
+from testbed.run import records, resume
 from testbed.run.collector import Collector
 from testbed.run.issuer import Issuer, Progress
 from testbed.run.keys import RunKeys
+from testbed.run.resume import Resume
 from testbed.run.session import AgentSession
 from testbed.run.signals import Deferred, interrupts_deferred
 from testbed.run.transport import ZmqTransport
@@ -64,14 +65,15 @@ class Controller:
                  bundle: Bundle, results_root: Path, clock: Clock | None = None,
                  on_progress: Callable[[Progress], None] = lambda _: None, run_id: str | None = None,
                  trust_new_hosts: bool = False, *, transport: ZmqTransport | None = None,
-                 fleet: Fleet | None = None, writer: RunWriter | None = None):
+                 fleet: Fleet | None = None, writer: RunWriter | None = None, resume: Resume | None = None):
         self.exp, self.exp_path, self.inv, self.inv_path = experiment, experiment_path, inventory, inventory_path
         self.bundle = bundle
         self.tiers = bundle.tiers  # the run's tiers, in the order a sample crosses them
         self.clock = clock or SystemClock()
         self.on_progress = on_progress
-        self.run_id = run_id or new_run_id()
-        self.run_dir = results_root / experiment.name / self.run_id
+        self.resume = resume  # a stopped run this one goes on with, in its directory
+        self.run_id = resume.manifest.run_id if resume else (run_id or new_run_id())
+        self.run_dir = resume.run_dir if resume else results_root / experiment.name / self.run_id
         self.trust_new_hosts = trust_new_hosts
         self.transport, self.fleet, self.writer = transport, fleet, writer
         self.manifest: RunManifest | None = None
@@ -85,16 +87,9 @@ class Controller:
 
     def run(self) -> RunOutcome:
         """Run the experiment; returns where the results are. Raises after cleanup on any failure."""
-        hashes = self.bundle.verify()
-        writer = self.writer = self.writer or RunWriter(self.run_dir, self.tiers, self.exp.run.flush_rows)
-        fleet = self.fleet = self.fleet or Fleet(self.exp, self.inv, self.bundle, self.run_dir, self.run_id,
-                                                 Ownership(self.run_dir), self.trust_new_hosts,
-                                                 exp_path=self.exp_path)
-        self.collector = Collector(writer, {t.tier: t.exit.layer for t in self.bundle.spec.tiers},
-                                   self.bundle.layers_run)
-        m = self.manifest = records.initial_manifest(self.run_id, self.exp, self.exp_path, self.inv, self.inv_path,
-                                                     self.bundle, hashes)
-        writer.write_manifest(m)
+        m = self._open()
+        writer, fleet = self.writer, self.fleet
+        assert writer is not None and fleet is not None
         status, error = "failed", None
         try:
             self._prepare_devices(fleet, m)
@@ -122,6 +117,30 @@ class Controller:
                 self._teardown(status, error, deferred)
         return RunOutcome(self.run_dir, writer.rows_written, status, error)
 
+    def _open(self) -> RunManifest:
+        """The writer, fleet, collector and manifest: a new run's, or a resumed run's with its attempts kept."""
+        hashes = self.bundle.verify()
+        r = self.resume
+        if r is not None:
+            resume.check_bundle(r, hashes)
+        flush = self.exp.run.flush_rows
+        writer = self.writer = self.writer or (RunWriter.reopen(self.run_dir, self.tiers, flush) if r else
+                                               RunWriter(self.run_dir, self.tiers, flush))
+        self.fleet = self.fleet or Fleet(self.exp, self.inv, self.bundle, self.run_dir, self.run_id,
+                                         Ownership(self.run_dir), self.trust_new_hosts, exp_path=self.exp_path)
+        self.collector = Collector(writer, {t.tier: t.exit.layer for t in self.bundle.spec.tiers},
+                                   self.bundle.layers_run)
+        m = records.initial_manifest(self.run_id, self.exp, self.exp_path, self.inv, self.inv_path,
+                                     self.bundle, hashes)
+        if r is not None:
+            m = m.model_copy(update={"attempts": [*r.manifest.attempts, resume.attempt_record(r.manifest)],
+                                     "policies": r.manifest.policies,
+                                     "resumed": {"attempt": r.attempt, "rows_on_disk": len(r.done),
+                                                 "side_files_set_aside": resume.set_aside(r)}})
+        self.manifest = m
+        writer.write_manifest(m)
+        return m
+
     def _prepare_devices(self, fleet: Fleet, m: RunManifest) -> None:
         """Connect, choose the shaping backend, shape and probe the links, before any agent starts.
 
@@ -147,6 +166,8 @@ class Controller:
                                               self.collector.window)
         self.issuer = Issuer(session, transport, self.collector, self.clock, self.exp.run, self._apply_schedule,
                              self.on_progress)
+        if self.resume is not None:
+            self.issuer.replay = resume.Replay(self.resume.done)
         port = transport.endpoint.rsplit(":", 1)[1]
         owned: list[dict[str, Any]] = []
         m.owned = {"record": fleet.owned.path.name, "processes": owned}
@@ -342,6 +363,9 @@ class Controller:
                                    "run was stopping: not obeyed, so every measured row reached the disk"]
         m.error, m.ended_at, m.rows = error, datetime.now(UTC).isoformat(), writer.rows_written
         m.rows_rescued = writer.rows_rescued
+        if m.resumed is not None and self.issuer is not None and self.issuer.replay is not None:
+            replayed = self.issuer.replay.record()
+            m.resumed = {**m.resumed, **replayed, "rows_issued": self.issuer.seq - replayed["rows_replayed"]}
         try:
             writer.write_manifest(m)
         except OSError as e:

@@ -21,23 +21,10 @@ from testbed.core.config import RunSpec
 from testbed.formats.bundle import Samples
 from testbed.policies import Policy
 from testbed.run.collector import Collector
-from testbed.run.rows import Issued
+from testbed.run.resume import Replay
+from testbed.run.rows import Issued, confidences
 from testbed.run.session import NS, AgentSession
 from testbed.run.transport import Received
-
-
-def confidences(stages: list[p.Stage]) -> dict[str, float]:
-    """What a policy learns from an answered sample: each tier's confidence, and each layer's (``L<k>``).
-
-    The layers' confidences come from the tiers that ran a chain of layer graphs.
-    """
-    out: dict[str, float] = {}
-    for s in stages:
-        out[s.tier] = s.confidence
-        if s.layer_confidences:
-            first = s.layer - len(s.layer_confidences) + 1
-            out |= {f"L{first + j}": float(c) for j, c in enumerate(s.layer_confidences)}
-    return out
 
 
 @dataclass(frozen=True)
@@ -77,6 +64,7 @@ class Issuer:
         self.next_issue_ns = 0  # run.interval_ms: the next sample leaves no earlier than this (monotonic)
         self.first_issue_ns: int | None = None  # link schedules count from it
         self._flush_seq = 0
+        self.replay: Replay | None = None  # the rows on disk of a resumed run, played back to the policies
 
     def schedule_t(self) -> float:
         """Seconds since the first sample was issued (0 before): the time base of link schedules."""
@@ -118,9 +106,19 @@ class Issuer:
         nxt, done = 0, 0
         spin = self.run.wait == "spin"
         while done < len(plan):
+            while self.replay is not None and nxt < len(plan) and self.replay.has(self.seq) and not in_flight:
+                phase, idx = plan[nxt]  # live samples drained first: their answers come in their place
+                written.append(self.replay.play(self.seq, policy, rng, int(samples.sample_id[idx]), phase))
+                self.seq, nxt, done = self.seq + 1, nxt + 1, done + 1
+                self.on_progress(Progress(policy.name, phase, before + done, total))
+            if done == len(plan):
+                break
+            if self.replay is not None and nxt < len(plan) and not self.replay.has(self.seq):
+                self.replay.observe(policy)  # everything replayed so far came back before a live sample
             self.on_tick()
             while nxt < len(plan) and len(in_flight) < self.run.concurrency and (
-                    self.clock.monotonic_ns() >= self.next_issue_ns):
+                    self.clock.monotonic_ns() >= self.next_issue_ns) and not (
+                    self.replay is not None and self.replay.has(self.seq)):
                 issued = self._issue(policy, rng, samples, *plan[nxt], first.hello.data_endpoint)
                 in_flight[issued.seq] = issued
                 nxt += 1
@@ -142,6 +140,8 @@ class Issuer:
                 written += self.collector.window(msg)
             elif isinstance(msg, p.Failure):
                 raise self.session.failed(got.agent_id, msg)
+        if self.replay is not None:
+            self.replay.observe(policy)
         if self.collector.ledger.pending:
             written += self.flush_windows()
         return written

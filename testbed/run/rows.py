@@ -7,15 +7,31 @@ on the controller's clock before hop times are taken.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from agents.protocol import Result
+from agents.protocol import Result, Stage
 from testbed.core.hops import CONTROLLER, Hop
 from testbed.formats import schema
 
 NS_PER_MS = 1e6
+
+
+def confidences(stages: list[Stage]) -> dict[str, float]:
+    """What a policy learns from an answered sample: each tier's confidence, and each layer's (``L<k>``).
+
+    The layers' confidences come from the tiers that ran a chain of layer graphs.
+    """
+    out: dict[str, float] = {}
+    for s in stages:
+        out[s.tier] = s.confidence
+        if s.layer_confidences:
+            first = s.layer - len(s.layer_confidences) + 1
+            out |= {f"L{first + j}": float(c) for j, c in enumerate(s.layer_confidences)}
+    return out
 
 
 @dataclass(frozen=True)
@@ -63,19 +79,9 @@ def build_row(
         "confidence": last.confidence,
         "latency_ms": (recv_mono_ns - issued.issue_mono_ns) / NS_PER_MS,
         "t_issue_unix_ns": issued.issue_wall_ns,
+        "policy_feedback": json.dumps(confidences(stages), separators=(",", ":")),
     }
-    cols = schema.for_tiers(list(exit_layers))
-    for tier in cols.tiers:
-        for col in ("confidence", "compute_ms", "queue_ms", "device", "layers", "t_recv_agent_ns", "t_send_agent_ns",
-                    "energy_j", "energy_net_j", "energy_approx", "energy_batch"):
-            row[f"{col}_{tier}"] = None
-    for hop in cols.hops:
-        row[f"net_ms_{hop}"] = None
-        row[f"bytes_{hop}"] = 0
-    for hop in cols.msg_hops:
-        row[f"bytes_msg_{hop}"] = None
-    for hop in cols.wire_hops:
-        row[f"bytes_wire_{hop}"] = None
+    row |= _unvisited(tuple(exit_layers))
 
     def on_ctrl(stamp_ns: int, device: str) -> int:
         return stamp_ns - offsets_ns.get(device, 0)
@@ -113,6 +119,25 @@ def build_row(
     row["energy_source"] = "+".join(sorted({sources.get(s.device, "none") for s in stages}))
     energy_totals(row)
     return row
+
+
+@functools.cache
+def _unvisited_cached(tiers: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    cols = schema.for_tiers(tiers)
+    out: list[tuple[str, Any]] = []
+    for tier in cols.tiers:
+        out += [(f"{col}_{tier}", None) for col in (
+            "confidence", "compute_ms", "queue_ms", "device", "layers", "t_recv_agent_ns", "t_send_agent_ns",
+            "energy_j", "energy_net_j", "energy_approx", "energy_batch")]
+    out += [(f"net_ms_{hop}", None) for hop in cols.hops] + [(f"bytes_{hop}", 0) for hop in cols.hops]
+    out += [(f"bytes_msg_{hop}", None) for hop in cols.msg_hops]
+    out += [(f"bytes_wire_{hop}", None) for hop in cols.wire_hops]
+    return tuple(out)
+
+
+def _unvisited(tiers: tuple[str, ...]) -> dict[str, Any]:
+    """Every per-tier and per-hop column as for a tier the sample did not visit (null; no bytes)."""
+    return dict(_unvisited_cached(tiers))
 
 
 def energy_totals(row: dict[str, Any]) -> None:
