@@ -171,6 +171,7 @@ class Agent:
         self.idle_w = math.nan
         self._baseline_due: float | None = None
         self.served = 0
+        self.answered = 0  # Results this agent sent the controller (samples that finished here)
         self._config: _Config | None = None
         self._stopping = False
         self._ctx = zmq.Context()
@@ -178,6 +179,11 @@ class Agent:
         self._ctrl.setsockopt(zmq.IDENTITY, agent_id.encode())
         self._ctrl.setsockopt(zmq.LINGER, 500)
         self._ctrl.setsockopt(zmq.MAXMSGSIZE, p.MAX_CONTROL_BYTES)
+        # a send never blocks the loop for long: with no controller to take it (its port held by a stranger
+        # that fails the handshake, so the pipe is gone) the heartbeat would block forever and liveness never fire
+        self._send_timeout_ms = max(1, int(timeouts.heartbeat_s * 1000))
+        self._ctrl.setsockopt(zmq.SNDTIMEO, self._send_timeout_ms)
+        self.dropped = 0  # messages dropped because no peer took them within the send timeout
         self._data_in = self._ctx.socket(zmq.PULL)
         self._data_in.setsockopt(zmq.LINGER, 0)
         self._data_in.setsockopt(zmq.MAXMSGSIZE, p.MAX_DATA_BYTES)
@@ -239,7 +245,8 @@ class Agent:
             limit = hb * self.timeouts.liveness if heard_once else max(hb * self.timeouts.liveness,
                                                                        self.timeouts.first_contact_s)
             if now - last_heard > limit:
-                log.error("no word from the controller for %.1f s; exiting", now - last_heard)
+                log.error("no word from the controller for %.1f s; exiting after %d samples, %d answered",
+                          now - last_heard, self.served, self.answered)
                 return 3
             if self._baseline_due is not None and now >= self._baseline_due:
                 self._finish_baseline()
@@ -264,7 +271,7 @@ class Agent:
                     self._ctl_in.hold(frames, time.monotonic())
                 else:
                     self._on_work(frames)
-        log.info("stopped by signal after %d samples", self.served)
+        log.info("stopped by signal after %d samples, %d answered", self.served, self.answered)
         return 0
 
     @property
@@ -287,7 +294,27 @@ class Agent:
         self._ctx.term()
 
     def _send(self, msg: Any) -> None:
-        self._ctrl.send_multipart(p.encode(msg), copy=False)
+        self._ctl_send(p.encode(msg))
+
+    def _ctl_send(self, frames: list[Any]) -> None:
+        """To the controller; dropped (counted, logged at powers of two) when nothing takes it in time."""
+        try:
+            self._ctrl.send_multipart(frames, copy=False)
+        except zmq.Again:
+            self._note_drop("the controller")
+
+    def _data_send(self, frames: list[Any]) -> None:
+        """To the next tier; dropped like :meth:`_ctl_send` when it does not take it in time."""
+        assert self._data_out is not None
+        try:
+            self._data_out.send_multipart(frames, copy=False)
+        except zmq.Again:
+            self._note_drop("the next tier")
+
+    def _note_drop(self, whom: str) -> None:
+        self.dropped += 1
+        if self.dropped & (self.dropped - 1) == 0:
+            log.warning("%s took no message in time: %d messages dropped so far", whom, self.dropped)
 
     def _fail(self, stage: str, what: str) -> None:
         what = what[:1000]  # hostile input is not echoed whole into logs and replies
@@ -329,7 +356,7 @@ class Agent:
             self._close_window()
             self._send(p.Flushed(self.agent_id, msg.seq))
         elif isinstance(msg, p.Stop):
-            log.info("stop (%s) after %d samples", msg.reason, self.served)
+            log.info("stop (%s) after %d samples, %d answered", msg.reason, self.served, self.answered)
             self._release_all()
             self._close_window()
             self._send_timeline()
@@ -402,6 +429,8 @@ class Agent:
                 self._data_out.close()
             self._data_out = self._ctx.socket(zmq.PUSH)
             self._data_out.setsockopt(zmq.LINGER, 0)
+            # the next tier's queue full for a whole liveness window: it is gone (the controller says so too)
+            self._data_out.setsockopt(zmq.SNDTIMEO, int(self._send_timeout_ms * self.timeouts.liveness))
             if self.keys is not None:
                 if len(msg.next_key) != 40:
                     self._fail("configure", "this agent runs with CurveZMQ keys and Configure names no next_key "
@@ -546,12 +575,13 @@ class Agent:
                         ran.prediction, ran.exited, nbytes, energy_j, approx, net_j, frame_bytes, wire_in, batch,
                         ran.layer, ran.layer_confidences)
         if ran.exited:
+            self.answered += 1
             result = p.encode(p.Result(self.agent_id, work.run_seq, work.sample_id, ran.logits,
                                        [*work.stages, stage]))
             if self._ctl_out.active:
                 self._ctl_out.hold(result, time.monotonic())
             else:
-                self._ctrl.send_multipart(result, copy=False)
+                self._ctl_send(result)
         else:
             self._offload(p.encode(p.Work(work.run_seq, work.sample_id, ran.onward,
                                           work.thresholds if ran.thresholds is None else ran.thresholds,
@@ -581,7 +611,7 @@ class Agent:
         if self._out.active:
             self._out.hold(frames, time.monotonic())
         else:
-            self._data_out.send_multipart(frames, copy=False)
+            self._data_send(frames)
 
     def _send_window(self, delta: EnergyDelta) -> None:
         """Report the just-closed batch window (``delta`` is its meter reading)."""
@@ -602,10 +632,9 @@ class Agent:
     def _release_due(self, now: float) -> None:
         """Move the held messages whose time has come (userspace shaping): sends first, then arrivals."""
         for frames in self._out.pop_due(now):
-            assert self._data_out is not None
-            self._data_out.send_multipart(frames, copy=False)
+            self._data_send(frames)
         for frames in self._ctl_out.pop_due(now):
-            self._ctrl.send_multipart(frames, copy=False)
+            self._ctl_send(frames)
         for frames in self._ctl_in.pop_due(now):
             self._on_work(frames)
 
@@ -613,7 +642,7 @@ class Agent:
         """Stopping: held Results leave now, before Bye; held offloads and arrivals are dropped."""
         self._out.drain()  # offloads of a stopped run: the next tier is stopping too
         for frames in self._ctl_out.drain():
-            self._ctrl.send_multipart(frames, copy=False)
+            self._ctl_send(frames)
         self._ctl_in.drain()  # arrived after the controller stopped the run: not served
 
 

@@ -240,6 +240,8 @@ def mark_lost_run(run_dir: Path) -> None:
 
     if not (run_dir / "manifest.json").is_file():
         return
+    for what in results.restore_rescued(run_dir):  # rows a full disk could not take, now that it has room
+        err.print(f"{run_dir.name}: restored {what}", markup=False, highlight=False)
     before = results.load_manifest(run_dir).status
     m = results.mark_lost(run_dir, lambda pid, start: proc_starttime(pid) is not None and proc_starttime(pid) == start)
     if m.status == "lost" and before != "lost":

@@ -328,6 +328,8 @@ class Fleet:
         problems += self.unshape()
         for r in self.remotes.values():
             r.close()
+        if self.owned.unsaved:
+            problems.append(self.owned.unsaved + "; `testbed clean` cannot see what was undone since")
         return problems
 
     def record(self) -> dict[str, Any]:

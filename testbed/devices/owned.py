@@ -29,6 +29,7 @@ class Ownership:
     def __init__(self, run_dir: Path):
         self.path = run_dir / RECORD
         self.entries: list[dict[str, Any]] = []
+        self.unsaved: str | None = None  # why the last save failed (a full disk), else None
         if self.path.is_file():
             data = json.loads(self.path.read_text())
             self.entries = list(data.get("entries", []))
@@ -52,11 +53,20 @@ class Ownership:
         return [i for i in range(len(self.entries) - 1, -1, -1) if self.entries[i]["state"] in (LIVE, FAILED)]
 
     def save(self) -> None:
-        """Write the record atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the record atomically; where the disk refuses (full), keep it in memory and say so in ``unsaved``.
+
+        The next save tries again; a run's teardown reports an ``unsaved`` record among its problems.
+        """
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "entries": self.entries}, indent=1))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"format": FORMAT, "entries": self.entries}, indent=1))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            self.unsaved = f"ownership record {self.path} not written: {e.strerror or e}"
+        else:
+            self.unsaved = None
 
     def summary(self) -> dict[str, int]:
         """Entries per state."""

@@ -156,7 +156,13 @@ class RunWriter:
         arrow = self.schema.arrow
         table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else arrow.empty_table()
         tmp = self.run_dir / (SAMPLES + ".tmp")
-        pq.write_table(table.replace_schema_metadata(arrow.metadata), tmp)
+        try:
+            pq.write_table(table.replace_schema_metadata(arrow.metadata), tmp)
+        except OSError as e:  # a full disk has no room for the joined copy: the parts are the rows
+            tmp.unlink(missing_ok=True)
+            raise ResultsError(f"cannot join the rows into {self.run_dir / SAMPLES}: {e.strerror or e}; they stay in "
+                               f"{self.run_dir / PARTS}/, which `testbed report` and `testbed run --resume` "
+                               "read") from e
         os.replace(tmp, self.run_dir / SAMPLES)
         shutil.rmtree(self.run_dir / PARTS)
         self._closed = True
@@ -177,7 +183,60 @@ class RunWriter:
 
     def write_manifest(self, manifest: RunManifest) -> None:
         """Write ``manifest.json`` atomically (at the start, after each phase, and at the end)."""
-        _atomic_write(self.run_dir / MANIFEST, manifest.to_json())
+        try:
+            _atomic_write(self.run_dir / MANIFEST, manifest.to_json())
+        except OSError:
+            self.run_dir.joinpath(MANIFEST + ".tmp").unlink(missing_ok=True)
+            raise
+
+    def rescue_manifest(self, manifest: RunManifest) -> Path | None:
+        """The manifest written beside the rescued rows, when the run directory cannot take it; its path or None."""
+        path = Path(tempfile.gettempdir()) / f"testbed-rescued-{self.run_dir.name}-manifest.json"
+        try:
+            path.write_bytes(manifest.to_json())
+        except OSError:
+            return None
+        return path
+
+
+def rescued_files(run_dir: Path) -> tuple[list[Path], Path | None]:
+    """The rows and the manifest a run wrote to the temporary directory because its own was full."""
+    tmp = Path(tempfile.gettempdir())
+    rows = sorted(tmp.glob(f"testbed-rescued-{run_dir.name}-[0-9]*.parquet"))
+    man = tmp / f"testbed-rescued-{run_dir.name}-manifest.json"
+    return rows, man if man.is_file() else None
+
+
+def restore_rescued(run_dir: Path) -> list[str]:
+    """Put rescued rows back among the run's parts and its rescued manifest in place, once the disk has room.
+
+    Returns what was restored (for the user); nothing when there was nothing, or the disk still
+    refuses (then the files stay where they are).
+    """
+    rows, man = rescued_files(run_dir)
+    done = []
+    parts = run_dir / PARTS
+    for f in rows:
+        try:
+            parts.mkdir(exist_ok=True)
+            n = max([int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")] or [-1]) + 1
+            if (run_dir / SAMPLES).is_file():  # already joined: the rescued rows become the next part
+                os.replace(run_dir / SAMPLES, parts / f"part-{n:05d}.parquet")
+                n += 1
+            shutil.copyfile(f, parts / f"part-{n:05d}.tmp")
+            os.replace(parts / f"part-{n:05d}.tmp", parts / f"part-{n:05d}.parquet")
+            f.unlink()
+            done.append(f"{pq.read_metadata(parts / f'part-{n:05d}.parquet').num_rows} rescued rows from {f}")
+        except OSError:
+            return done
+    if man is not None:
+        try:
+            _atomic_write(run_dir / MANIFEST, man.read_bytes())
+            man.unlink()
+            done.append(f"the final manifest from {man}")
+        except OSError:
+            pass
+    return done
 
 
 def mark_lost(run_dir: Path, alive: Callable[[int, str | None], bool]) -> RunManifest:

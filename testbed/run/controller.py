@@ -327,6 +327,30 @@ class Controller:
 
     # ------------------------------------------------------------------ teardown
 
+    def _stop_devices(self, status: str, problems: list[str]) -> None:
+        """Stop and reap the agents, close the sockets, fetch logs and unshape; each step whatever the last did."""
+        m, collector = self.manifest, self.collector
+        assert m is not None and collector is not None
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if self.session is not None:
+            session = self.session
+
+            def stop() -> None:
+                m.agent_exit = {d: AgentExit(**rec) for d, rec in session.stop(status, collector.late).items()}
+                m.rejected_messages = dict(session.rejected)
+            steps.append(("stopping the agents", stop))
+        if self.transport is not None:
+            steps.append(("closing the sockets", self.transport.close))
+        if self.fleet is not None:
+            fleet = self.fleet
+            handles = {a.device_id: a.handle for a in self.session.agents.values()} if self.session else {}
+            steps.append(("fetching logs and unshaping", lambda: problems.extend(fleet.after_stop(handles))))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001  (teardown goes on: the rows are saved after these steps)
+                problems.append(f"{what} failed: {type(e).__name__}: {e}")
+
     def _teardown(self, status: str, error: str | None, deferred: Deferred | None = None) -> None:
         """Stop agents, reap them, save rows and the manifest; never raises over the original error.
 
@@ -334,15 +358,14 @@ class Controller:
         """
         m, writer, collector = self.manifest, self.writer, self.collector
         assert m is not None and writer is not None and collector is not None
-        if self.session is not None:
-            m.agent_exit = {d: AgentExit(**rec) for d, rec in self.session.stop(status, collector.late).items()}
-            m.rejected_messages = dict(self.session.rejected)
-        if self.transport is not None:
-            self.transport.close()
-        if self.fleet is not None:
-            handles = {a.device_id: a.handle for a in self.session.agents.values()} if self.session else {}
-            m.teardown_problems = self.fleet.after_stop(handles)
-        batch = collector.finish()
+        problems: list[str] = []
+        self._stop_devices(status, problems)
+        batch = None
+        try:  # the side files (energy windows, power, thermal) may not fit a full disk: the rows come first
+            batch = collector.finish()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"energy windows and timelines not written: {type(e).__name__}: {e}")
+        m.teardown_problems = [*m.teardown_problems, *problems]
         if batch is not None or collector.timelines or collector.thermals:
             m.energy = dict(m.energy or {})
             if collector.timelines:
@@ -370,3 +393,8 @@ class Controller:
             writer.write_manifest(m)
         except OSError as e:
             m.teardown_problems = [*m.teardown_problems, f"manifest not written: {e}"]
+            where = writer.rescue_manifest(m)  # the run dir still says running: report and --resume mark it lost
+            if where is not None:
+                m.teardown_problems = [*m.teardown_problems[:-1], f"manifest not written to the run directory "
+                                       f"({e.strerror or e}); its final form is in {where}"]
+                writer.rescue_manifest(m)

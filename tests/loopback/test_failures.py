@@ -151,20 +151,34 @@ def test_controller_killed_flushed_rows_survive_and_agents_exit_by_themselves(ti
     parts = "*/*/samples.parts/part-*.parquet"  # complete parts only: a .tmp is one still being written
     while time.monotonic() < deadline and len(list((tmp_path / "results").glob(parts))) < 3:
         time.sleep(0.05)
-    proc.kill()  # no cleanup code runs: the controller is simply gone
-    proc.wait(10)
     run_dir = only_run(tmp_path / "results")
     pids = agent_pids(run_dir)
     assert len(pids) == 3
-    # heartbeat_s=0.2 x liveness=10: each agent gives up on the controller after about 2 s
+    cmdline = open(f"/proc/{pids[0]}/cmdline", "rb").read().split(b"\0")
+    endpoint = cmdline[cmdline.index(b"--controller") + 1].decode()
+    proc.kill()  # no cleanup code runs: the controller is simply gone
+    proc.wait(10)
+    import zmq
+
+    squat = zmq.Context.instance().socket(zmq.ROUTER)  # and a stranger takes its port at once
+    squat.setsockopt(zmq.LINGER, 0)
+    squat.bind(endpoint)
+    heard = 0
+    # heartbeat_s=0.2 x liveness=10: each agent gives up on the controller after about 2 s, even though the
+    # squatter's failed handshakes leave its control socket with no peer (a blocking send hung agents forever)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
+        if squat.poll(50):
+            squat.recv_multipart()
+            heard += 1
         try:
             assert_gone(pids)
             break
         except AssertionError:
-            time.sleep(0.2)
+            pass
+    squat.close()
     assert_gone(pids)
+    assert heard == 0  # CurveZMQ: the agents check the controller's key, and this is not it
     df, complete = load_samples(run_dir)
     assert not complete and len(df) >= 3 * 16 and df["seq"].is_unique
     assert "no word from the controller" in (run_dir / "logs" / "edge-1.log").read_text()

@@ -10,7 +10,7 @@ from test_results import row
 
 from agents.protocol import DEFAULT_TIERS
 from testbed.core.errors import ResultsError
-from testbed.formats.results import RunWriter
+from testbed.formats.results import RunWriter, load_samples, restore_rescued
 
 
 @pytest.fixture
@@ -60,7 +60,12 @@ def test_a_disk_that_fills_mid_run_loses_no_row(mount):
     on_disk = sum(len(pd.read_parquet(p)) for p in (small / "run1" / "samples.parts").glob("part-*.parquet"))
     assert on_disk == w.rows_written and w.rows_rescued == len(pd.read_parquet(rescued))
     assert on_disk + w.rows_rescued == written + 1  # every appended row, the one that hit the full disk too
-    os.remove(rescued)
+    # once the disk has room, the rescued rows go back among the run's parts (report, clean and --resume do it)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+    restored = restore_rescued(small / "run1")
+    assert len(restored) == 1 and f"{w.rows_rescued} rescued rows" in restored[0] and not os.path.exists(rescued)
+    df, complete = load_samples(small / "run1")
+    assert not complete and len(df) == written + 1 and df["seq"].is_unique
 
 
 def test_rows_are_buffered_not_lost_when_a_flush_fails(tmp_path):
