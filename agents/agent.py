@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from agents import protocol as p
 from agents.facts import host_facts
@@ -184,6 +185,7 @@ class Agent:
         self._send_timeout_ms = max(1, int(timeouts.heartbeat_s * 1000))
         self._ctrl.setsockopt(zmq.SNDTIMEO, self._send_timeout_ms)
         self.dropped = 0  # messages dropped because no peer took them within the send timeout
+        self._link: _ControllerLink | None = None  # the control connection's state, while the loop runs
         self._data_in = self._ctx.socket(zmq.PULL)
         self._data_in.setsockopt(zmq.LINGER, 0)
         self._data_in.setsockopt(zmq.MAXMSGSIZE, p.MAX_DATA_BYTES)
@@ -233,6 +235,8 @@ class Agent:
         poller = zmq.Poller()
         poller.register(self._ctrl, zmq.POLLIN)
         poller.register(self._data_in, zmq.POLLIN)
+        link = self._link = _ControllerLink(self._ctrl)
+        poller.register(link.monitor, zmq.POLLIN)
         hb = self.timeouts.heartbeat_s
         next_hb = time.monotonic()
         last_heard = time.monotonic()
@@ -240,13 +244,18 @@ class Agent:
         while not self._stopping:
             now = time.monotonic()
             if now >= next_hb:
-                self._send(p.Heartbeat(self.agent_id, time.time_ns()))
+                self._ctl_send(p.encode(p.Heartbeat(self.agent_id, time.time_ns())), wait=False)
                 next_hb = now + hb
             limit = hb * self.timeouts.liveness if heard_once else max(hb * self.timeouts.liveness,
                                                                        self.timeouts.first_contact_s)
             if now - last_heard > limit:
                 log.error("no word from the controller for %.1f s; exiting after %d samples, %d answered",
                           now - last_heard, self.served, self.answered)
+                return 3
+            if heard_once and link.down_for(now) > hb:
+                log.error("the controller's connection dropped %.1f s ago and did not come back (a heartbeat "
+                          "period); exiting after %d samples, %d answered", link.down_for(now), self.served,
+                          self.answered)
                 return 3
             if self._baseline_due is not None and now >= self._baseline_due:
                 self._finish_baseline()
@@ -260,9 +269,12 @@ class Agent:
                 continue
             wake = min(next_hb, self._baseline_due or next_hb, due - 0.001 if due is not None else next_hb)
             events = dict(poller.poll(timeout=max(1, int((wake - now) * 1000))))
+            if link.monitor in events:
+                link.read_events(time.monotonic())
             if self._ctrl in events:
                 last_heard = time.monotonic()
                 heard_once = True
+                link.down_since = None
                 if self.on_control(self._ctrl.recv_multipart(copy=False)):
                     return 0
             if self._data_in in events:
@@ -288,6 +300,9 @@ class Agent:
             self._thermal.close()
         if self._zap is not None:
             self._zap.stop()
+        if self._link is not None:
+            self._ctrl.disable_monitor()
+            self._link.monitor.close(linger=0)
         for s in (self._ctrl, self._data_in, self._data_out):
             if s is not None:
                 s.close()
@@ -296,10 +311,13 @@ class Agent:
     def _send(self, msg: Any) -> None:
         self._ctl_send(p.encode(msg))
 
-    def _ctl_send(self, frames: list[Any]) -> None:
-        """To the controller; dropped (counted, logged at powers of two) when nothing takes it in time."""
+    def _ctl_send(self, frames: list[Any], wait: bool = True) -> None:
+        """To the controller; dropped (counted, logged at powers of two) when nothing takes it in time.
+
+        ``wait=False``: dropped at once when it cannot be queued (a heartbeat is worth nothing late).
+        """
         try:
-            self._ctrl.send_multipart(frames, copy=False)
+            self._ctrl.send_multipart(frames, copy=False, flags=0 if wait else zmq.NOBLOCK)
         except zmq.Again:
             self._note_drop("the controller")
 
@@ -644,6 +662,34 @@ class Agent:
         for frames in self._ctl_out.drain():
             self._ctl_send(frames)
         self._ctl_in.drain()  # arrived after the controller stopped the run: not served
+
+
+class _ControllerLink:
+    """Whether the connection to the controller is up, from a monitor on the control socket.
+
+    Dropped (``EVENT_DISCONNECTED``) until a handshake succeeds again or the controller is heard;
+    a controller that died, or whose port a stranger now holds (its handshake fails), stays down.
+    """
+
+    def __init__(self, sock: zmq.Socket):
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.down_since: float | None = None
+
+    def read_events(self, now: float) -> None:
+        """Take every pending monitor event."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_DISCONNECTED:
+                self.down_since = self.down_since or now
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.down_since = None
+
+    def down_for(self, now: float) -> float:
+        """Seconds the connection has been down (0 when up)."""
+        return 0.0 if self.down_since is None else now - self.down_since
 
 
 SPIN_S = 0.0005  # the last part of a userspace hold is spun, not slept: sleep wakes late by up to this much
