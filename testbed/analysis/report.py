@@ -28,6 +28,7 @@ class Report:
     bytes: pd.DataFrame | None = None
     papers: pd.DataFrame | None = None
     latency: pd.DataFrame | None = None
+    links: tuple[str, ...] = ()  # per shaped link: configured against measured (also among the notes)
 
 
 def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
@@ -51,7 +52,8 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
     if hops_df is not df:
         notes.append(f"hop times: derived from the raw agent stamps with each clock offset drawn as a line between "
                      f"its two measurements ({len(lines)} devices), not the start offset alone")
-    notes += fidelity_lines(hops_df, manifest.shaping)
+    links = fidelity_lines(hops_df, manifest.shaping)
+    notes += links
     by_tier = stats.energy_by_tier(df)
     energy_cols = [c for c in by_tier.columns if c.startswith("energy_")]
     energy = None if not len(by_tier) or by_tier[energy_cols].isna().all().all() else by_tier
@@ -65,7 +67,7 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
                         if batch.get("rows_without_their_window") else ""))
     title = f"{manifest.experiment.resolved.get('name', '?')} / {manifest.run_id}"
     return Report(title, summary, stats.hop_summary(hops_df), stats.quality_checks(df), notes, paper, sweep, energy,
-                  stats.bytes_by_hop(df), papers, stats.latency_split(hops_df))
+                  stats.bytes_by_hop(df), papers, stats.latency_split(hops_df), tuple(links))
 
 
 def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:

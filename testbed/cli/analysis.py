@@ -10,7 +10,7 @@ from typing import Any, cast
 from rich.table import Table
 
 from testbed import policies
-from testbed.cli.common import out
+from testbed.cli.common import out, print_fitted
 from testbed.cli.devices import mark_lost_run
 from testbed.core.errors import ConfigError, TestbedError
 from testbed.formats.bundle import Bundle
@@ -43,13 +43,13 @@ def render_report(run_dir: Path) -> None:
                      else f"{v:.2f}")
             cells.append(str(v))
         table.add_row(*cells, style=None if r["tier"] == "all" else "dim")
-    out.print(table)
+    print_fitted(table, 2)
     hops = Table(title="medians per hop (ms)")
     for c in rep.hops.columns:
         hops.add_column(c.replace("_p50", "").replace("compute_ms_", "compute ").replace("net_ms_", "net "))
     for _, r in rep.hops.iterrows():
         hops.add_row(*[("-" if math.isnan(v) else f"{v:.3f}") if isinstance(v, float) else str(v) for v in r])
-    out.print(hops)
+    print_fitted(hops, 1)
     if rep.latency is not None and len(rep.latency):
         _print_latency(rep.latency)
     if rep.energy is not None:
@@ -62,7 +62,7 @@ def render_report(run_dir: Path) -> None:
         for _, r in rep.energy.iterrows():
             en.add_row(str(r["policy"]), *[f"{_mj(r[f'energy_mj_{t}'])} / {_mj(r[f'energy_net_mj_{t}'])}"
                                            for t in tiers])
-        out.print(en)
+        print_fitted(en, 1)
     if rep.bytes is not None and len(rep.bytes):
         by = Table(title="bytes per offload (medians): tensors, whole message, on the wire (interface counter)")
         for title in ("policy", "hop", "n", "tensor B", "message B", "wire B", "wire over tensors"):
@@ -71,7 +71,7 @@ def render_report(run_dir: Path) -> None:
             by.add_row(str(r["policy"]), str(r["hop"]), str(r["samples"]), _b(r["payload_bytes_p50"]),
                        _b(r["msg_bytes_p50"]), _b(r["wire_bytes_p50"]),
                        "-" if math.isnan(r["wire_overhead_pct"]) else f"{r['wire_overhead_pct']:+.1f}%")
-        out.print(by)
+        print_fitted(by, 2)
     if rep.paper is not None and len(rep.paper):
         _print_paper(rep.paper, "paper cost model vs measurement (measured samples; reductions against all-cloud "
                                 "of the same run)")
@@ -87,7 +87,7 @@ def render_report(run_dir: Path) -> None:
             sw.add_column(f"{what}={v:g}", justify="right")
         for policy, r in wide.iterrows():
             sw.add_row(str(policy), *[_fmt(float(x), "pct") for x in r])
-        out.print(sw)
+        print_fitted(sw, 1)
     for note in rep.notes:
         out.print(f"note: {note}")
     for a in rep.advice:
@@ -98,6 +98,29 @@ def render_report(run_dir: Path) -> None:
         out.print(f"plot: {png}")
 
 
+def render_summary(run_dir: Path) -> None:
+    """The short text summary: each policy's overall row, the verdicts and the warnings (the page has the rest)."""
+    from testbed.analysis import report
+    from testbed.formats import results
+
+    df, complete = results.load_samples(run_dir)
+    m = results.load_manifest(run_dir)
+    rep = report.build(df, m, complete)
+    table = Table(title=f"{rep.title} ({m.status}, {m.rows} rows): per policy, measured samples")
+    for c in ("policy", "n", "accuracy", "Δacc pt", "p50 ms", "p99 ms", "offload B", "energy mJ"):
+        table.add_column(c, justify="left" if c == "policy" else "right")
+    for _, r in rep.summary[rep.summary["tier"] == "all"].iterrows():
+        table.add_row(str(r["policy"]), str(r["samples"]), _fmt(r["accuracy"], "acc"), _fmt(r["accuracy_delta_pt"], ""),
+                      _fmt(r["latency_ms_p50"], ""), _fmt(r["latency_ms_p99"], ""),
+                      _b(float(r["offload_bytes_per_sample"])), _fmt(r["energy_j_per_sample"], "mj"))
+    print_fitted(table, 1)
+    for note in rep.notes:
+        if note.split(":")[0].isupper() or " claims >" in note or note.startswith(("INCOMPLETE", "run status")):
+            out.print(f"note: {note}", highlight=False)
+    for a in rep.advice:
+        out.print(f"[yellow]advice:[/yellow] {a}")
+
+
 def _print_latency(latency: Any) -> None:
     lat = Table(title="mean latency split (ms): compute on the tiers, network on the hops, queueing on arrival, "
                       "the rest; a queue that grows with load is contention")
@@ -106,7 +129,7 @@ def _print_latency(latency: Any) -> None:
     for _, r in latency.iterrows():
         lat.add_row(str(r["policy"]), str(r["samples"]), *[_fmt(float(r[c]), "") for c in (
             "latency_ms", "compute_ms", "network_ms", "queue_ms", "queue_ms_p95", "other_ms")])
-    out.print(lat)
+    print_fitted(lat, 1)
 
 
 def _mj(v: float) -> str:
@@ -148,7 +171,7 @@ def print_papers(papers: object, title: str) -> None:
         table.add_column(name, overflow="fold")
     for _, r in papers.iterrows():
         table.add_row(*[_iv(r[k], kind) if kind else str(r[k]) for k, _, kind in present])
-    out.print(table)
+    print_fitted(table, 2)
 
 
 def _print_paper(paper: object, title: str) -> None:
@@ -166,7 +189,7 @@ def _print_paper(paper: object, title: str) -> None:
         table.add_column(name, justify="left" if wide else "right", min_width=11 if wide else None)
     for _, r in paper.iterrows():  # type: ignore[attr-defined]
         table.add_row(*[_fmt(r[k], kind) for k, _, kind in present])
-    out.print(table)
+    print_fitted(table, 1)
 
 
 def _print_live_vs_replay(live: Any, rows: Any, layers: dict[str, int], cm: Any, paper: Any) -> None:
@@ -299,7 +322,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             ("latency_ms_mean_predicted", ""), ("latency_ms_mean_measured", ""), ("latency_mean_error", "pct"),
             ("latency_ms_p50_predicted", ""), ("latency_ms_p50_measured", ""), ("latency_p50_error", "pct"),
             ("energy_j_predicted", "mj"), ("energy_j_measured", "mj"), ("energy_error", "pct"))])
-    out.print(table)
+    print_fitted(table, 1)
     worst = {k: float(pred[c].abs().max()) for k, c in (("mean", "latency_mean_error"),
                                                          ("median", "latency_p50_error"))}
     out.print(f"largest re-prediction error of latency: means {worst['mean']:.1%}, medians {worst['median']:.1%} "
@@ -328,8 +351,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dirs = [_run_dir(d) for d in args.run_dir]
     for run_dir in run_dirs:
         mark_lost_run(run_dir)
-        if args.format in ("text", "both"):
+        if args.format == "text":
             render_report(run_dir)
+        elif args.format == "both":
+            render_summary(run_dir)
     if args.format in ("html", "both") and len(run_dirs) == 1:
         page = write_html_report(run_dirs[0], args.out or run_dirs[0] / "report")
         out.print(f"report page: {page}", highlight=False)
@@ -351,6 +376,14 @@ def write_html_report(run_dir: Path, out_dir: Path) -> Path:
     from testbed.analysis import html, report
     from testbed.formats import results
 
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError("command line", [f"cannot write the report page into {out_dir}: {e.strerror or e}; give "
+                                           "--out DIR, a directory you can write"]) from e
     df, complete = results.load_samples(run_dir)
     manifest = results.load_manifest(run_dir)
     return html.write_page(run_dir, report.build(df, manifest, complete), df, manifest, out_dir)
@@ -362,8 +395,8 @@ def add_commands(sub: Any) -> None:
     rep.add_argument("run_dir", type=Path, nargs="+", help="results/<experiment>/<run_id> (or results/<experiment>: "
                      "its latest run); several: side by side on one page (with --out)")
     rep.add_argument("--format", choices=("both", "text", "html"), default="both",
-                     help="text: the tables here; html: RUN_DIR/report/index.html with figures and CSVs; both "
-                          "(default)")
+                     help="text: every table here, fitted to the terminal; html: RUN_DIR/report/index.html with "
+                          "figures and CSVs; both (default): the page and a short summary here")
     rep.add_argument("--out", type=Path, default=None, help="where the page goes (default RUN_DIR/report)")
     rep.set_defaults(func=cmd_report)
     cal = sub.add_parser("calibrate", help="fit the cost model (ms and J per layer, per offload) to a run")

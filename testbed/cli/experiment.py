@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from testbed import policies
-from testbed.cli.analysis import render_report
+from testbed.cli.analysis import render_summary, write_html_report
 from testbed.cli.common import err, load_all, out
 from testbed.core.config import Experiment, Inventory, resolve
 from testbed.core.errors import ConfigError, TestbedError
@@ -175,8 +175,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (TestbedError, KeyboardInterrupt):
             err.print(f"rows measured before the stop are in {ctrl.run_dir}")
             raise
-    render_report(outcome.run_dir)
-    out.print(f"results: {outcome.run_dir} ({outcome.rows} rows)")
+    render_summary(outcome.run_dir)
+    out.print(f"results: {outcome.run_dir} ({outcome.rows} rows); every table: testbed report --format text")
+    try:
+        page = write_html_report(outcome.run_dir, outcome.run_dir / "report")
+        out.print(f"report page: {page}", highlight=False)
+    except Exception as e:  # noqa: BLE001  (the run and its rows are done; the page can be made again)
+        err.print(f"the report page was not written ({type(e).__name__}: {e}); `testbed report {outcome.run_dir}` "
+                  "makes it", markup=False, highlight=False)
     return 0
 
 
