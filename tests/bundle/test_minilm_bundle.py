@@ -95,12 +95,13 @@ def test_real_run_all_cloud_accuracy_equals_the_bundle_record(real_bundle, tmp_p
     n = real_bundle.spec.data.splits["test"]
     exp = write_experiment(tmp_path / "exp.yaml", real_bundle.root,
                            [{"name": "all-cloud"}, {"name": "all-mobile"},
-                            {"name": "early-exit", "thresholds": {"mobile": 0.9, "edge": 0.8}}],
+                            {"name": "early-exit", "thresholds": {"mobile": 0.9, "edge": 0.8}},
+                            {"name": "cartography"}],
                            count=n, warmup=4, name="minilm")
     proc = subprocess.run([sys.executable, "-m", "testbed", "run", str(exp), "--results", str(tmp_path / "results"),
                            "-q"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "per policy and exit tier" in proc.stdout
+    assert "per policy, measured samples" in " ".join(proc.stdout.split()) and "report page:" in proc.stdout
     run_dir = only_run(tmp_path / "results")
     df = pd.read_parquet(run_dir / "samples.parquet")
     m = df[df.phase == "measure"]
@@ -115,6 +116,13 @@ def test_real_run_all_cloud_accuracy_equals_the_bundle_record(real_bundle, tmp_p
     assert (cloud["bytes_edge_cloud"].to_numpy() == seq * (384 * 4 + 8)).all()
     assert set(m[m.policy == "early-exit"]["exit_tier"]) == {"mobile", "edge", "cloud"}
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
+    # the page's data map: every measured cartography sample with the route it took in this run
+    assert (run_dir / "report" / "data_map.png").stat().st_size > 10_000
+    mapped = pd.read_csv(run_dir / "report" / "data_map.csv")
+    carto = m[m.policy == "cartography"]
+    assert list(mapped["route"]) == list(carto["exit_tier"]) and list(mapped["sample_id"]) == list(carto["sample_id"])
+    train = pd.read_csv(run_dir / "report" / "data_map_train.csv")  # the pools the router was trained on
+    assert train.groupby("pool").size().to_dict() == {p: c["size"] for p, c in real_bundle.spec.router.centroids.items()}
     assert_gone(agent_pids(run_dir))
 
 

@@ -166,12 +166,59 @@ def test_energy_comes_from_the_model_meter_per_tier(tiny_run):
 
 def test_report_reads_the_run(tiny_run, capsys):
     run_dir, _, _, _ = tiny_run
-    assert main(["report", str(run_dir)]) == 0
+    assert main(["report", str(run_dir), "--format", "text"]) == 0
     text = capsys.readouterr().out
     assert "early-exit" in text and "all-cloud" in text and "p99 ms" in text
     assert "MODELLED, not measured" in text and "energy mJ" in text and "net mJ" in text
-    assert main(["report", str(run_dir.parent)]) == 0  # an experiment directory: its latest run
-    assert f"latest run in {run_dir.parent}: {run_dir.name}" in capsys.readouterr().out
+    assert main(["report", str(run_dir.parent), "--out", str(run_dir / "again")]) == 0  # the latest run there
+    text = capsys.readouterr().out
+    assert f"latest run in {run_dir.parent}: {run_dir.name}" in text
+    # the default: a short summary (each policy's overall row, the verdicts) and the page's path
+    flat = " ".join(text.split())
+    assert "per policy, measured samples" in flat and "early-exit: DIMEE claims" in flat and "p99 ms" in flat
+    assert "net mJ" not in flat  # the full tables are --format text's
+    assert f"report page: {run_dir / 'again' / 'index.html'}" in text.replace("\n", "")
+
+
+def test_the_run_wrote_its_page(tiny_run):
+    run_dir = tiny_run[0]  # testbed run ends with the page, as testbed report would write it
+    assert (run_dir / "report" / "index.html").is_file() and (run_dir / "report" / "tradeoff_paper.png").is_file()
+
+
+def test_every_text_table_fits_80_columns(tiny_run):
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tiny_run[0]
+    r = subprocess.run([sys.executable, "-m", "testbed", "report", str(run_dir), "--format", "text"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines)  # nothing cut off
+    for word in ("p99 ms", "net mJ", "offload B", "all-mobile", "early-exit", "continued"):
+        assert word in r.stdout
+
+
+def test_a_run_directory_that_cannot_be_written_needs_out(tiny_run, tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    src = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], src)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here (not root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
+        assert main(["report", str(ro), "--format", "html"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "cannot write the report page into" in err and "Read-only file system; give --out DIR" in err
+        assert main(["report", str(ro), "--format", "html", "--out", str(tmp_path / "elsewhere")]) == 0
+        assert (tmp_path / "elsewhere" / "index.html").is_file()
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
 
 
 def test_validate_and_plan_touch_nothing(tiny_run, capsys):
@@ -212,7 +259,7 @@ def test_the_report_page_has_its_figures_their_numbers_and_says_what_it_left_out
     c.feed(page)
     assert "script" not in c.tags  # readable without JavaScript
     figures = {"tradeoff_paper.png", "tradeoff_latency.png", "tradeoff_energy.png", "tradeoff_bytes.png",
-               "exit_shares.png", "latency_cdf.png"}
+               "exit_shares.png", "latency_cdf.png", "predicted_vs_measured.png"}
     assert figures <= set(c.imgs) and all((tmp_path / "page" / f).stat().st_size > 1000 for f in c.imgs)
     assert {f.replace(".png", ".csv") for f in figures} <= set(c.links)  # the numbers behind every figure
     cdf = pd.read_csv(tmp_path / "page" / "latency_cdf.csv")
@@ -220,6 +267,17 @@ def test_the_report_page_has_its_figures_their_numbers_and_says_what_it_left_out
     # the model meter samples no power: the timeline figure is left out with a line, never drawn empty
     assert "power timelines: left out: no device sampled power" in page
     assert "DIMEE" in page and "early-exit" in page and tiny_run[0].name in page
+    pred = pd.read_csv(tmp_path / "page" / "predicted_vs_measured.csv")  # errors are what the columns say
+    assert set(pred.policy) == {p["name"] for p in POLICIES}
+    assert np.allclose(pred.calibrated_error_pct, (pred.calibrated_ms / pred.measured_ms - 1) * 100)
+    # the scaling factor is the least-squares one: no other factor fits the measured means better
+    k = (pred.preset_units * pred.measured_ms).sum() / (pred.preset_units ** 2).sum()
+    assert np.allclose(pred.preset_ms, pred.preset_units * k)
+    # no SplitEE and no cartography policy in this run: those figures are left out, each with why
+    assert "SplitEE: cumulative regret" in page and "no SplitEE policy in the run" in page
+    assert "no cartography policy in the run" in page
+    assert "Links: configured against measured" in page
+    assert all((tmp_path / "page" / href).is_file() for href in [*c.imgs, *c.links])  # nothing dangling
 
 
 def test_two_runs_side_by_side_on_one_page(tiny_run, tmp_path, capsys):
@@ -238,3 +296,28 @@ def test_two_runs_side_by_side_on_one_page(tiny_run, tmp_path, capsys):
     assert run_dir.name in page and twin.name in page and "tradeoff_paper.png" in page
     points = pd.read_csv(tmp_path / "cmp" / "tradeoff_paper.csv")
     assert len(points) == 2 * len(POLICIES) and points.policy.str.startswith("beef:").sum() == len(POLICIES)
+
+
+def test_the_page_renders_in_a_headless_browser(tiny_run, tmp_path):
+    """Debian's chromium (installed by .ci/run) opens the page with JavaScript off and draws it."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium here (`apt-get install chromium`; .ci/run installs it)")
+    page = tiny_run[0] / "report" / "index.html"
+    shot = tmp_path / "page.png"
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-javascript",
+                        "--hide-scrollbars", "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (2400, 1200)
+    inked = (img < 200).any(axis=2)  # text, rules and plot marks: not the white page
+    assert inked.mean() > 0.01, inked.mean()
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # the figures' colours, not one blank colour
+    rows_inked = inked.any(axis=1)
+    assert rows_inked[:200].any() and rows_inked[1200:].any()  # the header at the top and figures further down

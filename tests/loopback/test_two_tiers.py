@@ -92,6 +92,11 @@ def test_the_report_and_the_cost_model_follow_the_runs_tiers(two_tier_run):
     cost = json.loads((run_dir / "manifest.json").read_text())["cost_model"]
     assert list(cost["layers"]) == list(T2) and "mobile-cloud" in cost["o"]
     assert main(["report", str(run_dir)]) == 0
+    regret = pd.read_csv(run_dir / "report" / "splitee_regret.csv")  # SplitEE's regret on the page
+    rows = pd.read_parquet(run_dir / "samples.parquet")
+    live = rows[(rows.policy == "splitee") & (rows.phase == "measure")].sort_values("seq")
+    assert list(regret["arm"]) == list(live["policy_choice"]) and regret["best_fixed_arm"].nunique() == 1
+    assert (run_dir / "report" / "splitee_regret.png").stat().st_size > 5000
 
 
 def test_a_bundle_of_two_tiers_refuses_an_experiment_naming_three(two_tier_run, tmp_path, capsys):
