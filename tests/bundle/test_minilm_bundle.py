@@ -122,7 +122,8 @@ def test_real_run_all_cloud_accuracy_equals_the_bundle_record(real_bundle, tmp_p
     carto = m[m.policy == "cartography"]
     assert list(mapped["route"]) == list(carto["exit_tier"]) and list(mapped["sample_id"]) == list(carto["sample_id"])
     train = pd.read_csv(run_dir / "report" / "data_map_train.csv")  # the pools the router was trained on
-    assert train.groupby("pool").size().to_dict() == {p: c["size"] for p, c in real_bundle.spec.router.centroids.items()}
+    sizes = {p: c["size"] for p, c in real_bundle.spec.router.centroids.items()}
+    assert train.groupby("pool").size().to_dict() == sizes
     assert_gone(agent_pids(run_dir))
 
 
