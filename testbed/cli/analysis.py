@@ -94,7 +94,7 @@ def render_report(run_dir: Path) -> None:
         out.print(f"[yellow]advice:[/yellow] {a}")
     from testbed.analysis.plots import power_timelines
 
-    for png in power_timelines(run_dir, run_dir / "plots"):
+    for png in power_timelines(run_dir, run_dir / "plots", df, manifest.shaping):
         out.print(f"plot: {png}")
 
 

@@ -55,8 +55,11 @@ def test_external_meter_rows_manifest_and_timeline(tiny_bundle, tmp_path):
 
     report = main(["report", str(run_dir)])
     assert report == 0
-    png = run_dir / "plots" / "power_cloud-1.png"
+    png = run_dir / "report" / "power_cloud-1.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+    marks = pd.read_csv(run_dir / "report" / "power_cloud-1_marks.csv")  # the run's phase on the timeline
+    phase = marks[marks.kind == "phase"].iloc[0]
+    assert phase["label"] == "all-cloud measure" and 0 <= phase["start_s"] < phase["end_s"] <= (t[-1] - t[0]) / 1e9
 
 
 def test_batch_windows_share_energy_by_compute_time_and_never_span_phases(tiny_bundle, tmp_path):

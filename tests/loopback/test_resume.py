@@ -58,6 +58,9 @@ def test_an_interrupted_run_resumes_to_what_an_uninterrupted_run_writes(tiny_bun
         _run(tmp_path, tiny_bundle, tmp_path / "r", stop)
     run_dir = only_run(tmp_path / "r")
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "page")]) == 0  # a stopped run reports, and says so
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "<th>status</th><td>interrupted</td>" in page and "interrupted by the user" in page
     _drop(run_dir, {3, 17, 31})  # gaps inside the rows: resume goes by seq, not by position
     before, _ = load_samples(run_dir)
     missing = set(range(2 * COUNT)) - set(before["seq"])
