@@ -90,26 +90,70 @@ def tradeoff(paper: pd.DataFrame, xcol: str, xlabel: str, out: Path, stem: str,
 
 
 def latency_cdf(df: pd.DataFrame, out: Path) -> Path | None:
-    """The latency CDF of each policy's measured samples; PNG and CSV (quantiles every 1%)."""
+    """Latency CDFs of the measured samples: per policy (left) and per exit tier, all policies (right); PNG, CSV.
+
+    The CSV holds each curve's quantiles every 1% (``policy:<name>``, ``tier:<name>`` columns).
+    """
     m = df[df["phase"] == "measure"]
     if m.empty or m["latency_ms"].isna().all():
         return None
     plt = _plt()
     qs = np.linspace(0, 1, 101)
     table = {"quantile": qs}
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for i, (policy, g) in enumerate(m.groupby("policy", sort=False)):
-        lat = np.sort(g["latency_ms"].dropna().to_numpy())
-        table[str(policy)] = np.quantile(lat, qs)
-        color, marker = _style(i)
-        ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), color=color, marker=marker,
-                markevery=max(1, len(lat) // 8), markersize=4, label=str(policy))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, sharex=True)
+    for ax, key, title in ((axes[0], "policy", "per policy"), (axes[1], "exit_tier", "per exit tier")):
+        for i, (name, g) in enumerate(m.groupby(key, sort=False)):
+            lat = np.sort(g["latency_ms"].dropna().to_numpy())
+            if not len(lat):
+                continue
+            table[f"{'policy' if key == 'policy' else 'tier'}:{name}"] = np.quantile(lat, qs)
+            color, marker = _style(i)
+            ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), color=color, marker=marker,
+                    markevery=max(1, len(lat) // 8), markersize=4, label=f"{name} ({len(lat)})")
+        ax.set_xlabel("end-to-end latency (ms)")
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
+    axes[0].set_ylabel("share of samples at or below")
     pd.DataFrame(table).to_csv(out / "latency_cdf.csv", index=False)
-    ax.set_xlabel("end-to-end latency (ms)")
-    ax.set_ylabel("share of samples at or below")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
     return _save(fig, out, "latency_cdf")
+
+
+def exit_layers(df: pd.DataFrame, out: Path) -> Path | None:
+    """Share of measured samples per exit layer, per policy (only when some policy exits inside a tier)."""
+    m = df[df["phase"] == "measure"]
+    if m.empty or "exit_layer" not in m:
+        return None
+    shares = pd.crosstab(m["policy"], m["exit_layer"], normalize="index")
+    tier_layers = set(m.groupby("exit_tier")["exit_layer"].max())
+    if set(shares.columns) <= tier_layers:  # every exit at a tier's last layer: the tier shares say it all
+        return None
+    shares = shares.reindex(m["policy"].unique())
+    shares.columns = [f"L{c}" for c in shares.columns]
+    return stacked(shares.reset_index(), list(shares.columns), "share of measured samples, by exit layer", out,
+                   "exit_layers", xlim=(0.0, 1.0))
+
+
+def bytes_kinds(table: pd.DataFrame | None, out: Path) -> Path | None:
+    """Median bytes per sample on each device hop: the tensors, the whole message, and on the wire; PNG and CSV."""
+    if table is None or table.empty:
+        return None
+    plt = _plt()
+    table.to_csv(out / "bytes_per_hop.csv", index=False)
+    kinds = [("payload_bytes_p50", "tensors"), ("msg_bytes_p50", "message"), ("wire_bytes_p50", "wire")]
+    kinds = [(c, label) for c, label in kinds if table[c].notna().any()]
+    labels = [f"{r.policy}: {r.hop}" for r in table.itertuples(index=False)]
+    y = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(8.5, 0.8 + 0.45 * len(table)), dpi=100)
+    h = 0.8 / len(kinds)
+    for i, (col, label) in enumerate(kinds):
+        ax.barh(y + i * h, table[col].fillna(0).to_numpy(float), height=h, color=PALETTE[i],
+                hatch=("", "//", "..")[i], edgecolor="black", linewidth=0.5, label=label)
+    ax.set_yticks(y + h * (len(kinds) - 1) / 2, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("median bytes per sample crossing the hop")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, out, "bytes_per_hop")
 
 
 def exit_shares(paper: pd.DataFrame, tiers: list[str], out: Path) -> Path | None:

@@ -16,7 +16,17 @@ from typing import Any
 
 import pandas as pd
 
-from testbed.analysis.figures import MEASURED, choices, exit_shares, latency_cdf, paper_errors, stacked, tradeoff
+from testbed.analysis.figures import (
+    MEASURED,
+    bytes_kinds,
+    choices,
+    exit_layers,
+    exit_shares,
+    latency_cdf,
+    paper_errors,
+    stacked,
+    tradeoff,
+)
 from testbed.analysis.report import Report
 from testbed.analysis.verdict import Interval
 from testbed.formats.manifest import RunManifest
@@ -122,21 +132,21 @@ def write_page(run_dir: Path, rep: Report, df: pd.DataFrame, m: RunManifest, out
                                  f"accuracy against {label} (means; intervals in the paper table)",
                                  f"no policy has a measured {label} in this run"))
         parts.append(_figure(exit_shares(paper, list(m.tiers), out), "where samples exit, per policy", "no shares"))
+        parts.append(_figure(exit_layers(df, out), "where samples exit, by layer, per policy",
+                             "every sample exited at a tier's last layer (the tier shares above)"))
     else:
         parts.append('<p class="missing">trade-off figures: left out: the run has no cost model record</p>')
     parts += _paper_figures(run_dir, df, m, out)
-    parts.append(_figure(latency_cdf(df, out), "latency CDF per policy", "no measured latencies"))
+    parts.append(_figure(latency_cdf(df, out), "latency CDF per policy and per exit tier", "no measured latencies"))
     parts.append(_figure(stacked(rep.latency, ["compute_ms", "network_ms", "queue_ms", "other_ms"], "mean latency (ms)",
                                  out, "latency_split"), "mean latency split into compute, network, queueing and "
                          "the rest, per policy", "the run has no per-stage timings"))
     energy_cols = [f"energy_mj_{t}" for t in m.tiers if rep.energy is not None and f"energy_mj_{t}" in rep.energy]
     parts.append(_figure(stacked(rep.energy, energy_cols, "energy per sample (mJ), by tier", out, "energy_per_tier"),
                          "energy per sample on each tier", "no device measured or modelled energy"))
-    if rep.bytes is not None and not rep.bytes.empty:
-        wide = rep.bytes.pivot_table(index="policy", columns="hop", values="msg_bytes_p50", sort=False).reset_index()
-        parts.append(_figure(stacked(wide, [c for c in wide.columns if c != "policy"], "median message bytes per "
-                                     "sample, by hop", out, "bytes_per_hop"), "bytes per sample on each hop",
-                             "no offloads"))
+    parts.append(_figure(bytes_kinds(rep.bytes, out), "bytes per sample on each device hop: the tensors, the whole "
+                         "message, and on the wire (interface counters, where the hop has its own interface)",
+                         "no sample crossed a device hop"))
     picked = choices(df[df["phase"] == "measure"], out)
     parts += [_figure(p, f"{p.stem.removeprefix('choices_')}: the choice per sample over the run", "") for p in picked]
     pngs = power_timelines(run_dir, out, df, m.shaping)

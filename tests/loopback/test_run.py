@@ -263,7 +263,10 @@ def test_the_report_page_has_its_figures_their_numbers_and_says_what_it_left_out
     assert figures <= set(c.imgs) and all((tmp_path / "page" / f).stat().st_size > 1000 for f in c.imgs)
     assert {f.replace(".png", ".csv") for f in figures} <= set(c.links)  # the numbers behind every figure
     cdf = pd.read_csv(tmp_path / "page" / "latency_cdf.csv")
-    assert set(cdf.columns) == {"quantile", *(p.get("label", p["name"]) for p in POLICIES)}
+    assert set(cdf.columns) == {"quantile", *(f"policy:{p.get('label', p['name'])}" for p in POLICIES),
+                                *(f"tier:{t}" for t in T3)}
+    assert "bytes_per_hop.png" in c.imgs and set(pd.read_csv(tmp_path / "page" / "bytes_per_hop.csv").hop) == {
+        "mobile_edge", "edge_cloud"}
     # the model meter samples no power: the timeline figure is left out with a line, never drawn empty
     assert "power timelines: left out: no device sampled power" in page
     assert "DIMEE" in page and "early-exit" in page and tiny_run[0].name in page

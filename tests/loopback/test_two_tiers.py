@@ -97,6 +97,9 @@ def test_the_report_and_the_cost_model_follow_the_runs_tiers(two_tier_run):
     live = rows[(rows.policy == "splitee") & (rows.phase == "measure")].sort_values("seq")
     assert list(regret["arm"]) == list(live["policy_choice"]) and regret["best_fixed_arm"].nunique() == 1
     assert (run_dir / "report" / "splitee_regret.png").stat().st_size > 5000
+    layers = pd.read_csv(run_dir / "report" / "exit_layers.csv").set_index("policy")  # SplitEE exits inside a tier
+    shares = live["exit_layer"].value_counts(normalize=True)
+    assert all(layers.loc["splitee", f"L{k}"] == pytest.approx(v) for k, v in shares.items())
 
 
 def test_a_bundle_of_two_tiers_refuses_an_experiment_naming_three(two_tier_run, tmp_path, capsys):
