@@ -43,20 +43,57 @@ def _device_problems(exp: Experiment, inv: Inventory, tiers: tuple[str, ...], fr
         problems.append(f"devices: tiers {sorted(exp.devices)} given, but the bundle {exp.bundle!r} has tiers "
                         f"{list(tiers)}; name one device for each of them")
     ids = [d.id for d in inv.devices]
-    for tier, dev_id in exp.devices.items():
+    for tier in exp.devices:
         if tier not in tiers:
             problems.append(f"devices.{tier}: not a tier of the bundle{suggest(tier, list(tiers))}")
             continue
-        try:
-            dev = inv.device(dev_id)
-        except KeyError:
-            problems.append(f"devices.{tier}: device {dev_id!r} is not in the inventory{suggest(dev_id, ids)}")
-            continue
-        if dev.tier != tier:
-            problems.append(f"devices.{tier}: device {dev_id!r} is a {dev.tier} device in the inventory, "
-                            f"not {tier}; pick a {tier} device or fix its tier")
-    if len(set(exp.devices.values())) != len(exp.devices):
-        problems.append("devices: one device serves two tiers; each tier needs its own agent")
+        given = exp.tier_devices(tier)
+        if not given:
+            problems.append(f"devices.{tier}: an empty list; name one device or several")
+        for j, dev_id in enumerate(given):
+            where = f"devices.{tier}" + (f"[{j}]" if isinstance(exp.devices[tier], list) else "")
+            try:
+                dev = inv.device(dev_id)
+            except KeyError:
+                problems.append(f"{where}: device {dev_id!r} is not in the inventory{suggest(dev_id, ids)}")
+                continue
+            if dev.tier != tier:
+                problems.append(f"{where}: device {dev_id!r} is a {dev.tier} device in the inventory, "
+                                f"not {tier}; pick a {tier} device or fix its tier")
+    all_ids = exp.device_ids()
+    twice = sorted({d for d in all_ids if all_ids.count(d) > 1})
+    if twice:
+        problems.append(f"devices: {', '.join(twice)} named more than once; each place in the topology needs its "
+                        "own agent")
+    return problems + _topology_problems(exp, tiers)
+
+
+def _topology_problems(exp: Experiment, tiers: tuple[str, ...]) -> list[str]:
+    """An explicit assignment names every device with a next tier once, each to a device of that next tier."""
+    assign = exp.topology.assign
+    problems = []
+    if isinstance(assign, dict):
+        known = [t for t in tiers if t in exp.devices]
+        for i, tier in enumerate(known[:-1]):
+            nxt = exp.tier_devices(known[i + 1])
+            for dev in exp.tier_devices(tier):
+                if dev not in assign:
+                    problems.append(f"topology.assign: {dev} ({tier}) has no device of {known[i + 1]} to offload to; "
+                                    f"add `{dev}: <one of {nxt}>`")
+                elif assign[dev] not in nxt:
+                    problems.append(f"topology.assign.{dev}: {assign[dev]!r} is not a {known[i + 1]} device of this "
+                                    f"experiment{suggest(assign[dev], nxt)}")
+        last = set(exp.tier_devices(known[-1])) if known else set()
+        problems += [f"topology.assign.{d}: {d} is on the last tier, or not in devices; it sends nothing on"
+                     for d in assign if d in last or d not in exp.device_ids()]
+    if exp.several and exp.shaping.links:
+        kernel = [n for n, p in exp.shaping.links.items() if p.rate_mbit or p.loss_pct or any(
+            s.rate_mbit or s.loss_pct for s in p.schedule or [])]
+        if exp.shaping.backend == "netem" or kernel:
+            what = "backend netem" if exp.shaping.backend == "netem" else "rate or loss on " + ", ".join(kernel)
+            problems.append(f"shaping: {what} with several devices per tier is not supported yet "
+                            "(each device pair needs its own shaped interface); use backend userspace with delay and "
+                            "jitter only, or one device per tier")
     return problems
 
 

@@ -196,7 +196,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from testbed.devices.routes import check_routes
 
     exp, inv, bundle = _devices(args)
-    ssh_run = any(inv.device(d).launcher == "ssh" for d in exp.devices.values())
+    ssh_run = any(inv.device(d).launcher == "ssh" for d in exp.device_ids())
     chosen, _ = shaping.applicable(exp.shaping.links, exp.shaping.backend, ssh_run)
     want_backend = chosen if chosen in ("netem", "userspace") else None
     table = Table(title=f"preflight of {args.experiment} ({args.inventory})")
@@ -204,7 +204,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
                 "governor", "temp", "netem", "meters", "result"):
         table.add_column(col, overflow="fold")
     failed: list[str] = []
-    for tier, dev_id in exp.devices.items():
+    for tier, dev_id in ((t, d) for t in exp.devices for d in exp.tier_devices(t)):
         d = inv.device(dev_id)
         try:
             if d.launcher == "ssh":

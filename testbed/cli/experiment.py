@@ -22,7 +22,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """`testbed validate`: structural and semantic checks, every problem at once."""
     exp, inv = load_all(args.experiment, args.inventory)
     out.print(f"[green]ok[/green] {args.experiment}: experiment {exp.name!r}, {len(exp.policies)} policies, "
-              f"devices {', '.join(f'{t}={d}' for t, d in exp.devices.items())} ({args.inventory})")
+              f"devices {', '.join(f'{t}={d}' for t in exp.devices for d in exp.tier_devices(t))} ({args.inventory})")
     return 0
 
 
@@ -35,12 +35,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for col in ("tier", "device", "host", "launcher", "partition", "layers", "sha256", "offload to"):
         table.add_column(col)
     tiers = bundle.tiers
-    for i, tier in enumerate(tiers):
-        dev = inv.device(exp.devices[tier])
+    for tier in tiers:
         spec = bundle.tier(tier)
-        table.add_row(tier, dev.id, dev.host, dev.launcher, str(bundle.root / spec.file),
-                      f"{spec.layers[0]}-{spec.layers[-1]}", spec.sha256[:12],
-                      exp.devices[tiers[i + 1]] if i + 1 < len(tiers) else "- (returns to controller)")
+        for dev_id in exp.tier_devices(tier):
+            dev = inv.device(dev_id)
+            table.add_row(tier, dev.id, dev.host, dev.launcher, str(bundle.root / spec.file),
+                          f"{spec.layers[0]}-{spec.layers[-1]}", spec.sha256[:12],
+                          exp.next_device(tiers, dev_id) or "- (returns to controller)")
     out.print(table)
     n = len(bundle.samples(exp.samples.split))
     count = min(exp.samples.count or n, n)
@@ -78,7 +79,7 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory, first_tier: str) -> Non
     if not exp.shaping.links or exp.shaping.backend == "none":
         out.print("shaping: none")
         return
-    remote = any(inv.device(d).launcher == "ssh" for d in exp.devices.values())
+    remote = any(inv.device(d).launcher == "ssh" for d in exp.device_ids())
     backend = exp.shaping.backend if exp.shaping.backend != "auto" else ("netem" if remote else "userspace")
     note = " (auto: netem where the kernel has it, else userspace; preflight decides)" \
         if exp.shaping.backend == "auto" else ""
@@ -91,7 +92,7 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory, first_tier: str) -> Non
                   + (f", schedule of {len(prof.schedule)} steps" if prof.schedule else ""), highlight=False)
         for end in ends:
             if end == "controller":
-                peer_id = exp.devices[ends[1]]
+                peer_id = exp.tier_devices(ends[1])[0]
                 iface = inv.controller.interfaces.get(peer_id)
                 steps = shaping.plan(iface or "<interface>", prof, backend)
                 if steps and not iface:
@@ -110,7 +111,7 @@ def _print_shaping_plan(exp: Experiment, inv: Inventory, first_tier: str) -> Non
                             else "the Results it sends (the controller issues Work to the first tier only)")
                     out.print(f"  {peer_id}: agent holds {what} {params}", markup=False, highlight=False)
                 continue
-            dev = inv.device(exp.devices[end])
+            dev = inv.device(exp.tier_devices(end)[0])
             peer = ends[1] if end == ends[0] else ends[0]
             iface = dev.interface_to(peer) or "<interface: set it in the inventory>"
             where = "local: loopback, not applied" if dev.launcher == "local" else f"{dev.host} via SSH"
@@ -148,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     exp, inv = load_all(args.experiment, args.inventory)
     from testbed.devices import shaping
 
-    remote = any(inv.device(d).launcher == "ssh" for d in exp.devices.values())
+    remote = any(inv.device(d).launcher == "ssh" for d in exp.device_ids())
     _, refusals = shaping.applicable(exp.shaping.links, exp.shaping.backend, remote)
     if refusals:
         raise ConfigError(str(args.experiment), [*refusals, "a run would not be shaped as asked, so it does not "

@@ -172,6 +172,19 @@ SafeName = Annotated[str, AfterValidator(safe_name)]
 Provider = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,40}ExecutionProvider$")]
 
 
+class TopologySpec(Strict):
+    """Several devices per tier: which device of the next tier each device sends its offloads to."""
+
+    assign: Literal["round-robin"] | dict[str, str] = Field(
+        "round-robin", description="round-robin: the i-th device of a tier offloads to the (i mod n)-th of the next; "
+        "or a map of device id -> next-tier device id (every device of a tier with a next tier named once)")
+    issue: Literal["round-robin"] = Field("round-robin", description="how samples are spread over the first tier's "
+                                          "devices: in turn, by issue order")
+    policy_state: Literal["per-source", "shared"] = Field(
+        "per-source", description="a learning policy (SplitEE) keeps one state per first-tier device (per-source), "
+        "as each device would learn on its own, or one for all of them (shared)")
+
+
 class Experiment(Strict):
     """``experiments/<name>.yaml``."""
 
@@ -179,8 +192,10 @@ class Experiment(Strict):
                            "'-', starting with a letter or digit")
     description: str = Field("", description="free text, kept in the manifest")
     bundle: str = Field(description="the partition bundle's directory (built by `testbed partition`)")
-    devices: dict[str, str] = Field(description="tier -> device id in the inventory: one device for each of the "
-                                    "bundle's tiers (mobile, edge and cloud; or two tiers such as mobile and cloud)")
+    devices: dict[str, str | list[str]] = Field(
+        description="tier -> device id in the inventory, or a list of them (several devices per tier: see "
+        "topology), for each of the bundle's tiers (mobile, edge and cloud; or two tiers such as mobile and cloud)")
+    topology: TopologySpec = TopologySpec()
     samples: SampleSpec = SampleSpec()
     policies: list[PolicySpec] = Field(min_length=1, description="run one after the other, on the same samples")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random choice of the run (random policy, "
@@ -191,6 +206,31 @@ class Experiment(Strict):
     cost: CostSpec = CostSpec()
     shaping: ShapingSpec = ShapingSpec()
     deploy: DeploySpec = DeploySpec()
+
+    def tier_devices(self, tier: str) -> list[str]:
+        """The device ids of ``tier``, in the order given (one or more)."""
+        d = self.devices[tier]
+        return [d] if isinstance(d, str) else list(d)
+
+    def device_ids(self) -> list[str]:
+        """Every device id of the run, tier by tier."""
+        return [d for t in self.devices for d in self.tier_devices(t)]
+
+    def next_device(self, tiers: Sequence[str], device: str) -> str | None:
+        """The device of the next tier that ``device`` offloads to (None on the last tier)."""
+        tier = next(t for t in tiers if device in self.tier_devices(t))
+        i = list(tiers).index(tier)
+        if i + 1 == len(tiers):
+            return None
+        nxt = self.tier_devices(tiers[i + 1])
+        if isinstance(self.topology.assign, dict):
+            return self.topology.assign[device]
+        return nxt[self.tier_devices(tier).index(device) % len(nxt)]
+
+    @property
+    def several(self) -> bool:
+        """Whether some tier has more than one device."""
+        return any(len(self.tier_devices(t)) > 1 for t in self.devices)
 
 
 class MeterSpec(Strict):

@@ -76,8 +76,9 @@ class Fleet:
         self._connect = connect or (lambda d: SshRemote(target_of(d), trust_new_hosts))
         self._route_get = route_get
         self.tiers = bundle.tiers  # the run's, in order
-        self.devices = {t: inv.device(exp.devices[t]) for t in self.tiers}
-        self.devices_by_id = {d.id: d for d in self.devices.values()}
+        # a tier's first device (links and shaping are per tier: several devices per tier shape in userspace only)
+        self.devices = {t: inv.device(exp.tier_devices(t)[0]) for t in self.tiers}
+        self.devices_by_id = {d: inv.device(d) for d in exp.device_ids()}
         self.remotes: dict[str, Remote] = {}
         self.deploys: dict[str, DeployRecord] = {}
         self.routes: dict[str, str] = {}
@@ -90,11 +91,11 @@ class Fleet:
     @property
     def remote(self) -> bool:
         """True when the agents are deployed over SSH."""
-        return any(d.launcher == "ssh" for d in self.devices.values())
+        return any(d.launcher == "ssh" for d in self.devices_by_id.values())
 
     def connect_all(self) -> None:
         """Route check, then SSH to every ssh device, then preflight and push (one device at a time)."""
-        ssh_devs = [d for d in self.devices.values() if d.launcher == "ssh"]
+        ssh_devs = [d for d in self.devices_by_id.values() if d.launcher == "ssh"]
         if not ssh_devs:
             return
         addrs = {d.id: [d.host] + ([d.data_host] if d.tier == self.tiers[0] and d.data_host else []) for d in ssh_devs}

@@ -97,9 +97,9 @@ class Controller:
             pctx = policies.context_for(self.bundle, self.exp.samples.split, self.exp.seed,
                                         {s.name for s in self.exp.policies})
             for i, spec in enumerate(self.exp.policies):
-                policy = policies.make(spec, pctx)
+                policy = self._make_policy(spec, pctx)
                 self._run_policy(policy, np.random.default_rng(self.exp.seed + i))
-                m.policies[spec.key] = policies.record(policy)
+                m.policies[spec.key] = records.policy_record(policy)
                 writer.write_manifest(m)
             self._measure_drift(m)
             status = "complete"
@@ -159,7 +159,7 @@ class Controller:
     def _start(self, fleet: Fleet, m: RunManifest) -> None:
         """Start the agents (last tier first), hear every Hello, configure, align clocks; record them."""
         assert self.writer is not None and self.collector is not None
-        keys = self.keys = (RunKeys.create([self.exp.devices[t] for t in self.tiers])
+        keys = self.keys = (RunKeys.create(self.exp.device_ids())
                             if self.inv.controller.security == "curve" else None)
         transport = self.transport = self.transport or ZmqTransport(self.inv.controller.bind, self.clock, keys)
         session = self.session = AgentSession(transport, self.clock, self.exp.timeouts, str(self.exp_path),
@@ -171,8 +171,8 @@ class Controller:
         port = transport.endpoint.rsplit(":", 1)[1]
         owned: list[dict[str, Any]] = []
         m.owned = {"record": fleet.owned.path.name, "processes": owned}
-        for tier in reversed(self.tiers):
-            device = self.inv.device(self.exp.devices[tier])
+        for tier, dev_id in ((t, d) for t in reversed(self.tiers) for d in self.exp.tier_devices(t)):
+            device = self.inv.device(dev_id)
             args = AgentArgs(f"tcp://{self.inv.controller_address(device)}:{port}", self.exp.timeouts.heartbeat_s,
                              self.exp.timeouts.liveness, self.exp.timeouts.hello_s,
                              keys.agent_file(device.id) if keys is not None else b"")
@@ -206,7 +206,7 @@ class Controller:
         self.writer.write_manifest(m)  # type: ignore[union-attr]
 
     def _wire(self) -> dict[str, dict[str, str]]:
-        return records.wire_ifaces(self.inv, self.exp.devices, self.tiers)
+        return records.wire_ifaces(self.inv, {t: self.exp.tier_devices(t) for t in self.tiers}, self.tiers)
 
     def _configure(self, files: dict[str, tuple[str, str]] | None = None, seq: int = 1,
                    ranges: dict[str, tuple[int, int]] | None = None) -> None:
@@ -216,18 +216,19 @@ class Controller:
         as a chain instead of its tier graph (a split point at every layer).
         """
         assert self.session is not None and self.fleet is not None and self.issuer is not None
-        by_tier = self.session.by_tier()
+        agents = self.session.agents
         wire = self._wire()
         t = self.issuer.schedule_t()
         messages = {}
         tiers = self.tiers
         keys = self.keys
-        for i, tier in enumerate(tiers):
+        for i, tier, a in ((tiers.index(x.tier), x.tier, x) for x in agents.values()):
             spec = self.bundle.tier(tier)
             file, sha = (files or {}).get(tier, (spec.file, spec.sha256))
-            a, last = by_tier[tier], i + 1 == len(tiers)
-            nxt = "" if last else by_tier[tiers[i + 1]].hello.data_endpoint  # type: ignore[union-attr]
-            nxt_key = "" if last or keys is None else keys.public(by_tier[tiers[i + 1]].device_id)
+            last = i + 1 == len(tiers)
+            to = agents[self.exp.next_device(tiers, a.device_id) or a.device_id]  # its own id: the last tier
+            nxt = "" if last or to.hello is None else to.hello.data_endpoint
+            nxt_key = "" if last or keys is None else keys.public(to.device_id)
             link = None if last else self.fleet.userspace_link(Hop(tier, tiers[i + 1]).link, t)
             ctl = self.fleet.userspace_link(f"controller-{tier}", t)
             messages[a.device_id] = p.Configure(
@@ -259,11 +260,21 @@ class Controller:
 
     # ------------------------------------------------------------------ samples
 
-    def _run_policy(self, policy: policies.Policy, rng: np.random.Generator) -> None:
+    def _make_policy(self, spec: Any, pctx: Any) -> policies.Policy | dict[str, policies.Policy]:
+        """The policy, or one state per first-tier device for a policy that learns online (topology.policy_state)."""
+        policy = policies.make(spec, pctx)
+        sources = self.exp.tier_devices(self.tiers[0])
+        learns = type(policy).observe is not policies.Policy.observe
+        if len(sources) == 1 or not learns or self.exp.topology.policy_state == "shared" or policy.needs_resources:
+            return policy
+        return {sources[0]: policy, **{d: policies.make(spec, pctx) for d in sources[1:]}}
+
+    def _run_policy(self, policy_set: policies.Policy | dict[str, policies.Policy], rng: np.random.Generator) -> None:
         assert self.issuer is not None
         samples = self.bundle.samples(self.exp.samples.split)
         count = self.exp.samples.count or len(samples)  # validated against the split size
         warm = self.exp.samples.warmup
+        policy = policy_set if isinstance(policy_set, policies.Policy) else next(iter(policy_set.values()))
         if policy.needs_resources:
             self._run_adaptive(policy, rng, samples, count, max(warm, 3))
             return
@@ -273,9 +284,10 @@ class Controller:
         try:
             # warmup and measure run as two phases, so no batch energy window holds samples of both
             if warm:
-                self.issuer.issue_all(policy, rng, samples, [("warmup", i % count) for i in range(warm)],
+                self.issuer.issue_all(policy_set, rng, samples, [("warmup", i % count) for i in range(warm)],
                                       (0, warm + count))
-            self.issuer.issue_all(policy, rng, samples, [("measure", i) for i in range(count)], (warm, warm + count))
+            self.issuer.issue_all(policy_set, rng, samples, [("measure", i) for i in range(count)],
+                                  (warm, warm + count))
         finally:
             if ranges is not None:
                 self._configure(None, seq=3)
@@ -285,7 +297,7 @@ class Controller:
         """Warm up on the full network through every tier, measure the resources, let the policy choose, run."""
         assert self.issuer is not None
         probe = policies.StaticPolicy(policy.name, policies.at_tier(self.tiers[-1], self.tiers))
-        rows = self.issuer.issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)])
+        rows = self.issuer.issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)], keep=True)
         policy.plan(policy.resources(rows))
         files = policy.partitions()
         if files is not None:
@@ -314,9 +326,11 @@ class Controller:
                 # first tier the Work arriving too)
                 a, b = link_ends(hop)
                 ctl = a == CONTROLLER
-                sender = session.by_tier()[b if ctl else a]
-                session.send(sender, p.Shape(i, profile.delay_ms, profile.jitter_ms, "controller" if ctl else "data"))
-                rec["userspace"] = {"device": sender.device_id, "link": "controller" if ctl else "data",
+                senders = session.tier_agents(b if ctl else a)  # every device of the sending tier
+                for sender in senders:
+                    session.send(sender, p.Shape(i, profile.delay_ms, profile.jitter_ms,
+                                                 "controller" if ctl else "data"))
+                rec["userspace"] = {"devices": [x.device_id for x in senders], "link": "controller" if ctl else "data",
                                     "delay_ms": profile.delay_ms, "jitter_ms": profile.jitter_ms}
             kernel = fleet.reshape(hop, profile)
             if kernel:

@@ -37,6 +37,28 @@ class Progress:
     total: int
 
 
+class Sources:
+    """The first tier's devices, which take the samples in turn by issue order, and each one's policy state.
+
+    ``policy``: one policy for all of them, or one per device (a learning policy that learns on
+    each device alone: ``topology.policy_state: per-source``).
+    """
+
+    def __init__(self, agents: list[Any], policy: Policy | dict[str, Policy]):
+        self.agents = agents
+        self.policy = policy
+        self.name = policy.name if isinstance(policy, Policy) else next(iter(policy.values())).name
+
+    def at(self, seq: int) -> tuple[str, str]:
+        """The device sample ``seq`` goes to, and its data endpoint."""
+        a = self.agents[seq % len(self.agents)]
+        return a.device_id, a.hello.data_endpoint
+
+    def policy_of(self, device: str) -> Policy:
+        """The policy state the samples of ``device`` follow."""
+        return self.policy if isinstance(self.policy, Policy) else self.policy[device]
+
+
 class DataTransport(Protocol):
     """What the issuer needs of the transport besides the session's control messages."""
 
@@ -70,15 +92,16 @@ class Issuer:
         """Seconds since the first sample was issued (0 before): the time base of link schedules."""
         return 0.0 if self.first_issue_ns is None else (self.clock.monotonic_ns() - self.first_issue_ns) / NS
 
-    def _issue(self, policy: Policy, rng: np.random.Generator, samples: Samples, phase: str, idx: int,
-               endpoint: str) -> Issued:
+    def _issue(self, sources: Sources, rng: np.random.Generator, samples: Samples, phase: str, idx: int) -> Issued:
         tensors = samples.tensors(idx)
         sample_id = int(samples.sample_id[idx])
+        device, endpoint = sources.at(self.seq)
+        policy = sources.policy_of(device)
         work = p.Work(self.seq, sample_id, tensors, policy.thresholds(sample_id, rng), [], policy.measure,
                       policy.split(sample_id), policy.pools(sample_id))
         issued = Issued(self.seq, sample_id, int(samples.label[idx]), phase, policy.name,
                         self.clock.monotonic_ns(), self.clock.time_ns(),
-                        sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id))
+                        sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id), device)
         self.seq += 1
         self.next_issue_ns = issued.issue_mono_ns + int(self.run.interval_ms * 1e6)
         self.transport.issue(endpoint, work)
@@ -90,17 +113,19 @@ class Issuer:
             wait_s = min(wait_s, max(0.0, (self.next_issue_ns - self.clock.monotonic_ns()) / NS))
         return wait_s
 
-    def issue_all(self, policy: Policy, rng: np.random.Generator, samples: Samples, plan: list[tuple[str, int]],
-                  progress: tuple[int, int] | None = None) -> list[dict[str, Any]]:
-        """Issue the plan's samples, (phase, index in ``samples``) each; returns the rows written.
+    def issue_all(self, policy: Policy | dict[str, Policy], rng: np.random.Generator, samples: Samples,
+                  plan: list[tuple[str, int]], progress: tuple[int, int] | None = None,
+                  keep: bool = False) -> list[dict[str, Any]]:
+        """Issue the plan's samples, (phase, index in ``samples``) each, over the first tier's devices in turn.
 
-        ``progress`` is (samples of this policy done before, the policy's total) for the progress bar.
+        ``policy``: one, or one per first-tier device (:class:`Sources`). ``progress`` is (samples of
+        this policy done before, the policy's total) for the progress bar. Returns the rows written
+        when ``keep`` (the adaptive policy's warmup), else none: a long run holds no rows in memory.
         """
         before, total = progress or (0, len(plan))
         if self.first_issue_ns is None:
             self.first_issue_ns = self.clock.monotonic_ns()
-        first = self.session.by_tier()[self.collector.tiers[0]]
-        assert first.hello is not None
+        sources = Sources(self.session.tier_agents(self.collector.tiers[0]), policy)
         in_flight: dict[int, Issued] = {}
         written: list[dict[str, Any]] = []
         nxt, done = 0, 0
@@ -108,43 +133,56 @@ class Issuer:
         while done < len(plan):
             while self.replay is not None and nxt < len(plan) and self.replay.has(self.seq) and not in_flight:
                 phase, idx = plan[nxt]  # live samples drained first: their answers come in their place
-                written.append(self.replay.play(self.seq, policy, rng, int(samples.sample_id[idx]), phase))
+                row = self.replay.play(self.seq, sources.policy_of(sources.at(self.seq)[0]), rng,
+                                       int(samples.sample_id[idx]), phase)
+                written += [row] if keep else []
                 self.seq, nxt, done = self.seq + 1, nxt + 1, done + 1
-                self.on_progress(Progress(policy.name, phase, before + done, total))
+                self.on_progress(Progress(sources.name, phase, before + done, total))
             if done == len(plan):
                 break
             if self.replay is not None and nxt < len(plan) and not self.replay.has(self.seq):
-                self.replay.observe(policy)  # everything replayed so far came back before a live sample
+                self.replay.observe()  # everything replayed so far came back before a live sample
             self.on_tick()
             while nxt < len(plan) and len(in_flight) < self.run.concurrency and (
                     self.clock.monotonic_ns() >= self.next_issue_ns) and not (
                     self.replay is not None and self.replay.has(self.seq)):
-                issued = self._issue(policy, rng, samples, *plan[nxt], first.hello.data_endpoint)
+                issued = self._issue(sources, rng, samples, *plan[nxt])
                 in_flight[issued.seq] = issued
                 nxt += 1
             got = self.session.recv(self._wait_s(nxt < len(plan), len(in_flight)), spin=spin)
             self.session.keepalive(in_flight)
             if got is None:
                 continue
-            self.session.note_heard(got.agent_id)
-            msg = got.msg
-            if isinstance(msg, p.Result):
-                if msg.run_seq not in in_flight:
-                    continue  # a late answer to a sample this run already gave up on
-                answered = in_flight.pop(msg.run_seq)
-                written += self.collector.result(got, msg, answered)
-                policy.observe(answered.sample_id, confidences(msg.stages))
-                done += 1
-                self.on_progress(Progress(policy.name, answered.phase, before + done, total))
-            elif isinstance(msg, p.EnergyWindow):
-                written += self.collector.window(msg)
-            elif isinstance(msg, p.Failure):
-                raise self.session.failed(got.agent_id, msg)
+            done += self._on_message(got, in_flight, sources, written if keep else None, (before + done, total))
         if self.replay is not None:
-            self.replay.observe(policy)
+            self.replay.observe()
         if self.collector.ledger.pending:
-            written += self.flush_windows()
+            rows = self.flush_windows()
+            written += rows if keep else []
         return written
+
+    def _on_message(self, got: Received, in_flight: dict[int, Issued], sources: Sources,
+                    written: list[dict[str, Any]] | None, progress: tuple[int, int]) -> int:
+        """Handle one message during issuing; 1 when it finished a sample in flight, else 0."""
+        self.session.note_heard(got.agent_id)
+        msg = got.msg
+        if isinstance(msg, p.Result):
+            if msg.run_seq not in in_flight:
+                return 0  # a late answer to a sample this run already gave up on
+            answered = in_flight.pop(msg.run_seq)
+            rows = self.collector.result(got, msg, answered)
+            sources.policy_of(answered.source).observe(answered.sample_id, confidences(msg.stages))
+            if written is not None:
+                written += rows
+            self.on_progress(Progress(sources.name, answered.phase, progress[0] + 1, progress[1]))
+            return 1
+        if isinstance(msg, p.EnergyWindow):
+            rows = self.collector.window(msg)
+            if written is not None:
+                written += rows
+        elif isinstance(msg, p.Failure):
+            raise self.session.failed(got.agent_id, msg)
+        return 0
 
     def flush_windows(self) -> list[dict[str, Any]]:
         """Ask every agent to close its open energy window and wait; returns the rows completed.

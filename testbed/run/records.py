@@ -141,18 +141,21 @@ def clock_drift(a: AgentState) -> dict[str, Any]:
             if elapsed_ns > 0 else None, "clock_elapsed_s": round(elapsed_ns / 1e9, 3)}
 
 
-def wire_ifaces(inv: Inventory, devices: dict[str, str], tiers: Sequence[str]) -> dict[str, dict[str, str]]:
+def wire_ifaces(inv: Inventory, devices: dict[str, list[str]], tiers: Sequence[str]) -> dict[str, dict[str, str]]:
     """Per receiving tier: the interface its hop from the previous tier arrives through, or why none is counted.
 
-    ``devices``: tier -> device id; ``tiers``: the run's, in order. Only a dedicated link counts
-    (one the hop's data alone uses); else bytes_wire stays null.
+    ``devices``: tier -> its device ids; ``tiers``: the run's, in order. Only a dedicated link counts
+    (one the hop's data alone uses, from one sender); else bytes_wire stays null.
     """
     out: dict[str, dict[str, str]] = {}
     for prev, tier in zip(tiers, tiers[1:], strict=False):
-        dev = inv.device(devices[tier])
+        dev = inv.device(devices[tier][0])
         iface = dev.interfaces.get(prev)
         hop = Hop(prev, tier).column
-        if not iface:
+        if len(devices[tier]) > 1 or len(devices[prev]) > 1:
+            out[tier] = {"hop": hop, "why_not": f"several devices on {prev} or {tier}: an interface counter would mix "
+                         "their samples"}
+        elif not iface:
             out[tier] = {"hop": hop, "why_not": f"{dev.id} has no interfaces.{prev} in the inventory "
                          "(its link to the previous tier is not known to be its own)"}
         elif iface == dev.interface_to("controller"):
@@ -160,3 +163,13 @@ def wire_ifaces(inv: Inventory, devices: dict[str, str], tiers: Sequence[str]) -
         else:
             out[tier] = {"hop": hop, "device": dev.id, "interface": iface}
     return out
+
+
+def policy_record(policy: Any) -> dict[str, Any]:
+    """The manifest's record of a policy; with one state per first-tier device, the first's and each one's."""
+    from testbed import policies
+
+    if isinstance(policy, dict):
+        per = {d: policies.record(p) for d, p in policy.items()}
+        return {**next(iter(per.values())), "state": "per-source", "per_source": per}
+    return policies.record(policy)

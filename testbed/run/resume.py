@@ -124,7 +124,8 @@ class Replay:
 
     def __init__(self, rows: dict[int, dict[str, Any]]):
         self.rows = rows
-        self._pending: list[tuple[int, int, int, str]] = []  # (t_return, seq, sample_id, feedback): not yet observed
+        # (t_return, seq, sample_id, feedback, the policy state it feeds): not yet observed
+        self._pending: list[tuple[int, int, int, str, Policy]] = []
         self.replayed = 0
         self.choices_differing = 0  # the policy chose otherwise than the row says (state diverged)
         self.feedback_unusable = 0  # ... and the row's feedback did not fit its new choice
@@ -144,7 +145,7 @@ class Replay:
             raise ResultsError(f"row seq {seq} on disk is {row['policy']}/{row['phase']}/sample {row['sample_id']}, "
                                f"but the experiment's plan puts {policy.name}/{phase}/sample {sample_id} there: "
                                "these rows are not this experiment's; start a new run")
-        self.observe(policy, before_ns=int(row["t_issue_unix_ns"]))
+        self.observe(before_ns=int(row["t_issue_unix_ns"]))
         policy.thresholds(sample_id, rng)
         policy.split(sample_id)
         policy.pools(sample_id)
@@ -152,14 +153,14 @@ class Replay:
             self.choices_differing += 1
         back = row.get("t_return_unix_ns")
         heapq.heappush(self._pending, (int(back) if back is not None else int(row["t_issue_unix_ns"]), seq,
-                                       sample_id, row.get("policy_feedback") or ""))
+                                       sample_id, row.get("policy_feedback") or "", policy))
         self.replayed += 1
         return row
 
-    def observe(self, policy: Policy, before_ns: int | None = None) -> None:
+    def observe(self, before_ns: int | None = None) -> None:
         """Feed the replayed answers that came back before ``before_ns`` (all of them: None), oldest first."""
         while self._pending and (before_ns is None or self._pending[0][0] < before_ns):
-            _, _, sample_id, feedback = heapq.heappop(self._pending)
+            _, _, sample_id, feedback, policy = heapq.heappop(self._pending)
             if not feedback:
                 continue
             try:

@@ -47,6 +47,7 @@ class Issued:
     issue_wall_ns: int
     bytes_in: int
     choice: str | None = None
+    source: str = ""  # the first-tier device it was issued to
 
 
 def build_row(

@@ -93,9 +93,9 @@ class AgentSession:
         self.agents[device_id] = a
         return a
 
-    def by_tier(self) -> dict[str, AgentState]:
-        """Tier -> its agent."""
-        return {a.tier: a for a in self.agents.values()}
+    def tier_agents(self, tier: str) -> list[AgentState]:
+        """The agents of ``tier``, in the experiment's order of its devices."""
+        return [a for a in self.agents.values() if a.tier == tier]
 
     def note_heard(self, agent_id: str) -> None:
         """The agent just spoke (any message counts as a sign of life)."""

@@ -95,7 +95,7 @@ def setup(tmp_path, run: RunSpec, service_s: float):
 def test_paced_samples_leave_at_least_the_interval_apart_and_every_one_becomes_a_row(tmp_path):
     issuer, transport, writer, samples, progress = setup(tmp_path, RunSpec(interval_ms=10.0), service_s=0.002)
     policy = StaticPolicy("all-mobile", at_tier("mobile", T3))
-    rows = issuer.issue_all(policy, np.random.default_rng(0), samples, [("measure", i) for i in range(12)])
+    rows = issuer.issue_all(policy, np.random.default_rng(0), samples, [("measure", i) for i in range(12)], keep=True)
     gaps = np.diff(transport.issued_at)
     assert len(transport.issued_at) == 12 and gaps.min() >= 10_000_000  # never faster than the interval
     assert [r["seq"] for r in rows] == list(range(12)) and all(r["exit_tier"] == "mobile" for r in rows)
@@ -109,7 +109,7 @@ def test_no_more_than_concurrency_samples_are_in_flight_and_the_issue_order_cont
     issuer, transport, _, samples, _ = setup(tmp_path, RunSpec(concurrency=3), service_s=0.05)
     policy = StaticPolicy("all-mobile", at_tier("mobile", T3))
     issuer.issue_all(policy, np.random.default_rng(0), samples, [("warmup", i) for i in range(2)])
-    rows = issuer.issue_all(policy, np.random.default_rng(0), samples, [("measure", i) for i in range(9)])
+    rows = issuer.issue_all(policy, np.random.default_rng(0), samples, [("measure", i) for i in range(9)], keep=True)
     assert transport.max_in_flight == 3
     assert [r["seq"] for r in rows] == list(range(2, 11))  # one issue order over the whole run
     assert issuer.schedule_t() > 0  # link schedules count from the first issue
@@ -152,7 +152,7 @@ def test_hostile_messages_are_counted_and_ignored_and_never_become_rows(tmp_path
     hostile = Hostile(issuer.clock, 0.002)
     issuer.transport = issuer.session.transport = hostile
     rows = issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile", T3)), np.random.default_rng(0), samples,
-                            [("measure", i) for i in range(8)])
+                            [("measure", i) for i in range(8)], keep=True)
     assert len(rows) == 8 and all(r["prediction"] == 1 for r in rows)  # only the real answers
     rejected = issuer.session.rejected
     assert rejected["undecodable message"] >= 8 and rejected["failure from an identity this run did not start"] >= 1

@@ -1,0 +1,63 @@
+"""Three mobiles, one edge and one cloud from one controller, on 127.0.0.1: rows per device, one state per source."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from testbed.cli import main
+
+from conftest import write_experiment
+from loopback.helpers import agent_pids, assert_gone, only_run
+
+pytestmark = pytest.mark.loopback
+MOBILES = ["mobile-1", "mobile-2", "mobile-3"]
+
+
+@pytest.fixture(scope="module")
+def fleet_run(tiny_bundle, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fleet")
+    ids = [*MOBILES, "edge-1", "cloud-1"]
+    inv = tmp / "inv.yaml"
+    inv.write_text(yaml.safe_dump({"devices": [
+        {"id": d, "tier": d.split("-")[0], "host": "127.0.0.1", "launcher": "local", "threads": 1,
+         "meter": {"kind": "model", "idle_w": 1.0, "busy_w": 3.0}} for d in ids]}))
+    exp = write_experiment(tmp / "exp.yaml", tiny_bundle.root,
+                           [{"name": "all-cloud"}, {"name": "splitee", "alpha": 0.6},
+                            {"name": "early-exit", "thresholds": {"mobile": 0.9, "edge": 0.8}}],
+                           count=30, warmup=0, name="fleet",
+                           devices={"mobile": MOBILES, "edge": "edge-1", "cloud": "cloud-1"},
+                           run={"concurrency": 6, "flush_rows": 16},
+                           shaping={"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 2}}})
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp / "results"), "-q"]) == 0
+    run_dir = only_run(tmp / "results")
+    return run_dir, pd.read_parquet(run_dir / "samples.parquet")
+
+
+def test_every_mobile_takes_its_turn_and_rows_name_the_devices_they_passed(fleet_run):
+    run_dir, df = fleet_run
+    assert len(df) == 90 and df["seq"].is_unique
+    assert list(df.sort_values("seq")["device_mobile"]) == [MOBILES[s % 3] for s in range(90)]  # in turn, by seq
+    cloud = df[df.policy == "all-cloud"]
+    assert set(cloud["device_edge"]) == {"edge-1"} and set(cloud["device_cloud"]) == {"cloud-1"}
+    assert (cloud["net_ms_mobile_edge"] >= 2.0).all()  # each mobile's userspace delay on the shared link
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert set(m["agents"]) == {*MOBILES, "edge-1", "cloud-1"} and m["status"] == "complete"
+    assert all(m["energy"]["meters"][d]["source"] == "model" for d in MOBILES)  # energy per device
+    assert m["bytes_wire"]["mobile_edge"]["why_not"].startswith("several devices on mobile or edge")
+    assert_gone(agent_pids(run_dir))
+
+
+def test_a_learning_policy_keeps_one_state_per_mobile(fleet_run):
+    run_dir, df = fleet_run
+    rec = json.loads((run_dir / "manifest.json").read_text())["policies"]["splitee"]
+    assert rec["state"] == "per-source" and set(rec["per_source"]) == set(MOBILES)
+    pulls = {d: sum(r["pulls"]) for d, r in rec["per_source"].items()}
+    assert pulls == {d: 10 for d in MOBILES}  # each mobile's bandit learned from its own 10 samples only
+
+
+def test_the_report_reads_a_fleet_run(fleet_run, capsys):
+    run_dir, _ = fleet_run
+    assert main(["report", str(run_dir), "--format", "text"]) == 0
+    assert "splitee" in capsys.readouterr().out
