@@ -26,6 +26,12 @@ def check_experiment(exp: Experiment, inv: Inventory, base: Path) -> list[str]:
     if bundle is not None:
         problems += _bundle_problems(exp, bundle)
     problems += _cost_problems(exp.cost, tiers)
+    if exp.run.scenario == "server" and exp.run.rate_per_s is None:
+        problems.append("run.rate_per_s: the server scenario needs a target rate (arrivals per second of each "
+                        "first-tier device)")
+    if exp.run.rate_per_s is not None and exp.run.scenario != "server":
+        problems.append(f"run.rate_per_s: only the server scenario has a target rate; this run is "
+                        f"{exp.run.scenario!r} (set run.scenario: server, or drop rate_per_s)")
     problems += shaping_problems(exp.shaping, tiers)
     keys: set[str] = set()
     for i, pol in enumerate(exp.policies):

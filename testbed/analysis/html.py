@@ -154,7 +154,9 @@ def write_page(run_dir: Path, rep: Report, df: pd.DataFrame, m: RunManifest, out
         '<p class="missing">power timelines: left out: no device sampled power (counter or model meters)</p>']
     parts += ["<h2>Per policy and exit tier</h2>", _table(rep.summary), "<h2>Paper cost model against measurement</h2>",
               _table(rep.paper), "<h2>Latency: compute, network, queueing</h2>", _table(rep.latency),
-              "<h2>Bytes per hop</h2>", _table(rep.bytes), "<h2>Notes</h2><ul>"
+              "<h2>Bytes per hop</h2>", _table(rep.bytes),
+              "<h2>Load: rate asked and achieved, latency from the scheduled time (95% order-statistic bounds), "
+              "queueing per tier</h2>", _table(rep.scenarios), "<h2>Notes</h2><ul>"
               + "".join(f"<li>{html.escape(n)}</li>" for n in rep.notes) + "</ul>"]
     if rep.summary is not None:
         rep.summary.to_csv(out / "summary.csv", index=False)

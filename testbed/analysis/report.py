@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from testbed.analysis import clocks, stats, verdict
+from testbed.analysis import clocks, load, stats, verdict
 from testbed.core.config import PolicySpec
 from testbed.core.costmodel import CostModel
 from testbed.formats.manifest import RunManifest
@@ -29,6 +29,7 @@ class Report:
     papers: pd.DataFrame | None = None
     latency: pd.DataFrame | None = None
     links: tuple[str, ...] = ()  # per shaped link: configured against measured (also among the notes)
+    scenarios: pd.DataFrame | None = None  # per policy: load scenario, rates, bounded percentiles, queueing
 
 
 def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
@@ -66,8 +67,12 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
                      + (f"; {batch['rows_without_their_window']} rows lost their window (energy null)"
                         if batch.get("rows_without_their_window") else ""))
     title = f"{manifest.experiment.resolved.get('name', '?')} / {manifest.run_id}"
+    run = manifest.experiment.resolved.get("run") or {}
+    first = (manifest.experiment.resolved.get("devices") or {}).get(manifest.tiers[0])
+    sources = len(first) if isinstance(first, list) else 1
     return Report(title, summary, stats.hop_summary(hops_df), stats.quality_checks(df), notes, paper, sweep, energy,
-                  stats.bytes_by_hop(df), papers, stats.latency_split(hops_df), tuple(links))
+                  stats.bytes_by_hop(df), papers, stats.latency_split(hops_df), tuple(links),
+                  load.scenario_table(df, run, sources))
 
 
 def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:

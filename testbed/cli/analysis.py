@@ -52,6 +52,8 @@ def render_report(run_dir: Path) -> None:
     print_fitted(hops, 1)
     if rep.latency is not None and len(rep.latency):
         _print_latency(rep.latency)
+    if rep.scenarios is not None and len(rep.scenarios):
+        _print_scenarios(rep.scenarios)
     if rep.energy is not None:
         en = Table(title="energy per measured sample by tier, mJ (gross / net of idle); a tier a sample did not "
                          "visit adds nothing")
@@ -119,6 +121,22 @@ def render_summary(run_dir: Path) -> None:
             out.print(f"note: {note}", highlight=False)
     for a in rep.advice:
         out.print(f"[yellow]advice:[/yellow] {a}")
+
+
+def _print_scenarios(sc: Any) -> None:
+    t = Table(title="load: rate asked and achieved; latency from the scheduled time, with 95% order-statistic "
+                    "bounds (n < N: too few samples to bound it); mean queueing per tier (ms)")
+    queue_cols = [c for c in sc.columns if c.startswith("queue_ms_")]
+    for c in ("policy", "scenario", "n", "target/s", "achieved/s", "p50 ms", "p50 bound", "p90 ms", "p90 bound",
+              "p99 ms", "p99 bound", *[c.removeprefix("queue_ms_").removesuffix("_mean") + " queue" for c in
+                                       queue_cols]):
+        t.add_column(c, justify="left" if c in ("policy", "scenario") else "right")
+    for _, r in sc.iterrows():
+        t.add_row(str(r["policy"]), str(r["scenario"]), str(r["samples"]), _fmt(r["target_per_s"], ""),
+                  _fmt(r["achieved_per_s"], ""), _fmt(r["p50_ms"], ""), str(r["p50_bound"]), _fmt(r["p90_ms"], ""),
+                  str(r["p90_bound"]), _fmt(r["p99_ms"], ""), str(r["p99_bound"]),
+                  *[_fmt(float(r[c]), "") for c in queue_cols])
+    print_fitted(t, 1)
 
 
 def _print_latency(latency: Any) -> None:

@@ -62,15 +62,26 @@ class SampleSpec(Strict):
     split: str = Field("test", description="the bundle's split the samples come from (val or test)")
     count: int | None = Field(None, ge=1, description="first N of the split; all when absent")
     warmup: int = Field(8, ge=0, description="warmup samples per policy, recorded with phase=warmup")
+    repeat: int = Field(1, ge=1, le=10_000, description="cycle through the samples this many times per policy "
+                        "(a long run from a small split: count x repeat measured samples; rows are streamed to disk)")
 
 
 class RunSpec(Strict):
     """How samples are issued and rows written."""
 
-    concurrency: int = Field(1, ge=1, le=64, description="samples in flight at once")
-    interval_ms: float = Field(0.0, ge=0, description="at least this long between issuing two samples (0: as soon "
-                               "as a slot is free); paced samples meet the same idle tiers and token buckets "
-                               "whatever the links' delays")
+    scenario: Literal["closed", "single-stream", "server", "offline"] = Field(
+        "closed", description="MLPerf's load scenarios: closed (up to concurrency in flight, paced by interval_ms on "
+        "a fixed grid); single-stream (one in flight); server (Poisson arrivals at rate_per_s from each first-tier "
+        "device, latency counted from the scheduled time, so a slow system is not flattered by coordinated "
+        "omission); offline (every sample issued at once: throughput)")
+    rate_per_s: float | None = Field(None, gt=0, le=1_000_000, description="server: mean arrivals per second of "
+                                     "each first-tier device")
+    max_in_flight: int = Field(512, ge=1, le=100_000, description="server and offline: samples outstanding at once "
+                               "at most (beyond it arrivals wait at the controller, and the wait counts)")
+    concurrency: int = Field(1, ge=1, le=64, description="closed: samples in flight at once")
+    interval_ms: float = Field(0.0, ge=0, description="closed: the k-th sample leaves no earlier than k x this after "
+                               "the first (0: as soon as a slot is free); a fixed grid, so pacing does not drift; "
+                               "paced samples meet the same idle tiers and token buckets whatever the links' delays")
     flush_rows: int = Field(64, ge=1, description="rows per parquet part written during the run")
     wait: Literal["block", "spin"] = Field(
         "block", description="how the controller waits for answers: block (sleeps in poll), or spin (busy-polls "

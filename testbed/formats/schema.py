@@ -22,7 +22,8 @@ Format history:
     6: raw stamps: ``t_recv_agent_ns_<tier>`` and ``t_send_agent_ns_<tier>`` (the agent's own wall
        clock, uncorrected) and ``t_return_unix_ns`` (the controller's, at the answer), so hop times
        can be derived again with other clock offsets (``testbed.analysis.clocks``); ``policy_feedback``
-       (what the policy learned from the sample, so ``testbed run --resume`` can feed it back).
+       (what the policy learned from the sample, so ``testbed run --resume`` can feed it back);
+       ``latency_scheduled_ms`` and ``t_scheduled_unix_ns`` (the load scenario's schedule).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
         Column("confidence", pa.float64(), "prob", "confidence at the exit: max softmax, or 1 - normalised entropy "
                "for a policy with measure: entropy"),
         Column("latency_ms", pa.float64(), "ms", "end to end as the controller saw it (monotonic clock)"),
+        Column("latency_scheduled_ms", pa.float64(), "ms", "from the time the load scenario scheduled the sample "
+               "to its answer: latency_ms plus any wait at the controller (server: arrivals a busy system could not "
+               "take yet); equal to latency_ms when issued on time"),
         Column("policy_feedback", pa.string(), "", "what the policy learned from the sample: the confidence at each "
                "tier and layer it reached, JSON (`testbed run --resume` feeds it back)", True),
         Column("queue_ms", pa.float64(), "ms", "sum over tiers of arrival to compute start (decode + wait)"),
@@ -113,6 +117,8 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
     c += [
         Column("t_issue_unix_ns", pa.int64(), "ns", "controller wall clock when the sample was issued"),
         Column("t_return_unix_ns", pa.int64(), "ns", "controller wall clock when the answer arrived", True),
+        Column("t_scheduled_unix_ns", pa.int64(), "ns", "controller wall clock when the load scenario scheduled "
+               "the sample (at or before t_issue_unix_ns)"),
         Column("energy_j", pa.float64(), "J", "sum of the tiers' compute-window energy (null when no meter)", True),
         Column("energy_net_j", pa.float64(), "J", "sum of the tiers' net energy (null unless every tier has it)", True),
         Column("energy_source", pa.string(), "", "meters of the visited tiers: none, model, rapl; joined by +"),

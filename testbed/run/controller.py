@@ -165,7 +165,7 @@ class Controller:
         session = self.session = AgentSession(transport, self.clock, self.exp.timeouts, str(self.exp_path),
                                               self.collector.window)
         self.issuer = Issuer(session, transport, self.collector, self.clock, self.exp.run, self._apply_schedule,
-                             self.on_progress)
+                             self.on_progress, self.exp.seed)
         if self.resume is not None:
             self.issuer.replay = resume.Replay(self.resume.done)
         port = transport.endpoint.rsplit(":", 1)[1]
@@ -285,9 +285,10 @@ class Controller:
             # warmup and measure run as two phases, so no batch energy window holds samples of both
             if warm:
                 self.issuer.issue_all(policy_set, rng, samples, [("warmup", i % count) for i in range(warm)],
-                                      (0, warm + count))
-            self.issuer.issue_all(policy_set, rng, samples, [("measure", i) for i in range(count)],
-                                  (warm, warm + count))
+                                      (0, warm + count * self.exp.samples.repeat))
+            total = count * self.exp.samples.repeat  # a long run cycles through the split
+            self.issuer.issue_all(policy_set, rng, samples, [("measure", i % count) for i in range(total)],
+                                  (warm, warm + total))
         finally:
             if ranges is not None:
                 self._configure(None, seq=3)

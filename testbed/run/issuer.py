@@ -44,19 +44,42 @@ class Sources:
     each device alone: ``topology.policy_state: per-source``).
     """
 
-    def __init__(self, agents: list[Any], policy: Policy | dict[str, Policy]):
+    def __init__(self, agents: list[Any], policy: Policy | dict[str, Policy], assigned: dict[int, int] | None = None):
         self.agents = agents
         self.policy = policy
+        self.assigned = assigned or {}  # seq -> agent index where not in turn (server: each arrival's device)
         self.name = policy.name if isinstance(policy, Policy) else next(iter(policy.values())).name
 
     def at(self, seq: int) -> tuple[str, str]:
         """The device sample ``seq`` goes to, and its data endpoint."""
-        a = self.agents[seq % len(self.agents)]
+        a = self.agents[self.assigned.get(seq, seq % len(self.agents))]
         return a.device_id, a.hello.data_endpoint
 
     def policy_of(self, device: str) -> Policy:
         """The policy state the samples of ``device`` follow."""
         return self.policy if isinstance(self.policy, Policy) else self.policy[device]
+
+
+def schedule(run: RunSpec, n: int, sources: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """When each of ``n`` samples is due (ns after the phase starts) and, for server, which source takes it.
+
+    closed: on a grid of ``interval_ms`` (no drift: the k-th is due k intervals after the first);
+    single-stream and offline: all due at once (the in-flight limit paces them); server: a Poisson
+    process of rate ``sources x rate_per_s`` whose arrivals go to a source drawn uniformly, which
+    makes each source's arrivals a Poisson process of ``rate_per_s`` (thinning).
+    """
+    if run.scenario == "server":
+        rate = (run.rate_per_s or 1.0) * sources
+        gaps = rng.exponential(1e9 / rate, n)
+        return np.concatenate([[0.0], np.cumsum(gaps)[:-1]]).astype(np.int64), rng.integers(0, sources, n)
+    if run.scenario == "closed" and run.interval_ms > 0:
+        return (np.arange(n) * run.interval_ms * 1e6).astype(np.int64), None
+    return np.zeros(n, np.int64), None
+
+
+def in_flight_limit(run: RunSpec) -> int:
+    """Samples outstanding at once: concurrency (closed), one (single-stream), max_in_flight (server, offline)."""
+    return {"closed": run.concurrency, "single-stream": 1}.get(run.scenario, run.max_in_flight)
 
 
 class DataTransport(Protocol):
@@ -74,7 +97,7 @@ class Issuer:
 
     def __init__(self, session: AgentSession, transport: DataTransport, collector: Collector, clock: Clock,
                  run: RunSpec, on_tick: Callable[[], None] = lambda: None,
-                 on_progress: Callable[[Progress], None] = lambda _: None):
+                 on_progress: Callable[[Progress], None] = lambda _: None, seed: int = 0):
         self.session = session
         self.transport = transport
         self.collector = collector
@@ -83,7 +106,9 @@ class Issuer:
         self.on_tick = on_tick  # between issues: due link-schedule steps
         self.on_progress = on_progress
         self.seq = 0  # issue order over the whole run: the seq column
-        self.next_issue_ns = 0  # run.interval_ms: the next sample leaves no earlier than this (monotonic)
+        self.next_issue_ns = 0  # the next sample leaves no earlier than this (monotonic): its scheduled time
+        self.limit = in_flight_limit(run)
+        self.seed = seed  # of the server scenario's arrivals
         self.first_issue_ns: int | None = None  # link schedules count from it
         self._flush_seq = 0
         self.replay: Replay | None = None  # the rows on disk of a resumed run, played back to the policies
@@ -92,7 +117,8 @@ class Issuer:
         """Seconds since the first sample was issued (0 before): the time base of link schedules."""
         return 0.0 if self.first_issue_ns is None else (self.clock.monotonic_ns() - self.first_issue_ns) / NS
 
-    def _issue(self, sources: Sources, rng: np.random.Generator, samples: Samples, phase: str, idx: int) -> Issued:
+    def _issue(self, sources: Sources, rng: np.random.Generator, samples: Samples, phase: str, idx: int,
+               due_mono_ns: int) -> Issued:
         tensors = samples.tensors(idx)
         sample_id = int(samples.sample_id[idx])
         device, endpoint = sources.at(self.seq)
@@ -101,15 +127,15 @@ class Issuer:
                       policy.split(sample_id), policy.pools(sample_id))
         issued = Issued(self.seq, sample_id, int(samples.label[idx]), phase, policy.name,
                         self.clock.monotonic_ns(), self.clock.time_ns(),
-                        sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id), device)
+                        sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id), device,
+                        min(due_mono_ns, self.clock.monotonic_ns()))
         self.seq += 1
-        self.next_issue_ns = issued.issue_mono_ns + int(self.run.interval_ms * 1e6)
         self.transport.issue(endpoint, work)
         return issued
 
     def _wait_s(self, more: bool, in_flight: int) -> float:
         wait_s = min(0.05, self.session.timeouts.heartbeat_s / 2)
-        if more and in_flight < self.run.concurrency:  # paced: up to the next issue
+        if more and in_flight < self.limit:  # paced: up to the next issue
             wait_s = min(wait_s, max(0.0, (self.next_issue_ns - self.clock.monotonic_ns()) / NS))
         return wait_s
 
@@ -125,7 +151,12 @@ class Issuer:
         before, total = progress or (0, len(plan))
         if self.first_issue_ns is None:
             self.first_issue_ns = self.clock.monotonic_ns()
-        sources = Sources(self.session.tier_agents(self.collector.tiers[0]), policy)
+        agents = self.session.tier_agents(self.collector.tiers[0])
+        due, picks = schedule(self.run, len(plan), len(agents), np.random.default_rng([self.seed, self.seq]))
+        sources = Sources(agents, policy, None if picks is None else {self.seq + i: int(k) for i, k in
+                                                                      enumerate(picks)})
+        start_ns = self.clock.monotonic_ns()
+        self.next_issue_ns = start_ns
         in_flight: dict[int, Issued] = {}
         written: list[dict[str, Any]] = []
         nxt, done = 0, 0
@@ -143,12 +174,13 @@ class Issuer:
             if self.replay is not None and nxt < len(plan) and not self.replay.has(self.seq):
                 self.replay.observe()  # everything replayed so far came back before a live sample
             self.on_tick()
-            while nxt < len(plan) and len(in_flight) < self.run.concurrency and (
+            while nxt < len(plan) and len(in_flight) < self.limit and (
                     self.clock.monotonic_ns() >= self.next_issue_ns) and not (
                     self.replay is not None and self.replay.has(self.seq)):
-                issued = self._issue(sources, rng, samples, *plan[nxt])
+                issued = self._issue(sources, rng, samples, *plan[nxt], start_ns + int(due[nxt]))
                 in_flight[issued.seq] = issued
                 nxt += 1
+                self.next_issue_ns = start_ns + int(due[min(nxt, len(plan) - 1)])
             got = self.session.recv(self._wait_s(nxt < len(plan), len(in_flight)), spin=spin)
             self.session.keepalive(in_flight)
             if got is None:

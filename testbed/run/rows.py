@@ -48,6 +48,7 @@ class Issued:
     bytes_in: int
     choice: str | None = None
     source: str = ""  # the first-tier device it was issued to
+    due_mono_ns: int | None = None  # when the load scenario scheduled it (None: when it was issued)
 
 
 def build_row(
@@ -69,6 +70,7 @@ def build_row(
     """
     stages = result.stages
     last = stages[-1]
+    due = issued.issue_mono_ns if issued.due_mono_ns is None else issued.due_mono_ns
     prediction = int(result.logits.argmax(axis=-1)[0])
     row: dict[str, Any] = {
         **{k: context[k] for k in ("run_id", "experiment", "split")},
@@ -79,7 +81,9 @@ def build_row(
         "label": issued.label, "prediction": prediction, "correct": prediction == issued.label,
         "confidence": last.confidence,
         "latency_ms": (recv_mono_ns - issued.issue_mono_ns) / NS_PER_MS,
+        "latency_scheduled_ms": (recv_mono_ns - due) / NS_PER_MS,
         "t_issue_unix_ns": issued.issue_wall_ns,
+        "t_scheduled_unix_ns": issued.issue_wall_ns - (issued.issue_mono_ns - due),
         "policy_feedback": json.dumps(confidences(stages), separators=(",", ":")),
     }
     row |= _unvisited(tuple(exit_layers))

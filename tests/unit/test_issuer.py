@@ -157,3 +157,43 @@ def test_hostile_messages_are_counted_and_ignored_and_never_become_rows(tmp_path
     rejected = issuer.session.rejected
     assert rejected["undecodable message"] >= 8 and rejected["failure from an identity this run did not start"] >= 1
     assert rejected["a Result its sender did not finish"] >= 1
+
+
+def test_a_paced_grid_does_not_drift_when_issues_are_late(tmp_path):
+    # service 15 ms, interval 10 ms, one in flight: every issue waits for the answer, so each is late; the
+    # schedule stays on its grid (the k-th due at k x 10 ms) and the wait counts in latency_scheduled_ms
+    issuer, transport, _, samples, _ = setup(tmp_path, RunSpec(interval_ms=10.0), service_s=0.015)
+    rows = issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile", T3)), np.random.default_rng(0), samples,
+                            [("measure", i) for i in range(6)], keep=True)
+    start = transport.issued_at[0]
+    scheduled = [r["t_scheduled_unix_ns"] - rows[0]["t_scheduled_unix_ns"] for r in rows]
+    assert scheduled == [k * 10_000_000 for k in range(6)]  # a grid: last issue + gap would give 15 ms steps
+    assert [t - start for t in transport.issued_at] == [k * 15_000_000 for k in range(6)]
+    waited = [r["latency_scheduled_ms"] - r["latency_ms"] for r in rows]
+    assert waited == pytest.approx([5.0 * k for k in range(6)])  # 0, 5, 10, ... ms behind the schedule
+
+
+def test_the_server_scenario_issues_poisson_arrivals_without_waiting_for_answers(tmp_path):
+    issuer, transport, _, samples, _ = setup(tmp_path, RunSpec(scenario="server", rate_per_s=200.0,
+                                                                max_in_flight=100), service_s=0.05)
+    rows = issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile", T3)), np.random.default_rng(0), samples,
+                            [("measure", i % 20) for i in range(400)], keep=True)
+    assert len(rows) == 400 and transport.max_in_flight > 1  # open loop: arrivals do not wait for answers
+    gaps = np.diff(transport.issued_at) / 1e9
+    assert gaps.mean() == pytest.approx(1 / 200, rel=0.15)  # the target rate (n = 399 gaps)
+    assert np.std(gaps) / gaps.mean() == pytest.approx(1.0, abs=0.2)  # exponential gaps: coefficient of variation 1
+    assert all(r["latency_scheduled_ms"] >= r["latency_ms"] - 1e-9 for r in rows)
+
+
+def test_server_arrivals_split_over_sources_are_each_poisson_at_the_target_rate():
+    from testbed.run.issuer import schedule
+
+    due, picks = schedule(RunSpec(scenario="server", rate_per_s=50.0), 30_000, 3, np.random.default_rng(1))
+    assert picks is not None and set(picks) == {0, 1, 2}
+    for k in range(3):
+        mine = due[picks == k] / 1e9
+        gaps = np.diff(mine)
+        assert len(mine) / mine[-1] == pytest.approx(50.0, rel=0.03)  # each source at 50/s
+        assert np.std(gaps) / gaps.mean() == pytest.approx(1.0, abs=0.05)  # still exponential (thinning)
+    offline, _ = schedule(RunSpec(scenario="offline"), 5, 1, np.random.default_rng(0))
+    assert list(offline) == [0] * 5

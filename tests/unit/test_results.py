@@ -18,7 +18,8 @@ def row(i, phase="measure"):
     r.update({"run_id": "r", "experiment": "e", "policy": "all-cloud", "seq": i, "sample_id": i, "split": "test",
               "phase": phase, "exit_tier": "cloud", "exit_layer": 6, "tier_path": "mobile>edge>cloud", "label": 1,
               "prediction": 1, "correct": True, "confidence": 0.9, "latency_ms": 10.0 + i, "queue_ms": 0.1,
-              "t_issue_unix_ns": i, "energy_source": "none", "energy_approx": False})
+              "t_issue_unix_ns": i, "t_scheduled_unix_ns": i, "latency_scheduled_ms": 10.0 + i,
+              "energy_source": "none", "energy_approx": False})
     for h in ("controller_mobile", "mobile_edge", "edge_cloud", "return"):
         r[f"bytes_{h}"] = 8
     return r
