@@ -60,13 +60,15 @@ class Sources:
         return self.policy if isinstance(self.policy, Policy) else self.policy[device]
 
 
-def schedule(run: RunSpec, n: int, sources: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+def schedule(run: RunSpec, n: int, sources: int,
+             rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None]:
     """When each of ``n`` samples is due (ns after the phase starts) and, for server, which source takes it.
 
-    closed: on a grid of ``interval_ms`` (no drift: the k-th is due k intervals after the first);
-    single-stream and offline: all due at once (the in-flight limit paces them); server: a Poisson
-    process of rate ``sources x rate_per_s`` whose arrivals go to a source drawn uniformly, which
-    makes each source's arrivals a Poisson process of ``rate_per_s`` (thinning).
+    closed with ``interval_ms``: on a grid (no drift: the k-th is due k intervals after the first);
+    closed without it and single-stream: None, each is due when a slot frees (its issue); offline:
+    all due at the start; server: a Poisson process of rate ``sources x rate_per_s`` whose arrivals
+    go to a source drawn uniformly, which makes each source's arrivals Poisson at ``rate_per_s``
+    (thinning).
     """
     if run.scenario == "server":
         rate = (run.rate_per_s or 1.0) * sources
@@ -74,7 +76,9 @@ def schedule(run: RunSpec, n: int, sources: int, rng: np.random.Generator) -> tu
         return np.concatenate([[0.0], np.cumsum(gaps)[:-1]]).astype(np.int64), rng.integers(0, sources, n)
     if run.scenario == "closed" and run.interval_ms > 0:
         return (np.arange(n) * run.interval_ms * 1e6).astype(np.int64), None
-    return np.zeros(n, np.int64), None
+    if run.scenario == "offline":
+        return np.zeros(n, np.int64), None
+    return None, None
 
 
 def in_flight_limit(run: RunSpec) -> int:
@@ -177,10 +181,11 @@ class Issuer:
             while nxt < len(plan) and len(in_flight) < self.limit and (
                     self.clock.monotonic_ns() >= self.next_issue_ns) and not (
                     self.replay is not None and self.replay.has(self.seq)):
-                issued = self._issue(sources, rng, samples, *plan[nxt], start_ns + int(due[nxt]))
+                at = self.clock.monotonic_ns() if due is None else start_ns + int(due[nxt])
+                issued = self._issue(sources, rng, samples, *plan[nxt], at)
                 in_flight[issued.seq] = issued
                 nxt += 1
-                self.next_issue_ns = start_ns + int(due[min(nxt, len(plan) - 1)])
+                self.next_issue_ns = start_ns + int(due[min(nxt, len(plan) - 1)]) if due is not None else 0
             got = self.session.recv(self._wait_s(nxt < len(plan), len(in_flight)), spin=spin)
             self.session.keepalive(in_flight)
             if got is None:
