@@ -293,6 +293,9 @@ def test_every_policy_live_equals_its_replay_and_the_report_puts_paper_beside_me
     assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
     run_dir = only_run(tmp_path / "results")
     out = " ".join(capsys.readouterr().out.split())
+    assert "per policy, measured samples" in out and "report page:" in out  # the run's short summary
+    assert main(["report", str(run_dir), "--format", "text"]) == 0  # every table
+    out = " ".join(capsys.readouterr().out.split())
     assert "paper cost model vs measurement" in out and "oracle: UPPER BOUND" in out
     assert "splitee: best arm" in out and "cartography: pool thresholds" in out
     live = pd.read_parquet(run_dir / "samples.parquet")

@@ -327,7 +327,7 @@ def test_the_controller_edge_link_shapes_the_answers_and_preflight_checks_the_co
     # what arrives at the edge is not held: in the same run, faster than any held answer
     assert meas.net_ms_mobile_edge.median() < meas.net_ms_return.min()
     assert meas.net_ms_controller_mobile.median() < meas.net_ms_return.min()
-    report = cli("report", str(run_dir))
+    report = cli("report", str(run_dir), "--format", "text")
     assert "fidelity controller-edge (answers back): configured 8 ms, 10 Mbit/s" in report.stdout, report.stdout
     assert "htb" not in qdiscs("ctl")
     assert_devices_bare()
