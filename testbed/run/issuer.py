@@ -159,7 +159,7 @@ class Issuer:
         due, picks = schedule(self.run, len(plan), len(agents), np.random.default_rng([self.seed, self.seq]))
         sources = Sources(agents, policy, None if picks is None else {self.seq + i: int(k) for i, k in
                                                                       enumerate(picks)})
-        start_ns = self.clock.monotonic_ns()
+        start_ns = max(self.clock.monotonic_ns(), self.next_issue_ns)  # a paced grid goes on across phases
         self.next_issue_ns = start_ns
         in_flight: dict[int, Issued] = {}
         written: list[dict[str, Any]] = []
@@ -185,7 +185,12 @@ class Issuer:
                 issued = self._issue(sources, rng, samples, *plan[nxt], at)
                 in_flight[issued.seq] = issued
                 nxt += 1
-                self.next_issue_ns = start_ns + int(due[min(nxt, len(plan) - 1)]) if due is not None else 0
+                if due is None:
+                    self.next_issue_ns = 0
+                elif nxt < len(plan):
+                    self.next_issue_ns = start_ns + int(due[nxt])
+                else:  # the next phase's first sample keeps the interval too
+                    self.next_issue_ns = start_ns + int(due[-1]) + int(self.run.interval_ms * 1e6)
             got = self.session.recv(self._wait_s(nxt < len(plan), len(in_flight)), spin=spin)
             self.session.keepalive(in_flight)
             if got is None:

@@ -52,7 +52,7 @@ def test_a_link_schedule_changes_the_delay_mid_run(tiny_bundle, tmp_path):
     df = pd.read_parquet(run_dir / "samples.parquet")
     step, = json.loads((run_dir / "manifest.json").read_text())["shaping"]["schedule_applied"]
     assert step["hop"] == "mobile-edge" and step["at_s"] == 0.3 and step["applied_at_s"] >= 0.3
-    assert step["userspace"] == {"device": "mobile-1", "link": "data", "delay_ms": 40.0, "jitter_ms": 0.0}
+    assert step["userspace"] == {"devices": ["mobile-1"], "link": "data", "delay_ms": 40.0, "jitter_ms": 0.0}
     before, after = df[df.t_issue_unix_ns < step["unix_ns"]], df[df.t_issue_unix_ns > step["unix_ns"]]
     assert len(before) >= 2 and len(after) >= 20, (len(before), len(after))
     assert before.net_ms_mobile_edge.min() >= 9.9
@@ -73,7 +73,7 @@ def test_the_controller_link_delays_work_in_and_answers_back_and_follows_its_sch
     run_dir = only_run(tmp_path / "results")
     df = pd.read_parquet(run_dir / "samples.parquet")
     step, = json.loads((run_dir / "manifest.json").read_text())["shaping"]["schedule_applied"]
-    assert step["userspace"] == {"device": "mobile-1", "link": "controller", "delay_ms": 5.0, "jitter_ms": 0.0}
+    assert step["userspace"] == {"devices": ["mobile-1"], "link": "controller", "delay_ms": 5.0, "jitter_ms": 0.0}
     before = df[df.t_issue_unix_ns < step["unix_ns"]]
     after = df[df.t_issue_unix_ns > step["unix_ns"] + 50_000_000]  # the Shape message has surely arrived
     assert len(before) >= 3 and len(after) >= 5, (len(before), len(after))
