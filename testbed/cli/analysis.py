@@ -24,26 +24,7 @@ def render_report(run_dir: Path) -> None:
     df, complete = results.load_samples(run_dir)
     manifest = results.load_manifest(run_dir)
     rep = report.build(df, manifest, complete)
-    table = Table(title=f"{rep.title}: per policy and exit tier, measured samples; Δacc and lat/cloud against "
-                        "all-cloud; offload B, energy mJ and net mJ (above idle) per sample")
-    cols = [("policy", "policy"), ("tier", "exit tier"), ("samples", "n"), ("share", "share"),
-            ("accuracy", "accuracy"), ("accuracy_delta_pt", "Δacc pt"), ("latency_ms_p50", "p50 ms"),
-            ("latency_ms_p95", "p95 ms"), ("latency_ms_p99", "p99 ms"), ("latency_ratio", "lat/cloud"),
-            ("offload_bytes_per_sample", "offload B"), ("energy_j_per_sample", "energy mJ"),
-            ("energy_net_j_per_sample", "net mJ")]
-    for _, title in cols:
-        table.add_column(title, justify="left" if title in ("policy", "exit tier") else "right")
-    for _, r in rep.summary.iterrows():
-        cells = []
-        for key, _ in cols:
-            v = r[key]
-            if isinstance(v, float):
-                v = ("-" if math.isnan(v) else f"{v:.1%}" if key == "share" else f"{v * 1e3:.2f}"
-                     if key.startswith("energy") else f"{v:.3f}" if key in ("accuracy", "latency_ratio")
-                     else f"{v:.2f}")
-            cells.append(str(v))
-        table.add_row(*cells, style=None if r["tier"] == "all" else "dim")
-    print_fitted(table, 2)
+    _print_per_tier(rep)
     hops = Table(title="medians per hop (ms)")
     for c in rep.hops.columns:
         hops.add_column(c.replace("_p50", "").replace("compute_ms_", "compute ").replace("net_ms_", "net "))
@@ -98,6 +79,30 @@ def render_report(run_dir: Path) -> None:
 
     for png in power_timelines(run_dir, run_dir / "plots", df, manifest.shaping):
         out.print(f"plot: {png}")
+
+
+def _print_per_tier(rep: Any) -> None:
+    """The first table: per policy and exit tier."""
+    table = Table(title=f"{rep.title}: per policy and exit tier, measured samples; Δacc and lat/cloud against "
+                        "all-cloud; offload B, energy mJ and net mJ (above idle) per sample")
+    cols = [("policy", "policy"), ("tier", "exit tier"), ("samples", "n"), ("share", "share"),
+            ("accuracy", "accuracy"), ("accuracy_delta_pt", "Δacc pt"), ("latency_ms_p50", "p50 ms"),
+            ("latency_ms_p95", "p95 ms"), ("latency_ms_p99", "p99 ms"), ("latency_ratio", "lat/cloud"),
+            ("offload_bytes_per_sample", "offload B"), ("energy_j_per_sample", "energy mJ"),
+            ("energy_net_j_per_sample", "net mJ")]
+    for _, title in cols:
+        table.add_column(title, justify="left" if title in ("policy", "exit tier") else "right")
+    for _, r in rep.summary.iterrows():
+        cells = []
+        for key, _ in cols:
+            v = r[key]
+            if isinstance(v, float):
+                v = ("-" if math.isnan(v) else f"{v:.1%}" if key == "share" else f"{v * 1e3:.2f}"
+                     if key.startswith("energy") else f"{v:.3f}" if key in ("accuracy", "latency_ratio")
+                     else f"{v:.2f}")
+            cells.append(str(v))
+        table.add_row(*cells, style=None if r["tier"] == "all" else "dim")
+    print_fitted(table, 2)
 
 
 def render_summary(run_dir: Path) -> None:
