@@ -21,7 +21,7 @@ scheduler on a 2-core machine). Last line:
 ``samples_per_s_32=... samples_per_s_3=... vs_bare=... rss_growth_pct=...`` (vs_bare: the
 32-agent harness rate over the bare rate of the same shape).
 
-Usage: python benchmarks/scale.py [--samples 6000] [--long 100000] [--fleets 3,4,16,32]
+Usage: python benchmarks/scale.py [--samples 15000] [--long 100000] [--fleets 3,4,16,32]
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def limit(r: dict[str, Any]) -> str:
 def main() -> int:
     """Every fleet, the bare pipelines, the long run; a line each, then the summary line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=6000, help="samples per fleet run (default 6000)")
+    ap.add_argument("--samples", type=int, default=15000, help="samples per fleet run (default 15000)")
     ap.add_argument("--long", type=int, default=100_000, help="samples of the memory run (default 100000)")
     ap.add_argument("--fleets", default="3,4,16,32", help="agent counts, comma separated (each at least 3)")
     args = ap.parse_args()

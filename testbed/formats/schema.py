@@ -140,6 +140,8 @@ class ResultSchema:
     msg_hops: tuple[str, ...] = field(init=False)
     wire_hops: tuple[str, ...] = field(init=False)
     columns: tuple[Column, ...] = field(init=False)
+    name_set: frozenset[str] = field(init=False, repr=False, compare=False)
+    required: tuple[str, ...] = field(init=False, repr=False, compare=False)  # columns that may not be null
 
     def __post_init__(self) -> None:
         if len(self.tiers) < 2 or len(set(self.tiers)) != len(self.tiers):
@@ -150,6 +152,8 @@ class ResultSchema:
         set_(self, "msg_hops", tuple(h.column for h in hops if h.kind != "return"))
         set_(self, "wire_hops", tuple(h.column for h in offload_hops(self.tiers)))
         set_(self, "columns", tuple(_columns(self.tiers, self.hops, self.msg_hops, self.wire_hops)))
+        set_(self, "name_set", frozenset(c.name for c in self.columns))
+        set_(self, "required", tuple(c.name for c in self.columns if not c.nullable))
 
     @property
     def names(self) -> list[str]:
@@ -165,12 +169,17 @@ class ResultSchema:
             metadata={VERSION_KEY: str(SCHEMA_VERSION), TIERS_KEY: ",".join(self.tiers)})
 
     def check_row(self, row: dict) -> list[str]:
-        """Problems with one row: missing or unknown columns, nulls where none are allowed, bad phase."""
-        names = set(self.names)
-        problems = [f"missing column {n}" for n in self.names if n not in row]
-        problems += [f"unknown column {n}" for n in row if n not in names]
-        problems += [f"{c.name} is null" for c in self.columns
-                     if not c.nullable and c.name in row and row[c.name] is None]
+        """Problems with one row: missing or unknown columns, nulls where none are allowed, bad phase.
+
+        The common case (a good row) costs one comparison of key sets and one pass over the
+        columns that may not be null; the problems are spelled out only when there are some.
+        """
+        names, required = self.name_set, self.required
+        problems: list[str] = []
+        if row.keys() != names:
+            problems += [f"missing column {n}" for n in self.names if n not in row]
+            problems += [f"unknown column {n}" for n in row if n not in names]
+        problems += [f"{n} is null" for n in required if n in row and row[n] is None]
         if row.get("phase") not in PHASES:
             problems.append(f"phase {row.get('phase')!r} is not one of {PHASES}")
         return problems
