@@ -222,3 +222,28 @@ def paper_errors(paper: pd.DataFrame, papers: pd.DataFrame | None,
         acc = (base["accuracy"] - drop.high / 100, base["accuracy"] - drop.low / 100)
         out[str(r.policy)] = (cost, acc)
     return out
+
+
+def load_over_time(df: pd.DataFrame, scenario: str, out: Path) -> Path | None:
+    """Open-loop runs (server, offline): latency from the scheduled time against when each sample was scheduled.
+
+    A system that keeps up shows a flat band; one that falls behind its arrival rate, a rising one.
+    """
+    m = df[df["phase"] == "measure"]
+    if scenario not in ("server", "offline") or m.empty or "latency_scheduled_ms" not in m:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4), dpi=100)
+    rows = []
+    for i, (policy, g) in enumerate(m.groupby("policy", sort=False)):
+        t = (g["t_scheduled_unix_ns"] - g["t_scheduled_unix_ns"].min()) / 1e9
+        color, marker = _style(i)
+        ax.scatter(t, g["latency_scheduled_ms"], s=6, color=color, marker=marker, label=str(policy))
+        rows.append(pd.DataFrame({"policy": policy, "scheduled_s": t,
+                                  "latency_scheduled_ms": g["latency_scheduled_ms"]}))
+    pd.concat(rows).to_csv(out / "load_over_time.csv", index=False)
+    ax.set_xlabel(f"scheduled time in the policy's phase (s), {scenario} scenario")
+    ax.set_ylabel("latency from the scheduled time (ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    return _save(fig, out, "load_over_time")

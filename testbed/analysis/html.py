@@ -23,6 +23,7 @@ from testbed.analysis.figures import (
     exit_layers,
     exit_shares,
     latency_cdf,
+    load_over_time,
     paper_errors,
     stacked,
     tradeoff,
@@ -138,6 +139,10 @@ def write_page(run_dir: Path, rep: Report, df: pd.DataFrame, m: RunManifest, out
         parts.append('<p class="missing">trade-off figures: left out: the run has no cost model record</p>')
     parts += _paper_figures(run_dir, df, m, out)
     parts.append(_figure(latency_cdf(df, out), "latency CDF per policy and per exit tier", "no measured latencies"))
+    scenario = (m.experiment.resolved.get("run") or {}).get("scenario", "closed")
+    parts.append(_figure(load_over_time(df, scenario, out), "open loop: latency from the scheduled time over the run "
+                         "(a rising band: the system fell behind its arrival rate)",
+                         f"the run is {scenario}: samples were issued when a slot freed"))
     parts.append(_figure(stacked(rep.latency, ["compute_ms", "network_ms", "queue_ms", "other_ms"], "mean latency (ms)",
                                  out, "latency_split"), "mean latency split into compute, network, queueing and "
                          "the rest, per policy", "the run has no per-stage timings"))

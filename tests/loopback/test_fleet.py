@@ -80,6 +80,8 @@ def test_the_server_scenario_keeps_its_rate_and_counts_latency_from_the_schedule
     assert (df["t_scheduled_unix_ns"] <= df["t_issue_unix_ns"]).all()
     gaps = np.diff(np.sort(df["t_scheduled_unix_ns"].to_numpy())) / 1e9
     assert 1 / gaps.mean() == pytest.approx(120.0, rel=0.3)  # 3 mobiles x 40/s, n = 159 gaps
+    over = pd.read_csv(run_dir / "report" / "load_over_time.csv")  # the page shows whether it kept up
+    assert len(over) == 160 and (run_dir / "report" / "load_over_time.png").stat().st_size > 5000
     assert main(["report", str(run_dir), "--format", "text"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "load: rate asked and achieved" in text and "server" in text and "n < 368" in text  # p99 unbounded at 160
