@@ -52,8 +52,9 @@ GOALS = {"samples_per_s_32": 2000.0, "samples_per_s_3": 3500.0, "rss_growth_pct"
 
 ECHO = """
 import sys, zmq
-ctx = zmq.Context(); pull = ctx.socket(zmq.PULL); pull.bind("tcp://127.0.0.1:" + sys.argv[1])
-push = ctx.socket(zmq.PUSH); push.connect(sys.argv[2])
+ctx = zmq.Context(); pull = ctx.socket(zmq.PULL); port = pull.bind_to_random_port("tcp://127.0.0.1")
+print(port, flush=True)
+push = ctx.socket(zmq.PUSH); push.connect(sys.argv[1])
 while True:
     frames = pull.recv_multipart()
     if frames[0] == b"stop":
@@ -132,12 +133,14 @@ def bare(workers: int, total: int, window: int, payload: bytes) -> float:
     back = ctx.socket(zmq.PULL)
     port = back.bind_to_random_port("tcp://127.0.0.1")
     procs, outs = [], []
-    for _ in range(workers):
-        with socket_port() as p:
-            procs.append(subprocess.Popen([sys.executable, "-c", ECHO, str(p), f"tcp://127.0.0.1:{port}"]))
-            s = ctx.socket(zmq.PUSH)
-            s.connect(f"tcp://127.0.0.1:{p}")
-            outs.append(s)
+    for _ in range(workers):  # each echo process binds a port of its own choosing and says which
+        proc = subprocess.Popen([sys.executable, "-c", ECHO, f"tcp://127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout is not None
+        procs.append(proc)
+        s = ctx.socket(zmq.PUSH)
+        s.connect(f"tcp://127.0.0.1:{int(proc.stdout.readline())}")
+        outs.append(s)
     time.sleep(1.0)
     sent = got = 0
     t0 = time.perf_counter()
@@ -155,22 +158,6 @@ def bare(workers: int, total: int, window: int, payload: bytes) -> float:
         pr.wait(10)
     back.close()
     return rate
-
-
-class socket_port:
-    """A free TCP port on 127.0.0.1 (bound and released: the echo process binds it next)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        port = self.s.getsockname()[1]
-        self.s.close()
-        return port
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
 
 
 def limit(r: dict[str, Any]) -> str:
