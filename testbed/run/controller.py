@@ -38,7 +38,7 @@ from testbed.run.issuer import Issuer, Progress
 from testbed.run.keys import RunKeys
 from testbed.run.resume import Resume
 from testbed.run.session import AgentSession
-from testbed.run.signals import Deferred, interrupts_deferred
+from testbed.run.signals import Deferred, interrupts_deferred, interrupts_latched
 from testbed.run.transport import ZmqTransport
 
 __all__ = ["Controller", "Progress", "RunOutcome"]
@@ -91,7 +91,9 @@ class Controller:
         writer, fleet = self.writer, self.fleet
         assert writer is not None and fleet is not None
         status, error = "failed", None
+        latched = interrupts_latched()
         try:
+            latched.__enter__()
             self._prepare_devices(fleet, m)
             self._start(fleet, m)
             pctx = policies.context_for(self.bundle, self.exp.samples.split, self.exp.seed,
@@ -115,6 +117,7 @@ class Controller:
         finally:
             with interrupts_deferred() as deferred:
                 self._teardown(status, error, deferred)
+            latched.__exit__(None, None, None)
         return RunOutcome(self.run_dir, writer.rows_written, status, error)
 
     def _open(self) -> RunManifest:

@@ -24,6 +24,7 @@ from testbed.run.collector import Collector
 from testbed.run.resume import Replay
 from testbed.run.rows import Issued, confidences
 from testbed.run.session import NS, AgentSession
+from testbed.run.signals import raise_if_interrupted
 from testbed.run.transport import Received
 
 
@@ -166,6 +167,7 @@ class Issuer:
         nxt, done = 0, 0
         spin = self.run.wait == "spin"
         while done < len(plan):
+            raise_if_interrupted()
             while self.replay is not None and nxt < len(plan) and self.replay.has(self.seq) and not in_flight:
                 phase, idx = plan[nxt]  # live samples drained first: their answers come in their place
                 row = self.replay.play(self.seq, sources.policy_of(sources.at(self.seq)[0]), rng,

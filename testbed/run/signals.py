@@ -38,3 +38,45 @@ def interrupts_deferred() -> Iterator[Deferred]:
         yield seen
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class Latch:
+    """A Ctrl-C that arrived and has not yet stopped the run."""
+
+    pending: bool = False
+
+
+LATCH = Latch()
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt for a Ctrl-C whose own KeyboardInterrupt was swallowed.
+
+    Python raises a signal's KeyboardInterrupt wherever the main thread is; when that is inside a
+    C extension's cleanup (pyzmq freeing a frame), the exception is printed as "ignored" and the run
+    goes on as if nothing was pressed. The run's loops call this, so the press is obeyed anyway.
+    """
+    if LATCH.pending:
+        LATCH.pending = False
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupts_latched() -> Iterator[Latch]:
+    """Inside the block SIGINT raises KeyboardInterrupt as usual and is also latched (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield LATCH
+        return
+
+    def latch(signum: int, frame: Any) -> None:
+        LATCH.pending = True
+        raise KeyboardInterrupt
+
+    LATCH.pending = False
+    previous = signal.signal(signal.SIGINT, latch)
+    try:
+        yield LATCH
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        LATCH.pending = False

@@ -1,6 +1,7 @@
 """The issuer on a fake clock with an in-process transport: pacing, the bound on samples in flight, rows, order."""
 
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -200,3 +201,22 @@ def test_server_arrivals_split_over_sources_are_each_poisson_at_the_target_rate(
     offline, _ = schedule(RunSpec(scenario="offline"), 5, 1, np.random.default_rng(0))
     assert offline is not None and list(offline) == [0] * 5
     assert schedule(RunSpec(), 5, 1, np.random.default_rng(0)) == (None, None)  # closed: due when a slot frees
+
+
+def test_a_ctrl_c_whose_keyboardinterrupt_was_swallowed_still_stops_the_issuing(tmp_path):
+    import os
+    import signal
+
+    from testbed.run import signals
+
+    issuer, transport, _, samples, _ = setup(tmp_path, RunSpec(), service_s=0.002)
+    with signals.interrupts_latched():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises KeyboardInterrupt here ...
+            time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass  # ... which stands in for pyzmq printing it as "ignored" while freeing a frame
+        with pytest.raises(KeyboardInterrupt):
+            issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile", T3)), np.random.default_rng(0), samples,
+                             [("measure", i) for i in range(5)])
+    assert transport.issued_at == [] and not signals.LATCH.pending  # obeyed before any sample left
