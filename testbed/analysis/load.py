@@ -38,22 +38,12 @@ def percentile_interval(values: np.ndarray, q: float) -> tuple[float, float | No
 
 
 def samples_needed(q: float) -> int:
-    """The fewest samples whose order statistics bound the q-quantile at 95% on both sides."""
-    n = 2
-    while True:
-        lo, hi = int(sps.binom.ppf(0.025, n, q)), int(sps.binom.ppf(0.975, n, q)) + 1
-        if lo >= 1 and hi <= n:
-            break
-        n = int(n * 1.25) + 1
-    low = n // 2  # refine: the bound is monotone enough in n for a bisection to the first that works
-    while low < n:
-        mid = (low + n) // 2
-        lo, hi = int(sps.binom.ppf(0.025, mid, q)), int(sps.binom.ppf(0.975, mid, q)) + 1
-        if lo >= 1 and hi <= mid:
-            n = mid
-        else:
-            low = mid + 1
-    return n
+    """The fewest samples whose order statistics bound the q-quantile at 95% on both sides.
+
+    The largest sample bounds it from above once q^n <= 0.025, the smallest from below once
+    (1 - q)^n <= 0.025: the ranks of :func:`percentile_interval` then lie inside 1..n.
+    """
+    return max(math.ceil(math.log(0.025) / math.log(q)), math.ceil(math.log(0.025) / math.log(1 - q)))
 
 
 def scenario_table(df: pd.DataFrame, run: dict[str, Any], sources: int) -> pd.DataFrame:

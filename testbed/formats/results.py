@@ -53,11 +53,12 @@ class RunWriter:
     ``tiers``: the run's tiers in order (its bundle's); they decide the columns.
     """
 
-    def __init__(self, run_dir: Path, tiers: Sequence[str], flush_rows: int = 64, min_free_bytes: int = MIN_FREE):
+    def __init__(self, run_dir: Path, tiers: Sequence[str], flush_rows: int = 64, min_free_bytes: int = MIN_FREE,
+                 resume: bool = False):
         try:
-            run_dir.mkdir(parents=True, exist_ok=False)
-            (run_dir / PARTS).mkdir()
-            (run_dir / "logs").mkdir()
+            run_dir.mkdir(parents=True, exist_ok=resume)
+            (run_dir / PARTS).mkdir(exist_ok=resume)
+            (run_dir / "logs").mkdir(exist_ok=resume)
             probe = run_dir / ".write-probe"
             probe.write_bytes(b"\0" * 4096)  # a read-only mount refuses even root
             probe.unlink()
@@ -79,6 +80,9 @@ class RunWriter:
         self._buffer: list[dict[str, Any]] = []
         self._parts = 0
         self._closed = False
+        if resume:
+            self._parts = _unjoin(run_dir)
+            self.rows_written = sum(pq.read_metadata(p).num_rows for p in (run_dir / PARTS).glob("part-*.parquet"))
 
     @classmethod
     def reopen(cls, run_dir: Path, tiers: Sequence[str], flush_rows: int = 64,
@@ -88,29 +92,7 @@ class RunWriter:
         Rows already joined into ``samples.parquet`` go back among the parts, so the next
         :meth:`close` joins the old rows and the new into one file; nothing is rewritten before then.
         """
-        parts = run_dir / PARTS
-        try:
-            parts.mkdir(exist_ok=True)
-            (run_dir / "logs").mkdir(exist_ok=True)
-            probe = run_dir / ".write-probe"
-            probe.write_bytes(b"\0" * 4096)
-            probe.unlink()
-        except OSError as e:
-            raise ResultsError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from e
-        free = shutil.disk_usage(run_dir).free
-        if free < min_free_bytes:
-            raise ResultsError(f"{run_dir} has {free / 1e6:.1f} MB free; a run needs at least "
-                               f"{min_free_bytes / 1e6:.0f} MB there: free some space (nothing was started)")
-        existing = sorted(parts.glob("part-*.parquet"))
-        n = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        if (run_dir / SAMPLES).is_file():
-            os.replace(run_dir / SAMPLES, parts / f"part-{n:05d}.parquet")
-            n += 1
-        writer = cls.__new__(cls)
-        writer.run_dir, writer.schema, writer.flush_rows = run_dir, schema.for_tiers(tiers), flush_rows
-        writer.rows_written = sum(pq.read_metadata(p).num_rows for p in parts.glob("part-*.parquet"))
-        writer.rows_rescued, writer._buffer, writer._parts, writer._closed = 0, [], n, False
-        return writer
+        return cls(run_dir, tiers, flush_rows, min_free_bytes, resume=True)
 
     def append(self, row: dict[str, Any]) -> None:
         """Add one row; flushes a part when ``flush_rows`` are buffered."""
@@ -199,6 +181,17 @@ class RunWriter:
         return path
 
 
+def _unjoin(run_dir: Path) -> int:
+    """Move a joined ``samples.parquet`` back among the parts; the number the next part takes."""
+    parts = run_dir / PARTS
+    parts.mkdir(exist_ok=True)
+    n = max([int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")] or [-1]) + 1
+    if (run_dir / SAMPLES).is_file():
+        os.replace(run_dir / SAMPLES, parts / f"part-{n:05d}.parquet")
+        n += 1
+    return n
+
+
 def rescued_files(run_dir: Path) -> tuple[list[Path], Path | None]:
     """The rows and the manifest a run wrote to the temporary directory because its own was full."""
     tmp = Path(tempfile.gettempdir())
@@ -218,11 +211,7 @@ def restore_rescued(run_dir: Path) -> list[str]:
     parts = run_dir / PARTS
     for f in rows:
         try:
-            parts.mkdir(exist_ok=True)
-            n = max([int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")] or [-1]) + 1
-            if (run_dir / SAMPLES).is_file():  # already joined: the rescued rows become the next part
-                os.replace(run_dir / SAMPLES, parts / f"part-{n:05d}.parquet")
-                n += 1
+            n = _unjoin(run_dir)  # already joined: the rescued rows become the next part
             shutil.copyfile(f, parts / f"part-{n:05d}.tmp")
             os.replace(parts / f"part-{n:05d}.tmp", parts / f"part-{n:05d}.parquet")
             f.unlink()
