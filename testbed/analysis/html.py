@@ -98,18 +98,20 @@ def _paper_figures(run_dir: Path, df: pd.DataFrame, m: RunManifest, out: Path) -
     from testbed.analysis import paper_figures as pf
 
     table = pf.prediction_table(df, m, run_dir)
+    needs_bundle = df["policy"].str.startswith(("splitee", "cartography")).any()
+    bundle = pf.run_bundle(m) if needs_bundle else None
     caption = "mean latency predicted by the cost model against measured, per policy"
     if table is not None:
         caption += (f": preset {table.attrs['preset']} ({table.attrs['unit']}) put on ms by one least-squares factor "
                     f"({table.attrs['factor']:.3g}), and calibrated-ms {table.attrs['calibrated']}")
     return [
         _figure(pf.predicted_vs_measured(table, out), caption, "the run has no cost model record or no measured rows"),
-        _figure(pf.splitee_regret(pf.regret_table(df, m), out),
+        _figure(pf.splitee_regret(pf.regret_table(df, m, bundle), out),
                 "SplitEE: cumulative regret against the best fixed arm in hindsight (every arm's reward per sample "
                 "from the bundle's exits table, by the policy's own reward)",
                 "no SplitEE policy in the run, or its bundle is not at the path the manifest records"),
-        _figure(pf.data_map(df, m, out), "DIMEC-DC: the training samples' pools on the data map (left) and the test "
-                "samples' pool scores with the route each took (right)",
+        _figure(pf.data_map(df, m, out, bundle), "DIMEC-DC: the training samples' pools on the data map (left) and "
+                "the test samples' pool scores with the route each took (right)",
                 "no cartography policy in the run, or its bundle (with its router) is not at the recorded path"),
     ]
 

@@ -94,8 +94,8 @@ def predicted_vs_measured(table: pd.DataFrame | None, out: Path) -> Path | None:
     return _save(fig, out, "predicted_vs_measured")
 
 
-def _bundle(m: RunManifest) -> Any:
-    """The run's bundle where its manifest's path still holds it, else None."""
+def run_bundle(m: RunManifest) -> Any:
+    """The run's bundle where its manifest's path still holds it, else None (load it once for both figures)."""
     from testbed.formats.bundle import Bundle
 
     try:
@@ -112,7 +112,7 @@ def _confidences(exits: pd.DataFrame, measure: str) -> list[dict[str, float]]:
     return [dict(zip(cols, vals, strict=True)) for vals in exits[list(cols.values())].to_numpy(float)]
 
 
-def regret_table(df: pd.DataFrame, m: RunManifest) -> pd.DataFrame | None:
+def regret_table(df: pd.DataFrame, m: RunManifest, bundle: Any = None) -> pd.DataFrame | None:
     """Per SplitEE policy and measured sample: the reward it got and the cumulative regret to the best fixed arm.
 
     Every arm's reward for every sample comes from the bundle's exits table (each sample's
@@ -125,7 +125,7 @@ def regret_table(df: pd.DataFrame, m: RunManifest) -> pd.DataFrame | None:
     entries = [PolicySpec(**e) for e in m.experiment.resolved.get("policies", []) if
                str(e.get("name", "")).startswith("splitee")]
     mdf = df[(df["phase"] == "measure") & df["policy_choice"].notna()]
-    bundle = _bundle(m) if entries and not mdf.empty else None
+    bundle = (bundle or run_bundle(m)) if entries and not mdf.empty else None
     if bundle is None:
         return None
     split = m.experiment.resolved.get("samples", {}).get("split", "test")
@@ -167,10 +167,10 @@ def splitee_regret(table: pd.DataFrame | None, out: Path) -> Path | None:
     return _save(fig, out, "splitee_regret")
 
 
-def data_map(df: pd.DataFrame, m: RunManifest, out: Path) -> Path | None:
+def data_map(df: pd.DataFrame, m: RunManifest, out: Path, bundle: Any = None) -> Path | None:
     """DIMEC-DC: training samples on the data map by pool, beside the test samples' pool scores by route."""
     routed = df[(df["phase"] == "measure") & (df["policy"].str.startswith("cartography"))]
-    bundle = _bundle(m) if not routed.empty else None
+    bundle = (bundle or run_bundle(m)) if not routed.empty else None
     router = bundle.spec.router if bundle is not None else None
     if bundle is None or router is None or not (bundle.root / "cartography.parquet").is_file():
         return None
