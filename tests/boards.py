@@ -63,16 +63,18 @@ def ina238_board(root: Path) -> float:
     return 3.3
 
 
-def ina228_board(root: Path, watts: float = 4.0, seconds: float = 4.0) -> tuple[threading.Thread, float]:
+def ina228_board(root: Path, watts: float = 4.0, seconds: float = 4.0,
+                 instant_w: float = 2.5) -> tuple[threading.Thread, float]:
     """A board with one INA228 (hwmon, Documentation/hwmon/ina238.rst): ``energy1_input`` in uJ beside power1_input.
 
     A thread advances the accumulator at ``watts`` from the real clock every 2 ms for ``seconds``
-    (the chip integrates at every conversion); ``power1_input`` holds the same power.
+    (the chip integrates at every conversion). ``power1_input`` holds ``instant_w``, the last
+    conversion's power, which differs from the average: a meter that sampled it would read that.
     """
     dev = root / "sys/class/hwmon/hwmon3"
     dev.mkdir(parents=True)
     (dev / "name").write_text("ina228\n")
-    (dev / "power1_input").write_text(f"{int(watts * 1e6)}\n")
+    (dev / "power1_input").write_text(f"{int(instant_w * 1e6)}\n")
     (dev / "energy1_input").write_text("0\n")
 
     def advance() -> None:

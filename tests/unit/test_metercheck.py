@@ -32,7 +32,9 @@ def test_an_ina228_is_read_from_its_own_energy_accumulator(tmp_path):
     out = check("auto", 1.5, tmp_path)
     thread.join()
     assert out["source"] == "ina-energy" and set(out["rails"]) == {"ina228.hwmon3"}
-    assert out["power_w"] == pytest.approx(watts, rel=0.01)
+    # The accumulator's 4 W, not power1_input's 2.5 W. The fixture's writer thread can be
+    # descheduled for tens of ms on a loaded CI machine, so each read may be that stale: 5%.
+    assert out["power_w"] == pytest.approx(watts, rel=0.05)
 
 
 def test_an_accumulator_reset_continues_the_count(tmp_path):
