@@ -33,6 +33,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from agents import protocol as p
+from agents.cpucap import CpuCapError, CpuCaps
 from agents.facts import host_facts
 from agents.meters import EnergyDelta, EnergyMeter, MeterError, NullMeter, open_meter
 from agents.netio import ArrivalCounter, NicError
@@ -205,6 +206,7 @@ class Agent:
         self._rx_counter = rx_counter  # (iface) -> ArrivalCounter; tests pass one with known steps
         self._window: _Window | None = None
         self._batches = 0
+        self._caps: CpuCaps | None = None  # CPU caps a run changes mid-run (Configure.cpu_caps, Limit)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -292,7 +294,9 @@ class Agent:
         return {"data-out": self._out, "controller-in": self._ctl_in, "controller-out": self._ctl_out}
 
     def close(self) -> None:
-        """Close the meter and the sockets."""
+        """Close the meter and the sockets; lift the CPU caps."""
+        if self._caps is not None:
+            self._caps.close()
         close_meter = getattr(self.meter, "close", None)
         if close_meter is not None:
             close_meter()
@@ -370,6 +374,8 @@ class Agent:
             log.info("link schedule: %s link now held %.3f ms +- %.3f ms", msg.link, msg.delay_ms, msg.jitter_ms)
             for link in links:
                 link.set(msg.delay_ms, msg.jitter_ms)
+        elif isinstance(msg, p.Limit):
+            self._limit(msg)
         elif isinstance(msg, p.Flush):
             self._close_window()
             self._send(p.Flushed(self.agent_id, msg.seq))
@@ -384,6 +390,36 @@ class Agent:
         elif not isinstance(msg, p.Heartbeat):
             self._fail("control", f"unexpected {msg.KIND!r} message on the control socket")
         return False
+
+    def _limit(self, msg: p.Limit) -> None:
+        """A CPU schedule step: apply it and say what was written, or fail saying why."""
+        if self._caps is None:
+            self._fail("limit", f"a {msg.kind} limit, but no Configure opened a CPU cap (Configure.cpu_caps)")
+            return
+        try:
+            applied = self._caps.set(msg.kind, msg.value)
+        except CpuCapError as e:
+            self._fail("limit", str(e))
+            return
+        log.info("cpu schedule: %s now %s (%s)", msg.kind, msg.value or "uncapped", applied)
+        self._send(p.Limited(self.agent_id, msg.seq, msg.kind, msg.value, applied, time.time_ns()))
+
+    def _open_caps(self, kinds: list[str]) -> bool:
+        """Open the CPU caps Configure names (kept across Configures of the same run); False after a Failure."""
+        if self._caps is not None and set(kinds) <= set(self._caps.caps):
+            return True
+        if self._caps is not None:
+            self._caps.close()
+            self._caps = None
+        if not kinds:
+            return True
+        try:
+            self._caps = CpuCaps(kinds, Path(self.sysfs_root))
+        except CpuCapError as e:
+            self._fail("configure", f"this run changes the CPU's {', '.join(kinds)} mid-run, which this device "
+                                    f"cannot: {e}")
+            return False
+        return True
 
     def _send_timeline(self) -> None:
         """The meter's sampled power, if it keeps one (ina, pmic, external, nvml-power)."""
@@ -436,6 +472,8 @@ class Agent:
 
     def _configure(self, msg: p.Configure) -> None:
         self._close_window()  # a window never spans two configurations
+        if not self._open_caps(list(msg.cpu_caps)):
+            return
         try:
             part, chain = self._load(msg)
         except PartitionError as e:

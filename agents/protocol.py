@@ -49,6 +49,9 @@ Format history:
        onnxruntime execution providers to try, in order; Ready.providers says which the graphs took.
        Thermal: temperatures and throttle flags sampled during the run, sent at Stop.
        Configure.next_key: the next tier's CurveZMQ public key, for runs with keys.
+    10: CPU shortage mid-run: Configure.cpu_caps (the kinds of :data:`CPU_CAPS` the run will change: the
+        agent opens them before Ready, or fails Configure saying why), Limit (a new cap) and Limited (what
+        the agent wrote, and when).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from typing import Callable as TypingCallable  # a runtime alias: subscriptable 
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 #: the largest message an agent's data socket takes (a Work: a hidden state of 512 tokens x 1024 floats is 2 MiB)
 MAX_DATA_BYTES = 64 << 20
 #: ... its control socket (Configure, Shape, Stop: a few KiB)
@@ -72,6 +75,8 @@ MAX_CONTROL_BYTES = 16 << 20
 #: ... and the controller's socket (Results, energy windows, a device's whole power timeline at Stop)
 MAX_CONTROLLER_BYTES = 256 << 20
 LINKS = ("data", "controller")  # what a Shape message reshapes
+#: what a Limit message caps: CPU time in cores (a cgroup quota) or the CPU clock in MHz (cpufreq)
+CPU_CAPS = ("cores", "max_freq_mhz")
 MEASURES = ("max", "entropy")
 AGENT_VERSION = "0.1.0"
 #: the three-tier layout (a phone, an edge box, a GPU server) that builders and examples default to;
@@ -228,6 +233,7 @@ class Configure:
     router: list = field(default_factory=list)  # [path, sha256] of the pool router (first tier, DIMEC-DC)
     providers: list = field(default_factory=list)  # onnxruntime execution providers to try, in order (empty: CPU)
     next_key: str = ""  # the next tier's CurveZMQ public key (z85), where the run has keys
+    cpu_caps: list = field(default_factory=list)  # CPU_CAPS kinds the run changes on this device (opened now)
 
 
 @dataclass(frozen=True)
@@ -337,6 +343,29 @@ class Shape:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A CPU schedule step: cap this device's ``kind`` (:data:`CPU_CAPS`) at ``value``; 0 lifts the cap."""
+
+    KIND: ClassVar[str] = "limit"
+    seq: int
+    kind: str
+    value: float
+
+
+@dataclass(frozen=True)
+class Limited:
+    """The answer to :class:`Limit`: what the agent wrote (``applied``) at its wall clock ``t_ns``."""
+
+    KIND: ClassVar[str] = "limited"
+    agent_id: str
+    seq: int
+    kind: str
+    value: float
+    applied: str
+    t_ns: int
+
+
+@dataclass(frozen=True)
 class Flush:
     """Close the open energy window now; the agent answers with its window, then :class:`Flushed`."""
 
@@ -418,7 +447,7 @@ class Thermal:
 MESSAGES: dict[str, type] = {
     cls.KIND: cls
     for cls in (Hello, Heartbeat, Configure, Ready, Failure, Ping, Pong, Work, Result, Timeline, Thermal, Shape,
-                Flush, EnergyWindow, Flushed, Stop, Bye)
+                Limit, Limited, Flush, EnergyWindow, Flushed, Stop, Bye)
 }
 
 Frames = List[Any]  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
@@ -744,7 +773,12 @@ def _semantic_problems(kind: str, values: dict[str, Any]) -> list[str]:
     problems = []
     if values.get("measure", "max") not in MEASURES:
         problems.append(f"measure: {str(values['measure'])[:20]!r} is not one of {MEASURES}")
-    for name in ("split", "delay_ms", "jitter_ms", "ctl_delay_ms", "ctl_jitter_ms", "idle_s", "min_window_s",
+    if kind == "limit" and values.get("kind") not in CPU_CAPS:
+        problems.append(f"kind: {str(values.get('kind'))[:20]!r} is not one of {CPU_CAPS}")
+    caps = values.get("cpu_caps")
+    if caps and not all(c in CPU_CAPS for c in caps):
+        problems.append(f"cpu_caps: {str(caps)[:60]} names kinds other than {CPU_CAPS}")
+    for name in ("split", "delay_ms", "jitter_ms", "value", "ctl_delay_ms", "ctl_jitter_ms", "idle_s", "min_window_s",
                  "first_layer", "final_layer", "last_layer"):
         v = values.get(name)
         if v is not None and (v != v or v < 0):

@@ -32,7 +32,7 @@ def check_experiment(exp: Experiment, inv: Inventory, base: Path) -> list[str]:
     if exp.run.rate_per_s is not None and exp.run.scenario != "server":
         problems.append(f"run.rate_per_s: only the server scenario has a target rate; this run is "
                         f"{exp.run.scenario!r} (set run.scenario: server, or drop rate_per_s)")
-    problems += shaping_problems(exp.shaping, tiers)
+    problems += shaping_problems(exp.shaping, tiers) + _cpu_problems(exp, tiers)
     keys: set[str] = set()
     for i, pol in enumerate(exp.policies):
         problems += [f"policies[{i}]{p}" for p in policies.check(pol, tiers)]
@@ -100,6 +100,21 @@ def _topology_problems(exp: Experiment, tiers: tuple[str, ...]) -> list[str]:
             problems.append(f"shaping: {what} with several devices per tier is not supported yet "
                             "(each device pair needs its own shaped interface); use backend userspace with delay and "
                             "jitter only, or one device per tier")
+    return problems
+
+
+def _cpu_problems(exp: Experiment, tiers: tuple[str, ...]) -> list[str]:
+    """Each CPU step names a device of the run (or a tier of it), in time order."""
+    problems = []
+    names = exp.device_ids() + [t for t in tiers if t in exp.devices]
+    last = -1.0
+    for i, step in enumerate(exp.cpu.schedule):
+        if step.device not in names:
+            problems.append(f"cpu.schedule[{i}].device: {step.device!r} is neither a device nor a tier of this "
+                            f"experiment{suggest(step.device, names)}")
+        if step.at_s < last:
+            problems.append(f"cpu.schedule[{i}].at_s: {step.at_s} comes before {last}; give the steps in time order")
+        last = step.at_s
     return problems
 
 

@@ -168,3 +168,49 @@ def jetson_orin_power_mode(root: Path) -> None:
     for name, value in (("scaling_governor", "schedutil"), ("scaling_min_freq", "1510400"),
                         ("scaling_max_freq", "1510400"), ("scaling_cur_freq", "1510400")):
         (cpufreq / name).write_text(value + "\n")
+
+
+def cgroup_v1_tree(root: Path, own: str = "/user.slice/session-3.scope") -> Path:
+    """cgroup v1 as Raspberry Pi OS Bullseye and JetPack 5 mount it: ``cpu,cpuacct`` with CFS bandwidth files.
+
+    ``/proc/self/cgroup`` puts this process in ``own``; returns that group's directory.
+    """
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(f"12:cpu,cpuacct:{own}\n4:memory:{own}\n1:name=systemd:{own}\n")
+    home = root / "sys/fs/cgroup/cpu,cpuacct" / own.lstrip("/")
+    home.mkdir(parents=True)
+    for d in (root / "sys/fs/cgroup/cpu,cpuacct", home):
+        (d / "cpu.cfs_quota_us").write_text("-1\n")
+        (d / "cpu.cfs_period_us").write_text("100000\n")
+        (d / "cgroup.procs").write_text("")
+    return home
+
+
+def cgroup_v2_tree(root: Path, own: str = "/system.slice/testbed-agent.service", cpu_max: str = "max 100000") -> Path:
+    """cgroup v2 (unified, Raspberry Pi OS Bookworm, JetPack 6): ``cgroup.controllers`` at the root, ``cpu.max``.
+
+    The process's group ``own`` holds ``cpu_max``; its parent already delegates ``cpu``.
+    """
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(f"0::{own}\n")
+    base = root / "sys/fs/cgroup"
+    home = base / own.lstrip("/")
+    home.mkdir(parents=True)
+    (base / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (home.parent / "cgroup.subtree_control").write_text("cpu memory\n")
+    (home / "cpu.max").write_text(cpu_max + "\n")
+    (home / "cgroup.procs").write_text("")
+    return home
+
+
+def raspberry_pi4_cpufreq(root: Path) -> list[Path]:
+    """A Pi 4's cpufreq (one policy shared by four cores; 600 MHz to 1.5 GHz, in kHz); the cpuN/cpufreq dirs."""
+    dirs = []
+    for n in range(4):
+        d = root / f"sys/devices/system/cpu/cpu{n}/cpufreq"
+        d.mkdir(parents=True)
+        (d / "cpuinfo_min_freq").write_text("600000\n")
+        (d / "cpuinfo_max_freq").write_text("1500000\n")
+        (d / "scaling_max_freq").write_text("1500000\n")
+        dirs.append(d)
+    return dirs

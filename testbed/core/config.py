@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.protocol import tier_name_problem
 from testbed.core.errors import ConfigError
@@ -88,6 +88,10 @@ class RunSpec(Strict):
         "its socket, so an answer is stamped as it lands instead of when a sleeping CPU wakes, about 0.1 ms per "
         "answer on a VM; it keeps one CPU of the controller's machine busy for the run, so leave it off where "
         "agents share that machine with a package-level energy meter); agents always block")
+    schedule_clock: Literal["run", "policy"] = Field(
+        "run", description="what the link and CPU schedules' at_s count from: the run's first sample (run), or each "
+        "policy's first sample, with every link and cap put back as configured before each policy (policy: every "
+        "policy meets the same shortage, so an adaptive one can be set beside one that does not adapt)")
 
 
 class TimeoutSpec(Strict):
@@ -140,6 +144,42 @@ class LinkProfile(Strict):
                             "dropped")
     rate_mbit: float | None = Field(None, gt=0, description="rate limit; none: unlimited")
     schedule: list[ShapeStep] | None = Field(None, description="changes during the run, in time order")
+
+
+class CpuStep(Strict):
+    """A point of the CPU schedule: from ``at_s`` seconds on, ``device`` gets this cap (one of the three)."""
+
+    at_s: float = Field(ge=0, description="seconds after the first sample is issued (run.schedule_clock: of the run "
+                        "or of each policy)")
+    device: str = Field(description="a device id of the experiment, or a tier name (every device of that tier)")
+    cores: float | None = Field(None, gt=0, le=1024, description="CPU time the agent may use, in cores (a cgroup "
+                                "quota: cpu.max on cgroup v2, cpu.cfs_quota_us on v1); 0.5 is half of one core")
+    max_freq_mhz: float | None = Field(None, gt=0, le=100_000, description="a ceiling on every CPU's clock "
+                                       "(cpufreq scaling_max_freq; the whole board)")
+    lift: bool = Field(False, description="remove this device's caps of the kinds it had (the cap it started with)")
+
+    @model_validator(mode="after")
+    def _one(self) -> CpuStep:
+        given = [k for k in ("cores", "max_freq_mhz") if getattr(self, k) is not None] + (["lift"] if self.lift else [])
+        if len(given) != 1:
+            raise ValueError(f"a CPU step gives exactly one of cores, max_freq_mhz or lift: true; this one gives "
+                             f"{given or 'none'}")
+        return self
+
+
+class CpuSpec(Strict):
+    """CPU shortage during a run: caps that change on a schedule (emulated hosts, and boards that allow it)."""
+
+    schedule: list[CpuStep] = Field(default_factory=list, description="changes during the run, in time order")
+
+    def kinds(self, device: str, tier: str) -> list[str]:
+        """The cap kinds the schedule changes on ``device`` (of ``tier``), so its agent opens them at Configure."""
+        out = []
+        for step in self.schedule:
+            if step.device in (device, tier):
+                kinds = ["cores" if step.cores is not None else "max_freq_mhz"] if not step.lift else []
+                out += [k for k in kinds if k not in out]
+        return out
 
 
 class ShapingSpec(Strict):
@@ -216,6 +256,7 @@ class Experiment(Strict):
     timeouts: TimeoutSpec = TimeoutSpec()
     cost: CostSpec = CostSpec()
     shaping: ShapingSpec = ShapingSpec()
+    cpu: CpuSpec = CpuSpec()
     deploy: DeploySpec = DeploySpec()
 
     def tier_devices(self, tier: str) -> list[str]:

@@ -98,6 +98,8 @@ class RunManifest(Section):
     controller: ControllerRecord
     cost_model: dict[str, Any]
     shaping: dict[str, Any] | None = Field(None, description="backend, links, kernel read-back, probes, schedule")
+    cpu: dict[str, Any] | None = Field(None, description="the CPU schedule and every cap applied: device, kind, value, "
+                                       "when due and applied, what the agent wrote")
     deploy: dict[str, Any] | None = None
     owned: dict[str, Any] | None = None
     agents: dict[str, dict[str, Any]] = {}

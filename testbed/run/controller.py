@@ -24,8 +24,7 @@ from testbed import policies
 from testbed.core.clock import Clock, SystemClock
 from testbed.core.config import Experiment, Inventory
 from testbed.core.errors import ResultsError, TestbedError
-from testbed.core.hops import CONTROLLER, Hop, link_ends
-from testbed.devices import shaping
+from testbed.core.hops import Hop
 from testbed.devices.fleet import Fleet
 from testbed.devices.launch import AgentArgs
 from testbed.devices.owned import Ownership
@@ -37,6 +36,7 @@ from testbed.run.collector import Collector
 from testbed.run.issuer import Issuer, Progress
 from testbed.run.keys import RunKeys
 from testbed.run.resume import Resume
+from testbed.run.schedules import Schedules
 from testbed.run.session import AgentSession
 from testbed.run.signals import Deferred, interrupts_deferred, interrupts_latched
 from testbed.run.transport import ZmqTransport
@@ -81,7 +81,7 @@ class Controller:
         self.session: AgentSession | None = None
         self.issuer: Issuer | None = None
         self.collector: Collector | None = None
-        self._steps_applied: set[tuple[str, int]] = set()
+        self.schedules: Schedules | None = None  # the link and CPU schedules, once the agents are up
 
     # ------------------------------------------------------------------ the run
 
@@ -99,6 +99,7 @@ class Controller:
             pctx = policies.context_for(self.bundle, self.exp.samples.split, self.exp.seed,
                                         {s.name for s in self.exp.policies})
             for i, spec in enumerate(self.exp.policies):
+                self._restart_schedules(spec.key)
                 policy = self._make_policy(spec, pctx)
                 self._run_policy(policy, np.random.default_rng(self.exp.seed + i))
                 m.policies[spec.key] = records.policy_record(policy)
@@ -167,8 +168,12 @@ class Controller:
         transport = self.transport = self.transport or ZmqTransport(self.inv.controller.bind, self.clock, keys)
         session = self.session = AgentSession(transport, self.clock, self.exp.timeouts, str(self.exp_path),
                                               self.collector.window)
-        self.issuer = Issuer(session, transport, self.collector, self.clock, self.exp.run, self._apply_schedule,
+        self.issuer = Issuer(session, transport, self.collector, self.clock, self.exp.run, lambda: schedules.tick(),
                              self.on_progress, self.exp.seed)
+        issuer = self.issuer
+        schedules = self.schedules = Schedules(self.exp, fleet, session, self.clock, issuer.schedule_t,
+                                               lambda: self.writer.write_manifest(m), m)  # type: ignore[union-attr]
+        issuer.on_limited = schedules.on_limited
         if self.resume is not None:
             self.issuer.replay = resume.Replay(self.resume.done)
         port = transport.endpoint.rsplit(":", 1)[1]
@@ -244,6 +249,7 @@ class Controller:
                 batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s,
                 first=i == 0, last_layer=spec.layers[-1], router=self._router(a, tier),
                 providers=list(self.inv.device(a.device_id).providers), next_key=nxt_key,
+                cpu_caps=self.exp.cpu.kinds(a.device_id, tier),
                 **self._chain(a, (ranges or {}).get(tier)))
         self.session.configure(messages, self.exp.timeouts.configure_s + self.exp.energy.idle_s)
 
@@ -312,36 +318,13 @@ class Controller:
             if files is not None:
                 self._configure(None, seq=3)
 
-    def _apply_schedule(self) -> None:
-        """Apply the link schedule steps that are due: the sending agent's delay (userspace), tc on the devices."""
-        links = self.exp.shaping.links
-        fleet, session, issuer = self.fleet, self.session, self.issuer
-        if not any(prof.schedule for prof in links.values()) or fleet is None or fleet.backend == "none":
+    def _restart_schedules(self, policy: str) -> None:
+        """``run.schedule_clock: policy``: links and caps back as configured, the schedules' clock from zero."""
+        if self.exp.run.schedule_clock != "policy":
             return
-        assert session is not None and issuer is not None and self.manifest is not None and self.writer is not None
-        t = issuer.schedule_t()
-        for hop, i, profile in shaping.due_steps(links, t, self._steps_applied):
-            self._steps_applied |= {(hop, j) for j in range(i + 1)}
-            rec: dict[str, Any] = {"hop": hop, "step": i, "at_s": links[hop].schedule[i].at_s,  # type: ignore[index]
-                                   "applied_at_s": round(t, 6), "unix_ns": self.clock.time_ns(),
-                                   "profile": profile.model_dump(exclude={"schedule"})}
-            if fleet.backend == "userspace":
-                # the sending agent of a device hop; for a controller link the tier's agent (Results, and on the
-                # first tier the Work arriving too)
-                a, b = link_ends(hop)
-                ctl = a == CONTROLLER
-                senders = session.tier_agents(b if ctl else a)  # every device of the sending tier
-                for sender in senders:
-                    session.send(sender, p.Shape(i, profile.delay_ms, profile.jitter_ms,
-                                                 "controller" if ctl else "data"))
-                rec["userspace"] = {"devices": [x.device_id for x in senders], "link": "controller" if ctl else "data",
-                                    "delay_ms": profile.delay_ms, "jitter_ms": profile.jitter_ms}
-            kernel = fleet.reshape(hop, profile)
-            if kernel:
-                rec["kernel"] = kernel
-            assert self.manifest.shaping is not None
-            self.manifest.shaping.setdefault("schedule_applied", []).append(rec)
-            self.writer.write_manifest(self.manifest)
+        assert self.schedules is not None and self.issuer is not None
+        self.schedules.restart(policy)
+        self.issuer.first_issue_ns = None
 
     # ------------------------------------------------------------------ teardown
 

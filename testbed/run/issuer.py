@@ -117,6 +117,7 @@ class Issuer:
         self.first_issue_ns: int | None = None  # link schedules count from it
         self._flush_seq = 0
         self.replay: Replay | None = None  # the rows on disk of a resumed run, played back to the policies
+        self.on_limited: Callable[[p.Limited], None] = lambda _: None  # an agent applied a CPU step
 
     def schedule_t(self) -> float:
         """Seconds since the first sample was issued (0 before): the time base of link schedules."""
@@ -224,6 +225,8 @@ class Issuer:
             rows = self.collector.window(msg)
             if written is not None:
                 written += rows
+        elif isinstance(msg, p.Limited):
+            self.on_limited(msg)
         elif isinstance(msg, p.Failure):
             raise self.session.failed(got.agent_id, msg)
         return 0

@@ -1,0 +1,86 @@
+"""CPU caps an agent applies mid-run: cgroup v1 and v2 quotas, cpufreq ceilings, and the refusals."""
+
+import os
+import time
+from pathlib import Path
+
+import boards
+import pytest
+
+from agents.cpucap import CgroupCap, CpuCapError, CpuCaps, CpufreqCap
+
+
+def test_cgroup_v1_nests_the_agent_under_its_group_and_writes_the_cfs_quota(tmp_path):
+    home = boards.cgroup_v1_tree(tmp_path)
+    cap = CgroupCap(tmp_path, pid=4242)
+    cap.open()
+    assert cap.path == home / "testbed-agent-4242"  # a child: a cap on the board's group still holds
+    assert (cap.path / "cgroup.procs").read_text() == "4242"
+    assert "25000 per 100000" in cap.set(0.25)
+    assert (cap.path / "cpu.cfs_quota_us").read_text() == "25000"
+    cap.set(None)
+    assert (cap.path / "cpu.cfs_quota_us").read_text() == "-1"
+
+
+def test_cgroup_v2_makes_a_sibling_and_keeps_the_current_groups_ceiling(tmp_path):
+    home = boards.cgroup_v2_tree(tmp_path, cpu_max="50000 100000")
+    cap = CgroupCap(tmp_path, pid=7)
+    cap.open()
+    assert cap.path == home.parent / "testbed-agent-7"
+    assert "+cpu" in (home.parent / "cgroup.subtree_control").read_text()
+    cap.set(2.0)  # more than the 0.5 cores the agent had: it keeps 0.5
+    assert (cap.path / "cpu.max").read_text() == "50000 100000"
+    cap.set(0.1)
+    assert (cap.path / "cpu.max").read_text() == "10000 100000"
+
+
+def test_cpufreq_caps_every_core_clamped_and_puts_the_ceiling_back(tmp_path):
+    dirs = boards.raspberry_pi4_cpufreq(tmp_path)
+    caps = CpuCaps(["max_freq_mhz"], tmp_path)
+    assert "600000" in caps.set("max_freq_mhz", 300)  # below what the chip does: its minimum
+    assert {(d / "scaling_max_freq").read_text() for d in dirs} == {"600000"}
+    caps.set("max_freq_mhz", 1000)
+    assert {(d / "scaling_max_freq").read_text() for d in dirs} == {"1000000"}
+    caps.close()
+    assert {(d / "scaling_max_freq").read_text().strip() for d in dirs} == {"1500000"}
+
+
+def test_a_device_without_the_files_is_refused_saying_what_would_do(tmp_path):
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text("0::/\n")
+    with pytest.raises(CpuCapError, match="cannot cap CPU time; use max_freq_mhz"):
+        CpuCaps(["cores"], tmp_path)
+    with pytest.raises(CpuCapError, match="cannot be capped; use cores"):
+        CpufreqCap(tmp_path)
+    with pytest.raises(CpuCapError, match="known are"):
+        CpuCaps(["watts"], tmp_path)
+
+
+def test_a_read_only_cpufreq_is_refused_when_opened(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes read-only files")
+    for d in boards.raspberry_pi4_cpufreq(tmp_path):
+        (d / "scaling_max_freq").chmod(0o444)
+    with pytest.raises(CpuCapError, match="run it as root"):
+        CpuCaps(["max_freq_mhz"], tmp_path)
+
+
+def _busy_share(seconds: float = 0.6) -> float:
+    t0, c0 = time.monotonic(), time.process_time()
+    while time.monotonic() - t0 < seconds:
+        pass
+    return (time.process_time() - c0) / (time.monotonic() - t0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup").is_dir(), reason="needs root and cgroups")
+def test_the_kernel_really_caps_this_process(tmp_path):
+    """On this machine's own cgroups: a 0.2-core cap holds the busy loop's CPU share near 0.2, lifted after."""
+    caps = CpuCaps(["cores"])
+    try:
+        caps.set("cores", 0.2)
+        capped = _busy_share()
+        caps.set("cores", 0)
+        free = _busy_share()
+    finally:
+        caps.close()
+    assert capped < 0.35 and free > 0.5
