@@ -62,19 +62,19 @@ class CgroupCap:
         self.pid = pid if pid is not None else os.getpid()
         base = root / "sys/fs/cgroup"
         self.v2 = (base / "cgroup.controllers").is_file()
-        own = _own_cgroups(root)
-        if self.v2:
-            self.mount = base
-            self.home = base / own.get("", "/").lstrip("/")
-            parent = self.home.parent if self.home != base else base
-        else:
-            cpu = next((base / d for d in ("cpu", "cpu,cpuacct") if (base / d / "cpu.cfs_quota_us").is_file()), None)
-            if cpu is None:
-                raise CpuCapError(f"no cgroup cpu controller under {base} (neither cgroup v2's cgroup.controllers nor "
-                                  "v1's cpu/cpu.cfs_quota_us): this kernel cannot cap CPU time; use max_freq_mhz")
-            self.mount = cpu
-            self.home = cpu / own.get("cpu", "/").lstrip("/")
-            parent = self.home
+        cpu = base if self.v2 else next((base / d for d in ("cpu", "cpu,cpuacct")
+                                         if (base / d / "cpu.cfs_quota_us").is_file()), None)
+        if cpu is None:
+            raise CpuCapError(f"no cgroup cpu controller under {base} (neither cgroup v2's cgroup.controllers nor "
+                              "v1's cpu/cpu.cfs_quota_us): this kernel cannot cap CPU time; use max_freq_mhz")
+        try:
+            own = _own_cgroups(root)
+        except OSError as e:
+            raise CpuCapError(f"cannot tell this process's cgroup: {e}") from e
+        self.mount = cpu
+        self.home = cpu / own.get("" if self.v2 else "cpu", "/").lstrip("/")
+        # v2: a sibling (a group with processes enables no controller for children); v1: a child
+        parent = (self.home.parent if self.home != base else base) if self.v2 else self.home
         self.path = parent / f"{name}-{self.pid}"
         self.ceiling = self._ceiling()
         self.cores: float | None = None

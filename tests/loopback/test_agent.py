@@ -120,3 +120,21 @@ def test_agent_exits_when_the_controller_goes_silent(agent):
     # never answer: after --first-contact-s (1.5 s; the controller starts every agent before it answers
     # any) the agent gives up on its own
     assert proc.wait(20) == 3
+
+
+def test_a_device_that_cannot_cap_its_cpu_refuses_configure_and_keeps_serving(agent, tiny_bundle):
+    """The agent's sysfs is a Pi's thermal tree only: no cgroup cpu controller, no cpufreq."""
+    router, proc, recv = agent
+    ident, _ = recv("hello")
+    send = lambda m: router.send_multipart([ident, *p.encode(m)])  # noqa: E731
+    spec = tiny_bundle.tier("cloud")
+    send(p.Limit(1, "cores", 0.5))
+    _, fail = recv("failure")
+    assert fail.stage == "limit" and "no Configure opened a CPU cap" in fail.what
+    for kinds, why in ((["cores"], "cannot cap CPU time; use max_freq_mhz"), (["max_freq_mhz"], "use cores")):
+        send(p.Configure(1, str(tiny_bundle.root / spec.file), spec.sha256, spec.logits, {}, "", 1, cpu_caps=kinds))
+        _, fail = recv("failure")
+        assert fail.stage == "configure" and "changes the CPU's" in fail.what and why in fail.what
+    send(p.Configure(2, str(tiny_bundle.root / spec.file), spec.sha256, spec.logits, {}, "", 1))
+    _, ready = recv("ready")  # without caps the same device configures
+    assert ready.seq == 2 and proc.poll() is None
