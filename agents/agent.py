@@ -629,7 +629,7 @@ class Agent:
         nbytes = int(ran.logits.nbytes) if ran.exited else sum(int(t.nbytes) for t in ran.onward.values())
         stage = p.Stage(self.tier, self.agent_id, recv_ns, start_ns, end_ns, time.time_ns(), ran.confidence,
                         ran.prediction, ran.exited, nbytes, energy_j, approx, net_j, frame_bytes, wire_in, batch,
-                        ran.layer, ran.layer_confidences)
+                        ran.layer, ran.layer_confidences, self._caps.throttled_ms() if self._caps else -1.0)
         if ran.exited:
             self.answered += 1
             result = p.encode(p.Result(self.agent_id, work.run_seq, work.sample_id, ran.logits,

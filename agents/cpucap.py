@@ -115,6 +115,16 @@ class CgroupCap:
         self.cores = cores
         return f"{self.path / 'cpu.cfs_quota_us'} = {quota} per {PERIOD_US} us"
 
+    def throttled_ns(self) -> int:
+        """Time the kernel has held this group throttled (cpu.stat: v1 throttled_time ns, v2 throttled_usec)."""
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "throttled_time":
+                return int(value)
+            if key == "throttled_usec":
+                return int(value) * 1000
+        return 0
+
     def close(self) -> None:
         """Move back to the group the agent started in and remove its own; never raises."""
         try:
@@ -174,6 +184,7 @@ class CpuCaps:
         if bad:
             raise CpuCapError(f"cpu cap kinds {bad}: known are {KINDS}")
         self.caps: dict[str, object] = {}
+        self._throttled_ns: int | None = None
         try:
             for kind in kinds:
                 cap = CgroupCap(root) if kind == "cores" else CpufreqCap(root)
@@ -189,6 +200,18 @@ class CpuCaps:
         if cap is None:
             raise CpuCapError(f"a {kind} limit, but Configure opened only {sorted(self.caps) or 'none'}")
         return cap.set(value or None)  # type: ignore[attr-defined]
+
+    def throttled_ms(self) -> float:
+        """Milliseconds the agent's cgroup was throttled since the last call (-1 without a cores cap)."""
+        cap = self.caps.get("cores")
+        if not isinstance(cap, CgroupCap):
+            return -1.0
+        try:
+            now = cap.throttled_ns()
+        except (OSError, ValueError):
+            return -1.0
+        last, self._throttled_ns = self._throttled_ns, now
+        return 0.0 if last is None else max(0, now - last) / 1e6
 
     def close(self) -> None:
         """Lift every cap; never raises."""

@@ -51,7 +51,8 @@ Format history:
        Configure.next_key: the next tier's CurveZMQ public key, for runs with keys.
     10: CPU shortage mid-run: Configure.cpu_caps (the kinds of :data:`CPU_CAPS` the run will change: the
         agent opens them before Ready, or fails Configure saying why), Limit (a new cap) and Limited (what
-        the agent wrote, and when).
+        the agent wrote, and when); Stage.throttled_ms (the time the kernel held the agent's cgroup
+        throttled since its previous sample left: a CPU cap's stalls, charged to the tier).
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class Stage(NamedTuple):
     energy_batch: int  # the agent's energy window holding this sample; -1: its own window (energy above)
     layer: int = 0  # the last layer this tier ran (0: not said)
     layer_confidences: list = []  # a chain's confidence after each layer it ran, in order; [] for a tier graph
+    throttled_ms: float = -1.0  # CPU-cap throttling of this agent since its previous sample left (-1: no cap)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from testbed.analysis import clocks, load, stats, verdict
+from testbed.analysis import clocks, load, shortage, stats, verdict
 from testbed.core.config import PolicySpec
 from testbed.core.costmodel import CostModel
 from testbed.formats.manifest import RunManifest
@@ -30,6 +30,8 @@ class Report:
     latency: pd.DataFrame | None = None
     links: tuple[str, ...] = ()  # per shaped link: configured against measured (also among the notes)
     scenarios: pd.DataFrame | None = None  # per policy: load scenario, rates, bounded percentiles, queueing
+    shortage: pd.DataFrame | None = None  # per policy, between link and CPU schedule steps: figures with intervals
+    plans: pd.DataFrame | None = None  # every plan of a policy that plans from measured resources (adaptive ResNet)
 
 
 def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
@@ -72,7 +74,8 @@ def build(df: pd.DataFrame, manifest: RunManifest, complete: bool) -> Report:
     sources = len(first) if isinstance(first, list) else 1
     return Report(title, summary, stats.hop_summary(hops_df), stats.quality_checks(df), notes, paper, sweep, energy,
                   stats.bytes_by_hop(df), papers, stats.latency_split(hops_df), tuple(links),
-                  load.scenario_table(df, run, sources))
+                  load.scenario_table(df, run, sources), shortage.segment_table(df, manifest),
+                  shortage.plans_table(manifest))
 
 
 def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
@@ -107,8 +110,10 @@ def _run_notes(df: pd.DataFrame, m: RunManifest, complete: bool) -> list[str]:
     if m.rejected_messages:
         notes.append(f"IGNORED {sum(m.rejected_messages.values())} control messages no agent of the run sent "
                      "(none became a row): " + ", ".join(f"{k} x{n}" for k, n in m.rejected_messages.items()))
-    warm = int((df["phase"] == "warmup").sum())
-    notes.append(f"{len(df) - warm} measured rows, {warm} warmup rows (kept in the parquet, left out here)")
+    warm, probe = int((df["phase"] == "warmup").sum()), int((df["phase"] == "probe").sum())
+    notes.append(f"{len(df) - warm - probe} measured rows, {warm} warmup rows"
+                 + (f", {probe} probe rows (an adaptive policy measuring again after a schedule step)" if probe else "")
+                 + " (kept in the parquet, left out here)")
     return notes
 
 

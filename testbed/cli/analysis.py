@@ -35,6 +35,10 @@ def render_report(run_dir: Path) -> None:
         _print_latency(rep.latency)
     if rep.scenarios is not None and len(rep.scenarios):
         _print_scenarios(rep.scenarios)
+    if rep.plans is not None:
+        _print_plans(rep.plans)
+    if rep.shortage is not None:
+        _print_shortage(rep.shortage)
     if rep.energy is not None:
         en = Table(title="energy per measured sample by tier, mJ (gross / net of idle); a tier a sample did not "
                          "visit adds nothing")
@@ -142,6 +146,43 @@ def _print_scenarios(sc: Any) -> None:
                   str(r["p90_bound"]), _fmt(r["p99_ms"], ""), str(r["p99_bound"]),
                   *[_fmt(float(r[c]), "") for c in queue_cols])
     print_fitted(t, 1)
+
+
+def _ival(r: Any, col: str, lo: str, hi: str, digits: int = 2) -> str:
+    """``value [lo, hi]``; the value alone where the interval is unknown."""
+    v = float(r[col])
+    if math.isnan(v):
+        return "-"
+    if r[lo] is None or r[hi] is None or math.isnan(float(r[lo])) or math.isnan(float(r[hi])):
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f} [{float(r[lo]):.{digits}f}, {float(r[hi]):.{digits}f}]"
+
+
+def _print_plans(plans: Any) -> None:
+    t = Table(title="plans from measured resources: the warmup's, then one after each schedule step that changed "
+                    "them (switched: the variant or exit tier changed)")
+    for c in ("policy", "plan", "at s", "trigger", "chosen", "predicted ms", "val acc", "switched"):
+        t.add_column(c, justify="right" if c in ("plan", "at s", "predicted ms", "val acc") else "left")
+    for _, r in plans.iterrows():
+        t.add_row(str(r["policy"]), str(r["plan"]), _fmt(r["at_s"], ""), str(r["trigger"]), str(r["chosen"]),
+                  _fmt(r["predicted_ms"], ""), f"{r['val_accuracy']:.3f}", "yes" if r["switched"] else "no")
+    print_fitted(t, 3)
+
+
+def _print_shortage(sh: Any) -> None:
+    t = Table(title="between schedule steps, per policy: choice, measured samples (and probes) and their rate, "
+                    "accuracy, median and mean latency, energy and offload bytes per sample, with 95% intervals")
+    for c in ("policy", "from s", "after", "choice", "n", "probes", "per s", "accuracy", "p50 ms", "mean ms",
+              "energy mJ", "offload B"):
+        t.add_column(c, justify="left" if c in ("policy", "after", "choice") else "right")
+    for _, r in sh.iterrows():
+        t.add_row(str(r["policy"]), f"{r['from_s']:.2f}", str(r["from"]), str(r["choice"]), str(r["n"]),
+                  str(r["probes"]), _fmt(r["per_s"], ""), _ival(r, "accuracy", "accuracy_lo", "accuracy_hi", 3),
+                  _ival(r, "latency_ms_p50", "latency_ms_p50_lo", "latency_ms_p50_hi"),
+                  _ival(r, "latency_ms_mean", "latency_ms_mean_lo", "latency_ms_mean_hi"),
+                  _ival(r, "energy_mj_mean", "energy_mj_lo", "energy_mj_hi"),
+                  _ival(r, "offload_bytes_mean", "offload_bytes_lo", "offload_bytes_hi", 0))
+    print_fitted(t, 2)
 
 
 def _print_latency(latency: Any) -> None:

@@ -24,6 +24,10 @@ Format history:
        can be derived again with other clock offsets (``testbed.analysis.clocks``); ``policy_feedback``
        (what the policy learned from the sample, so ``testbed run --resume`` can feed it back);
        ``latency_scheduled_ms`` and ``t_scheduled_unix_ns`` (the load scenario's schedule).
+    7: ``phase`` may be ``probe``: samples an adaptive policy issues through every tier to measure the
+       resources again after a link or CPU schedule step (like warmups, not measured samples);
+       ``throttled_ms_<tier>``: the time a CPU cap held that tier's agent throttled since its previous
+       sample left (null: the run put no cap on it).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ import pyarrow as pa
 from agents.protocol import DEFAULT_TIERS
 from testbed.core.hops import data_hops, offload_hops
 
-SCHEMA_VERSION = 6
-PHASES = ("warmup", "measure")
+SCHEMA_VERSION = 7
+PHASES = ("warmup", "measure", "probe")
 #: parquet metadata keys
 VERSION_KEY, TIERS_KEY = "testbed.schema_version", "testbed.tiers"
 
@@ -65,7 +69,8 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
         Column("seq", pa.int64(), "", "issue order within the run"),
         Column("sample_id", pa.int64(), "", "index in the bundle split"),
         Column("split", pa.string(), "", "bundle split the sample comes from"),
-        Column("phase", pa.string(), "", "warmup or measure; warmups are kept, never dropped"),
+        Column("phase", pa.string(), "", "warmup, measure or probe (an adaptive policy measuring the resources "
+               "again); warmups and probes are kept, never dropped"),
         Column("exit_tier", pa.string(), "", "tier that finished the sample"),
         Column("exit_layer", pa.int64(), "layer", "layer after which it exited (1-based)"),
         Column("tier_path", pa.string(), "", "tiers visited, e.g. mobile>edge"),
@@ -87,6 +92,8 @@ def _columns(tiers: tuple[str, ...], hops: tuple[str, ...], msg_hops: tuple[str,
                         True))
         c.append(Column(f"compute_ms_{t}", pa.float64(), "ms", f"onnxruntime time on {t}", True))
         c.append(Column(f"queue_ms_{t}", pa.float64(), "ms", f"arrival to compute start on {t}", True))
+        c.append(Column(f"throttled_ms_{t}", pa.float64(), "ms", f"time a CPU cap held the {t} agent throttled since "
+                        "its previous sample left (cgroup cpu.stat; null: no cap opened on it)", True))
         c.append(Column(f"device_{t}", pa.string(), "", f"device id of the {t} agent", True))
         c.append(Column(f"layers_{t}", pa.int64(), "layers", f"layers the {t} tier ran for the sample (null: it "
                         "did not run it)", True))

@@ -61,6 +61,8 @@ class Policy:
 
     measure: str = "max"
     needs_resources: bool = False
+    replan: bool = False  # a needs_resources policy that plans again when a schedule step changes the resources
+    probe: int = 8  # ... samples it measures through every tier before each new plan
     upper_bound: bool = False
 
     def __init__(self, name: str):
@@ -86,7 +88,7 @@ class Policy:
         """The resources :meth:`plan` weighs, from the rows of a warmup through every tier (``needs_resources``)."""
         raise TypeError(f"policy {self.name} does not measure resources")
 
-    def plan(self, resources: dict[str, dict[str, float]]) -> None:
+    def plan(self, resources: dict[str, dict[str, float]], **when: Any) -> None:
         """Choose from measured resources (only for ``needs_resources`` policies)."""
         raise TypeError(f"policy {self.name} does not plan from resources")
 

@@ -304,19 +304,49 @@ class Controller:
 
     def _run_adaptive(self, policy: policies.Policy, rng: np.random.Generator, samples: Samples, count: int,
                       warm: int) -> None:
-        """Warm up on the full network through every tier, measure the resources, let the policy choose, run."""
-        assert self.issuer is not None
+        """Warm up on the full network through every tier, measure the resources, let the policy choose, run.
+
+        A policy that re-plans (``replan``) stops issuing when a schedule step changes the resources,
+        drains the samples in flight, waits for the agents to confirm their caps, measures again
+        through every tier on the variant loaded (phase ``probe``) and plans again; the agents switch
+        partitions when the variant changes.
+        """
+        issuer, sched = self.issuer, self.schedules
+        assert issuer is not None and sched is not None
+        total = count * self.exp.samples.repeat  # a long run cycles through the split
         probe = policies.StaticPolicy(policy.name, policies.at_tier(self.tiers[-1], self.tiers))
-        rows = self.issuer.issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)], keep=True)
-        policy.plan(policy.resources(rows))
-        files = policy.partitions()
-        if files is not None:
-            self._configure(files, seq=2)
+        if issuer.first_issue_ns is None:  # steps due at 0 s hold from the warmup on
+            issuer.first_issue_ns = self.clock.monotonic_ns()
+            sched.tick()
+            issuer.settle(lambda: sched.settled, self.exp.timeouts.configure_s)
+        rows = issuer.issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)], keep=True)
+        policy.plan(policy.resources(rows), trigger="warmup", at_s=round(issuer.schedule_t(), 6),
+                    unix_ns=self.clock.time_ns())
+        loaded = policy.partitions()
+        seq = 2
+        if loaded is not None:
+            self._configure(loaded, seq=seq)
         try:
-            self.issuer.issue_all(policy, rng, samples, [("measure", i) for i in range(count)])
+            done = 0
+            while done < total:
+                seen = sched.changes
+                stop = (lambda seen=seen: sched.changes != seen) if policy.replan else None
+                issuer.issue_all(policy, rng, samples, [("measure", i % count) for i in range(done, total)],
+                                 (done, total), stop=stop)
+                done += issuer.issued
+                if done >= total:
+                    break
+                issuer.settle(lambda: sched.settled, self.exp.timeouts.configure_s)
+                rows = issuer.issue_all(probe, rng, samples, [("probe", (done + k) % count)
+                                                              for k in range(policy.probe)], keep=True)
+                policy.plan(policy.resources(rows), trigger=sched.last_change,
+                            at_s=round(issuer.schedule_t(), 6), unix_ns=self.clock.time_ns())
+                if policy.partitions() != loaded:
+                    loaded, seq = policy.partitions(), seq + 1
+                    self._configure(loaded, seq=seq)
         finally:
-            if files is not None:
-                self._configure(None, seq=3)
+            if loaded is not None:
+                self._configure(None, seq=seq + 1)
 
     def _restart_schedules(self, policy: str) -> None:
         """``run.schedule_clock: policy``: links and caps back as configured, the schedules' clock from zero."""

@@ -118,6 +118,7 @@ class Issuer:
         self._flush_seq = 0
         self.replay: Replay | None = None  # the rows on disk of a resumed run, played back to the policies
         self.on_limited: Callable[[p.Limited], None] = lambda _: None  # an agent applied a CPU step
+        self.issued = 0  # plan entries the last issue_all sent (all of them unless stopped)
 
     def schedule_t(self) -> float:
         """Seconds since the first sample was issued (0 before): the time base of link schedules."""
@@ -147,12 +148,14 @@ class Issuer:
 
     def issue_all(self, policy: Policy | dict[str, Policy], rng: np.random.Generator, samples: Samples,
                   plan: list[tuple[str, int]], progress: tuple[int, int] | None = None,
-                  keep: bool = False) -> list[dict[str, Any]]:
+                  keep: bool = False, stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
         """Issue the plan's samples, (phase, index in ``samples``) each, over the first tier's devices in turn.
 
         ``policy``: one, or one per first-tier device (:class:`Sources`). ``progress`` is (samples of
         this policy done before, the policy's total) for the progress bar. Returns the rows written
         when ``keep`` (the adaptive policy's warmup), else none: a long run holds no rows in memory.
+        ``stop``: checked after each schedule tick; once true, no more of the plan is issued and the
+        samples in flight are drained (``self.issued`` says how many of the plan went out).
         """
         before, total = progress or (0, len(plan))
         if self.first_issue_ns is None:
@@ -181,6 +184,8 @@ class Issuer:
             if self.replay is not None and nxt < len(plan) and not self.replay.has(self.seq):
                 self.replay.observe()  # everything replayed so far came back before a live sample
             self.on_tick()
+            if stop is not None and nxt < len(plan) and stop():
+                plan = plan[:nxt]  # drain what is in flight, issue nothing more
             while nxt < len(plan) and len(in_flight) < self.limit and (
                     self.clock.monotonic_ns() >= self.next_issue_ns) and not (
                     self.replay is not None and self.replay.has(self.seq)):
@@ -199,6 +204,7 @@ class Issuer:
             if got is None:
                 continue
             done += self._on_message(got, in_flight, sources, written if keep else None, (before + done, total))
+        self.issued = len(plan)
         if self.replay is not None:
             self.replay.observe()
         if self.collector.ledger.pending:
@@ -230,6 +236,18 @@ class Issuer:
         elif isinstance(msg, p.Failure):
             raise self.session.failed(got.agent_id, msg)
         return 0
+
+    def settle(self, until: Callable[[], bool], timeout_s: float) -> bool:
+        """With nothing in flight, handle the agents' messages until ``until()`` or ``timeout_s``; its last value."""
+        deadline = self.clock.monotonic_ns() + int(timeout_s * NS)
+        sources = Sources(self.session.tier_agents(self.collector.tiers[0]), Policy("settle"), None)
+        while not until() and self.clock.monotonic_ns() < deadline:
+            raise_if_interrupted()
+            got = self.session.recv(0.02)
+            self.session.keepalive({})
+            if got is not None:
+                self._on_message(got, {}, sources, None, (0, 0))
+        return until()
 
     def flush_windows(self) -> list[dict[str, Any]]:
         """Ask every agent to close its open energy window and wait; returns the rows completed.

@@ -105,6 +105,7 @@ def build_row(
         row[f"confidence_{s.tier}"] = s.confidence
         row[f"compute_ms_{s.tier}"] = (s.end_ns - s.start_ns) / NS_PER_MS
         row[f"queue_ms_{s.tier}"] = queue
+        row[f"throttled_ms_{s.tier}"] = None if s.throttled_ms < 0 else s.throttled_ms
         row[f"device_{s.tier}"] = s.device
         row[f"t_recv_agent_ns_{s.tier}"], row[f"t_send_agent_ns_{s.tier}"] = s.recv_ns, s.send_ns
         row[f"layers_{s.tier}"] = len(s.layer_confidences) if s.layer_confidences else (tier_layers or {}).get(
@@ -132,8 +133,8 @@ def _unvisited_cached(tiers: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
     out: list[tuple[str, Any]] = []
     for tier in cols.tiers:
         out += [(f"{col}_{tier}", None) for col in (
-            "confidence", "compute_ms", "queue_ms", "device", "layers", "t_recv_agent_ns", "t_send_agent_ns",
-            "energy_j", "energy_net_j", "energy_approx", "energy_batch")]
+            "confidence", "compute_ms", "queue_ms", "throttled_ms", "device", "layers", "t_recv_agent_ns",
+            "t_send_agent_ns", "energy_j", "energy_net_j", "energy_approx", "energy_batch")]
     out += [(f"net_ms_{hop}", None) for hop in cols.hops] + [(f"bytes_{hop}", 0) for hop in cols.hops]
     out += [(f"bytes_msg_{hop}", None) for hop in cols.msg_hops]
     out += [(f"bytes_wire_{hop}", None) for hop in cols.wire_hops]

@@ -400,3 +400,54 @@ def test_a_chosen_variant_is_loaded_on_the_agents_and_the_full_network_comes_bac
     cloud = df[(df.policy == "all-cloud") & (df.phase == "measure")]
     np.testing.assert_allclose(cloud.confidence.to_numpy(), full.loc[cloud.sample_id, "confidence_cloud"].to_numpy(),
                                atol=1e-4)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0 or not __import__("pathlib").Path("/sys/fs/cgroup").is_dir(),
+                    reason="the edge agent caps itself through a cgroup: needs root and cgroups")
+def test_adaptive_resnet_replans_under_an_edge_cpu_cap_beside_one_that_does_not(resnet_bundle, tmp_path):
+    """experiments/adaptive-shortage.yaml in small: the edge capped to 0.03 cores from 1 s, lifted at 3.5 s.
+
+    Each plan is the objective's minimum under the resources measured for it; the cap's stalls are
+    charged to the edge; every measured sample ran the plan in force when it was issued (the samples
+    in flight were drained before the agents switched); the plan-once policy met the same steps.
+    """
+    from testbed.policies.adaptive_resnet import AdaptiveResNetPolicy
+
+    exp = write_experiment(tmp_path / "exp.yaml", resnet_bundle.root,
+                           [{"name": "adaptive-resnet", "label": "adaptive", "mu": 0.2, "probe": 100},
+                            {"name": "adaptive-resnet", "label": "plan-once", "mu": 0.2, "replan": False}],
+                           count=None, warmup=16, name="shortage",
+                           samples={"split": "test", "warmup": 16, "repeat": 4},
+                           run={"concurrency": 1, "interval_ms": 4, "schedule_clock": "policy", "flush_rows": 64},
+                           cpu={"schedule": [{"at_s": 1.0, "device": "edge-1", "cores": 0.03},
+                                             {"at_s": 3.5, "device": "edge", "lift": True}]})
+    inv = write_inventory(tmp_path / "inv.yaml")
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    run_dir = only_run(tmp_path / "results")
+    m = __import__("json").loads((run_dir / "manifest.json").read_text())
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    variants = [v.model_dump() for v in resnet_bundle.spec.resnet_variants]
+    plans = m["policies"]["adaptive"]["plans"]
+    assert [p["trigger"] for p in plans] == ["warmup", "cpu edge-1 step 0: cores 0.03", "cpu edge step 1: lift"]
+    for plan in plans:  # each choice is the objective's minimum under the resources it was measured with
+        pol = AdaptiveResNetPolicy("x", variants, 0.2, resnet_bundle.tiers)
+        pol.plan(plan["resources"])
+        assert pol.record["chosen"]["objective"] == pytest.approx(plan["chosen"]["objective"])
+    capped = plans[1]["resources"]["ms_throttled"]
+    assert capped["edge"] > 10 * max(capped["mobile"], 0.01) and capped["edge"] > 1.0  # the stalls are the edge's
+    assert plans[2]["resources"]["ms_throttled"]["edge"] < capped["edge"] / 5  # lifted: gone
+    assert (df[(df.policy == "adaptive") & (df.phase == "probe")].exit_tier == "cloud").all()
+    # every measured sample ran the plan in force when it was issued: nothing of an old plan after a step
+    g = df[(df.policy == "adaptive") & (df.phase == "measure")].sort_values("t_issue_unix_ns")
+    starts = [p["unix_ns"] for p in plans[1:]]
+    for k, plan in enumerate(plans):
+        lo, hi = ([0] + starts)[k], (starts + [2**63])[k]
+        seg = g[(g.t_issue_unix_ns > lo) & (g.t_issue_unix_ns < hi)]
+        assert (seg.policy_choice == f"{plan['chosen']['variant']}@{plan['chosen']['tier']}").all(), k
+    cap_rec = [a for a in m["cpu"]["applied"] if a["policy"] == "adaptive" and not a["lift"]][0]
+    assert not ((g.t_issue_unix_ns > cap_rec["unix_ns"] + 1) & (g.t_issue_unix_ns < starts[0])).any()  # drained
+    # the plan-once policy met the same two steps and kept its plan
+    once = m["policies"]["plan-once"]
+    assert len(once["plans"]) == 1 and {a["step"] for a in m["cpu"]["applied"] if a["policy"] == "plan-once"} == {0, 1}
+    assert df[(df.policy == "plan-once") & (df.phase == "probe")].empty
+    assert main(["report", str(run_dir), "--format", "text"]) == 0

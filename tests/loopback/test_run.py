@@ -102,7 +102,7 @@ def test_timings_are_positive_and_add_up(tiny_run):
 def test_manifest_lets_the_run_be_repeated(tiny_bundle, tiny_run):
     run_dir, df, exp, inv = tiny_run
     m = json.loads((run_dir / "manifest.json").read_text())
-    assert m["status"] == "complete" and m["rows"] == len(df) and m["schema_version"] == SCHEMA_VERSION == 6
+    assert m["status"] == "complete" and m["rows"] == len(df) and m["schema_version"] == SCHEMA_VERSION == 7
     assert m["tiers"] == ["mobile", "edge", "cloud"] and m["format_version"] == 3
     assert m["experiment"]["yaml"] == exp.read_text() and m["inventory"]["yaml"] == inv.read_text()
     assert m["bundle"]["sha256"]["mobile.onnx"] == tiny_bundle.tier("mobile").sha256

@@ -84,3 +84,23 @@ def test_the_kernel_really_caps_this_process(tmp_path):
     finally:
         caps.close()
     assert capped < 0.35 and free > 0.5
+
+
+def test_the_throttled_time_is_read_per_sample_from_cpu_stat(tmp_path):
+    """v1 gives throttled_time in ns; each call returns what accrued since the one before (the first: 0)."""
+    home = boards.cgroup_v1_tree(tmp_path)
+    caps = CpuCaps(["cores"], tmp_path)
+    stat = next(home.glob("testbed-agent-*")) / "cpu.stat"
+    stat.write_text("nr_periods 10\nnr_throttled 2\nthrottled_time 5000000\n")
+    assert caps.throttled_ms() == 0.0
+    stat.write_text("nr_periods 20\nnr_throttled 3\nthrottled_time 95000000\n")
+    assert caps.throttled_ms() == pytest.approx(90.0)
+    assert CpuCaps([], tmp_path).throttled_ms() == -1.0  # no cap opened: not measured
+
+
+def test_cgroup_v2_reports_throttled_microseconds(tmp_path):
+    boards.cgroup_v2_tree(tmp_path)
+    cap = CgroupCap(tmp_path, pid=9)
+    cap.open()
+    (cap.path / "cpu.stat").write_text("usage_usec 100\nnr_throttled 1\nthrottled_usec 2500\n")
+    assert cap.throttled_ns() == 2_500_000

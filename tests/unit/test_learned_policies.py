@@ -142,10 +142,17 @@ def test_adaptive_resnet_measures_its_resources_from_warmup_rows():
     full = {"name": "full", "macs": {"mobile": 1000, "edge": 2000, "cloud": 4000},
             "bytes_per_offload": {"mobile-edge": 100, "edge-cloud": 50}, "exits": []}
     rows = [{"compute_ms_mobile": m, "compute_ms_edge": 2 * m, "compute_ms_cloud": None if m == 3 else 4 * m,
-             "net_ms_mobile_edge": 0.5, "net_ms_edge_cloud": None} for m in (1.0, 2.0, 3.0)]
-    res = AdaptiveResNetPolicy("a", [full], w=0.5, tiers=T3).resources(rows)
+             "net_ms_controller_mobile": 0.1 * m, "net_ms_mobile_edge": 0.5, "net_ms_edge_cloud": None,
+             "throttled_ms_edge": 90.0 if m == 3 else 0.0} for m in (1.0, 2.0, 3.0)]
+    pol = AdaptiveResNetPolicy("a", [full], w=0.5, tiers=T3)
+    res = pol.resources(rows)
     assert res["ms_per_mac"] == pytest.approx({"mobile": 2.0 / 1000, "edge": 4.0 / 2000, "cloud": 6.0 / 4000})
-    assert res["ms_per_offload"] == {"mobile-edge": 0.5, "edge-cloud": 0.0}  # no offload measured: nothing charged
+    # no offload measured: nothing charged; the issue hop is paid by every option
+    assert res["ms_per_offload"] == pytest.approx({"controller-mobile": 0.2, "mobile-edge": 0.5, "edge-cloud": 0.0})
+    # one stall of 90 ms in three samples: the edge is charged its mean, the tiers without a cap nothing
+    assert res["ms_throttled"] == pytest.approx({"mobile": 0.0, "edge": 30.0, "cloud": 0.0})
+    assert pol.predict_ms(full, "mobile", res) == pytest.approx(0.2 + 2.0)
+    assert pol.predict_ms(full, "edge", res) == pytest.approx(0.2 + 2.0 + 0.5 + 4.0 + 30.0)
     with pytest.raises(TypeError, match="does not measure resources"):
         policies.make(PolicySpec(name="all-cloud"), PolicyContext(T3)).resources(rows)
 

@@ -171,5 +171,5 @@ def test_a_split_and_the_layers_a_chain_ran_travel_with_the_sample():
     short = p.encode(work)  # a stage of an older version (16 fields) is refused by name
     body = __import__("msgpack").unpackb(short[0], raw=False)
     body["body"]["stages"][0] = body["body"]["stages"][0][:16]
-    with pytest.raises(p.ProtocolError, match="stages: expected a list of stages of 18 fields"):
+    with pytest.raises(p.ProtocolError, match="stages: expected a list of stages of 19 fields"):
         p.decode([__import__("msgpack").packb(body), *short[1:]])
