@@ -22,6 +22,19 @@ def tiny_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def resnet_bundle(tmp_path_factory):
+    """An adaptive-ResNet bundle (ResNet-8 on scikit-learn's digits, 3 epochs, variants): built once per session."""
+    pytest.importorskip("torch")
+    from testbed.cli import main
+    from testbed.formats.bundle import Bundle
+
+    out = tmp_path_factory.mktemp("b") / "resnet8-digits"
+    assert main(["partition", "--model", "resnet-8", "--data", "builtin:digits", "--tiers", "mobile:1,edge:2,cloud:3",
+                 "--epochs", "3", "--out", str(out), "--threads", "1"]) == 0
+    return Bundle.load(out)
+
+
+@pytest.fixture(scope="session")
 def real_bundle():
     from testbed.formats.bundle import Bundle
 

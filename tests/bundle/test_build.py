@@ -229,14 +229,6 @@ def test_unsupported_architecture_existing_output_and_missing_columns(models, tm
     assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2*"))
 
 
-@pytest.fixture(scope="module")
-def resnet_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("b") / "resnet8-digits"
-    assert main(["partition", "--model", "resnet-8", "--data", "builtin:digits", "--tiers", "mobile:1,edge:2,cloud:3",
-                 "--epochs", "3", "--out", str(out), "--threads", "1"]) == 0
-    return Bundle.load(out)
-
-
 def test_resnet_variants_connections_and_bytes(resnet_bundle, capsys):
     b = resnet_bundle
     s = b.spec

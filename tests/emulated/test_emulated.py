@@ -331,3 +331,49 @@ def test_the_controller_edge_link_shapes_the_answers_and_preflight_checks_the_co
     assert "fidelity controller-edge (answers back): configured 8 ms, 10 Mbit/s" in report.stdout, report.stdout
     assert "htb" not in qdiscs("ctl")
     assert_devices_bare()
+
+
+def test_adaptive_resnet_replans_when_the_mobile_edge_rate_drops(emulation, resnet_bundle, tmp_path):
+    """mobile-edge 100 -> 0.2 Mbit/s (kernel htb on both ends) 0.5 s into each policy; mu 0.2, as the experiment.
+
+    After the drop the adaptive policy drains, probes 8 samples through every tier, and plans under the
+    new hop time: the hop's time rose by the offload's serialisation at 0.2 Mbit/s at least, every plan is
+    the objective's minimum, and each measured sample ran the plan in force. The plan-once policy keeps
+    sending through the slow link.
+    """
+    from testbed.policies.adaptive_resnet import AdaptiveResNetPolicy
+
+    base, inv = emulation
+    exp = write_experiment(tmp_path / "exp.yaml", resnet_bundle.root,
+                           [{"name": "adaptive-resnet", "label": "adaptive", "mu": 0.2, "probe": 8},
+                            {"name": "adaptive-resnet", "label": "plan-once", "mu": 0.2, "replan": False}],
+                           count=60, warmup=8, name="t", devices=DEVICES,
+                           run={"concurrency": 1, "interval_ms": 10, "schedule_clock": "policy", "flush_rows": 16},
+                           shaping={"backend": "userspace", "links": {"mobile-edge": {
+                               "rate_mbit": 100, "schedule": [{"at_s": 0.5, "rate_mbit": 0.2}]}}})
+    done = cli("run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = next((tmp_path / "results" / "t").iterdir())
+    m = json.loads((run_dir / "manifest.json").read_text())
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    plans = m["policies"]["adaptive"]["plans"]
+    assert [p["trigger"] for p in plans] == ["warmup", "link mobile-edge step 0: {'rate_mbit': 0.2}"]
+    variants = [v.model_dump() for v in resnet_bundle.spec.resnet_variants]
+    for plan in plans:
+        pol = AdaptiveResNetPolicy("x", variants, 0.2, resnet_bundle.tiers)
+        pol.plan(plan["resources"])
+        assert pol.record["chosen"]["objective"] == pytest.approx(plan["chosen"]["objective"])
+    offload_bits = 8 * variants[0]["bytes_per_offload"]["mobile-edge"]
+    hop = [p["resources"]["ms_per_offload"]["mobile-edge"] for p in plans]
+    assert hop[1] >= hop[0] + offload_bits / 0.2e3 * 0.9, hop  # 0.2 Mbit/s = 200 bits per ms
+    steps = [s for s in m["shaping"]["schedule_applied"] if s["step"] == 0]
+    assert {s["policy"] for s in steps} == {"adaptive", "plan-once"}
+    assert all(any("rate 200Kbit" in line for line in s["kernel"]["edge-emu"]["tc_show"]) for s in steps), steps
+    g = df[(df.policy == "adaptive") & (df.phase == "measure")]
+    for k, plan in enumerate(plans):
+        lo, hi = ([0] + [p["unix_ns"] for p in plans[1:]] + [2**63])[k:k + 2]
+        seg = g[(g.t_issue_unix_ns > lo) & (g.t_issue_unix_ns < hi)]
+        assert (seg.policy_choice == f"{plan['chosen']['variant']}@{plan['chosen']['tier']}").all(), k
+    once = df[(df.policy == "plan-once") & (df.phase == "measure")]
+    assert len(m["policies"]["plan-once"]["plans"]) == 1 and len(once) == 60
+    assert_devices_bare()
