@@ -165,7 +165,7 @@ def write_page(run_dir: Path, rep: Report, df: pd.DataFrame, m: RunManifest, out
                          "no sample crossed a device hop"))
     picked = choices(df[df["phase"] == "measure"], out)
     parts += [_figure(p, f"{p.stem.removeprefix('choices_')}: the choice per sample over the run", "") for p in picked]
-    pngs = power_timelines(run_dir, out, df, m.shaping)
+    pngs = power_timelines(run_dir, out, df, m.shaping, m.cpu)
     parts += [_figure(p, f"power timeline of {p.stem.removeprefix('power_')}", "") for p in pngs] or [
         '<p class="missing">power timelines: left out: no device sampled power (counter or model meters)</p>']
     parts += ["<h2>Per policy and exit tier</h2>", _table(rep.summary), "<h2>Paper cost model against measurement</h2>",

@@ -14,11 +14,12 @@ import pyarrow.parquet as pq
 
 
 def timeline_marks(run_dir: Path, device: str, t0_ns: int, df: pd.DataFrame | None = None,
-                   shaping: dict[str, Any] | None = None) -> pd.DataFrame:
+                   shaping: dict[str, Any] | None = None, cpu: dict[str, Any] | None = None) -> pd.DataFrame:
     """What happened during a device's power timeline, in seconds from its first sample.
 
     ``phase``: each policy's warmup and measured samples (first to last issue); ``link step``:
-    each link schedule step applied (the manifest's ``shaping.schedule_applied``); ``throttled``:
+    each link schedule step applied (the manifest's ``shaping.schedule_applied``); ``cpu step``: each
+    CPU cap put on or lifted from this device (``cpu.applied``); ``throttled``:
     each thermal sample of the device whose throttle flags were set (``thermal_<device>.parquet``).
     """
     marks: list[dict[str, Any]] = []
@@ -30,6 +31,11 @@ def timeline_marks(run_dir: Path, device: str, t0_ns: int, df: pd.DataFrame | No
     for step in (shaping or {}).get("schedule_applied") or []:
         at = (int(step["unix_ns"]) - t0_ns) / 1e9
         marks.append({"kind": "link step", "label": f"{step['hop']} step {step['step']}", "start_s": at, "end_s": at})
+    for step in (cpu or {}).get("applied") or []:
+        if step["device"] == device:
+            at = (int(step["unix_ns"]) - t0_ns) / 1e9
+            what = "lifted" if step["lift"] else f"{step['kind']} {step['value']:g}"
+            marks.append({"kind": "cpu step", "label": f"cpu {what}", "start_s": at, "end_s": at})
     thermal = run_dir / f"thermal_{device}.parquet"
     if thermal.is_file():
         th = pq.read_table(thermal).to_pandas()
@@ -41,7 +47,7 @@ def timeline_marks(run_dir: Path, device: str, t0_ns: int, df: pd.DataFrame | No
 
 
 def _draw_marks(ax: Any, marks: pd.DataFrame) -> None:
-    """Phases as shaded spans (alternating grey, labelled), link steps as dashed lines, throttling as red ticks."""
+    """Phases as shaded spans (alternating grey, labelled), link steps dashed, CPU steps dotted, throttling ticks."""
     phases = marks[marks["kind"] == "phase"]
     for i, (label, start, end) in enumerate(zip(phases["label"], phases["start_s"].astype(float),
                                                   phases["end_s"].astype(float), strict=True)):
@@ -50,6 +56,8 @@ def _draw_marks(ax: Any, marks: pd.DataFrame) -> None:
                 va="top", ha="left", color="0.3")
     for at in marks.loc[marks["kind"] == "link step", "start_s"].astype(float):
         ax.axvline(at, color="#0072B2", linestyle="--", linewidth=1)
+    for at in marks.loc[marks["kind"] == "cpu step", "start_s"].astype(float):
+        ax.axvline(at, color="#009E73", linestyle=":", linewidth=1.5)
     hot = marks[marks["kind"] == "throttled"]
     if len(hot):
         ax.plot(hot["start_s"], np.full(len(hot), 0.02), "|", color="#D55E00", markersize=12,
@@ -57,11 +65,11 @@ def _draw_marks(ax: Any, marks: pd.DataFrame) -> None:
 
 
 def power_timelines(run_dir: Path, out_dir: Path, df: pd.DataFrame | None = None,
-                    shaping: dict[str, Any] | None = None) -> list[Path]:
+                    shaping: dict[str, Any] | None = None, cpu: dict[str, Any] | None = None) -> list[Path]:
     """One PNG per ``power_<device>.parquet``: watts per rail over the run, in seconds from its start.
 
-    With the run's rows (``df``) and the manifest's ``shaping`` section, the policies' phases, the
-    link schedule steps and the device's throttling are marked (:func:`timeline_marks`); the
+    With the run's rows (``df``) and the manifest's ``shaping`` and ``cpu`` sections, the policies'
+    phases, the link and CPU schedule steps and the device's throttling are marked (:func:`timeline_marks`); the
     watts and the marks are written as CSV beside the PNG.
     """
     import matplotlib
@@ -79,7 +87,7 @@ def power_timelines(run_dir: Path, out_dir: Path, df: pd.DataFrame | None = None
         if len(t) == 0:
             continue
         seconds = (t - t[0]) / 1e9
-        marks = timeline_marks(run_dir, device, int(t[0]), df, shaping)
+        marks = timeline_marks(run_dir, device, int(t[0]), df, shaping, cpu)
         fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
         _draw_marks(ax, marks)
         rails = [n for n in table.column_names if n.startswith("power_w_")]

@@ -81,7 +81,7 @@ def render_report(run_dir: Path) -> None:
         out.print(f"[yellow]advice:[/yellow] {a}")
     from testbed.analysis.plots import power_timelines
 
-    for png in power_timelines(run_dir, run_dir / "plots", df, manifest.shaping):
+    for png in power_timelines(run_dir, run_dir / "plots", df, manifest.shaping, manifest.cpu):
         out.print(f"plot: {png}")
 
 

@@ -93,8 +93,8 @@ class Schedules:
             rec["kernel"] = kernel
         self.manifest.shaping.setdefault("schedule_applied", []).append(rec)
         self.changes += 1
-        shown = {k: v for k, v in rec["profile"].items() if v}
-        self.last_change = f"link {hop} {'step ' + str(i) if i is not None else 'back'}: {shown or 'unshaped'}"
+        shown = ", ".join(f"{k} {v:g}" for k, v in rec["profile"].items() if v) or "unshaped"
+        self.last_change = f"link {hop} {'step ' + str(i) if i is not None else 'back'}: {shown}"
         self.save()
 
     def _targets(self, device: str) -> list[str]:

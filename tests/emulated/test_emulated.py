@@ -357,7 +357,7 @@ def test_adaptive_resnet_replans_when_the_mobile_edge_rate_drops(emulation, resn
     m = json.loads((run_dir / "manifest.json").read_text())
     df = pd.read_parquet(run_dir / "samples.parquet")
     plans = m["policies"]["adaptive"]["plans"]
-    assert [p["trigger"] for p in plans] == ["warmup", "link mobile-edge step 0: {'rate_mbit': 0.2}"]
+    assert [p["trigger"] for p in plans] == ["warmup", "link mobile-edge step 0: rate_mbit 0.2"]
     variants = [v.model_dump() for v in resnet_bundle.spec.resnet_variants]
     for plan in plans:
         pol = AdaptiveResNetPolicy("x", variants, 0.2, resnet_bundle.tiers)

@@ -16,8 +16,13 @@ def test_marks_are_placed_in_seconds_from_the_first_power_sample(tmp_path):
     shaping = {"schedule_applied": [{"hop": "mobile-edge", "step": 1, "unix_ns": T0 + 4 * S}]}
     write_thermal(tmp_path, "pi-1", [T0 + 3 * S, T0 + 4 * S, T0 + 7 * S], {"cpu-thermal": [60.0, 81.0, 70.0]},
                   [0, 0x4, -1])  # throttled once; -1: the flags could not be read
-    marks = timeline_marks(tmp_path, "pi-1", T0, df, shaping)
+    cpu = {"applied": [{"device": "pi-1", "kind": "cores", "value": 0.5, "lift": False, "unix_ns": T0 + 3 * S},
+                       {"device": "edge-1", "kind": "cores", "value": 0.5, "lift": False, "unix_ns": T0 + 3 * S},
+                       {"device": "pi-1", "kind": "cores", "value": 0.0, "lift": True, "unix_ns": T0 + 6 * S}]}
+    marks = timeline_marks(tmp_path, "pi-1", T0, df, shaping, cpu)
     rows = {(r.kind, r.label): (r.start_s, r.end_s) for r in marks.itertuples(index=False)}
+    assert rows[("cpu step", "cpu cores 0.5")] == (3.0, 3.0) and rows[("cpu step", "cpu lifted")] == (6.0, 6.0)
+    assert (marks["kind"] == "cpu step").sum() == 2  # the edge's cap is on the edge's timeline
     assert rows[("phase", "a warmup")] == (1.0, 1.0) and rows[("phase", "a measure")] == (2.0, 5.0)
     assert rows[("phase", "b measure")] == (6.0, 6.0)
     assert rows[("link step", "mobile-edge step 1")] == (4.0, 4.0)
