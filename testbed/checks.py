@@ -29,6 +29,9 @@ def check_experiment(exp: Experiment, inv: Inventory, base: Path) -> list[str]:
     if exp.run.scenario == "server" and exp.run.rate_per_s is None:
         problems.append("run.rate_per_s: the server scenario needs a target rate (arrivals per second of each "
                         "first-tier device)")
+    if exp.run.scenario == "server" and exp.topology.issue != "round-robin":
+        problems.append(f"topology.issue: {exp.topology.issue!r} with the server scenario, whose arrivals are each "
+                        "device's own Poisson process; use round-robin (the default) or another scenario")
     if exp.run.rate_per_s is not None and exp.run.scenario != "server":
         problems.append(f"run.rate_per_s: only the server scenario has a target rate; this run is "
                         f"{exp.run.scenario!r} (set run.scenario: server, or drop rate_per_s)")
@@ -92,14 +95,6 @@ def _topology_problems(exp: Experiment, tiers: tuple[str, ...]) -> list[str]:
         last = set(exp.tier_devices(known[-1])) if known else set()
         problems += [f"topology.assign.{d}: {d} is on the last tier, or not in devices; it sends nothing on"
                      for d in assign if d in last or d not in exp.device_ids()]
-    if exp.several and exp.shaping.links:
-        kernel = [n for n, p in exp.shaping.links.items() if p.rate_mbit or p.loss_pct or any(
-            s.rate_mbit or s.loss_pct for s in p.schedule or [])]
-        if exp.shaping.backend == "netem" or kernel:
-            what = "backend netem" if exp.shaping.backend == "netem" else "rate or loss on " + ", ".join(kernel)
-            problems.append(f"shaping: {what} with several devices per tier is not supported yet "
-                            "(each device pair needs its own shaped interface); use backend userspace with delay and "
-                            "jitter only, or one device per tier")
     return problems
 
 

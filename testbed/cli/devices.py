@@ -334,11 +334,30 @@ def _parse_tiers(text: str) -> tuple[str, ...]:
     return tiers
 
 
+def _parse_counts(text: str | None, tiers: tuple[str, ...]) -> dict[str, int]:
+    """``--devices mobile=3,edge=2``: devices per tier (1 where not named)."""
+    counts: dict[str, int] = {}
+    problems = []
+    for part in (text or "").split(",") if text else []:
+        tier, _, value = part.partition("=")
+        tier = tier.strip()
+        if tier not in tiers:
+            problems.append(f"{part!r}: {tier!r} is not one of the emulated tiers {list(tiers)}")
+        elif not value.strip().isdigit() or not 1 <= int(value) <= 16:
+            problems.append(f"{part!r}: expected TIER=N with N from 1 to 16, e.g. mobile=3")
+        else:
+            counts[tier] = int(value)
+    if problems:
+        raise ConfigError("--devices", problems)
+    return counts
+
+
 def cmd_emulate_up(args: argparse.Namespace) -> int:
     """`testbed emulate up`: namespaces, links, sshd and CPU caps; writes the inventory."""
     from testbed.devices.emulate import Emulation
 
-    emu = Emulation(args.state_dir, args.prefix, args.subnet, _parse_tiers(args.tiers))
+    tiers = _parse_tiers(args.tiers)
+    emu = Emulation(args.state_dir, args.prefix, args.subnet, tiers, _parse_counts(args.devices, tiers))
     state = emu.up(args.inventory, _parse_cpu(args.cpu), args.python)
     sshd = ", ".join(f"{t} ({s['listen']})" for t, s in state["sshd"].items())
     out.print(f"emulation up: namespaces {', '.join(state['netns'])}; sshd in {sshd}; CPU caps {state['cpu_caps']} "
@@ -393,6 +412,9 @@ def add_commands(sub: Any) -> None:
                             help="where to write the inventory (default: inventory.emulated.yaml)")
             sp.add_argument("--cpu", default=None, help="CPU cores per tier, e.g. mobile=0.25,edge=0.5,cloud=1")
             sp.add_argument("--python", default=None, help="the devices' Python (default: this one)")
+            sp.add_argument("--devices", default=None, help="devices per tier where more than one, e.g. mobile=3 "
+                            "(devices mobile1-emu..mobile3-emu, each linked to the controller and to every device "
+                            "of the next tier)")
             sp.add_argument("--tiers", default=",".join(DEFAULT_TIERS),
                             help="the emulated tiers in order (default: mobile,edge,cloud; the bundle's, e.g. "
                                  "mobile,cloud for a two-tier run)")

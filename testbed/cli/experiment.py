@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         def on_progress(pr: RunProgress) -> None:
             if pr.policy not in tasks:
                 tasks[pr.policy] = bar.add_task(f"{pr.policy:<12}", total=pr.total)
-            bar.update(tasks[pr.policy], completed=pr.done)
+            bar.update(tasks[pr.policy], completed=pr.done, total=pr.total)  # phases differ (warmup, probes)
 
         ctrl = Controller(exp, args.experiment, inv, args.inventory, bundle, args.results, on_progress=on_progress,
                           trust_new_hosts=args.trust_new_hosts, resume=resume)

@@ -229,8 +229,10 @@ class TopologySpec(Strict):
     assign: Literal["round-robin"] | dict[str, str] = Field(
         "round-robin", description="round-robin: the i-th device of a tier offloads to the (i mod n)-th of the next; "
         "or a map of device id -> next-tier device id (every device of a tier with a next tier named once)")
-    issue: Literal["round-robin"] = Field("round-robin", description="how samples are spread over the first tier's "
-                                          "devices: in turn, by issue order")
+    issue: Literal["round-robin", "least-loaded", "hash"] = Field(
+        "round-robin", description="how samples are spread over the first tier's devices: round-robin (in turn, by "
+        "issue order), least-loaded (the device with the fewest samples in flight; ties in turn) or hash (by sample "
+        "id: a sample always goes to the same device); the server scenario draws each arrival's device itself")
     policy_state: Literal["per-source", "shared"] = Field(
         "per-source", description="a learning policy (SplitEE) keeps one state per first-tier device (per-source), "
         "as each device would learn on its own, or one for all of them (shared)")
@@ -329,8 +331,9 @@ class DeviceSpec(Strict):
                                       "out, the CPU is the last resort, and the manifest records what ran")
     cpus: list[int] | None = Field(None, description="CPU ids the agent is pinned to (local emulation)")
     interface: str | None = Field(None, description="network interface shaping applies to")
-    interfaces: dict[str, str] = Field(default_factory=dict, description="peer (tier or 'controller') -> "
-                                       "interface toward it, where it differs from ``interface``")
+    interfaces: dict[str, str] = Field(default_factory=dict, description="peer (tier, 'controller', or a device "
+                                       "id where the next tier has several) -> interface toward it, where it "
+                                       "differs from ``interface``")
     data_host: str | None = Field(None, description="address the previous tier (or the controller, for the first "
                                   "tier) reaches this agent's data socket at; default: host")
     controller_host: str | None = Field(None, description="address this device reaches the controller at; "
@@ -618,9 +621,10 @@ def load_inventory(path: Path) -> Inventory:
                             "can connect to, and neither controller.advertise nor this device's controller_host "
                             "says where it reaches the controller; set one to the controller's address on the "
                             "device's network")
+        ids = {e.id for e in inv.devices}
         for peer in d.interfaces:
-            if peer != "controller" and tier_name_problem(peer):
-                problems.append(f"devices[{i}].interfaces.{peer}: not a tier or 'controller'"
+            if peer != "controller" and peer not in ids and tier_name_problem(peer):
+                problems.append(f"devices[{i}].interfaces.{peer}: not a tier, a device or 'controller'"
                                 f"{suggest(peer, ['controller', *sorted({e.tier for e in inv.devices})])}")
     if problems:
         raise ConfigError(str(path), problems)

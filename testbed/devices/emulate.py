@@ -61,23 +61,60 @@ class Link:
     addr_b: str
 
 
-def pairs(tiers: tuple[str, ...] = DEFAULT_TIERS) -> list[tuple[str, str]]:
-    """The nodes that talk: the controller with every tier, then each tier with the next."""
-    return [(CONTROLLER, t) for t in tiers] + list(zip(tiers, tiers[1:], strict=False))
+def nodes(tiers: tuple[str, ...] = DEFAULT_TIERS, counts: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """The emulated devices as (node, tier): a tier's name for one device, ``<tier><i>`` for several."""
+    out = []
+    for t in tiers:
+        n = (counts or {}).get(t, 1)
+        out += [(t, t)] if n == 1 else [(f"{t}{i}", t) for i in range(1, n + 1)]
+    return out
 
 
-def links(subnet: str = DEFAULT_SUBNET, tiers: tuple[str, ...] = DEFAULT_TIERS) -> list[Link]:
+def pairs(tiers: tuple[str, ...] = DEFAULT_TIERS, counts: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """The nodes that talk: the controller with every device, then every device of a tier with every one of the next.
+
+    Each pair has a link of its own, so any assignment of devices to the next tier's runs on links
+    no other pair shares.
+    """
+    ns = nodes(tiers, counts)
+    by_tier = {t: [n for n, x in ns if x == t] for t in tiers}
+    return [(CONTROLLER, n) for n, _ in ns] + [(a, b) for t, u in zip(tiers, tiers[1:], strict=False)
+                                                for a in by_tier[t] for b in by_tier[u]]
+
+
+#: /30 links in the emulation's /24
+MAX_LINKS = 63
+
+
+def links(subnet: str = DEFAULT_SUBNET, tiers: tuple[str, ...] = DEFAULT_TIERS,
+          counts: dict[str, int] | None = None) -> list[Link]:
     """The emulation's links: the k-th pair gets ``subnet.(4k+1)`` and ``.(4k+2)`` on a /30."""
-    return [Link(a, b, f"{subnet}.{4 * k + 1}", f"{subnet}.{4 * k + 2}") for k, (a, b) in enumerate(pairs(tiers))]
+    ps = pairs(tiers, counts)
+    if len(ps) > MAX_LINKS:
+        raise EmulationError(f"{len(ps)} links (the controller to each device, each device to each of the next tier) "
+                             f"do not fit the /24 {subnet}.0 ({MAX_LINKS} at most): emulate fewer devices")
+    return [Link(a, b, f"{subnet}.{4 * k + 1}", f"{subnet}.{4 * k + 2}") for k, (a, b) in enumerate(ps)]
+
+
+def upstream(tiers: tuple[str, ...], counts: dict[str, int] | None, node: str) -> list[str]:
+    """The nodes a device takes Work from: the controller for the first tier, else every device of the tier before."""
+    ns = nodes(tiers, counts)
+    tier = dict(ns)[node]
+    i = tiers.index(tier)
+    return [CONTROLLER] if i == 0 else [n for n, t in ns if t == tiers[i - 1]]
 
 
 def link_plan(prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
-              tiers: tuple[str, ...] = DEFAULT_TIERS) -> list[list[str]]:
-    """Commands that create the namespaces and links (argv lists, in order)."""
-    nodes = [CONTROLLER, *tiers]
-    cmds = [["ip", "netns", "add", netns_name(prefix, n)] for n in nodes]
-    cmds += [["ip", "-n", netns_name(prefix, n), "link", "set", "lo", "up"] for n in nodes]
-    for ln in links(subnet, tiers):
+              tiers: tuple[str, ...] = DEFAULT_TIERS, counts: dict[str, int] | None = None) -> list[list[str]]:
+    """Commands that create the namespaces and links (argv lists, in order).
+
+    A device with several upstream devices advertises its address on the link to the first; each
+    other one gets a /32 route to that address over its own link to the device.
+    """
+    names = [CONTROLLER, *(n for n, _ in nodes(tiers, counts))]
+    cmds = [["ip", "netns", "add", netns_name(prefix, n)] for n in names]
+    cmds += [["ip", "-n", netns_name(prefix, n), "link", "set", "lo", "up"] for n in names]
+    for ln in links(subnet, tiers, counts):
         na, nb = netns_name(prefix, ln.a), netns_name(prefix, ln.b)
         cmds.append(["ip", "link", "add", iface(ln.b), "netns", na, "type", "veth", "peer", "name", iface(ln.a),
                      "netns", nb])
@@ -89,13 +126,20 @@ def link_plan(prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
                  ["ip", "-n", nb, "link", "set", "dev", iface(ln.a), "gso_max_size", "1500", "gso_max_segs", "1"],
                  ["ip", "-n", na, "link", "set", iface(ln.b), "up"],
                  ["ip", "-n", nb, "link", "set", iface(ln.a), "up"]]
+    addr = addresses(subnet, tiers, counts)
+    for node, _ in nodes(tiers, counts):
+        ups = upstream(tiers, counts, node)
+        for up in ups[1:]:
+            cmds.append(["ip", "-n", netns_name(prefix, up), "route", "add", f"{addr[(node, ups[0])]}/32", "dev",
+                         iface(node)])
     return cmds
 
 
-def addresses(subnet: str = DEFAULT_SUBNET, tiers: tuple[str, ...] = DEFAULT_TIERS) -> dict[tuple[str, str], str]:
+def addresses(subnet: str = DEFAULT_SUBNET, tiers: tuple[str, ...] = DEFAULT_TIERS,
+              counts: dict[str, int] | None = None) -> dict[tuple[str, str], str]:
     """(node, peer) -> the node's address on its link to peer."""
     out = {}
-    for ln in links(subnet, tiers):
+    for ln in links(subnet, tiers, counts):
         out[(ln.a, ln.b)] = ln.addr_a
         out[(ln.b, ln.a)] = ln.addr_b
     return out
@@ -113,26 +157,28 @@ def sshd_config(state: Path, tier: str, listen: str) -> str:
 
 
 def inventory(state: Path, prefix: str, subnet: str, python: str, cpu: dict[str, float],
-              caps_applied: bool, tiers: tuple[str, ...] = DEFAULT_TIERS) -> dict[str, Any]:
-    """The inventory of an emulation (what ``up`` writes)."""
-    addr = addresses(subnet, tiers)
-    upstream = dict(zip(tiers, (CONTROLLER, *tiers[:-1]), strict=True))  # where each tier's Work comes from
+              caps_applied: bool, tiers: tuple[str, ...] = DEFAULT_TIERS,
+              counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """The inventory of an emulation (what ``up`` writes): one device ``<node>-emu`` per node."""
+    addr = addresses(subnet, tiers, counts)
     devices = []
-    for tier in tiers:
-        peers = {p: iface(p) for (n, p) in addr if n == tier}
+    ns = nodes(tiers, counts)
+    for node, tier in ns:
+        peers = {p: iface(p) for (n, p) in addr if n == node}
         devices.append({
-            "id": f"{tier}-emu", "tier": tier, "host": addr[(tier, CONTROLLER)],
-            "data_host": addr[(tier, upstream[tier])], "controller_host": addr[(CONTROLLER, tier)],
-            "workdir": str(state / "work" / f"{tier}-emu"), "interface": iface(CONTROLLER),
-            "interfaces": {("controller" if p == CONTROLLER else p): i for p, i in peers.items()},
-            "facts": {"netns": netns_name(prefix, tier),
+            "id": f"{node}-emu", "tier": tier, "host": addr[(node, CONTROLLER)],
+            "data_host": addr[(node, upstream(tiers, counts, node)[0])], "controller_host": addr[(CONTROLLER, node)],
+            "workdir": str(state / "work" / f"{node}-emu"), "interface": iface(CONTROLLER),
+            "interfaces": {("controller" if p == CONTROLLER else p): i for p, i in peers.items()}
+            | {f"{p}-emu": i for p, i in peers.items() if p != CONTROLLER},  # by peer device too (shaping per pair)
+            "facts": {"netns": netns_name(prefix, node),
                       "cpu_quota_cores": cpu.get(tier, 1.0) if caps_applied else None,
                       "addresses": {("controller" if p == CONTROLLER else p): a for (n, p), a in addr.items()
-                                    if n == tier}}})
+                                    if n == node}}})
     return {
         "controller": {"bind": "0.0.0.0", "netns": netns_name(prefix, CONTROLLER),
-                       "route_via": [iface(t) for t in tiers],
-                       "interfaces": {f"{t}-emu": iface(t) for t in tiers}},
+                       "route_via": [iface(n) for n, _ in ns],
+                       "interfaces": {f"{n}-emu": iface(n) for n, _ in ns}},
         "defaults": {"launcher": "ssh", "port": 22, "user": "root", "key_file": str(state / "id_ed25519"),
                      "known_hosts": str(state / "known_hosts"), "python": python, "threads": 1,
                      "meter": {"kind": "model", "idle_w": 1.0, "busy_w": 4.0}},
@@ -166,7 +212,7 @@ def missing_requirements() -> list[str]:
 
 
 class Cgroups:
-    """CPU caps per tier under cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us)."""
+    """CPU caps per emulated device (named by its node) under cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us)."""
 
     def __init__(self, root: Path = Path("/sys/fs/cgroup"), prefix: str = DEFAULT_PREFIX):
         self.v2 = (root / "cgroup.controllers").is_file()
@@ -211,11 +257,13 @@ class Emulation:
     """Bring an emulated testbed of ``tiers`` up or down; ``state.json`` records what exists."""
 
     def __init__(self, state_dir: Path = DEFAULT_STATE, prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
-                 tiers: tuple[str, ...] = DEFAULT_TIERS):
+                 tiers: tuple[str, ...] = DEFAULT_TIERS, counts: dict[str, int] | None = None):
         self.state_dir = state_dir
         self.prefix = prefix
         self.subnet = subnet
         self.tiers = tiers
+        self.counts = counts or {}  # devices per tier (1 where not named)
+        self.nodes = nodes(tiers, self.counts)
         self.state_file = state_dir / "state.json"
 
     def _load(self) -> dict[str, Any]:
@@ -242,12 +290,13 @@ class Emulation:
         self._check_range_free()
         cpu = {**DEFAULT_CPU, **(cpu or {})}
         state: dict[str, Any] = {"prefix": self.prefix, "subnet": self.subnet, "tiers": list(self.tiers),
+                                 "devices_per_tier": {t: self.counts.get(t, 1) for t in self.tiers},
                                  "netns": [], "sshd": {},
                                  "cgroups": None, "inventory": str(inventory_path), "cpu": cpu,
                                  "started_at": time.time()}
         try:
             self._save(state)
-            for argv in link_plan(self.prefix, self.subnet, self.tiers):
+            for argv in link_plan(self.prefix, self.subnet, self.tiers, self.counts):
                 _run(argv, "creating the emulated network")
                 if argv[:3] == ["ip", "netns", "add"]:
                     state["netns"].append(argv[3])
@@ -255,13 +304,13 @@ class Emulation:
             self._keys()
             caps_applied, why = self._caps(state, cpu)
             state["cpu_caps"] = "applied" if caps_applied else f"not applied: {why}"
-            addr = addresses(self.subnet, self.tiers)
-            for tier in self.tiers:
-                state["sshd"][tier] = self._sshd(tier, addr[(tier, CONTROLLER)], state if caps_applied else None)
+            addr = addresses(self.subnet, self.tiers, self.counts)
+            for node, _ in self.nodes:
+                state["sshd"][node] = self._sshd(node, addr[(node, CONTROLLER)], state if caps_applied else None)
                 self._save(state)
             self._known_hosts(addr)
             inv = inventory(self.state_dir, self.prefix, self.subnet, python or sys.executable, cpu, caps_applied,
-                            self.tiers)
+                            self.tiers, self.counts)
             inventory_path.parent.mkdir(parents=True, exist_ok=True)
             inventory_path.write_text("# written by `testbed emulate up`; removed devices come back with "
                                       "`testbed emulate down && testbed emulate up`\n" + yaml.safe_dump(inv,
@@ -293,8 +342,8 @@ class Emulation:
     def _caps(self, state: dict[str, Any], cpu: dict[str, float]) -> tuple[bool, str]:
         cg = Cgroups(prefix=self.prefix)
         try:
-            for tier in self.tiers:
-                cg.create(tier, cpu.get(tier, 1.0))
+            for node, tier in self.nodes:  # each device its own cap, its tier's
+                cg.create(node, cpu.get(tier, 1.0))
                 state["cgroups"] = str(cg.base)
             self._save(state)
             return True, ""
@@ -334,9 +383,9 @@ class Emulation:
 
     def _known_hosts(self, addr: dict[tuple[str, str], str]) -> None:
         lines = []
-        for tier in self.tiers:
-            pub = (self.state_dir / tier / "ssh_host_ed25519_key.pub").read_text().split()
-            lines.append(f"{addr[(tier, CONTROLLER)]} {pub[0]} {pub[1]}\n")
+        for node, _ in self.nodes:
+            pub = (self.state_dir / node / "ssh_host_ed25519_key.pub").read_text().split()
+            lines.append(f"{addr[(node, CONTROLLER)]} {pub[0]} {pub[1]}\n")
         kh = self.state_dir / "known_hosts"
         kh.write_text("".join(lines))
         kh.chmod(0o600)

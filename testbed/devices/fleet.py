@@ -155,34 +155,54 @@ class Fleet:
 
     # ------------------------------------------------------------------ shaping
 
+    def pairs(self, hop: str) -> list[tuple[str, str]]:
+        """The (sender, receiver) device ids that talk over ``hop`` (``controller`` for the controller's end).
+
+        One pair per device of the hop's first end: a controller hop pairs the controller with each
+        device of the tier, a device hop each device with the next-tier device it offloads to.
+        """
+        a, b = link_ends(hop)
+        if a == CONTROLLER:
+            return [(CONTROLLER, d) for d in self.exp.tier_devices(b)]
+        return [(d, self.exp.next_device(self.tiers, d) or d) for d in self.exp.tier_devices(a)]
+
+    def _interface(self, me: str, peer: str, hop: str) -> tuple[str | None, str]:
+        """The interface ``me`` sends to ``peer`` through on ``hop`` (device ids), and what to do if none is named."""
+        if me == CONTROLLER:
+            return self.inv.controller.interfaces.get(peer), (
+                f"controller.interfaces.{peer}: shaping {hop} needs the controller's own interface toward {peer} "
+                "(tc runs here, as root); name it, or shape delay and jitter only (backend userspace)")
+        dev = self.devices_by_id[me]
+        peer_tier = CONTROLLER if peer == CONTROLLER else self.devices_by_id[peer].tier
+        # a device with several peers on the next tier names each peer's interface by the peer's id
+        return dev.interfaces.get(peer) or dev.interface_to(peer_tier), (
+            f"devices[id={dev.id}].interface: shaping {hop} needs the interface {dev.id} sends to {peer} through; "
+            f"set interface, interfaces.{peer_tier} or interfaces.{peer}")
+
     def kernel_plans(self, links: dict[str, LinkProfile] | None = None) -> list[tuple[str, str, str,
                                                                                     list[shaping.Step]]]:
-        """(hop, device id, interface, steps) of the kernel's part of the shaping, both ends of each hop.
+        """(hop, device id, interface, steps) of the kernel's part of the shaping, both ends of each device pair.
 
         ``links``: the profiles to plan (default: the experiment's, as they start); interfaces this
-        run has shaped already get the change form of the plan.
+        run has shaped already get the change form of the plan. An interface several pairs share
+        (one edge port to a switch of mobiles) is shaped once: its rate is theirs together.
         """
         out = []
         for hop, profile in (self.exp.shaping.links if links is None else links).items():
-            for me, peer in (link_ends(hop), tuple(reversed(link_ends(hop)))):
-                if me == CONTROLLER:  # this machine's own interface toward the device, named in the inventory
-                    dev_id = CONTROLLER
-                    ifname = self.inv.controller.interfaces.get(self.devices[peer].id)
-                    missing = (f"controller.interfaces.{self.devices[peer].id}: shaping {hop} needs the "
-                               f"controller's own interface toward {self.devices[peer].id} (tc runs here, as root); "
-                               "name it, or shape delay and jitter only (backend userspace)")
-                else:
-                    dev = self.devices[me]
-                    dev_id, ifname = dev.id, dev.interface_to(peer)
-                    missing = (f"devices[id={dev.id}].interface: shaping {hop} needs the interface {dev.id} sends "
-                               f"to {peer} through; set interface or interfaces.{peer}")
-                change = any(d == dev_id and i == ifname for _, d, i in self.qdiscs)
-                steps = (shaping.plan(ifname or "<interface>", profile, self.backend, change)
-                         if self.backend != "none" else [])
-                if steps:
-                    if not ifname:
-                        raise ConfigError("inventory", [missing])
-                    out.append((hop, dev_id, ifname, steps))
+            seen: set[tuple[str, str]] = set()
+            for x, y in self.pairs(hop):
+                for me, peer in ((x, y), (y, x)):
+                    ifname, missing = self._interface(me, peer, hop)
+                    if (me, str(ifname)) in seen:
+                        continue
+                    seen.add((me, str(ifname)))
+                    change = any(d == me and i == ifname for _, d, i in self.qdiscs)
+                    steps = (shaping.plan(ifname or "<interface>", profile, self.backend, change)
+                             if self.backend != "none" else [])
+                    if steps:
+                        if not ifname:
+                            raise ConfigError("inventory", [missing])
+                        out.append((hop, me, ifname, steps))
         return out
 
     def _remote_of(self, dev_id: str) -> tuple[Remote, str]:
@@ -198,7 +218,9 @@ class Fleet:
         if not self.remote or self.backend == "none":
             return {}
         for hop, dev_id, ifname, steps in self.kernel_plans():
-            self.shaping_readback.setdefault(hop, {})[dev_id] = self.apply_kernel(hop, dev_id, ifname, steps)
+            back = self.shaping_readback.setdefault(hop, {})
+            # one entry per device; a device with several pairs on the hop (an edge of three mobiles) per interface
+            back[dev_id if dev_id not in back else f"{dev_id}/{ifname}"] = self.apply_kernel(hop, dev_id, ifname, steps)
         self._kernel_in_force = {hop: shaping.kernel_part(p, self.backend) for hop, p in self.exp.shaping.links.items()}
         return self.shaping_readback
 
@@ -215,8 +237,12 @@ class Fleet:
         if self._kernel_in_force.get(hop) == part:
             return {}
         self._kernel_in_force[hop] = part
-        return {dev_id: self.apply_kernel(h, dev_id, ifname, steps)
-                for h, dev_id, ifname, steps in self.kernel_plans({hop: profile})}
+        out: dict[str, Any] = {}
+        for h, dev_id, ifname, steps in self.kernel_plans({hop: profile}):
+            got = self.apply_kernel(h, dev_id, ifname, steps)
+            # one device, one interface (the record's shape since one device per tier); several: per interface
+            out[dev_id if dev_id not in out else f"{dev_id}/{ifname}"] = got
+        return out
 
     def apply_kernel(self, hop: str, dev_id: str, ifname: str, steps: list[shaping.Step]) -> dict[str, Any]:
         """Run the tc ``steps`` for one end of ``hop`` on ``dev_id``'s ``ifname``; the qdisc is this run's own."""

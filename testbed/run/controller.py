@@ -171,6 +171,7 @@ class Controller:
         self.issuer = Issuer(session, transport, self.collector, self.clock, self.exp.run, lambda: schedules.tick(),
                              self.on_progress, self.exp.seed)
         issuer = self.issuer
+        issuer.issue_mode = self.exp.topology.issue
         schedules = self.schedules = Schedules(self.exp, fleet, session, self.clock, issuer.schedule_t,
                                                lambda: self.writer.write_manifest(m), m)  # type: ignore[union-attr]
         issuer.on_limited = schedules.on_limited

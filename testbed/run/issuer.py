@@ -9,6 +9,7 @@ issue). Everything it waits on is the injected clock and transport.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,22 +40,46 @@ class Progress:
 
 
 class Sources:
-    """The first tier's devices, which take the samples in turn by issue order, and each one's policy state.
+    """The first tier's devices, which take the samples (``topology.issue``), and each one's policy state.
 
-    ``policy``: one policy for all of them, or one per device (a learning policy that learns on
-    each device alone: ``topology.policy_state: per-source``).
+    ``mode``: ``round-robin`` (in turn by issue order), ``least-loaded`` (the device with the
+    fewest samples in flight; ties in turn) or ``hash`` (by sample id: a sample always goes to
+    the same device). ``policy``: one policy for all of them, or one per device (a learning
+    policy that learns on each device alone: ``topology.policy_state: per-source``).
     """
 
-    def __init__(self, agents: list[Any], policy: Policy | dict[str, Policy], assigned: dict[int, int] | None = None):
+    def __init__(self, agents: list[Any], policy: Policy | dict[str, Policy], assigned: dict[int, int] | None = None,
+                 mode: str = "round-robin"):
         self.agents = agents
         self.policy = policy
         self.assigned = assigned or {}  # seq -> agent index where not in turn (server: each arrival's device)
+        self.mode = mode
+        self.load = {a.device_id: 0 for a in agents}  # samples in flight per device
         self.name = policy.name if isinstance(policy, Policy) else next(iter(policy.values())).name
 
     def at(self, seq: int) -> tuple[str, str]:
-        """The device sample ``seq`` goes to, and its data endpoint."""
+        """The device sample ``seq`` goes to in turn (or as assigned), and its data endpoint."""
         a = self.agents[self.assigned.get(seq, seq % len(self.agents))]
         return a.device_id, a.hello.data_endpoint
+
+    def pick(self, seq: int, sample_id: int) -> tuple[str, str]:
+        """The device sample ``seq`` (of ``sample_id``) goes to under the mode, and its endpoint; counted in flight."""
+        n = len(self.agents)
+        if seq in self.assigned or self.mode == "round-robin":
+            device, endpoint = self.at(seq)
+        else:
+            if self.mode == "hash":
+                a = self.agents[zlib.crc32(int(sample_id).to_bytes(8, "little", signed=True)) % n]
+            else:
+                a = min(self.agents, key=lambda x: (self.load[x.device_id], (self.agents.index(x) - seq) % n))
+            device, endpoint = a.device_id, a.hello.data_endpoint
+        self.load[device] += 1
+        return device, endpoint
+
+    def done(self, device: str) -> None:
+        """A sample of ``device`` came back."""
+        if self.load.get(device, 0) > 0:
+            self.load[device] -= 1
 
     def policy_of(self, device: str) -> Policy:
         """The policy state the samples of ``device`` follow."""
@@ -119,6 +144,7 @@ class Issuer:
         self.replay: Replay | None = None  # the rows on disk of a resumed run, played back to the policies
         self.on_limited: Callable[[p.Limited], None] = lambda _: None  # an agent applied a CPU step
         self.issued = 0  # plan entries the last issue_all sent (all of them unless stopped)
+        self.issue_mode = "round-robin"  # how samples are spread over the first tier's devices (topology.issue)
 
     def schedule_t(self) -> float:
         """Seconds since the first sample was issued (0 before): the time base of link schedules."""
@@ -128,7 +154,7 @@ class Issuer:
                due_mono_ns: int) -> Issued:
         tensors = samples.tensors(idx)
         sample_id = int(samples.sample_id[idx])
-        device, endpoint = sources.at(self.seq)
+        device, endpoint = sources.pick(self.seq, sample_id)
         policy = sources.policy_of(device)
         work = p.Work(self.seq, sample_id, tensors, policy.thresholds(sample_id, rng), [], policy.measure,
                       policy.split(sample_id), policy.pools(sample_id))
@@ -163,7 +189,7 @@ class Issuer:
         agents = self.session.tier_agents(self.collector.tiers[0])
         due, picks = schedule(self.run, len(plan), len(agents), np.random.default_rng([self.seed, self.seq]))
         sources = Sources(agents, policy, None if picks is None else {self.seq + i: int(k) for i, k in
-                                                                      enumerate(picks)})
+                                                                      enumerate(picks)}, self.issue_mode)
         start_ns = max(self.clock.monotonic_ns(), self.next_issue_ns)  # a paced grid goes on across phases
         self.next_issue_ns = start_ns
         in_flight: dict[int, Issued] = {}
@@ -174,7 +200,8 @@ class Issuer:
             raise_if_interrupted()
             while self.replay is not None and nxt < len(plan) and self.replay.has(self.seq) and not in_flight:
                 phase, idx = plan[nxt]  # live samples drained first: their answers come in their place
-                row = self.replay.play(self.seq, sources.policy_of(sources.at(self.seq)[0]), rng,
+                row = self.replay.play(self.seq, sources.policy_of(self.replay.device(self.seq) or sources.at(
+                    self.seq)[0]), rng,
                                        int(samples.sample_id[idx]), phase)
                 written += [row] if keep else []
                 self.seq, nxt, done = self.seq + 1, nxt + 1, done + 1
@@ -221,6 +248,7 @@ class Issuer:
             if msg.run_seq not in in_flight:
                 return 0  # a late answer to a sample this run already gave up on
             answered = in_flight.pop(msg.run_seq)
+            sources.done(answered.source)
             rows = self.collector.result(got, msg, answered)
             sources.policy_of(answered.source).observe(answered.sample_id, confidences(msg.stages))
             if written is not None:

@@ -134,6 +134,12 @@ class Replay:
         """Whether ``seq`` has a row on disk."""
         return seq in self.rows
 
+    def device(self, seq: int) -> str | None:
+        """The first-tier device the row on disk went to (its policy state, where there is one per source)."""
+        row = self.rows.get(seq) or {}
+        first = str(row.get("tier_path") or "").split(">")[0]
+        return row.get(f"device_{first}") if first else None
+
     def play(self, seq: int, policy: Policy, rng: np.random.Generator, sample_id: int, phase: str) -> dict[str, Any]:
         """Decide ``seq`` again without sending it; its row.
 

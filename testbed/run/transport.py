@@ -75,14 +75,17 @@ class ZmqTransport:
         ``spin``: busy-poll the socket instead of sleeping in poll (``run.wait: spin``); the deadline is
         on the real monotonic clock, since the socket is real.
         """
-        if spin:
-            end = time.monotonic_ns() + int(timeout_s * 1e9)
-            while not int(self._router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                if time.monotonic_ns() >= end:
-                    return None
-        elif not self._poller.poll(max(0, int(timeout_s * 1000))):
-            return None
-        ident, *frames = self._router.recv_multipart(copy=False)
+        try:  # under load a message is usually waiting: take it without a poll first
+            ident, *frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if spin:
+                end = time.monotonic_ns() + int(timeout_s * 1e9)
+                while not int(self._router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    if time.monotonic_ns() >= end:
+                        return None
+            elif not self._poller.poll(max(0, int(timeout_s * 1000))):
+                return None
+            ident, *frames = self._router.recv_multipart(copy=False)
         mono_ns, wall_ns = self._clock.monotonic_ns(), self._clock.time_ns()
         agent_id = ident.bytes.decode("utf-8", errors="replace")[:64]
         if self.keys is not None and (not frames or self.keys.device_of(str(frames[0].get("User-Id"))) != agent_id):

@@ -377,3 +377,65 @@ def test_adaptive_resnet_replans_when_the_mobile_edge_rate_drops(emulation, resn
     once = df[(df.policy == "plan-once") & (df.phase == "measure")]
     assert len(m["policies"]["plan-once"]["plans"]) == 1 and len(once) == 60
     assert_devices_bare()
+
+
+FLEET_PREFIX, FLEET_SUBNET = "tbf", "198.18.9"
+MOBILES = ["mobile1-emu", "mobile2-emu", "mobile3-emu"]
+
+
+@pytest.fixture(scope="module")
+def fleet_emulation(tmp_path_factory):
+    """Three mobile hosts, one edge and one cloud: each mobile linked to the controller and to the edge."""
+    base = tmp_path_factory.mktemp("emu-fleet")
+    state, inv = base / "state", base / "inventory.yaml"
+    common = ["--state-dir", str(state), "--prefix", FLEET_PREFIX, "--subnet", FLEET_SUBNET]
+    up = cli("emulate", "up", *common, "--inventory", str(inv), "--devices", "mobile=3")
+    assert up.returncode == 0, up.stderr + up.stdout
+    try:
+        yield base, inv
+    finally:
+        down = cli("emulate", "down", *common)
+        assert down.returncode == 0, down.stderr
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"{FLEET_PREFIX}-" not in left, f"namespaces left behind: {left}"
+
+
+def test_three_mobile_hosts_feed_one_edge_over_their_own_links(fleet_emulation, tiny_bundle, tmp_path):
+    """The loopback fleet experiment on real hosts: rows per device, each mobile's offloads over its own veth."""
+    base, inv = fleet_emulation
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root,
+                           [{"name": "all-cloud"}, {"name": "splitee", "alpha": 0.6}], count=30, warmup=0,
+                           name="t", devices={"mobile": MOBILES, "edge": "edge-emu", "cloud": "cloud-emu"},
+                           run={"concurrency": 6, "flush_rows": 16},
+                           shaping={"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 3,
+                                                                                      "rate_mbit": 20}}})
+    done = cli("run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = next((tmp_path / "results" / "t").iterdir())
+    df = pd.read_parquet(run_dir / "samples.parquet")
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert len(df) == 60 and df["seq"].is_unique and m["status"] == "complete"
+    assert list(df.sort_values("seq")["device_mobile"]) == [MOBILES[s % 3] for s in range(60)]
+    cloud = df[df.policy == "all-cloud"]
+    assert set(cloud["device_edge"]) == {"edge-emu"} and (cloud["net_ms_mobile_edge"] >= 3.0).all()
+    assert m["deploy"]["method"] == "ssh" and set(m["deploy"]["devices"]) == {*MOBILES, "edge-emu", "cloud-emu"}
+    assert set(m["policies"]["splitee"]["per_source"]) == set(MOBILES)
+    # the rate on each device pair's own link, both ends: each mobile's to-edge, the edge's to-mobile<i>
+    kernel = m["shaping"]["kernel"]["mobile-edge"]
+    assert set(kernel) == {*MOBILES, "edge-emu", "edge-emu/to-mobile2", "edge-emu/to-mobile3"}
+    assert {kernel[k]["interface"] for k in kernel if k.startswith("edge")} == {"to-mobile1", "to-mobile2",
+                                                                               "to-mobile3"}
+    assert all(any("rate 20Mbit" in line for line in rec["tc_show"]) for rec in kernel.values()), kernel
+    # each mobile sent its offloads out of its own namespace's link to the edge (its tx counter moved)
+    for i, dev in enumerate(MOBILES, 1):
+        out = subprocess.run(["ip", "-n", f"{FLEET_PREFIX}-mobile{i}", "-s", "link", "show", "to-edge"],
+                             capture_output=True, text=True).stdout
+        tx_bytes = int(out.split("TX:")[1].split("\n")[1].split()[0])
+        assert tx_bytes > 10 * 1024, (dev, out)
+    assert not any(b"agents" in Path(f"/proc/{p}/cmdline").read_bytes() for i in (1, 2, 3)
+                   for p in _fleet_pids(f"mobile{i}"))  # the agents are gone from every mobile host
+
+
+def _fleet_pids(node: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", f"{FLEET_PREFIX}-{node}"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if Path(f"/proc/{p}").exists()]

@@ -85,3 +85,20 @@ def test_the_server_scenario_keeps_its_rate_and_counts_latency_from_the_schedule
     assert main(["report", str(run_dir), "--format", "text"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "load: rate asked and achieved" in text and "server" in text and "n < 368" in text  # p99 unbounded at 160
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="the slow mobile caps itself through a cgroup: root")
+def test_least_loaded_sends_fewer_samples_to_a_mobile_whose_cpu_is_capped(tiny_bundle, fleet_run, tmp_path):
+    """mobile-3 at 0.02 cores from the start; 6 in flight: the capped mobile holds its samples longer, gets fewer."""
+    inv = fleet_run[0].parent.parent.parent / "inv.yaml"
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-mobile"}], count=30, warmup=0,
+                           name="least", devices={"mobile": MOBILES, "edge": "edge-1", "cloud": "cloud-1"},
+                           samples={"split": "test", "count": 30, "warmup": 0, "repeat": 10},
+                           topology={"issue": "least-loaded"}, run={"concurrency": 6, "flush_rows": 64},
+                           cpu={"schedule": [{"at_s": 0, "device": "mobile-3", "cores": 0.02}]})
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    df = pd.read_parquet(only_run(tmp_path / "results") / "samples.parquet")
+    per = df["device_mobile"].value_counts()
+    assert len(df) == 300 and set(per.index) == set(MOBILES)
+    assert per["mobile-3"] < 0.5 * min(per["mobile-1"], per["mobile-2"]), per.to_dict()
+    assert df["throttled_ms_mobile"].notna().sum() == per["mobile-3"]  # only the capped agent measures throttling

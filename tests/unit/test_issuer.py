@@ -220,3 +220,45 @@ def test_a_ctrl_c_whose_keyboardinterrupt_was_swallowed_still_stops_the_issuing(
             issuer.issue_all(StaticPolicy("all-mobile", at_tier("mobile", T3)), np.random.default_rng(0), samples,
                              [("measure", i) for i in range(5)])
     assert transport.issued_at == [] and not signals.LATCH.pending  # obeyed before any sample left
+
+
+def _agents(n: int) -> list:
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(device_id=f"mobile-{i}", hello=SimpleNamespace(data_endpoint=f"tcp://m{i}:1"))
+            for i in range(n)]
+
+
+def test_least_loaded_sends_each_sample_to_the_device_with_the_fewest_in_flight():
+    from testbed.policies import Policy
+    from testbed.run.issuer import Sources
+
+    s = Sources(_agents(3), Policy("p"), mode="least-loaded")
+    first = [s.pick(seq, 100 + seq)[0] for seq in range(3)]
+    assert first == ["mobile-0", "mobile-1", "mobile-2"]  # all idle: in turn
+    s.done("mobile-1")  # mobile-1 answered: it is the least loaded now
+    assert s.pick(3, 103)[0] == "mobile-1"
+    s.done("mobile-0")
+    s.done("mobile-0")  # an answer too many never goes below zero
+    assert s.load == {"mobile-0": 0, "mobile-1": 1, "mobile-2": 1} and s.pick(4, 104)[0] == "mobile-0"
+
+
+def test_hash_sends_a_sample_to_the_same_device_every_time_and_spreads_them():
+    from testbed.policies import Policy
+    from testbed.run.issuer import Sources
+
+    s = Sources(_agents(3), Policy("p"), mode="hash")
+    first = {sid: s.pick(seq, sid)[0] for seq, sid in enumerate(range(300))}
+    again = {sid: s.pick(1000 + seq, sid)[0] for seq, sid in enumerate(reversed(range(300)))}
+    assert first == again  # by sample, whatever the issue order
+    counts = np.unique(list(first.values()), return_counts=True)[1]
+    assert len(counts) == 3 and counts.min() > 70  # 300 samples spread over the three, about 100 each
+
+
+def test_round_robin_and_server_assignments_are_kept():
+    from testbed.policies import Policy
+    from testbed.run.issuer import Sources
+
+    s = Sources(_agents(2), Policy("p"), assigned={5: 0}, mode="least-loaded")
+    assert s.pick(5, 7)[0] == "mobile-0"  # the server scenario's draw wins
+    assert [Sources(_agents(2), Policy("p")).pick(k, 9)[0] for k in range(3)] == ["mobile-0", "mobile-1", "mobile-0"]

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from testbed.core.config import Inventory, load_inventory
-from testbed.core.errors import RouteError
+from testbed.core.errors import EmulationError, RouteError
 from testbed.devices import emulate
 from testbed.devices.routes import check_routes, parse_route_dev
 
@@ -91,3 +91,31 @@ def test_a_two_tier_emulation_links_the_device_straight_to_the_cloud(tmp_path):
     assert cloud.data_host == "198.18.0.10"  # on the mobile-cloud link, where the mobile agent sends
     assert cloud.interface_to("mobile") == "to-mobile" and [d.id for d in loaded.devices] == ["mobile-emu",
                                                                                                "cloud-emu"]
+
+
+def test_three_mobiles_each_get_a_link_to_the_controller_and_the_edge_and_a_route_to_its_data_address(tmp_path):
+    counts = {"mobile": 3}
+    assert [n for n, _ in emulate.nodes(emulate.DEFAULT_TIERS, counts)] == ["mobile1", "mobile2", "mobile3", "edge",
+                                                                          "cloud"]
+    cmds = emulate.link_plan("tb", "198.18.0", emulate.DEFAULT_TIERS, counts)
+    veths = [c for c in cmds if c[:3] == ["ip", "link", "add"]]
+    assert len(veths) == 5 + 3 + 1  # the controller to each device, each mobile to the edge, the edge to the cloud
+    addr = emulate.addresses("198.18.0", emulate.DEFAULT_TIERS, counts)
+    data = addr[("edge", "mobile1")]  # the edge advertises its address on the first mobile's link ...
+    routes = [c for c in cmds if "route" in c]
+    assert routes == [["ip", "-n", f"tb-mobile{i}", "route", "add", f"{data}/32", "dev", "to-edge"] for i in (2, 3)]
+    assert not any("default" in c for c in cmds)  # ... and the others reach it over their own links, nothing else
+    inv = emulate.inventory(tmp_path, "tb", "198.18.0", "/venv/bin/python", emulate.DEFAULT_CPU, True,
+                            emulate.DEFAULT_TIERS, counts)
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    loaded = load_inventory(path)
+    assert [d.id for d in loaded.devices] == ["mobile1-emu", "mobile2-emu", "mobile3-emu", "edge-emu", "cloud-emu"]
+    assert loaded.device("edge-emu").data_host == data
+    assert loaded.device("mobile2-emu").interface_to("edge") == "to-edge"
+    assert set(loaded.controller.route_via) == {"to-mobile1", "to-mobile2", "to-mobile3", "to-edge", "to-cloud"}
+
+
+def test_an_emulation_that_does_not_fit_its_subnet_is_refused():
+    with pytest.raises(EmulationError, match="do not fit the /24"):
+        emulate.links("198.18.0", emulate.DEFAULT_TIERS, {"mobile": 16, "edge": 4})

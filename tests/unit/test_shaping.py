@@ -260,8 +260,9 @@ def test_a_schedule_step_runs_tc_only_where_the_kernels_part_changes(tiny_bundle
     """Under userspace a delay-only step is the agents' business: no SSH round trip, no tc."""
     fleet = _controller_link_fleet(tiny_bundle, tmp_path, {}, launcher="ssh", links={
         "mobile-edge": {"delay_ms": 5, "rate_mbit": 10}})
-    fleet.devices["mobile"] = fleet.devices["mobile"].model_copy(update={"interface": "m-e"})
-    fleet.devices["edge"] = fleet.devices["edge"].model_copy(update={"interface": "e-m"})
+    for tier, ifname in (("mobile", "m-e"), ("edge", "e-m")):
+        fleet.devices[tier] = fleet.devices[tier].model_copy(update={"interface": ifname})
+        fleet.devices_by_id[f"{tier}-1"] = fleet.devices[tier]
     ran = []
     fleet.apply_kernel = lambda hop, dev, ifname, steps: ran.append((dev, ifname)) or {"interface": ifname}
     fleet.shape()

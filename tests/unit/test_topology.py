@@ -43,13 +43,44 @@ def test_an_explicit_map_is_followed_and_checked():
     assert any("topology.assign.cloud-1: cloud-1 is on the last tier" in p for p in problems)
 
 
-def test_a_device_named_twice_and_kernel_shaping_of_several_devices_are_refused():
+def test_a_device_named_twice_is_refused():
     exp = _exp({"mobile": ["mobile-1", "mobile-1"], "edge": "edge-1", "cloud": "cloud-1"},
                shaping={"backend": "userspace", "links": {"mobile-edge": {"rate_mbit": 10}}})
     problems = check_experiment(exp, _inv(["mobile-1", "edge-1", "cloud-1"]), Path("."))
     assert any("mobile-1 named more than once" in p for p in problems)
-    assert any("rate or loss on mobile-edge with several devices per tier is not supported yet" in p
-               for p in problems)
+    assert not any("rate" in p for p in problems)  # kernel shaping per device pair: allowed
+
+
+def test_kernel_shaping_with_three_mobiles_shapes_each_device_pair_on_its_own_interfaces(tiny_bundle, tmp_path):
+    """On the emulation's inventory: each mobile's link to the edge, both ends; the controller links per device."""
+    import yaml
+
+    from testbed.core.config import load_experiment, load_inventory
+    from testbed.devices import emulate
+    from testbed.devices.fleet import Fleet
+    from testbed.devices.owned import Ownership
+    from testbed.formats.bundle import Bundle
+
+    from conftest import write_experiment
+
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(yaml.safe_dump(emulate.inventory(tmp_path, "tb", "198.18.0", "/py", emulate.DEFAULT_CPU, True,
+                                                         emulate.DEFAULT_TIERS, {"mobile": 3})))
+    mobiles = ["mobile1-emu", "mobile2-emu", "mobile3-emu"]
+    exp_path = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-cloud"}],
+                                devices={"mobile": mobiles, "edge": "edge-emu", "cloud": "cloud-emu"},
+                                shaping={"backend": "userspace", "links": {"mobile-edge": {"rate_mbit": 10},
+                                                                           "controller-mobile": {"rate_mbit": 50}}})
+    fleet = Fleet(load_experiment(exp_path), load_inventory(inv_path), Bundle.load(tiny_bundle.root), tmp_path, "r",
+                  Ownership(tmp_path))
+    fleet.backend = "userspace"
+    ends = [(hop, dev, ifname) for hop, dev, ifname, _ in fleet.kernel_plans()]
+    assert ends == [("mobile-edge", "mobile1-emu", "to-edge"), ("mobile-edge", "edge-emu", "to-mobile1"),
+                    ("mobile-edge", "mobile2-emu", "to-edge"), ("mobile-edge", "edge-emu", "to-mobile2"),
+                    ("mobile-edge", "mobile3-emu", "to-edge"), ("mobile-edge", "edge-emu", "to-mobile3"),
+                    ("controller-mobile", "controller", "to-mobile1"), ("controller-mobile", "mobile1-emu", "to-ctl"),
+                    ("controller-mobile", "controller", "to-mobile2"), ("controller-mobile", "mobile2-emu", "to-ctl"),
+                    ("controller-mobile", "controller", "to-mobile3"), ("controller-mobile", "mobile3-emu", "to-ctl")]
 
 
 class Learner(Policy):
