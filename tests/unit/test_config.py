@@ -245,3 +245,12 @@ def test_a_local_python_that_does_not_exist_is_named(tmp_path):
     inv = write_inventory(tmp_path / "inv.yaml", **{"edge-1": {"python": "/nonexistent/python3.8"}})
     with pytest.raises(ConfigError, match=r"devices\[1\]\.python: '/nonexistent/python3.8' is not an executable"):
         load_inventory(inv)
+
+
+def test_every_shipped_experiment_loads():
+    """The experiments in experiments/ parse and validate as models (their bundles may not be built here)."""
+    paths = sorted((ROOT / "experiments").glob("*.yaml"))
+    assert len(paths) >= 6
+    for path in paths:
+        exp = load_experiment(path)
+        assert exp.name == path.stem or exp.name in path.read_text()
