@@ -280,7 +280,10 @@ def applied_at(applied: list[dict[str, Any]], hop: str, unix_ns: int) -> str:
     """How far into the samples a schedule step of ``hop`` was applied, for the fidelity line."""
     for a in applied:
         if a["hop"] == hop and int(a["unix_ns"]) == unix_ns:
-            return f"{a['applied_at_s']:.2f} s, step at_s {a['at_s']:g}"
+            if a.get("step", 0) < 0:  # run.schedule_clock: policy put the link back before a policy
+                return f"{a['applied_at_s']:.2f} s: back as configured for {a.get('policy', 'the next policy')}"
+            return f"{a['applied_at_s']:.2f} s, step at_s {a['at_s']:g}" + (
+                f" of {a['policy']}" if a.get("policy") else "")
     return "?"
 
 

@@ -143,10 +143,10 @@ class Schedules:
     def restart(self, policy: str) -> None:
         """``schedule_clock: policy``: every link and cap back as configured, the schedules from their start."""
         t = self.schedule_t()
+        self.policy = policy  # the resets are recorded as the start of this policy's schedule
         for hop in sorted({h for h, _ in self.links_applied}):
             self._reshape(hop, None, self.links[hop], t)
         capped = sorted(d for d, kinds in self.capped.items() if kinds)
         if capped:
             self._limit(None, None, t, capped)
         self.links_applied, self.cpu_applied = set(), set()
-        self.policy = policy
