@@ -174,7 +174,7 @@ class Controller:
         issuer.issue_mode = self.exp.topology.issue
         schedules = self.schedules = Schedules(self.exp, fleet, session, self.clock, issuer.schedule_t,
                                                lambda: self.writer.write_manifest(m), m)  # type: ignore[union-attr]
-        issuer.on_limited = schedules.on_limited
+        session.on_limited = schedules.on_limited
         if self.resume is not None:
             self.issuer.replay = resume.Replay(self.resume.done)
         port = transport.endpoint.rsplit(":", 1)[1]

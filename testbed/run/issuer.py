@@ -142,7 +142,6 @@ class Issuer:
         self.first_issue_ns: int | None = None  # link schedules count from it
         self._flush_seq = 0
         self.replay: Replay | None = None  # the rows on disk of a resumed run, played back to the policies
-        self.on_limited: Callable[[p.Limited], None] = lambda _: None  # an agent applied a CPU step
         self.issued = 0  # plan entries the last issue_all sent (all of them unless stopped)
         self.issue_mode = "round-robin"  # how samples are spread over the first tier's devices (topology.issue)
 
@@ -259,8 +258,6 @@ class Issuer:
             rows = self.collector.window(msg)
             if written is not None:
                 written += rows
-        elif isinstance(msg, p.Limited):
-            self.on_limited(msg)
         elif isinstance(msg, p.Failure):
             raise self.session.failed(got.agent_id, msg)
         return 0

@@ -86,6 +86,7 @@ class AgentSession:
         self.last_heartbeat_ns = 0
         self._last_reap_ns = -REAP_NS  # when the agents' processes were last checked
         self.rejected: Counter[str] = Counter()  # reason -> messages the run did not act on
+        self.on_limited: Callable[[p.Limited], object] = lambda _: None  # an agent applied a CPU step
 
     # ------------------------------------------------------------------ agents
 
@@ -127,6 +128,10 @@ class AgentSession:
             if got is None:
                 return None
             reason = self._rejection(got)
+            if reason is None and isinstance(got.msg, p.Limited):  # whatever the run waits for meanwhile
+                self.note_heard(got.agent_id)
+                self.on_limited(got.msg)
+                continue
             if reason is None:
                 return got
             self.rejected[reason] += 1
