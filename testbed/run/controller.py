@@ -320,6 +320,7 @@ class Controller:
             issuer.first_issue_ns = self.clock.monotonic_ns()
             sched.tick()
             issuer.settle(lambda: sched.settled, self.exp.timeouts.configure_s)
+        seen = sched.changes  # a step during the warmup is planned for at once
         rows = issuer.issue_all(probe, rng, samples, [("warmup", i % count) for i in range(warm)], keep=True)
         policy.plan(policy.resources(rows), trigger="warmup", at_s=round(issuer.schedule_t(), 6),
                     unix_ns=self.clock.time_ns())
@@ -330,24 +331,39 @@ class Controller:
         try:
             done = 0
             while done < total:
-                seen = sched.changes
                 stop = (lambda seen=seen: sched.changes != seen) if policy.replan else None
                 issuer.issue_all(policy, rng, samples, [("measure", i % count) for i in range(done, total)],
                                  (done, total), stop=stop)
                 done += issuer.issued
                 if done >= total:
                     break
-                issuer.settle(lambda: sched.settled, self.exp.timeouts.configure_s)
-                rows = issuer.issue_all(probe, rng, samples, [("probe", (done + k) % count)
-                                                              for k in range(policy.probe)], keep=True)
-                policy.plan(policy.resources(rows), trigger=sched.last_change,
-                            at_s=round(issuer.schedule_t(), 6), unix_ns=self.clock.time_ns())
+                rows = self._probe(policy, probe, rng, samples, done % count, count)
+                policy.plan(policy.resources(rows), trigger=sched.since(seen), at_s=round(issuer.schedule_t(), 6),
+                            unix_ns=self.clock.time_ns())
+                seen = sched.changes  # the probe measured every step so far
                 if policy.partitions() != loaded:
                     loaded, seq = policy.partitions(), seq + 1
                     self._configure(loaded, seq=seq)
         finally:
             if loaded is not None:
                 self._configure(None, seq=seq + 1)
+
+    def _probe(self, policy: policies.Policy, probe: policies.Policy, rng: np.random.Generator, samples: Samples,
+               first: int, count: int) -> list[dict[str, Any]]:
+        """Measure the resources again through every tier (phase probe), once the agents confirmed their caps.
+
+        A step that lands during the probe leaves it measuring two settings: it is measured again.
+        """
+        issuer, sched = self.issuer, self.schedules
+        assert issuer is not None and sched is not None
+        for _ in range(10):  # a schedule has finitely many steps; ten probes in a row end it anyway
+            before = sched.changes
+            issuer.settle(lambda: sched.settled, self.exp.timeouts.configure_s)
+            rows = issuer.issue_all(probe, rng, samples, [("probe", (first + k) % count) for k in range(policy.probe)],
+                                    keep=True)
+            if sched.changes == before:
+                break
+        return rows
 
     def _restart_schedules(self, policy: str) -> None:
         """``run.schedule_clock: policy``: links and caps back as configured, the schedules' clock from zero."""

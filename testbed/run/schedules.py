@@ -46,7 +46,7 @@ class Schedules:
         self.cpu_applied: set[int] = set()
         self.capped: dict[str, set[str]] = {}  # device -> cap kinds it holds now
         self.changes = 0  # steps applied so far (an adaptive policy re-measures when it moves)
-        self.last_change = ""  # what the last step did, in words (an adaptive policy's plan says why it re-planned)
+        self.log: list[str] = []  # what each step did, in words (an adaptive policy's plan says why it re-planned)
         self.policy: str | None = None  # the policy the steps happen under (schedule_clock: policy)
         self._limit_seq = 0
         self._pending: dict[int, dict[str, Any]] = {}  # Limit seq -> its record (filled by Limited)
@@ -94,7 +94,7 @@ class Schedules:
         self.manifest.shaping.setdefault("schedule_applied", []).append(rec)
         self.changes += 1
         shown = ", ".join(f"{k} {v:g}" for k, v in rec["profile"].items() if v) or "unshaped"
-        self.last_change = f"link {hop} {'step ' + str(i) if i is not None else 'back'}: {shown}"
+        self.log.append(f"link {hop} {'step ' + str(i) if i is not None else 'back'}: {shown}")
         self.save()
 
     def _targets(self, device: str) -> list[str]:
@@ -123,8 +123,8 @@ class Schedules:
                 else:
                     self.capped.get(dev, set()).discard(k)
         self.changes += 1
-        self.last_change = (f"cpu {step.device} step {i}: {kind or 'lift'} {value or ''}".rstrip() if step is not None
-                            else f"cpu caps lifted on {', '.join(targets)}")
+        self.log.append(f"cpu {step.device} step {i}: {kind or 'lift'} {value or ''}".rstrip() if step is not None
+                        else f"cpu caps lifted on {', '.join(targets)}")
         self.save()
 
     def on_limited(self, msg: p.Limited) -> None:
@@ -134,6 +134,10 @@ class Schedules:
             rec["applied"] = msg.applied
             rec["agent_unix_ns"] = msg.t_ns
             self.save()
+
+    def since(self, changes: int) -> str:
+        """The steps applied after the ``changes``-th, in words."""
+        return "; ".join(self.log[changes:])
 
     @property
     def settled(self) -> bool:
