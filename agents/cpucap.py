@@ -199,7 +199,13 @@ class CpuCaps:
         cap = self.caps.get(kind)
         if cap is None:
             raise CpuCapError(f"a {kind} limit, but Configure opened only {sorted(self.caps) or 'none'}")
-        return cap.set(value or None)  # type: ignore[attr-defined]
+        applied = cap.set(value or None)  # type: ignore[attr-defined]
+        if isinstance(cap, CgroupCap):  # the next sample's throttled time counts from the new cap, not the old
+            try:
+                self._throttled_ns = cap.throttled_ns()
+            except (OSError, ValueError):
+                self._throttled_ns = None
+        return applied
 
     def throttled_ms(self) -> float:
         """Milliseconds the agent's cgroup was throttled since the last call (-1 without a cores cap)."""

@@ -95,6 +95,10 @@ def test_the_throttled_time_is_read_per_sample_from_cpu_stat(tmp_path):
     assert caps.throttled_ms() == 0.0
     stat.write_text("nr_periods 20\nnr_throttled 3\nthrottled_time 95000000\n")
     assert caps.throttled_ms() == pytest.approx(90.0)
+    stat.write_text("nr_periods 30\nnr_throttled 9\nthrottled_time 400000000\n")
+    caps.set("cores", 0)  # the cap lifted: what the old cap held back is not the next sample's
+    stat.write_text("nr_periods 31\nnr_throttled 9\nthrottled_time 401000000\n")
+    assert caps.throttled_ms() == pytest.approx(1.0)
     assert CpuCaps([], tmp_path).throttled_ms() == -1.0  # no cap opened: not measured
 
 
