@@ -247,3 +247,40 @@ def load_over_time(df: pd.DataFrame, scenario: str, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
     return _save(fig, out, "load_over_time")
+
+
+def shortage_timeline(df: pd.DataFrame, steps: list[dict[str, Any]], out: Path) -> Path | None:
+    """Per policy, each measured sample's latency over the policy's time, by choice, with the schedule steps drawn.
+
+    ``steps``: :func:`testbed.analysis.shortage.steps`. None when the run applied no step.
+    """
+    m = df[df["phase"] == "measure"]
+    if not steps or m.empty:
+        return None
+    plt = _plt()
+    policies = list(dict.fromkeys(m["policy"]))
+    fig, axes = plt.subplots(len(policies), 1, figsize=(7, 2.2 * len(policies)), dpi=100, sharex=True,
+                             squeeze=False)
+    points = []
+    choices_all = list(dict.fromkeys(m["policy_choice"].fillna("-")))
+    for ax, policy in zip(axes[:, 0], policies, strict=True):
+        g = m[m["policy"] == policy]
+        t0 = int(g["t_issue_unix_ns"].min())
+        t = (g["t_issue_unix_ns"] - t0) / 1e9
+        for choice in dict.fromkeys(g["policy_choice"].fillna("-")):
+            sel = g["policy_choice"].fillna("-") == choice
+            colour, marker = _style(choices_all.index(choice))
+            ax.scatter(t[sel], g.loc[sel, "latency_ms"], s=5, color=colour, marker=marker, label=str(choice))
+        for s in steps:
+            if s["policy"] in (None, policy) and t0 <= s["unix_ns"] <= int(g["t_issue_unix_ns"].max()):
+                ax.axvline((s["unix_ns"] - t0) / 1e9, color="0.3", linestyle=":", linewidth=1)
+                ax.text((s["unix_ns"] - t0) / 1e9, 1.0, s["label"], transform=ax.get_xaxis_transform(), fontsize=6,
+                        rotation=90, va="top", ha="right", color="0.3")
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{policy}\nlatency (ms)")
+        ax.legend(fontsize=7, loc="upper left", markerscale=2)
+        points.append(pd.DataFrame({"policy": policy, "t_s": t, "latency_ms": g["latency_ms"],
+                                    "policy_choice": g["policy_choice"]}))
+    axes[-1, 0].set_xlabel("seconds from the policy's first measured sample (dotted: schedule steps)")
+    pd.concat(points).to_csv(out / "shortage_timeline.csv", index=False)
+    return _save(fig, out, "shortage_timeline")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from testbed.analysis import shortage
 from testbed.analysis.figures import (
     MEASURED,
     bytes_kinds,
@@ -25,6 +26,7 @@ from testbed.analysis.figures import (
     latency_cdf,
     load_over_time,
     paper_errors,
+    shortage_timeline,
     stacked,
     tradeoff,
 )
@@ -57,11 +59,17 @@ def _table(df: pd.DataFrame | None) -> str:
     return f'<div class="wide"><table><tr>{head}</tr>{rows}</table></div>'
 
 
-def _shortage(rep: Report) -> list[str]:
-    """The plans and the figures between schedule steps (95% intervals), where the run had steps."""
+def _shortage(rep: Report, out: Path, df: pd.DataFrame, m: RunManifest) -> list[str]:
+    """The latency over each policy's time with the steps, the plans and the figures between schedule steps."""
     if rep.shortage is None and rep.plans is None:
-        return ['<p class="missing">resource shortage tables: left out: no link or CPU schedule step was applied</p>']
-    return ["<h2>Plans from measured resources (a switch: the variant or exit tier changed)</h2>", _table(rep.plans),
+        return ['<p class="missing">resource shortage: left out: no link or CPU schedule step was applied</p>']
+    for name, table in (("shortage", rep.shortage), ("plans", rep.plans)):
+        if table is not None:
+            table.to_csv(out / f"{name}.csv", index=False)
+    fig = _figure(shortage_timeline(df, shortage.steps(m), out), "each measured sample's latency over its policy's "
+                  "time, by choice, with the link and CPU schedule steps", "no measured samples")
+    return [fig, "<h2>Plans from measured resources (a switch: the variant or exit tier changed)</h2>",
+            _table(rep.plans),
             "<h2>Between schedule steps: choice, accuracy, median latency, energy, offload bytes (95% intervals: "
             "Wilson, order statistics, Student's t)</h2>", _table(rep.shortage)]
 
@@ -172,7 +180,7 @@ def write_page(run_dir: Path, rep: Report, df: pd.DataFrame, m: RunManifest, out
               _table(rep.paper), "<h2>Latency: compute, network, queueing</h2>", _table(rep.latency),
               "<h2>Bytes per hop</h2>", _table(rep.bytes),
               "<h2>Load: rate asked and achieved, latency from the scheduled time (95% order-statistic bounds), "
-              "queueing per tier</h2>", _table(rep.scenarios), *_shortage(rep), "<h2>Notes</h2><ul>"
+              "queueing per tier</h2>", _table(rep.scenarios), *_shortage(rep, out, df, m), "<h2>Notes</h2><ul>"
               + "".join(f"<li>{html.escape(n)}</li>" for n in rep.notes) + "</ul>"]
     if rep.summary is not None:
         rep.summary.to_csv(out / "summary.csv", index=False)

@@ -63,3 +63,17 @@ def test_no_step_no_table_and_plans_say_when_they_switched():
     p = plans_table(_manifest([], [], plans))
     assert list(p.chosen) == ["v2@edge", "full@mobile"] and list(p.switched) == [False, True]
     assert plans_table(_manifest([], [], {})) is None
+
+
+def test_the_timeline_figure_is_drawn_with_its_numbers_and_left_out_without_steps(tmp_path):
+    from testbed.analysis.figures import shortage_timeline
+
+    df = pd.concat([_rows("a", 4, T0, 1, [True] * 4, [1, 2, 3, 4], "v2@edge", 4096),
+                    _rows("a", 4, T0 + 5 * S, 1, [True] * 4, [1, 1, 1, 1], "full@mobile", 0)], ignore_index=True)
+    df.loc[4:, "policy_choice"] = "full@mobile"
+    step = [{"unix_ns": T0 + 4 * S, "policy": None, "label": "cpu edge-1: cores 0.03"}]
+    png = shortage_timeline(df, step, tmp_path)
+    assert png is not None and png.stat().st_size > 5000
+    points = pd.read_csv(tmp_path / "shortage_timeline.csv")
+    assert list(points.t_s) == [0, 1, 2, 3, 5, 6, 7, 8] and set(points.policy_choice) == {"v2@edge", "full@mobile"}
+    assert shortage_timeline(df, [], tmp_path) is None
