@@ -197,6 +197,7 @@ class Agent:
             curve_client(self._ctrl, keys, keys["controller"])
             curve_server(self._data_in, keys)
         self._data_out: zmq.Socket | None = None
+        self._peers: dict[str, zmq.Socket] = {}  # next-tier device -> its socket, for per-sample routes
         # userspace link shaping (Configure, then Shape steps): offloads held until due, in order; the
         # controller link: Results held before they leave, and on the first tier Work held before it counts
         # as received
@@ -307,7 +308,7 @@ class Agent:
         if self._link is not None:
             self._ctrl.disable_monitor()
             self._link.monitor.close(linger=0)
-        for s in (self._ctrl, self._data_in, self._data_out):
+        for s in (self._ctrl, self._data_in, self._data_out, *self._peers.values()):
             if s is not None:
                 s.close()
         self._ctx.term()
@@ -325,11 +326,12 @@ class Agent:
         except zmq.Again:
             self._note_drop("the controller")
 
-    def _data_send(self, frames: list[Any]) -> None:
+    def _data_send(self, frames: list[Any], sock: zmq.Socket | None = None) -> None:
         """To the next tier; dropped like :meth:`_ctl_send` when it does not take it in time."""
-        assert self._data_out is not None
+        sock = sock or self._data_out
+        assert sock is not None
         try:
-            self._data_out.send_multipart(frames, copy=False)
+            sock.send_multipart(frames, copy=False)
         except zmq.Again:
             self._note_drop("the next tier")
 
@@ -480,20 +482,8 @@ class Agent:
             self._fail("configure", str(e))
             return
         final = not msg.next_endpoint
-        if not final:
-            if self._data_out is not None:
-                self._data_out.close()
-            self._data_out = self._ctx.socket(zmq.PUSH)
-            self._data_out.setsockopt(zmq.LINGER, 0)
-            # the next tier's queue full for a whole liveness window: it is gone (the controller says so too)
-            self._data_out.setsockopt(zmq.SNDTIMEO, int(self._send_timeout_ms * self.timeouts.liveness))
-            if self.keys is not None:
-                if len(msg.next_key) != 40:
-                    self._fail("configure", "this agent runs with CurveZMQ keys and Configure names no next_key "
-                                            "(the next tier's public key)")
-                    return
-                curve_client(self._data_out, self.keys, msg.next_key)
-            self._data_out.connect(msg.next_endpoint)
+        if not final and not self._connect_next(msg):
+            return
         wire_in = None
         if msg.wire_in_iface:
             try:
@@ -521,6 +511,36 @@ class Agent:
             self._baseline_due = time.monotonic() + msg.idle_s
         else:
             self._ready()
+
+    def _push(self, endpoint: str, key: str) -> zmq.Socket | None:
+        """A PUSH socket to a next-tier device; None (after a Failure) when the run has keys and ``key`` is none."""
+        if self.keys is not None and len(key) != 40:
+            self._fail("configure", "this agent runs with CurveZMQ keys and Configure names no key (the next "
+                                    f"tier's public key) for {endpoint[:80]}")
+            return None
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        # the next tier's queue full for a whole liveness window: it is gone (the controller says so too)
+        sock.setsockopt(zmq.SNDTIMEO, int(self._send_timeout_ms * self.timeouts.liveness))
+        if self.keys is not None:
+            curve_client(sock, self.keys, key)
+        sock.connect(endpoint)
+        return sock
+
+    def _connect_next(self, msg: p.Configure) -> bool:
+        """The configured next device's socket, and one per device a Work's route may name; False after a Failure."""
+        for sock in [self._data_out, *self._peers.values()]:
+            if sock is not None:
+                sock.close()
+        self._data_out, self._peers = self._push(msg.next_endpoint, msg.next_key), {}
+        if self._data_out is None:
+            return False
+        for device, endpoint, key in msg.next_peers:
+            sock = self._data_out if endpoint == msg.next_endpoint else self._push(endpoint, key)
+            if sock is None:
+                return False
+            self._peers[device] = sock
+        return True
 
     def _ctl_links(self) -> list[HeldLink]:
         """What a delay on this tier's controller link holds.
@@ -641,7 +661,7 @@ class Agent:
         else:
             self._offload(p.encode(p.Work(work.run_seq, work.sample_id, ran.onward,
                                           work.thresholds if ran.thresholds is None else ran.thresholds,
-                                          [*work.stages, stage], work.measure, work.split)))
+                                          [*work.stages, stage], work.measure, work.split, [], work.route)), work)
         if closing is not None:  # after the sample left: the window report is not on the sample's path
             self._send_window(closing)
 
@@ -661,13 +681,25 @@ class Agent:
         onward = {dst: outputs[src] if src in outputs else work.tensors[src] for src, dst in msg.offload.items()}
         return _Ran(logits, confidence, prediction, False, msg.last_layer, [], onward, thresholds)
 
-    def _offload(self, frames: list[Any]) -> None:
-        """Send a Work on to the next tier (held first when the link has a userspace delay)."""
+    def _offload(self, frames: list[Any], work: p.Work) -> None:
+        """Send a Work on to the next tier (held first when the link has a userspace delay).
+
+        To the device the Work's route names for the next tier (chosen per sample by the
+        controller), else to the configured next device.
+        """
         assert self._data_out is not None
+        sock = self._data_out
+        hop = len(work.stages)  # the tiers done before this one: the route's entry for the next tier
+        if hop < len(work.route):
+            sock = self._peers.get(work.route[hop])  # type: ignore[assignment]
+            if sock is None:
+                self._fail("offload", f"sample {work.sample_id}: route names {work.route[hop][:64]!r}, which is not "
+                                      f"one of this agent's next devices {sorted(self._peers)}")
+                return
         if self._out.active:
-            self._out.hold(frames, time.monotonic())
+            self._out.hold((sock, frames), time.monotonic())
         else:
-            self._data_send(frames)
+            self._data_send(frames, sock)
 
     def _send_window(self, delta: EnergyDelta) -> None:
         """Report the just-closed batch window (``delta`` is its meter reading)."""
@@ -687,8 +719,8 @@ class Agent:
 
     def _release_due(self, now: float) -> None:
         """Move the held messages whose time has come (userspace shaping): sends first, then arrivals."""
-        for frames in self._out.pop_due(now):
-            self._data_send(frames)
+        for sock, frames in self._out.pop_due(now):
+            self._data_send(frames, sock)
         for frames in self._ctl_out.pop_due(now):
             self._ctl_send(frames)
         for frames in self._ctl_in.pop_due(now):

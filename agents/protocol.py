@@ -53,6 +53,9 @@ Format history:
         agent opens them before Ready, or fails Configure saying why), Limit (a new cap) and Limited (what
         the agent wrote, and when); Stage.throttled_ms (the time the kernel held the agent's cgroup
         throttled since its previous sample left: a CPU cap's stalls, charged to the tier).
+        Per-sample routes between tiers: Configure.next_peers ([[device id, endpoint, key], ...], every
+        next-tier device a route may name) and Work.route (the device of each later tier, in order,
+        chosen per sample by the controller; empty: each agent's configured next device).
 """
 
 from __future__ import annotations
@@ -131,6 +134,17 @@ def pool_route(probs: list[float], pools: list[Any]) -> str:
         if cumulative >= threshold:
             return str(tier)
     return ""
+
+
+def route_ok(value: Any) -> bool:
+    """A Work's route: a list of at most 16 device ids of at most 64 characters."""
+    return type(value) is list and len(value) <= 16 and all(type(x) is str and 0 < len(x) <= 64 for x in value)
+
+
+def peers_ok(value: Any) -> bool:
+    """Configure's next_peers: [[device id, endpoint, key], ...], strings each, at most 256 of them."""
+    return type(value) is list and len(value) <= 256 and all(
+        type(e) is list and len(e) == 3 and all(type(x) is str and len(x) <= 256 for x in e) for e in value)
 
 
 def pools_ok(value: Any) -> bool:
@@ -236,6 +250,7 @@ class Configure:
     providers: list = field(default_factory=list)  # onnxruntime execution providers to try, in order (empty: CPU)
     next_key: str = ""  # the next tier's CurveZMQ public key (z85), where the run has keys
     cpu_caps: list = field(default_factory=list)  # CPU_CAPS kinds the run changes on this device (opened now)
+    next_peers: list = field(default_factory=list)  # [[device id, endpoint, key], ...]: what a Work.route may name
 
 
 @dataclass(frozen=True)
@@ -298,6 +313,7 @@ class Work:
     measure: str = "max"
     split: int = 0  # with a chain: offload after this layer unless the sample exits by then (0: the chain's end)
     pools: list = field(default_factory=list)  # [[tier, threshold], ...]: the first tier routes by its pool router
+    route: list = field(default_factory=list)  # device id of each later tier, in order ([]: the configured ones)
 
 
 @dataclass(frozen=True)
@@ -512,7 +528,7 @@ def _encode_work(msg: Work) -> Frames:
     body = {"run_seq": msg.run_seq, "sample_id": msg.sample_id,
             "tensors": {k: _pack_array(v, frames) for k, v in msg.tensors.items()},
             "thresholds": msg.thresholds, "stages": msg.stages, "measure": msg.measure, "split": msg.split,
-            "pools": msg.pools}
+            "pools": msg.pools, "route": msg.route}
     frames[0] = _packb({"v": PROTOCOL_VERSION, "kind": "work", "body": body})
     return frames
 
@@ -620,12 +636,13 @@ def _decode_work(body: dict[str, Any], frames: Frames) -> Work | None:
             "thresholds"]
         stages = _fast_stages(body.get("stages", []))
         measure, split, pools = body.get("measure", "max"), body.get("split", 0), body.get("pools", [])
+        route = body.get("route", [])
         if (type(run_seq) is not int or type(sample_id) is not int or type(tensors) is not dict
                 or not thresholds_ok(thresholds) or stages is None or measure not in MEASURES
-                or type(split) is not int or split < 0 or not pools_ok(pools)):
+                or type(split) is not int or split < 0 or not pools_ok(pools) or not route_ok(route)):
             return None
         return Work(run_seq, sample_id, {k: _unpack_array(v, frames) for k, v in tensors.items()}, thresholds,
-                    stages, measure, split, pools)
+                    stages, measure, split, pools, route)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -785,6 +802,10 @@ def _semantic_problems(kind: str, values: dict[str, Any]) -> list[str]:
         v = values.get(name)
         if v is not None and (v != v or v < 0):
             problems.append(f"{name}: {v} must be a non-negative number")
+    if "route" in values and not route_ok(values["route"]):
+        problems.append(f"route: {str(values['route'])[:60]} is not a list of at most 16 device ids")
+    if "next_peers" in values and not peers_ok(values["next_peers"]):
+        problems.append(f"next_peers: {str(values['next_peers'])[:60]} is not [[device id, endpoint, key], ...]")
     if "pools" in values and not pools_ok(values["pools"]):
         problems.append(f"pools: {str(values['pools'])[:60]} is not a list of [tier, threshold]")
     prov = values.get("providers")

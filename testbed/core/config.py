@@ -226,9 +226,12 @@ Provider = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,40}ExecutionProvider$")
 class TopologySpec(Strict):
     """Several devices per tier: which device of the next tier each device sends its offloads to."""
 
-    assign: Literal["round-robin"] | dict[str, str] = Field(
+    assign: Literal["round-robin", "least-loaded", "hash"] | dict[str, str] = Field(
         "round-robin", description="round-robin: the i-th device of a tier offloads to the (i mod n)-th of the next; "
-        "or a map of device id -> next-tier device id (every device of a tier with a next tier named once)")
+        "a map of device id -> next-tier device id (every device of a tier with a next tier named once); or per "
+        "sample, the controller choosing each sample's device on every later tier: least-loaded (the one with the "
+        "fewest samples in flight routed through it; ties in turn) or hash (by sample id: a sample always takes "
+        "the same devices)")
     issue: Literal["round-robin", "least-loaded", "hash"] = Field(
         "round-robin", description="how samples are spread over the first tier's devices: round-robin (in turn, by "
         "issue order), least-loaded (the device with the fewest samples in flight; ties in turn) or hash (by sample "
@@ -280,6 +283,11 @@ class Experiment(Strict):
         if isinstance(self.topology.assign, dict):
             return self.topology.assign[device]
         return nxt[self.tier_devices(tier).index(device) % len(nxt)]
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether the controller routes each sample over the later tiers' devices (topology.assign)."""
+        return self.topology.assign in ("least-loaded", "hash")
 
     @property
     def several(self) -> bool:

@@ -164,6 +164,8 @@ class Fleet:
         a, b = link_ends(hop)
         if a == CONTROLLER:
             return [(CONTROLLER, d) for d in self.exp.tier_devices(b)]
+        if self.exp.per_sample:  # any device may send to any device of the next tier
+            return [(d, e) for d in self.exp.tier_devices(a) for e in self.exp.tier_devices(b)]
         return [(d, self.exp.next_device(self.tiers, d) or d) for d in self.exp.tier_devices(a)]
 
     def _interface(self, me: str, peer: str, hop: str) -> tuple[str | None, str]:

@@ -172,6 +172,7 @@ class Controller:
                              self.on_progress, self.exp.seed)
         issuer = self.issuer
         issuer.issue_mode = self.exp.topology.issue
+        issuer.assign_mode = self.exp.topology.assign if isinstance(self.exp.topology.assign, str) else "map"
         schedules = self.schedules = Schedules(self.exp, fleet, session, self.clock, issuer.schedule_t,
                                                lambda: self.writer.write_manifest(m), m)  # type: ignore[union-attr]
         session.on_limited = schedules.on_limited
@@ -250,9 +251,18 @@ class Controller:
                 batch_samples=self.exp.energy.batch_samples, min_window_s=self.exp.energy.min_window_s,
                 first=i == 0, last_layer=spec.layers[-1], router=self._router(a, tier),
                 providers=list(self.inv.device(a.device_id).providers), next_key=nxt_key,
-                cpu_caps=self.exp.cpu.kinds(a.device_id, tier),
+                cpu_caps=self.exp.cpu.kinds(a.device_id, tier), next_peers=self._peers(tiers, i),
                 **self._chain(a, (ranges or {}).get(tier)))
         self.session.configure(messages, self.exp.timeouts.configure_s + self.exp.energy.idle_s)
+
+    def _peers(self, tiers: tuple[str, ...], i: int) -> list[list[str]]:
+        """Configure's next_peers for a device of tier ``i``: every next-tier device, where samples are routed."""
+        assert self.session is not None
+        if not self.exp.per_sample or i + 1 == len(tiers):
+            return []
+        return [[b.device_id, b.hello.data_endpoint if b.hello else "",
+                 self.keys.public(b.device_id) if self.keys is not None else ""]
+                for b in self.session.tier_agents(tiers[i + 1])]
 
     def _router(self, a: Any, tier: str) -> list[str]:
         """Configure's router for ``tier``: the bundle's pool router where this tier runs it, else none."""

@@ -49,12 +49,15 @@ class Sources:
     """
 
     def __init__(self, agents: list[Any], policy: Policy | dict[str, Policy], assigned: dict[int, int] | None = None,
-                 mode: str = "round-robin"):
+                 mode: str = "round-robin", assign: str = "round-robin", later: list[list[str]] | None = None):
         self.agents = agents
         self.policy = policy
         self.assigned = assigned or {}  # seq -> agent index where not in turn (server: each arrival's device)
         self.mode = mode
-        self.load = {a.device_id: 0 for a in agents}  # samples in flight per device
+        self.assign = assign  # topology.assign: per sample (least-loaded, hash) or the agents' configured devices
+        self.later = later or []  # device ids of each later tier, in order
+        self.load = {a.device_id: 0 for a in agents}  # samples in flight per device (on the first tier, or routed)
+        self.routes: dict[int, list[str]] = {}  # seq -> the later tiers' devices it was routed to
         self.name = policy.name if isinstance(policy, Policy) else next(iter(policy.values())).name
 
     def at(self, seq: int) -> tuple[str, str]:
@@ -76,10 +79,27 @@ class Sources:
         self.load[device] += 1
         return device, endpoint
 
-    def done(self, device: str) -> None:
-        """A sample of ``device`` came back."""
-        if self.load.get(device, 0) > 0:
-            self.load[device] -= 1
+    def route(self, seq: int, sample_id: int) -> list[str]:
+        """Sample ``seq``'s device on each later tier, where the controller routes per sample (else [])."""
+        if self.assign not in ("least-loaded", "hash") or not self.later:
+            return []
+        out = []
+        for k, devices in enumerate(self.later):
+            n = len(devices)
+            if self.assign == "hash":
+                out.append(devices[zlib.crc32(f"{k}:{sample_id}".encode()) % n])
+            else:
+                out.append(min(devices, key=lambda d: (self.load.get(d, 0), (devices.index(d) - seq) % n)))
+        for d in out:
+            self.load[d] = self.load.get(d, 0) + 1
+        self.routes[seq] = out
+        return out
+
+    def done(self, device: str, seq: int | None = None) -> None:
+        """Sample ``seq`` of ``device`` came back: it no longer loads its device nor those it was routed to."""
+        for d in [device, *(self.routes.pop(seq, []) if seq is not None else [])]:
+            if self.load.get(d, 0) > 0:
+                self.load[d] -= 1
 
     def policy_of(self, device: str) -> Policy:
         """The policy state the samples of ``device`` follow."""
@@ -144,6 +164,7 @@ class Issuer:
         self.replay: Replay | None = None  # the rows on disk of a resumed run, played back to the policies
         self.issued = 0  # plan entries the last issue_all sent (all of them unless stopped)
         self.issue_mode = "round-robin"  # how samples are spread over the first tier's devices (topology.issue)
+        self.assign_mode = "round-robin"  # how they are routed over the later tiers' devices (topology.assign)
 
     def schedule_t(self) -> float:
         """Seconds since the first sample was issued (0 before): the time base of link schedules."""
@@ -156,7 +177,7 @@ class Issuer:
         device, endpoint = sources.pick(self.seq, sample_id)
         policy = sources.policy_of(device)
         work = p.Work(self.seq, sample_id, tensors, policy.thresholds(sample_id, rng), [], policy.measure,
-                      policy.split(sample_id), policy.pools(sample_id))
+                      policy.split(sample_id), policy.pools(sample_id), sources.route(self.seq, sample_id))
         issued = Issued(self.seq, sample_id, int(samples.label[idx]), phase, policy.name,
                         self.clock.monotonic_ns(), self.clock.time_ns(),
                         sum(int(t.nbytes) for t in tensors.values()), policy.choice(sample_id), device,
@@ -187,8 +208,10 @@ class Issuer:
             self.first_issue_ns = self.clock.monotonic_ns()
         agents = self.session.tier_agents(self.collector.tiers[0])
         due, picks = schedule(self.run, len(plan), len(agents), np.random.default_rng([self.seed, self.seq]))
+        later = [[a.device_id for a in self.session.tier_agents(t)] for t in self.collector.tiers[1:]]
         sources = Sources(agents, policy, None if picks is None else {self.seq + i: int(k) for i, k in
-                                                                      enumerate(picks)}, self.issue_mode)
+                                                                      enumerate(picks)}, self.issue_mode,
+                          self.assign_mode, later)
         start_ns = max(self.clock.monotonic_ns(), self.next_issue_ns)  # a paced grid goes on across phases
         self.next_issue_ns = start_ns
         in_flight: dict[int, Issued] = {}
@@ -247,7 +270,7 @@ class Issuer:
             if msg.run_seq not in in_flight:
                 return 0  # a late answer to a sample this run already gave up on
             answered = in_flight.pop(msg.run_seq)
-            sources.done(answered.source)
+            sources.done(answered.source, answered.seq)
             rows = self.collector.result(got, msg, answered)
             sources.policy_of(answered.source).observe(answered.sample_id, confidences(msg.stages))
             if written is not None:

@@ -102,3 +102,28 @@ def test_least_loaded_sends_fewer_samples_to_a_mobile_whose_cpu_is_capped(tiny_b
     assert len(df) == 300 and set(per.index) == set(MOBILES)
     assert per["mobile-3"] < 0.5 * min(per["mobile-1"], per["mobile-2"]), per.to_dict()
     assert df["throttled_ms_mobile"].notna().sum() == per["mobile-3"]  # only the capped agent measures throttling
+
+
+def test_hash_routes_each_sample_over_two_edges_by_its_id(tiny_bundle, tmp_path):
+    """Two mobiles, two edges, one cloud; topology.assign hash: the controller names each sample's edge, the mobile
+    sends it there, and a sample takes the same edge every time it is issued."""
+    import zlib
+
+    ids = ["mobile-1", "mobile-2", "edge-1", "edge-2", "cloud-1"]
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump({"devices": [
+        {"id": d, "tier": d.split("-")[0], "host": "127.0.0.1", "launcher": "local", "threads": 1,
+         "meter": {"kind": "none"}} for d in ids]}))
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_bundle.root, [{"name": "all-cloud"}], count=20, warmup=0,
+                           name="routes", devices={"mobile": ids[:2], "edge": ids[2:4], "cloud": "cloud-1"},
+                           samples={"split": "test", "count": 20, "warmup": 0, "repeat": 3},
+                           topology={"assign": "hash"}, run={"concurrency": 4, "flush_rows": 16},
+                           shaping={"backend": "userspace", "links": {"mobile-edge": {"delay_ms": 1}}})
+    assert main(["run", str(exp), "--inventory", str(inv), "--results", str(tmp_path / "results"), "-q"]) == 0
+    df = pd.read_parquet(only_run(tmp_path / "results") / "samples.parquet")
+    assert len(df) == 60 and set(df["device_edge"]) == {"edge-1", "edge-2"}
+    want = {sid: ids[2 + zlib.crc32(f"0:{sid}".encode()) % 2] for sid in df["sample_id"]}
+    assert (df["device_edge"] == df["sample_id"].map(want)).all()  # the controller's route, sample by sample
+    assert (df.groupby("sample_id")["device_edge"].nunique() == 1).all()
+    assert set(df["device_mobile"]) == {"mobile-1", "mobile-2"}  # both mobiles sent to both edges
+    assert df.groupby("device_mobile")["device_edge"].nunique().min() == 2

@@ -262,3 +262,22 @@ def test_round_robin_and_server_assignments_are_kept():
     s = Sources(_agents(2), Policy("p"), assigned={5: 0}, mode="least-loaded")
     assert s.pick(5, 7)[0] == "mobile-0"  # the server scenario's draw wins
     assert [Sources(_agents(2), Policy("p")).pick(k, 9)[0] for k in range(3)] == ["mobile-0", "mobile-1", "mobile-0"]
+
+
+def test_per_sample_routes_over_the_later_tiers():
+    """hash: the same devices for a sample whatever its seq; least-loaded: the edge with fewer routed in flight."""
+    import zlib
+
+    from testbed.policies import Policy
+    from testbed.run.issuer import Sources
+
+    later = [["edge-1", "edge-2"], ["cloud-1"]]
+    h = Sources(_agents(2), Policy("p"), assign="hash", later=later)
+    routes = {sid: h.route(seq, sid) for seq, sid in enumerate(range(40))}
+    assert all(r == [later[0][zlib.crc32(f"0:{sid}".encode()) % 2], "cloud-1"] for sid, r in routes.items())
+    assert h.route(999, 7) == routes[7] and {r[0] for r in routes.values()} == {"edge-1", "edge-2"}
+    ll = Sources(_agents(2), Policy("p"), assign="least-loaded", later=later)
+    assert [ll.route(k, k)[0] for k in range(3)] == ["edge-1", "edge-2", "edge-1"]  # in turn while even
+    ll.done("mobile-1", 1)  # seq 1 (routed over edge-2) came back: edge-2 has none in flight now
+    assert ll.load["edge-2"] == 0 and ll.route(3, 3)[0] == "edge-2" and ll.route(4, 4)[0] == "edge-2"
+    assert Sources(_agents(2), Policy("p"), later=later).route(0, 0) == []  # the agents' own next devices
