@@ -262,12 +262,13 @@ class Fleet:
         return {"interface": ifname, "applied": [s.argv for s in steps], "tc_show": got["show"].strip().splitlines()}
 
     def probe(self) -> dict[str, Any]:
-        """Configured vs measured, per shaped hop and direction: throughput at the receiver, TCP connect time.
+        """Configured vs measured, per shaped hop, device pair and direction: throughput at the receiver, TCP connect.
 
         A probe that reads the link more than PROBE_SHORT_PCT under its rate is repeated, up to
         PROBE_ATTEMPTS in all, and the best attempt is kept (a shaper never passes more than its
         rate; a busy end or a host stealing a VM's CPU only slows a stream down); every attempt's
-        capacity is recorded.
+        capacity is recorded. A hop of one pair keys its directions by tier (``mobile->edge``);
+        with several pairs, by device (``mobile2-emu->edge-emu``).
 
         The userspace delay is not in these numbers (the agents add it to their messages); it is
         measured in the rows' net_ms columns; the report's fidelity lines put the two side by side.
@@ -276,37 +277,39 @@ class Fleet:
             return {}
         out: dict[str, Any] = {}
         for hop, profile in self.exp.shaping.links.items():
-            rate = profile.rate_mbit
-            nbytes = int(min(16e6, max(256e3, (rate or 100.0) * 1e6 / 8 * 1.5)))  # 1.5 s at the rate: a capped
-            # device may be throttled a period or two while its probe starts (interpreter, SSH session)
-            for src, dst in (link_ends(hop), tuple(reversed(link_ends(hop)))):
-                (s_remote, s_py), (r_remote, r_py) = self._remote_of(self._end_id(src)), self._remote_of(
-                    self._end_id(dst))
-                addr = (self.inv.controller_address(self.devices[src]) if dst == CONTROLLER
-                        else self._address_toward(self.devices[dst], src))
-                got: dict[str, Any] = {}
-                tries: list[float] = []
-                for _ in range(PROBE_ATTEMPTS):
-                    one = probe_link(s_remote, s_py, r_remote, r_py, addr, nbytes)
-                    # the rate counts headers too; the capacity (fastest stretch) is what the shaper lets through
-                    capacity = one.get("link_capacity_mbit", one.get("link_mbit", one["throughput_mbit"]))
-                    tries.append(capacity)
-                    if not got or capacity > got["_capacity"]:
-                        got = one | {"_capacity": capacity}
-                    if not rate or capacity >= rate * (1 - PROBE_SHORT_PCT / 100):
-                        break
-                capacity = got.pop("_capacity")
-                on_link = got.get("link_mbit", got["throughput_mbit"])
-                got["configured_rate_mbit"] = rate
-                got["rate_error_pct"] = round(100 * (capacity - rate) / rate, 2) if rate else None
-                got["mean_rate_error_pct"] = round(100 * (on_link - rate) / rate, 2) if rate else None
-                got["attempts_capacity_mbit"] = tries
-                out.setdefault(hop, {})[f"{src}->{dst}"] = got
+            pairs = self.pairs(hop)
+            for x, y in pairs:
+                for src, dst in ((x, y), (y, x)):
+                    ends = link_ends(hop) if src == x else tuple(reversed(link_ends(hop)))
+                    key = f"{ends[0]}->{ends[1]}" if len(pairs) == 1 else f"{src}->{dst}"
+                    out.setdefault(hop, {})[key] = self._probe_pair(src, dst, ends[0], profile.rate_mbit)
         return out
 
-    def _end_id(self, end: str) -> str:
-        """The device id at one end of a hop (``controller`` for the controller)."""
-        return CONTROLLER if end == CONTROLLER else self.devices[end].id
+    def _probe_pair(self, src: str, dst: str, src_tier: str, rate: float | None) -> dict[str, Any]:
+        """One direction of one device pair (ids, or ``controller``): the best of up to PROBE_ATTEMPTS probes."""
+        nbytes = int(min(16e6, max(256e3, (rate or 100.0) * 1e6 / 8 * 1.5)))  # 1.5 s at the rate: a capped
+        # device may be throttled a period or two while its probe starts (interpreter, SSH session)
+        (s_remote, s_py), (r_remote, r_py) = self._remote_of(src), self._remote_of(dst)
+        addr = (self.inv.controller_address(self.devices_by_id[src]) if dst == CONTROLLER
+                else self._address_toward(self.devices_by_id[dst], src_tier))
+        got: dict[str, Any] = {}
+        tries: list[float] = []
+        for _ in range(PROBE_ATTEMPTS):
+            one = probe_link(s_remote, s_py, r_remote, r_py, addr, nbytes)
+            # the rate counts headers too; the capacity (fastest stretch) is what the shaper lets through
+            capacity = one.get("link_capacity_mbit", one.get("link_mbit", one["throughput_mbit"]))
+            tries.append(capacity)
+            if not got or capacity > got["_capacity"]:
+                got = one | {"_capacity": capacity}
+            if not rate or capacity >= rate * (1 - PROBE_SHORT_PCT / 100):
+                break
+        capacity = got.pop("_capacity")
+        on_link = got.get("link_mbit", got["throughput_mbit"])
+        got["configured_rate_mbit"] = rate
+        got["rate_error_pct"] = round(100 * (capacity - rate) / rate, 2) if rate else None
+        got["mean_rate_error_pct"] = round(100 * (on_link - rate) / rate, 2) if rate else None
+        got["attempts_capacity_mbit"] = tries
+        return got
 
     @staticmethod
     def _address_toward(device: DeviceSpec, peer: str) -> str:

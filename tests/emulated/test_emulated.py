@@ -426,6 +426,11 @@ def test_three_mobile_hosts_feed_one_edge_over_their_own_links(fleet_emulation, 
     assert {kernel[k]["interface"] for k in kernel if k.startswith("edge")} == {"to-mobile1", "to-mobile2",
                                                                                "to-mobile3"}
     assert all(any("rate 20Mbit" in line for line in rec["tc_show"]) for rec in kernel.values()), kernel
+    # every pair probed in both directions, each through its own shaper
+    probes = m["shaping"]["probes"]["mobile-edge"]
+    assert set(probes) == {f"{a}->{b}" for d in MOBILES for a, b in ((d, "edge-emu"), ("edge-emu", d))}
+    for probe in probes.values():
+        assert_probe_reads_the_rate(probe, 20.0)
     # each mobile sent its offloads out of its own namespace's link to the edge (its tx counter moved)
     for i, dev in enumerate(MOBILES, 1):
         out = subprocess.run(["ip", "-n", f"{FLEET_PREFIX}-mobile{i}", "-s", "link", "show", "to-edge"],
