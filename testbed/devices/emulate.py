@@ -242,15 +242,20 @@ class Cgroups:
         (self.path(tier) / "cgroup.procs").write_text(str(pid))
 
     def remove(self) -> list[str]:
-        """Remove the tiers' cgroups and the base; returns the paths removed."""
+        """Remove the devices' cgroups and the base, deepest first; returns the paths removed.
+
+        An agent given a CPU cap made a group of its own inside its device's; one killed before it
+        could remove it leaves it there, empty, and the device's group cannot go before it does.
+        """
+        if not self.base.is_dir():
+            return []
         gone = []
-        for d in sorted(x for x in self.base.iterdir() if x.is_dir()) if self.base.is_dir() else []:
+        groups = [d for d in self.base.rglob("*") if d.is_dir()]
+        for d in sorted(groups, key=lambda x: (-len(x.parts), str(x))):
             d.rmdir()
             gone.append(str(d))
-        if self.base.is_dir():
-            self.base.rmdir()
-            gone.append(str(self.base))
-        return gone
+        self.base.rmdir()
+        return gone + [str(self.base)]
 
 
 class Emulation:

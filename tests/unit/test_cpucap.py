@@ -108,3 +108,22 @@ def test_cgroup_v2_reports_throttled_microseconds(tmp_path):
     cap.open()
     (cap.path / "cpu.stat").write_text("usage_usec 100\nnr_throttled 1\nthrottled_usec 2500\n")
     assert cap.throttled_ns() == 2_500_000
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup").is_dir(), reason="needs root and cgroups")
+def test_the_emulations_cgroups_go_with_an_agents_group_left_inside(tmp_path):
+    """An agent killed before it removed its own group: `emulate down` removes it first, then the device's."""
+    from testbed.devices.emulate import Cgroups
+
+    cg = Cgroups(prefix="tbcaptest")
+    device = cg.create("mobile1", 0.5)
+    try:
+        (device / "testbed-agent-12345").mkdir()  # what CgroupCap.open made, never closed
+        gone = cg.remove()
+        assert gone[0].endswith("mobile1/testbed-agent-12345") and gone[-1] == str(cg.base)
+        assert not cg.base.exists()
+    finally:
+        for d in sorted((x for x in cg.base.rglob("*") if x.is_dir()), key=lambda x: -len(x.parts)):
+            d.rmdir()
+        if cg.base.exists():
+            cg.base.rmdir()
