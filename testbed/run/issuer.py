@@ -74,7 +74,8 @@ class Sources:
             if self.mode == "hash":
                 a = self.agents[zlib.crc32(int(sample_id).to_bytes(8, "little", signed=True)) % n]
             else:
-                a = min(self.agents, key=lambda x: (self.load[x.device_id], (self.agents.index(x) - seq) % n))
+                k = min(range(n), key=lambda i: (self.load[self.agents[i].device_id], (i - seq) % n))
+                a = self.agents[k]
             device, endpoint = a.device_id, a.hello.data_endpoint
         self.load[device] += 1
         return device, endpoint
@@ -89,7 +90,8 @@ class Sources:
             if self.assign == "hash":
                 out.append(devices[zlib.crc32(f"{k}:{sample_id}".encode()) % n])
             else:
-                out.append(min(devices, key=lambda d: (self.load.get(d, 0), (devices.index(d) - seq) % n)))
+                k = min(range(n), key=lambda i: (self.load.get(devices[i], 0), (i - seq) % n))
+                out.append(devices[k])
         for d in out:
             self.load[d] = self.load.get(d, 0) + 1
         self.routes[seq] = out

@@ -76,12 +76,11 @@ def assert_probe_reads_the_rate(probe: dict, rate_mbit: float) -> None:
     assert 0 <= probe["sender_steal_pct"] <= 100 and 0 <= probe["receiver_steal_pct"] <= 100, probe
 
 
-@pytest.fixture(scope="module")
-def emulation(tmp_path_factory):
-    base = tmp_path_factory.mktemp("emu")
+def _emulated(base: Path, prefix: str, subnet: str, *up_args: str):
+    """``testbed emulate up`` with its own prefix and subnet; yields (base, inventory); down, and nothing left."""
     state, inv = base / "state", base / "inventory.yaml"
-    common = ["--state-dir", str(state), "--prefix", PREFIX, "--subnet", SUBNET]
-    up = cli("emulate", "up", *common, "--inventory", str(inv))
+    common = ["--state-dir", str(state), "--prefix", prefix, "--subnet", subnet]
+    up = cli("emulate", "up", *common, "--inventory", str(inv), *up_args)
     assert up.returncode == 0, up.stderr + up.stdout
     try:
         yield base, inv
@@ -89,8 +88,13 @@ def emulation(tmp_path_factory):
         down = cli("emulate", "down", *common)
         assert down.returncode == 0, down.stderr
         left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert f"{PREFIX}-" not in left, f"namespaces left behind: {left}"
-        assert not any(Path("/sys/fs/cgroup").glob(f"**/testbed-{PREFIX}")), "cgroups left behind"
+        assert f"{prefix}-" not in left, f"namespaces left behind: {left}"
+        assert not any(Path("/sys/fs/cgroup").glob(f"**/testbed-{prefix}")), "cgroups left behind"
+
+
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory):
+    yield from _emulated(tmp_path_factory.mktemp("emu"), PREFIX, SUBNET)
 
 
 def start_run_until_rows(exp: Path, inv: Path, results: Path) -> subprocess.Popen[str]:
@@ -386,18 +390,7 @@ MOBILES = ["mobile1-emu", "mobile2-emu", "mobile3-emu"]
 @pytest.fixture(scope="module")
 def fleet_emulation(tmp_path_factory):
     """Three mobile hosts, one edge and one cloud: each mobile linked to the controller and to the edge."""
-    base = tmp_path_factory.mktemp("emu-fleet")
-    state, inv = base / "state", base / "inventory.yaml"
-    common = ["--state-dir", str(state), "--prefix", FLEET_PREFIX, "--subnet", FLEET_SUBNET]
-    up = cli("emulate", "up", *common, "--inventory", str(inv), "--devices", "mobile=3")
-    assert up.returncode == 0, up.stderr + up.stdout
-    try:
-        yield base, inv
-    finally:
-        down = cli("emulate", "down", *common)
-        assert down.returncode == 0, down.stderr
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert f"{FLEET_PREFIX}-" not in left, f"namespaces left behind: {left}"
+    yield from _emulated(tmp_path_factory.mktemp("emu-fleet"), FLEET_PREFIX, FLEET_SUBNET, "--devices", "mobile=3")
 
 
 def test_three_mobile_hosts_feed_one_edge_over_their_own_links(fleet_emulation, tiny_bundle, tmp_path):
